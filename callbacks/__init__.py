@@ -1,0 +1,1 @@
+"""Webhook signing, verification and delivery; signing and verification import nothing from service/."""

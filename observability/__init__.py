@@ -1,0 +1,1 @@
+"""OpenTelemetry setup and propagation helpers."""

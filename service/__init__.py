@@ -1,0 +1,1 @@
+"""Claimcheck: a claim-check backend for long-running jobs."""

@@ -1,0 +1,177 @@
+"""The ``claimcheck`` operator CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.settings import get_settings
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from service.devserver import run_dev
+
+    return run_dev(port=args.port, data_dir=Path(args.data_dir))
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.worker import run_worker
+
+    run_worker(args.queues or None, burst=args.burst)
+    return 0
+
+
+def cmd_scheduler(_args: argparse.Namespace) -> int:
+    from service.scheduler import run_scheduler
+
+    run_scheduler()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    from service.db import session_scope
+    from service.tenants.service import create_tenant
+
+    settings = get_settings()
+    with session_scope() as session:
+        tenant, issued = create_tenant(session, args.name, server_secret=settings.secret_key)
+    if args.json:
+        print(json.dumps({"tenant_id": tenant.id, "api_key": issued.full_key, "key_id": issued.key.id}))
+    else:
+        print(f"tenant {tenant.id} ({tenant.name}) created")
+        print(f"API key (shown once, store it now): {issued.full_key}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.db import session_scope
+    from service.tenants.service import create_key
+
+    settings = get_settings()
+    with session_scope() as session:
+        issued = create_key(session, args.tenant, server_secret=settings.secret_key, scopes=args.scope)
+    if args.json:
+        print(json.dumps({"key_id": issued.key.id, "api_key": issued.full_key, "scopes": issued.key.scopes}))
+    else:
+        print(f"key {issued.key.id} with scopes {', '.join(issued.key.scopes)}")
+        print(f"API key (shown once, store it now): {issued.full_key}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from service.db import session_scope
+    from service.tenants.service import revoke_key
+
+    with session_scope() as session:
+        key = revoke_key(session, args.key_id)
+    print(f"key {key.id} revoked")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        default=os.environ.get("DATA_DIR", ".data"),
+        help="where `claimcheck dev` keeps its embedded servers (used when DATABASE_URL/REDIS_URL are unset)",
+    )
+    parser = argparse.ArgumentParser(prog="claimcheck", description="Claimcheck operator commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(group: Any, name: str, help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help, parents=[common])
+        return sub
+
+    dev = command(commands, "dev", "run everything on this machine (embedded servers when no URLs)")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.set_defaults(func=cmd_dev)
+
+    api = command(commands, "api", "serve the GraphQL API and downloads")
+    api.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104 - a server's job
+    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    api.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    api.set_defaults(func=cmd_api)
+
+    worker = command(commands, "worker", "run jobs from the queues")
+    worker.add_argument("--queues", nargs="*", help="queues to take work from (default: jobs)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.set_defaults(func=cmd_worker)
+
+    command(commands, "scheduler", "run the periodic sweeps").set_defaults(func=cmd_scheduler)
+    command(commands, "migrate", "alembic upgrade head").set_defaults(func=cmd_migrate)
+
+    tenants = commands.add_parser("tenants", help="tenant management").add_subparsers(
+        dest="action", required=True
+    )
+    create = command(tenants, "create", "create a tenant and its first API key")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=cmd_tenants_create)
+
+    keys = commands.add_parser("keys", help="API key management").add_subparsers(dest="action", required=True)
+    key_create = command(keys, "create", "create an API key for a tenant")
+    key_create.add_argument("--tenant", required=True)
+    key_create.add_argument(
+        "--scope", action="append", help="jobs:read, jobs:write, webhooks:manage (default: all)"
+    )
+    key_create.add_argument("--json", action="store_true")
+    key_create.set_defaults(func=cmd_keys_create)
+    key_revoke = command(keys, "revoke", "revoke an API key at once")
+    key_revoke.add_argument("key_id")
+    key_revoke.set_defaults(func=cmd_keys_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``claimcheck`` console script."""
+    args = build_parser().parse_args(argv)
+    os.environ["DATA_DIR"] = args.data_dir
+    _configure_logging()
+    from service.errors import ClaimcheckError
+
+    try:
+        return int(args.func(args))
+    except ClaimcheckError as error:
+        print(f"error ({error.code}): {error.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Database engine and sessions. Only the request and the task wrapper commit."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session as SASession
+from sqlmodel import Session, create_engine
+
+from service.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+AFTER_COMMIT = "after_commit_callbacks"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Make a plain ``postgresql://`` URL use the psycopg 3 driver."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """A pooled engine; forked children (RQ work horses) never reuse the parent's connections."""
+    engine = create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=10)
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    return engine
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    """The process-wide engine for DATABASE_URL."""
+    url = get_settings().database_url
+    if not url:
+        raise RuntimeError("DATABASE_URL is not set and no `claimcheck dev` is running in DATA_DIR")
+    return make_engine(url)
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A unit of work: commits when the block succeeds, rolls back when it raises."""
+    with Session(engine or get_engine(), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run callback once this session's transaction commits; drop it on rollback."""
+    session.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(SASession, "after_commit")
+def _run_after_commit(session: SASession) -> None:
+    for callback in session.info.pop(AFTER_COMMIT, []):
+        try:
+            callback()
+        except Exception:
+            # The scheduler's sweep redoes whatever a lost callback should have done.
+            log.exception("after-commit callback failed; the sweep will catch up")
+
+
+@event.listens_for(SASession, "after_rollback")
+def _drop_after_commit(session: SASession) -> None:
+    session.info.pop(AFTER_COMMIT, None)

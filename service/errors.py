@@ -1,0 +1,30 @@
+"""One error base class for everything a caller can act on, rendered one way (as a userError)."""
+
+from __future__ import annotations
+
+
+class ClaimcheckError(Exception):
+    """An error the caller caused or can act on, with a stable code."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, *, field: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ValidationError(ClaimcheckError):
+    code = "VALIDATION"
+
+
+class NotFoundError(ClaimcheckError):
+    code = "NOT_FOUND"
+
+
+class InvalidStateError(ClaimcheckError):
+    code = "INVALID_STATE"
+
+
+class IdempotencyConflictError(ClaimcheckError):
+    code = "IDEMPOTENCY_CONFLICT"

@@ -1,0 +1,96 @@
+"""What every domain's GraphQL module shares: the request context, userErrors, scope checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import strawberry
+from graphql import GraphQLError
+from sqlmodel import Session
+from strawberry.fastapi import BaseContext
+from strawberry.types import Info
+
+from service.db import get_engine
+from service.errors import ClaimcheckError
+from service.tenants.service import Principal
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context(BaseContext):
+    """Per request: the caller and a lazily opened session that the request commits once."""
+
+    principal: Principal | None = None
+    _session: Session | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(get_engine(), expire_on_commit=False)
+        return self._session
+
+    def finish(self, *, commit: bool) -> None:
+        """Commit (or roll back) and close the request's session, if one was opened."""
+        if self._session is None:
+            return
+        try:
+            if commit:
+                self._session.commit()
+            else:
+                self._session.rollback()
+        finally:
+            self._session.close()
+            self._session = None
+
+
+GraphQLInfo = Info[Context, None]
+
+
+def require(info: GraphQLInfo, scope: str | None) -> Principal:
+    """The caller, provided its key has scope (else a FORBIDDEN error); None: any valid key."""
+    principal = info.context.principal
+    if principal is None:
+        raise GraphQLError("authentication required", extensions={"code": "UNAUTHENTICATED"})
+    if scope is not None and scope not in principal.scopes:
+        raise GraphQLError(f"this API key lacks the {scope} scope", extensions={"code": "FORBIDDEN"})
+    return principal
+
+
+@strawberry.type
+class UserError:
+    """An error the caller can act on; ``code`` is stable."""
+
+    code: str
+    field: list[str] | None
+    message: str
+
+    @classmethod
+    def from_error(cls, error: ClaimcheckError) -> UserError:
+        return cls(code=error.code, field=error.field, message=error.message)
+
+
+def run_mutation(info: GraphQLInfo, action: Callable[[], T], on_error: Callable[[list[UserError]], T]) -> T:
+    """Run a mutation's action; a ClaimcheckError rolls back its writes and becomes userErrors."""
+    session = info.context.session
+    savepoint = session.begin_nested()
+    try:
+        result = action()
+    except ClaimcheckError as error:
+        savepoint.rollback()
+        return on_error([UserError.from_error(error)])
+    savepoint.commit()
+    return result
+
+
+def graphql_error(error: ClaimcheckError) -> GraphQLError:
+    """A ClaimcheckError raised from a field (not a mutation) as a GraphQL error with its code."""
+    extensions: dict[str, Any] = {"code": error.code}
+    if error.field:
+        extensions["field"] = error.field
+    return GraphQLError(error.message, extensions=extensions)

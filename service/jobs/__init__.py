@@ -1,0 +1,1 @@
+"""Jobs: the claim check, its state machine, its audit trail and its dispatch to workers."""

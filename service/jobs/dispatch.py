@@ -1,0 +1,70 @@
+"""Handing committed jobs to RQ: after commit, and again from the sweep until a worker takes them."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+from sqlmodel import Session
+
+from service.jobs import repository
+from service.kinds.registry import get_kind
+from service.models import utcnow
+from service.redis import JOBS_QUEUE, get_queue, get_redis
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "service.jobs.tasks.run_job"
+_ENDED = {RQStatus.FAILED, RQStatus.FINISHED, RQStatus.STOPPED, RQStatus.CANCELED}
+
+
+def enqueue_job(job_id: str, kind_name: str) -> bool:
+    """Put the job on the RQ queue under its own id; False when RQ already holds it."""
+    try:
+        get_queue(JOBS_QUEUE).enqueue_call(
+            RUN_JOB,
+            args=(job_id,),
+            job_id=job_id,
+            unique=True,
+            timeout=get_kind(kind_name).timeout_seconds + 60,
+            result_ttl=0,
+            failure_ttl=24 * 3600,
+            description=f"{kind_name} {job_id}",
+        )
+    except DuplicateJobError:
+        return False
+    return True
+
+
+def _ensure_in_rq(job_id: str, kind_name: str) -> bool:
+    """Enqueue a job no worker has started, replacing an RQ entry that ended without starting it."""
+    if enqueue_job(job_id, kind_name):
+        return True
+    try:
+        rq_job = RQJob.fetch(job_id, connection=get_redis())
+    except NoSuchJobError:
+        return enqueue_job(job_id, kind_name)
+    if rq_job.get_status(refresh=False) in _ENDED:
+        # RQ ran it but the run never started the job (e.g. the work horse died first): run it again.
+        rq_job.delete()
+        return enqueue_job(job_id, kind_name)
+    return False
+
+
+def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) -> int:
+    """Make sure every job committed but not yet taken by a worker is in RQ; returns how many were not.
+
+    A job stays in the outbox until a worker starts it, so this also restores jobs that a lost or
+    flushed Redis forgot. Each row is checked at most once per grace period.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=grace_seconds)
+    due = repository.claim_outbox_due(session, cutoff=cutoff, limit=limit)
+    enqueued = sum(_ensure_in_rq(job_id, kind) for job_id, kind in due)
+    repository.mark_outbox_checked(session, [job_id for job_id, _ in due], now)
+    if enqueued:
+        log.warning("outbox sweep enqueued %d job(s) that RQ did not hold", enqueued)
+    return enqueued

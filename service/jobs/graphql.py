@@ -1,0 +1,249 @@
+"""GraphQL for jobs: the Job type, `job`, `jobs` (Relay) and `generateSpeech`; rules live in service.py."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from service.errors import ValidationError
+from service.graphql_base import GraphQLInfo, UserError, graphql_error, require, run_mutation
+from service.ids import has_prefix
+from service.jobs import service
+from service.jobs.models import Job as JobRow
+from service.jobs.models import JobStatus as JobStatusValue
+from service.jobs.repository import JobRepository
+from service.kinds.speech import AudioFormat as AudioFormatValue
+from service.settings import get_settings
+from service.storage.factory import get_storage
+
+JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
+AudioFormat = strawberry.enum(AudioFormatValue, name="AudioFormat")
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+
+
+@strawberry.type
+class JobError:
+    code: str
+    message: str
+    retryable: bool
+
+
+@strawberry.type
+class JobEvent:
+    type: str
+    at: datetime
+    data: JSON | None
+
+
+@strawberry.type
+class Artifact:
+    filename: str
+    content_type: str
+    byte_size: int
+    sha256: str
+    key: strawberry.Private[str]
+
+    @strawberry.field(description="A plain HTTP GET URL for the file, valid for expiresIn seconds (clamped).")
+    def download_url(self, expires_in: int = 900) -> str:
+        settings = get_settings()
+        if expires_in < 1:
+            raise graphql_error(ValidationError("expiresIn must be at least 1 second", field=["expiresIn"]))
+        expires_in = min(expires_in, settings.download_url_max_expiry)
+        return get_storage().signed_url(
+            self.key, filename=self.filename, content_type=self.content_type, expires_in=expires_in
+        )
+
+
+@strawberry.type
+class Job:
+    id: strawberry.ID
+    kind: str
+    status: JobStatus  # type: ignore[valid-type]
+    progress: float
+    message: str | None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    idempotency_key: str | None
+    tenant_id: strawberry.Private[str]
+    row: strawberry.Private[JobRow]
+
+    @strawberry.field
+    def estimated_completion_at(self) -> datetime | None:
+        return None
+
+    @strawberry.field
+    def error(self) -> JobError | None:
+        if self.row.error_code is None:
+            return None
+        return JobError(
+            code=self.row.error_code,
+            message=self.row.error_message or "",
+            retryable=bool(self.row.error_retryable),
+        )
+
+    @strawberry.field
+    def artifact(self) -> Artifact | None:
+        row = self.row
+        if row.status != JobStatusValue.SUCCEEDED or row.artifact_key is None:
+            return None
+        return Artifact(
+            filename=row.artifact_filename or "",
+            content_type=row.artifact_content_type or "",
+            byte_size=row.artifact_byte_size or 0,
+            sha256=row.artifact_sha256 or "",
+            key=row.artifact_key,
+        )
+
+    @strawberry.field(description="The audit trail, oldest first.")
+    def events(self, info: GraphQLInfo) -> list[JobEvent]:
+        rows = JobRepository(info.context.session, self.tenant_id).events(str(self.id))
+        return [JobEvent(type=row.type, at=row.at, data=row.data) for row in rows]
+
+    @classmethod
+    def from_row(cls, row: JobRow) -> Job:
+        return cls(
+            id=strawberry.ID(row.id),
+            kind=row.kind,
+            status=JobStatusValue(row.status),
+            progress=row.progress,
+            message=row.message,
+            attempt=row.attempt,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            idempotency_key=row.idempotency_key,
+            tenant_id=row.tenant_id,
+            row=row,
+        )
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type
+class JobEdge:
+    cursor: str
+    node: Job
+
+
+@strawberry.type
+class JobConnection:
+    edges: list[JobEdge]
+    page_info: PageInfo
+
+    @strawberry.field
+    def nodes(self) -> list[Job]:
+        return [edge.node for edge in self.edges]
+
+
+@strawberry.type
+class JobPayload:
+    job: Job | None
+    user_errors: list[UserError]
+
+
+@strawberry.input
+class GenerateSpeechInput:
+    text: str
+    voice: str | None = None
+    format: AudioFormat | None = None  # type: ignore[valid-type]
+    idempotency_key: str | None = None
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"job:{job_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        decoded = base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    job_id = decoded.removeprefix("job:")
+    if job_id == decoded or not has_prefix(job_id, "job"):
+        raise graphql_error(ValidationError("after is not a cursor from this connection", field=["after"]))
+    return job_id
+
+
+@strawberry.type
+class JobQuery:
+    @strawberry.field(description="A job of the caller's, or null (another tenant's id is as absent as any).")
+    def job(self, info: GraphQLInfo, id: strawberry.ID) -> Job | None:
+        principal = require(info, "jobs:read")
+        if not has_prefix(str(id), "job"):
+            return None
+        row = JobRepository(info.context.session, principal.tenant_id).get(str(id))
+        return Job.from_row(row) if row else None
+
+    @strawberry.field(description="The caller's jobs, newest first (Relay cursor pagination).")
+    def jobs(
+        self,
+        info: GraphQLInfo,
+        first: int | None = None,
+        after: str | None = None,
+        status: list[JobStatus] | None = None,  # type: ignore[valid-type]
+        kind: str | None = None,
+    ) -> JobConnection:
+        principal = require(info, "jobs:read")
+        size = DEFAULT_PAGE if first is None else first
+        if not 0 <= size <= MAX_PAGE:
+            raise graphql_error(ValidationError(f"first must be between 0 and {MAX_PAGE}", field=["first"]))
+        rows = JobRepository(info.context.session, principal.tenant_id).page(
+            first=size, after_id=decode_cursor(after) if after else None, statuses=status or [], kind=kind
+        )
+        edges = [JobEdge(cursor=encode_cursor(row.id), node=Job.from_row(row)) for row in rows[:size]]
+        return JobConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=len(rows) > size,
+                has_previous_page=after is not None,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+
+def _start_job(
+    info: GraphQLInfo, kind: str, raw_input: dict[str, Any], idempotency_key: str | None
+) -> JobPayload:
+    principal = require(info, "jobs:write")
+    session = info.context.session
+    return run_mutation(
+        info,
+        lambda: JobPayload(
+            job=Job.from_row(
+                service.create_job(session, principal.tenant_id, kind, raw_input, idempotency_key)
+            ),
+            user_errors=[],
+        ),
+        lambda errors: JobPayload(job=None, user_errors=errors),
+    )
+
+
+@strawberry.type
+class JobMutation:
+    @strawberry.mutation(description="Start turning text into speech; answers at once with the QUEUED job.")
+    def generate_speech(self, info: GraphQLInfo, input: GenerateSpeechInput) -> JobPayload:
+        raw: dict[str, Any] = {"text": input.text}
+        if input.voice is not None:
+            raw["voice"] = input.voice
+        if input.format is not None:
+            raw["format"] = input.format.value
+        return _start_job(info, "speech", raw, input.idempotency_key)
+
+
+JobStatusArg = Annotated[JobStatusValue, strawberry.argument()]

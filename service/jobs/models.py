@@ -1,0 +1,95 @@
+"""Job, job event and outbox tables."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, text
+from sqlmodel import Column, Field, SQLModel
+
+import service.tenants.models  # noqa: F401 - registers the tenants table jobs refer to
+from service.ids import new_id
+from service.models import jsonb_column, timestamp_column, utcnow
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELING = "CANCELING"
+    CANCELED = "CANCELED"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class Job(SQLModel, table=True):
+    """The claim check: what was asked, where it stands, and the artifact when done."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('QUEUED','RUNNING','SUCCEEDED','FAILED','CANCELING','CANCELED')",
+            name="status_valid",
+        ),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
+        Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        Index(
+            "uq_jobs_tenant_id_idempotency_key",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("job"), primary_key=True)
+    tenant_id: str = Field(foreign_key="tenants.id", ondelete="CASCADE")
+    kind: str = Field(max_length=50)
+    status: str = Field(default=JobStatus.QUEUED, max_length=20)
+    progress: float = 0.0
+    message: str | None = Field(default=None, max_length=200)
+    attempt: int = 0
+    input: dict[str, Any] = Field(sa_column=jsonb_column())
+    input_hash: str = Field(max_length=64)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
+    started_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    finished_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    error_code: str | None = Field(default=None, max_length=50)
+    error_message: str | None = Field(default=None, max_length=1000)
+    error_retryable: bool | None = None
+    artifact_key: str | None = Field(default=None, max_length=500)
+    artifact_filename: str | None = Field(default=None, max_length=200)
+    artifact_content_type: str | None = Field(default=None, max_length=100)
+    artifact_byte_size: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    artifact_sha256: str | None = Field(default=None, max_length=64)
+
+
+class JobEvent(SQLModel, table=True):
+    """One line of a job's audit trail."""
+
+    __tablename__ = "job_events"
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
+    job_id: str = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    tenant_id: str = Field(foreign_key="tenants.id", ondelete="CASCADE")
+    type: str = Field(max_length=50)
+    at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
+    data: dict[str, Any] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
+
+
+class JobOutbox(SQLModel, table=True):
+    """A committed job not yet taken by a worker: the sweep re-enqueues it until one does."""
+
+    __tablename__ = "job_outbox"
+
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(index=True))
+    enqueued_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    """When the sweep last made sure RQ held this job."""

@@ -1,0 +1,76 @@
+"""All SQL about jobs: tenant-scoped reads for the API, and by-id access for workers and the sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, or_, update
+from sqlmodel import Session, col, select
+
+from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
+from service.repository import TenantRepository
+
+
+class JobRepository(TenantRepository[Job]):
+    """One tenant's jobs."""
+
+    model = Job
+
+    def by_idempotency_key(self, key: str) -> Job | None:
+        return self.session.exec(self.base_statement().where(Job.idempotency_key == key)).first()
+
+    def page(
+        self, *, first: int, after_id: str | None, statuses: Sequence[JobStatus], kind: str | None
+    ) -> list[Job]:
+        """Newest first; one more row than asked so the caller knows whether there is a next page."""
+        statement = self.base_statement()
+        if after_id:
+            statement = statement.where(col(Job.id) < after_id)
+        if statuses:
+            statement = statement.where(col(Job.status).in_([status.value for status in statuses]))
+        if kind:
+            statement = statement.where(Job.kind == kind)
+        return list(self.session.exec(statement.order_by(col(Job.id).desc()).limit(first + 1)))
+
+    def count_by_status(self) -> dict[str, int]:
+        statement = (
+            select(Job.status, func.count()).where(Job.tenant_id == self.tenant_id).group_by(Job.status)
+        )
+        return {status: count for status, count in self.session.exec(statement)}
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        statement = (
+            select(JobEvent)
+            .where(JobEvent.tenant_id == self.tenant_id, JobEvent.job_id == job_id)
+            .order_by(col(JobEvent.id))
+        )
+        return list(self.session.exec(statement))
+
+
+def lock_job(session: Session, job_id: str) -> Job | None:
+    """The job row, locked for this transaction (workers act on any tenant's job by id)."""
+    return session.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+
+
+def remove_from_outbox(session: Session, job_id: str) -> None:
+    session.execute(delete(JobOutbox).where(col(JobOutbox.job_id) == job_id))
+
+
+def claim_outbox_due(session: Session, *, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+    """(job id, kind) of outbox rows created and last checked before cutoff, locked for one sweeper."""
+    statement = (
+        select(JobOutbox.job_id, Job.kind)
+        .join(Job, col(Job.id) == col(JobOutbox.job_id))
+        .where(col(JobOutbox.created_at) < cutoff)
+        .where(or_(col(JobOutbox.enqueued_at).is_(None), col(JobOutbox.enqueued_at) < cutoff))
+        .order_by(col(JobOutbox.created_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=JobOutbox)  # type: ignore[arg-type]
+    )
+    return [(job_id, kind) for job_id, kind in session.exec(statement)]
+
+
+def mark_outbox_checked(session: Session, job_ids: Sequence[str], at: datetime) -> None:
+    if job_ids:
+        session.execute(update(JobOutbox).where(col(JobOutbox.job_id).in_(job_ids)).values(enqueued_at=at))

@@ -1,0 +1,1 @@
+"""Job kinds: each one an input model, a handler and an output content type, registered by name."""

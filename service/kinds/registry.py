@@ -1,0 +1,39 @@
+"""The kinds registry: new kinds plug in by calling ``register`` at import time."""
+
+from __future__ import annotations
+
+import importlib
+
+from service.kinds.base import Kind
+
+_KINDS: dict[str, Kind] = {}
+
+BUILTIN_KIND_MODULES = ("service.kinds.speech",)
+
+
+def register(kind: Kind) -> Kind:
+    """Add a kind; a second kind of the same name is a programming error."""
+    if kind.name in _KINDS and _KINDS[kind.name] is not kind:
+        raise ValueError(f"kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def load_builtin_kinds() -> None:
+    """Import the modules that register the built-in kinds."""
+    for module in BUILTIN_KIND_MODULES:
+        importlib.import_module(module)
+
+
+def get_kind(name: str) -> Kind:
+    """The kind registered under name (KeyError if none)."""
+    if not _KINDS:
+        load_builtin_kinds()
+    return _KINDS[name]
+
+
+def kind_names() -> list[str]:
+    """Every registered kind's name."""
+    if not _KINDS:
+        load_builtin_kinds()
+    return sorted(_KINDS)

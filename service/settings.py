@@ -1,0 +1,87 @@
+"""Configuration from the environment (pydantic-settings), validated once at start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - refused outside development
+DEV_STATE_FILE = "dev.json"
+
+
+class Settings(BaseSettings):
+    """Every setting is an environment variable of the same name (upper case)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    environment: Literal["development", "production", "test"] = "production"
+    database_url: str = ""
+    redis_url: str = ""
+    data_dir: Path = Path(".data")
+
+    secret_key: str = DEV_SECRET_KEY
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    storage_backend: Literal["local"] = "local"
+    storage_dir: Path | None = None
+    gcs_bucket: str = ""
+
+    max_request_bytes: int = Field(default=1_000_000, ge=1_000)
+    download_url_default_expiry: int = Field(default=900, ge=1)
+    download_url_max_expiry: int = Field(default=7 * 24 * 3600, ge=1)
+
+    speech_max_chars: int = Field(default=5_000, ge=1)
+    progress_milestones: list[float] = [0.25, 0.5, 0.75]
+
+    outbox_grace_seconds: float = Field(default=5.0, ge=0)
+    scheduler_interval_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.environment == "production" and self.secret_key == DEV_SECRET_KEY:
+            raise ValueError("SECRET_KEY must be set to a random value outside development")
+        if len(self.secret_key) < 16:
+            raise ValueError("SECRET_KEY must be at least 16 characters")
+        return self
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where the local storage backend keeps files."""
+        return self.storage_dir or self.data_dir / "artifacts"
+
+
+def dev_state_path(data_dir: Path) -> Path:
+    """The file a running `claimcheck dev` writes its embedded servers' URLs to."""
+    return data_dir / DEV_STATE_FILE
+
+
+def read_dev_state(data_dir: Path) -> dict[str, str]:
+    """The URLs and secret of the `claimcheck dev` running in data_dir, if any."""
+    path = dev_state_path(data_dir)
+    if not path.exists():
+        return {}
+    loaded: dict[str, str] = json.loads(path.read_text())
+    return loaded
+
+
+def load_settings(data_dir: Path | None = None) -> Settings:
+    """Settings from the environment; what it leaves unset comes from a running `claimcheck dev`."""
+    data_dir = data_dir or Path(os.environ.get("DATA_DIR", ".data"))
+    state = read_dev_state(data_dir)
+    overrides: dict[str, Any] = {"data_dir": data_dir}
+    for name in ("database_url", "redis_url", "secret_key", "environment"):
+        if name.upper() not in os.environ and state.get(name):
+            overrides[name] = state[name]
+    return Settings(**overrides)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings."""
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Artifact storage: one small interface, a local-directory backend (and GCS)."""

@@ -1,0 +1,62 @@
+"""The storage interface every backend implements."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What was stored: its key, size and SHA-256."""
+
+    key: str
+    byte_size: int
+    sha256: str
+
+
+class Storage(Protocol):
+    """Where artifacts live. Uploads stream; a re-run with the same key overwrites."""
+
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes], *, content_type: str, filename: str
+    ) -> StoredObject:
+        """Store the chunks under key; the object appears whole or not at all."""
+
+    def open(self, key: str) -> BinaryIO:
+        """Read an object (FileNotFoundError when absent)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under key."""
+
+    def delete(self, key: str) -> None:
+        """Delete an object; deleting an absent one is not an error."""
+
+    def signed_url(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str:
+        """A URL that lets anyone holding it GET the object until it expires."""
+
+
+def artifact_key(tenant_id: str, job_id: str, filename: str) -> str:
+    """Where a job's artifact lives: per tenant, per job, so re-runs overwrite and tenants never collide."""
+    return f"tenants/{tenant_id}/jobs/{job_id}/{filename}"
+
+
+class HashingReader:
+    """Wraps a chunk iterator, counting bytes and hashing them as they pass."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._digest = hashlib.sha256()
+        self.byte_size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._digest.update(chunk)
+            self.byte_size += len(chunk)
+            yield chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()

@@ -1,0 +1,38 @@
+"""Tenant and API key tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ARRAY, String
+from sqlmodel import Column, Field, SQLModel
+
+from service.ids import new_id
+from service.models import timestamp_column, utcnow
+
+ALL_SCOPES = ("jobs:read", "jobs:write", "webhooks:manage")
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: str = Field(default_factory=lambda: new_id("ten"), primary_key=True)
+    name: str = Field(max_length=200)
+    plan: str = Field(default="default", max_length=50)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key; only its prefix (for lookup) and a keyed hash of the whole key are stored."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=lambda: new_id("key"), primary_key=True)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
+    prefix: str = Field(max_length=16, unique=True)
+    key_hash: str = Field(max_length=64)
+    scopes: list[str] = Field(
+        default_factory=lambda: list(ALL_SCOPES), sa_column=Column(ARRAY(String), nullable=False)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
+    revoked_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
