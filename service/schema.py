@@ -41,7 +41,7 @@ schema = strawberry.Schema(
     mutation=Mutation,
     extensions=[
         UnitOfWork,
-        QueryDepthLimiter(max_depth=MAX_DEPTH),
-        MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
     ],
 )

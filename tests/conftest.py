@@ -142,7 +142,9 @@ def make_tenant(env: dict[str, str]) -> Callable[..., TenantHandle]:
         with session_scope() as session:
             tenant, issued = create_tenant(session, name, server_secret=get_settings().secret_key)
             if scopes is not None:
-                issued = create_key(session, tenant.id, server_secret=get_settings().secret_key, scopes=scopes)
+                issued = create_key(
+                    session, tenant.id, server_secret=get_settings().secret_key, scopes=scopes
+                )
         return TenantHandle(id=tenant.id, api_key=issued.full_key, key_id=issued.key.id)
 
     return make

@@ -1,4 +1,4 @@
-"""Real servers for the test session: Postgres and Redis (given by URL or embedded), API and worker processes."""
+"""Real servers for the test session: Postgres and Redis (given or embedded), API and worker processes."""
 
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "service.cli", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -106,7 +106,7 @@ class Job:
     @strawberry.field(description="The audit trail, oldest first.")
     def events(self, info: GraphQLInfo) -> list[JobEvent]:
         rows = JobRepository(info.context.session, self.tenant_id).events(str(self.id))
-        return [JobEvent(type=row.type, at=row.at, data=row.data) for row in rows]
+        return [JobEvent(type=row.type, at=row.at, data=cast(JSON, row.data)) for row in rows]
 
     @classmethod
     def from_row(cls, row: JobRow) -> Job:
@@ -244,6 +244,3 @@ class JobMutation:
         if input.format is not None:
             raw["format"] = input.format.value
         return _start_job(info, "speech", raw, input.idempotency_key)
-
-
-JobStatusArg = Annotated[JobStatusValue, strawberry.argument()]

@@ -66,7 +66,7 @@ def claim_outbox_due(session: Session, *, cutoff: datetime, limit: int) -> list[
         .where(or_(col(JobOutbox.enqueued_at).is_(None), col(JobOutbox.enqueued_at) < cutoff))
         .order_by(col(JobOutbox.created_at))
         .limit(limit)
-        .with_for_update(skip_locked=True, of=JobOutbox)  # type: ignore[arg-type]
+        .with_for_update(skip_locked=True, of=JobOutbox)
     )
     return [(job_id, kind) for job_id, kind in session.exec(statement)]
 

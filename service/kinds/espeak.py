@@ -77,12 +77,13 @@ def synthesize(text: str, voice: str, on_pcm: Callable[[bytes], bool]) -> None:
     lib, _ = _library()
     stopped = False
 
-    @_SynthCallback
-    def callback(wav: ctypes._Pointer[ctypes.c_short] | None, samples: int, _events: int | None) -> int:
+    def receive(wav: ctypes._Pointer[ctypes.c_short] | None, samples: int, _events: int | None) -> int:
         nonlocal stopped
         if wav and samples > 0 and not on_pcm(ctypes.string_at(wav, samples * SAMPLE_WIDTH)):
             stopped = True
         return 1 if stopped else 0
+
+    callback = _SynthCallback(receive)
 
     encoded = text.encode()
     with _lock:  # the library keeps global state

@@ -88,8 +88,13 @@ def generate_speech(ctx: JobContext, params: SpeechInput) -> ArtifactOutput:
         wav.setframerate(espeak.sample_rate())
         done = 0
         ctx.progress(0.0, "synthesizing")
+
+        def write(pcm: bytes) -> bool:
+            wav.writeframesraw(pcm)
+            return True
+
         for piece in pieces:
-            espeak.synthesize(piece, params.voice, lambda pcm: wav.writeframesraw(pcm) is None)
+            espeak.synthesize(piece, params.voice, write)
             done += len(piece)
             ctx.progress(0.95 * done / total_chars, "synthesizing")
     ctx.progress(0.95, "uploading")

