@@ -5,13 +5,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import service.jobs.models
-import service.tenants.models  # noqa: F401  (register the tables)
 from service.db import sqlalchemy_url
-from service.models import SQLModel
+from service.models import registered_metadata
 
 config = context.config
-target_metadata = SQLModel.metadata
+target_metadata = registered_metadata()
 
 
 def _url() -> str:

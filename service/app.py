@@ -53,37 +53,28 @@ class BodySizeLimit:
             await self._too_large(scope, receive, send)
             return
         seen = 0
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _BodyTooLarge
+            if seen > self.max_bytes and not refused:
+                refused = True
+                await self._too_large(scope, receive, send)
+                return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._too_large(scope, receive, send)
+        async def guarded_send(message: Message) -> None:
+            if not refused:  # the 413 has gone out; whatever the app says after is dropped
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {
-                "errors": [
-                    {
-                        "message": f"request body over {self.max_bytes} bytes",
-                        "extensions": {"code": "PAYLOAD_TOO_LARGE"},
-                    }
-                ]
-            },
-            status_code=413,
-        )
-        await response(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        message = f"request body over {self.max_bytes} bytes"
+        error = {"message": message, "extensions": {"code": "PAYLOAD_TOO_LARGE"}}
+        await JSONResponse({"errors": [error]}, status_code=413)(scope, receive, send)
 
 
 def create_app() -> FastAPI:

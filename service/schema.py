@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, QueryDepthLimiter, SchemaExtension
+from graphql.validation import MaxIntrospectionDepthRule
+from strawberry.extensions import AddValidationRules, MaskErrors, QueryDepthLimiter, SchemaExtension
 from strawberry.tools import merge_types
 
 from service.jobs.graphql import JobMutation, JobQuery
@@ -42,6 +43,7 @@ schema = strawberry.Schema(
     extensions=[
         UnitOfWork,
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: AddValidationRules([MaxIntrospectionDepthRule]),
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
     ],
 )
