@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session as SASession
+from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, create_engine
 
 from service.settings import get_settings
@@ -56,13 +57,19 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
 
 def after_commit(session: Session, callback: Callable[[], object]) -> None:
-    """Run callback once this session's transaction commits; drop it on rollback."""
-    session.info.setdefault(AFTER_COMMIT, []).append(callback)
+    """Run callback once the session's outermost transaction commits.
+
+    Dropped if the transaction it was registered in (a savepoint or the outer one) rolls back.
+    """
+    registered_in = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(AFTER_COMMIT, []).append((registered_in, callback))
 
 
 @event.listens_for(SASession, "after_commit")
 def _run_after_commit(session: SASession) -> None:
-    for callback in session.info.pop(AFTER_COMMIT, []):
+    if session.in_nested_transaction():
+        return  # a savepoint was released; its callbacks wait for the outer commit
+    for _, callback in session.info.pop(AFTER_COMMIT, []):
         try:
             callback()
         except Exception:
@@ -70,6 +77,14 @@ def _run_after_commit(session: SASession) -> None:
             log.exception("after-commit callback failed; the sweep will catch up")
 
 
-@event.listens_for(SASession, "after_rollback")
-def _drop_after_commit(session: SASession) -> None:
-    session.info.pop(AFTER_COMMIT, None)
+@event.listens_for(SASession, "after_soft_rollback")
+def _drop_after_commit(session: SASession, rolled_back: SessionTransaction) -> None:
+    def inside(transaction: SessionTransaction | None) -> bool:
+        while transaction is not None:
+            if transaction is rolled_back:
+                return True
+            transaction = transaction.parent
+        return False
+
+    pending = session.info.get(AFTER_COMMIT, [])
+    session.info[AFTER_COMMIT] = [(tx, callback) for tx, callback in pending if not inside(tx)]

@@ -31,10 +31,9 @@ class TenantRepository(Generic[ModelT]):
             statement = statement.with_for_update()
         return self.session.exec(statement).first()
 
-    def add(self, row: ModelT) -> ModelT:
-        """Stage a new row of this tenant's (flushes, never commits)."""
+    def stage(self, row: ModelT) -> ModelT:
+        """Add a new row of this tenant's to the session (written at the next flush)."""
         if getattr(row, "tenant_id", None) != self.tenant_id:
             raise ValueError("row belongs to another tenant")
         self.session.add(row)
-        self.session.flush()
         return row

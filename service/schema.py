@@ -2,31 +2,67 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import anyio.to_thread
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLResolveInfo
 from graphql.validation import MaxIntrospectionDepthRule
-from strawberry.extensions import AddValidationRules, MaskErrors, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import (
+    AddValidationRules,
+    MaskErrors,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
 from strawberry.tools import merge_types
 
 from service.jobs.graphql import JobMutation, JobQuery
 from service.tenants.graphql import TenantQuery
 
 MAX_DEPTH = 10
+CACHED_DOCUMENTS = 1000  # clients send the same few documents: parse and validate each once
+
+# Built once: rule classes made per request would never hit the validation cache.
+VALIDATION_RULES = [*QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules, MaxIntrospectionDepthRule]
 
 Query = merge_types("Query", (TenantQuery, JobQuery))
 Mutation = merge_types("Mutation", (JobMutation,))
 
 
 class UnitOfWork(SchemaExtension):
-    """The request commits once, after the whole operation, unless it raised an error."""
+    """The request commits once, after the whole operation, unless it raised an error.
 
-    def on_operation(self) -> Iterator[None]:
+    Database work blocks, so it runs in worker threads: each root field's resolver (whose nested
+    fields only read what it loaded) and the final commit. The event loop stays free for other requests.
+    """
+
+    async def on_operation(self) -> AsyncIterator[None]:
         yield
         result = self.execution_context.result
         ok = result is not None and not getattr(result, "errors", None)
-        self.execution_context.context.finish(commit=ok)
+        await anyio.to_thread.run_sync(functools.partial(self.execution_context.context.finish, commit=ok))
+
+    def resolve(
+        self,
+        _next: Callable[..., Any],
+        root: Any,
+        info: GraphQLResolveInfo[Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        if info.path.prev is not None:
+            return _next(root, info, *args, **kwargs)
+        return _in_thread(functools.partial(_next, root, info, *args, **kwargs))
+
+
+async def _in_thread(resolver: Callable[[], Any]) -> Any:
+    result = await anyio.to_thread.run_sync(resolver)
+    return await result if inspect.isawaitable(result) else result
 
 
 def _should_mask(error: GraphQLError) -> bool:
@@ -42,8 +78,9 @@ schema = strawberry.Schema(
     mutation=Mutation,
     extensions=[
         UnitOfWork,
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-        lambda: AddValidationRules([MaxIntrospectionDepthRule]),
+        lambda: ParserCache(maxsize=CACHED_DOCUMENTS),
+        lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
+        lambda: AddValidationRules(VALIDATION_RULES),
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
     ],
 )

@@ -55,6 +55,11 @@ class ServiceProcess:
             )
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "start() first"
+        return self.process.pid
+
     def stop(self, timeout: float = 10) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -75,19 +75,21 @@ def create_job(
         input_hash=fingerprint,
         idempotency_key=idempotency_key,
     )
-    try:
-        with session.begin_nested():
-            jobs.add(job)
-    except IntegrityError:
-        # A concurrent request with the same key committed first: answer as it did.
-        assert idempotency_key is not None
-        earlier = jobs.by_idempotency_key(idempotency_key)
-        if earlier is None:
-            raise
-        return _same_request_or_conflict(earlier, fingerprint)
+    jobs.stage(job)
     record_event(session, job, EVENT_TYPES[JobStatus.QUEUED], {"kind": kind_name})
     session.add(JobOutbox(job_id=job.id))
-    session.flush()
+    if idempotency_key is None:
+        session.flush()
+    else:
+        try:
+            with session.begin_nested():
+                session.flush()
+        except IntegrityError:
+            # A concurrent request with the same key committed first: answer as it did.
+            earlier = jobs.by_idempotency_key(idempotency_key)
+            if earlier is None:
+                raise
+            return _same_request_or_conflict(earlier, fingerprint)
     after_commit(session, lambda: enqueue_job(job.id, kind_name))
     return job
 

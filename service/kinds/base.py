@@ -52,3 +52,5 @@ class Kind:
     content_type: str
     timeout_seconds: int = 600
     max_attempts: int = 3
+    # Loads what every run needs (libraries, models) once per worker, before it forks per job.
+    prepare: Callable[[], object] | None = None

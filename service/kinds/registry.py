@@ -32,6 +32,14 @@ def get_kind(name: str) -> Kind:
     return _KINDS[name]
 
 
+def prepare_kinds() -> None:
+    """Load the built-in kinds and everything their runs need (a worker calls it before forking)."""
+    load_builtin_kinds()
+    for kind in _KINDS.values():
+        if kind.prepare is not None:
+            kind.prepare()
+
+
 def kind_names() -> list[str]:
     """Every registered kind's name."""
     if not _KINDS:

@@ -108,5 +108,6 @@ SPEECH = register(
         handler=generate_speech,
         content_type="audio/wav",
         timeout_seconds=300,
+        prepare=espeak.voices,
     )
 )

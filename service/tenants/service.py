@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service.errors import NotFoundError, ValidationError
 from service.models import utcnow
@@ -84,9 +84,13 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
     parsed = parse_key(token.strip())
     if parsed is None:
         return None
-    key = session.exec(select(ApiKey).where(ApiKey.prefix == parsed.prefix)).first()
-    if key is None or key.revoked_at is not None:
+    # Plain columns, not an ApiKey object: this runs on every request.
+    columns = (ApiKey.id, ApiKey.tenant_id, ApiKey.key_hash, ApiKey.scopes)
+    statement = select(*columns).where(ApiKey.prefix == parsed.prefix, col(ApiKey.revoked_at).is_(None))
+    row = session.exec(statement).first()
+    if row is None:
         return None
-    if not key_matches(parsed.full, key.key_hash, server_secret):
+    key_id, tenant_id, key_hash, scopes = row
+    if not key_matches(parsed.full, key_hash, server_secret):
         return None
-    return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
+    return Principal(tenant_id=tenant_id, key_id=key_id, scopes=frozenset(scopes))

@@ -1,0 +1,261 @@
+"""What the benchmark scripts share: a throwaway stack, service processes, CPU meters, percentiles.
+
+`service_stack()` gives a fresh database (built by the migrations) on an embedded PostgreSQL and an
+embedded Redis in a temporary directory, both deleted afterwards, unless DATABASE_URL / REDIS_URL are
+set (then a fresh database is created on that server and dropped afterwards, and only the jobs queue
+is emptied on that Redis). It creates a tenant with an API key and stops every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.servers import ApiProcess, ServiceProcess, create_database, drop_database, service_env
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SECRET_KEY = "bench-secret-key-" + "x" * 32
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+SPEECH_MUTATION = """
+mutation Speak($input: GenerateSpeechInput!) {
+  generateSpeech(input: $input) { job { id status } userErrors { code message } }
+}
+"""
+
+
+def clear_caches() -> None:
+    """Forget settings, engine, Redis client and storage so they are rebuilt from os.environ."""
+    from service.db import get_engine
+    from service.redis import get_redis
+    from service.settings import get_settings
+    from service.storage.factory import get_storage
+
+    for cached in (get_settings, get_engine, get_redis, get_storage):
+        cached.cache_clear()
+
+
+@dataclass
+class Stack:
+    """A running throwaway environment and the processes started in it."""
+
+    workdir: Path
+    env: dict[str, str]
+    api_key: str
+    tenant_id: str
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}", "content-type": "application/json"}
+
+    def start_api(self, workers: int, app: str | None = None) -> ApiProcess:
+        """The API as in production (`service.cli api --workers N`), or uvicorn on another app factory."""
+        log_path = self.workdir / "api.log"
+        process = ApiProcess(self.env, log_path) if app is None else UvicornApi(app, self.env, log_path)
+        process.args += ["--workers", str(workers)]
+        process.env["PUBLIC_BASE_URL"] = process.url
+        self.processes.append(process)
+        process.start(timeout=60)
+        return process
+
+    def start_worker(self, public_base_url: str) -> ServiceProcess:
+        """One RQ worker on the jobs queue (`service.cli worker`)."""
+        env = {**self.env, "PUBLIC_BASE_URL": public_base_url}
+        process = ServiceProcess(["worker"], env, self.workdir / "worker.log")
+        self.processes.append(process)
+        return process.start()
+
+
+class _UvicornCommand(ServiceProcess):
+    """Runs `python -m uvicorn APP --factory ARGS` instead of `python -m service.cli ARGS`."""
+
+    app = ""
+
+    def start(self) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", self.app, "--factory", "--proxy-headers", *self.args],
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+
+class UvicornApi(ApiProcess, _UvicornCommand):
+    """ApiProcess (free port, wait for /healthz) serving an app factory given as `module:function`."""
+
+    def __init__(self, app: str, env: Mapping[str, str], log_path: Path) -> None:
+        super().__init__(env, log_path)
+        self.app = app
+        level = self.env.get("LOG_LEVEL", "info").lower()
+        self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", level]
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), self.env.get("PYTHONPATH")]))
+
+
+@contextlib.contextmanager
+def service_stack(*, log_level: str = "INFO") -> Iterator[Stack]:
+    """A fresh database and Redis, the service environment, a tenant with an API key."""
+    saved_environ = dict(os.environ)
+    given_database = os.environ.get("DATABASE_URL")
+    given_redis = os.environ.get("REDIS_URL")
+    with tempfile.TemporaryDirectory(prefix="claimcheck-bench-") as tmp, contextlib.ExitStack() as cleanup:
+        workdir = Path(tmp)
+        if given_database:
+            server_url = given_database
+        else:
+            postgres = EmbeddedPostgres(workdir / "postgres", delete_on_stop=True)
+            server_url = postgres.start()
+            cleanup.callback(postgres.stop)
+        if given_redis:
+            redis_url = given_redis
+        else:
+            redis = EmbeddedRedis(workdir / "redis", persist=False)
+            redis_url = redis.start()
+            cleanup.callback(redis.stop)
+
+        from service.migrate import upgrade
+
+        database_url = create_database(server_url)
+        cleanup.callback(drop_database, server_url, database_url)
+        upgrade(database_url)
+
+        env = service_env(database_url, redis_url, workdir / "artifacts", "http://127.0.0.1:0")
+        env.update(ENVIRONMENT="production", SECRET_KEY=SECRET_KEY, LOG_LEVEL=log_level)
+        os.environ.update(env)
+        clear_caches()
+        cleanup.callback(_restore_environ, saved_environ)
+        cleanup.callback(_empty_jobs_queue)
+
+        from service.db import get_engine, session_scope
+        from service.settings import get_settings
+        from service.tenants.service import create_tenant
+
+        with session_scope() as session:
+            tenant, issued = create_tenant(session, "bench", server_secret=get_settings().secret_key)
+        get_engine().dispose()
+
+        stack = Stack(workdir=workdir, env=env, api_key=issued.full_key, tenant_id=tenant.id)
+        try:
+            yield stack
+        finally:
+            for process in reversed(stack.processes):
+                process.stop()
+
+
+def _empty_jobs_queue() -> None:
+    from service.db import get_engine
+    from service.redis import get_queue
+
+    removed = get_queue().empty()  # type: ignore[no-untyped-call]
+    if removed:
+        print(f"(emptied the jobs queue: {removed} RQ job(s) removed)")
+    get_engine().dispose()
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(saved)
+    clear_caches()
+
+
+# CPU accounting from /proc (Linux): processes with their descendants, and the whole machine.
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def process_tree_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) used so far by pids and all their live descendants."""
+    tree = _children()
+    todo, seen, total = list(pids), set[int](), 0.0
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(tree.get(pid, []))
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, summed over all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(values[:8])  # guest time is already counted in user
+    idle = values[3] + values[4]
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
+@dataclass
+class CpuWindow:
+    """CPU used over a time window, in cores (1.0 = one core busy the whole window)."""
+
+    wall: float
+    groups: dict[str, float]
+    machine_busy: float
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def describe(self) -> str:
+        parts = [f"{name} {cores:.2f}" for name, cores in self.groups.items()]
+        others = self.machine_busy - sum(self.groups.values())
+        parts.append(f"everything else (Postgres, Redis, ...) {max(others, 0.0):.2f}")
+        return f"CPU in cores of {self.cores}: machine {self.machine_busy:.2f} busy; " + ", ".join(parts)
+
+
+class CpuMeter:
+    """Measures CPU of named process groups and of the machine between start() and stop()."""
+
+    def __init__(self, groups: Mapping[str, Sequence[int]]) -> None:
+        self.groups = {name: list(pids) for name, pids in groups.items()}
+        self._start: tuple[float, dict[str, float], float] | None = None
+
+    def _read(self) -> tuple[float, dict[str, float], float]:
+        busy, _ = machine_cpu()
+        return time.monotonic(), {n: process_tree_cpu(p) for n, p in self.groups.items()}, busy
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self, extra: Mapping[str, float] | None = None) -> CpuWindow:
+        """The window since start(); extra: CPU seconds measured elsewhere (e.g. by client processes)."""
+        assert self._start is not None, "start() first"
+        t1, groups1, busy1 = self._read()
+        t0, groups0, busy0 = self._start
+        wall = t1 - t0
+        used = {name: (groups1[name] - groups0[name]) / wall for name in groups1}
+        used.update({name: seconds / wall for name, seconds in (extra or {}).items()})
+        return CpuWindow(wall=wall, groups=used, machine_busy=(busy1 - busy0) / wall)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (fraction 0.5 = median, 0.99 = p99); nan when values is empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(math.ceil(fraction * len(ordered)), 1)
+    return ordered[rank - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
