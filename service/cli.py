@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     worker = command(commands, "worker", "run jobs from the queues")
-    worker.add_argument("--queues", nargs="*", help="queues to take work from (default: jobs)")
+    worker.add_argument("--queues", nargs="*", help="what to work on: jobs, webhooks (default: both)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.set_defaults(func=cmd_worker)
 

@@ -76,6 +76,9 @@ def run_dev(*, port: int, data_dir: Path) -> int:
             **{name.upper(): value for name, value in state.items()},
             "DATA_DIR": str(data_dir),
             "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}"),
+            # Trying it out means a receiver on this machine: let webhooks reach loopback over http.
+            "WEBHOOK_ALLOWED_CIDRS": os.environ.get("WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128"),
+            "WEBHOOK_ALLOW_HTTP": os.environ.get("WEBHOOK_ALLOW_HTTP", "true"),
         }
         for name in PROCESSES:
             extra = ["--host", "127.0.0.1", "--port", str(port)] if name == "api" else []

@@ -21,24 +21,26 @@ from strawberry.extensions import (
 )
 from strawberry.tools import merge_types
 
+from callbacks.graphql import WebhookMutation, WebhookQuery
 from service.jobs.graphql import JobMutation, JobQuery
 from service.tenants.graphql import TenantQuery
 
+STRAWBERRY_DEFINITION = "strawberry-definition"
 MAX_DEPTH = 10
 CACHED_DOCUMENTS = 1000  # clients send the same few documents: parse and validate each once
 
 # Built once: rule classes made per request would never hit the validation cache.
 VALIDATION_RULES = [*QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules, MaxIntrospectionDepthRule]
 
-Query = merge_types("Query", (TenantQuery, JobQuery))
-Mutation = merge_types("Mutation", (JobMutation,))
+Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
+Mutation = merge_types("Mutation", (JobMutation, WebhookMutation))
 
 
 class UnitOfWork(SchemaExtension):
     """The request commits once, after the whole operation, unless it raised an error.
 
-    Database work blocks, so it runs in worker threads: each root field's resolver (whose nested
-    fields only read what it loaded) and the final commit. The event loop stays free for other requests.
+    Database work blocks, so it runs in worker threads: every resolver that takes `info` (the way to
+    the session) and the final commit. The event loop stays free for other requests.
     """
 
     async def on_operation(self) -> AsyncIterator[None]:
@@ -55,9 +57,16 @@ class UnitOfWork(SchemaExtension):
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        if info.path.prev is not None:
+        if not _uses_context(info):
             return _next(root, info, *args, **kwargs)
         return _in_thread(functools.partial(_next, root, info, *args, **kwargs))
+
+
+def _uses_context(info: GraphQLResolveInfo[Any]) -> bool:
+    """Whether this field's resolver takes `info`, i.e. may use the request's session."""
+    definition = info.parent_type.fields[info.field_name].extensions.get(STRAWBERRY_DEFINITION)
+    resolver = getattr(definition, "base_resolver", None)
+    return resolver is not None and resolver.info_parameter is not None
 
 
 async def _in_thread(resolver: Callable[[], Any]) -> Any:

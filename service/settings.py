@@ -42,6 +42,22 @@ class Settings(BaseSettings):
     outbox_grace_seconds: float = Field(default=5.0, ge=0)
     scheduler_interval_seconds: float = Field(default=2.0, gt=0)
 
+    # Fernet keys (comma-separated, newest first) for secrets at rest; default: derived from SECRET_KEY.
+    encryption_keys: str = ""
+
+    # Webhooks. Delays are seconds after the previous attempt; the scale compresses them (tests, chaos).
+    webhook_retry_schedule: list[float] = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_retry_scale: float = Field(default=1.0, gt=0)
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    webhook_max_retry_after: float = Field(default=3600, ge=0)
+    webhook_timeout_seconds: float = Field(default=15, gt=0)
+    webhook_disable_after_seconds: float = Field(default=5 * 24 * 3600, gt=0)
+    webhook_allowed_cidrs: str = ""
+    webhook_allow_http: bool = False
+    webhook_max_in_flight: int = Field(default=200, ge=1)
+    webhook_max_in_flight_per_endpoint: int = Field(default=20, ge=1)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
         if self.environment == "production" and self.secret_key == DEV_SECRET_KEY:
@@ -49,6 +65,11 @@ class Settings(BaseSettings):
         if len(self.secret_key) < 16:
             raise ValueError("SECRET_KEY must be at least 16 characters")
         return self
+
+    @property
+    def webhook_allowed_networks(self) -> list[str]:
+        """WEBHOOK_ALLOWED_CIDRS as a list."""
+        return [cidr.strip() for cidr in self.webhook_allowed_cidrs.split(",") if cidr.strip()]
 
     @property
     def artifacts_dir(self) -> Path:

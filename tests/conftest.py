@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,21 @@ def tenant(make_tenant: Callable[..., TenantHandle]) -> TenantHandle:
     return make_tenant()
 
 
+def commit_job_without_enqueue(tenant_id: str, kind: str, raw_input: dict[str, Any]) -> str:
+    """Create and commit a job exactly as a request does, but lose its after-commit enqueue.
+
+    This is a crash between the commit and the enqueue: Postgres has the job, RQ never heard of it.
+    """
+    from service.db import AFTER_COMMIT, session_scope
+    from service.jobs.service import create_job
+
+    with session_scope() as session:
+        job = create_job(session, tenant_id, kind, raw_input, None)
+        dropped = session.info.pop(AFTER_COMMIT, [])  # the crash: every after-commit callback is lost
+        assert dropped, "create_job registered no after-commit enqueue"
+    return job.id
+
+
 class GraphQLClient:
     """POSTs GraphQL over real HTTP with a tenant's key."""
 
@@ -222,3 +237,17 @@ def client_for(api: ApiProcess) -> Iterator[Callable[[str | None], GraphQLClient
     yield make
     for client in clients:
         client.http.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failure, attach the tail of each service process's log to the report."""
+    report = yield
+    if report.failed and call.when == "call":
+        for name in ("api", "worker"):
+            process = item.funcargs.get(name) if hasattr(item, "funcargs") else None
+            if isinstance(process, ServiceProcess):
+                report.sections.append((f"{name} log (tail)", process.log()[-6000:]))
+    return report

@@ -119,4 +119,9 @@ def service_env(database_url: str, redis_url: str, storage_dir: Path, public_bas
         "OUTBOX_GRACE_SECONDS": "0.5",
         "SCHEDULER_INTERVAL_SECONDS": "0.5",
         "LOG_LEVEL": "INFO",
+        "WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
+        "WEBHOOK_ALLOW_HTTP": "true",
+        "WEBHOOK_RETRY_SCHEDULE": "[0, 1, 1, 1]",
+        "WEBHOOK_POLL_SECONDS": "0.2",
+        "WEBHOOK_TIMEOUT_SECONDS": "2",
     }

@@ -10,6 +10,7 @@ import pydantic
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from callbacks.events import publish_job_event
 from service.db import after_commit
 from service.errors import IdempotencyConflictError, ValidationError
 from service.jobs.dispatch import enqueue_job
@@ -45,8 +46,9 @@ def input_fingerprint(kind_name: str, params: dict[str, Any]) -> str:
 
 
 def record_event(session: Session, job: Job, event_type: str, data: dict[str, Any] | None = None) -> None:
-    """Append a line to the job's audit trail, in the caller's transaction."""
+    """Append a line to the job's audit trail and publish its webhook event, in the caller's transaction."""
     session.add(JobEvent(job_id=job.id, tenant_id=job.tenant_id, type=event_type, data=data))
+    publish_job_event(session, job, event_type, data)
 
 
 def create_job(

@@ -1,0 +1,189 @@
+"""The deliverer: an asyncio loop that claims due deliveries from Postgres and sends them concurrently.
+
+Woken at once by a NOTIFY from the transaction that created a delivery, and by a poll every
+WEBHOOK_POLL_SECONDS for retries coming due (or a NOTIFY missed while Postgres was away). Claims are
+bounded by WEBHOOK_MAX_IN_FLIGHT overall and WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, so one
+slow receiver cannot hold up the others. Outcomes are written back in small batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import Counter
+
+import anyio.to_thread
+import psycopg
+from sqlalchemy.engine import make_url
+
+from callbacks.delivery import Claimed, Outcome, claim_due, record, release
+from callbacks.events import NOTIFY_CHANNEL
+from callbacks.sender import Sender
+from service.db import session_scope
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+RECORD_BATCH = 200
+RECORD_INTERVAL = 0.02
+LEASE_MARGIN_SECONDS = 30.0
+
+
+class Deliverer:
+    """Claims, sends and records until stopped; stopping lets in-flight attempts finish."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sender = Sender(settings)
+        self.wake = asyncio.Event()
+        self.in_flight: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.outcomes: list[Outcome] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = asyncio.create_task(self._listen(stop))
+        recorder = asyncio.create_task(self._record_loop(stop))
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                try:
+                    full = await self._claim_and_send()
+                except Exception:
+                    log.exception("claiming webhook deliveries failed; retrying")
+                    full = False
+                if full:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.webhook_poll_seconds):
+                        await _first(self.wake.wait(), stop.wait())
+        finally:
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout_seconds + 1)
+            recorder.cancel()
+            listener.cancel()
+            await asyncio.gather(recorder, listener, return_exceptions=True)
+            await self._flush()
+            await self.sender.aclose()
+
+    async def _claim_and_send(self) -> bool:
+        """Start sending what is due; True when capacity ran out (more may be waiting)."""
+        capacity = self.settings.webhook_max_in_flight - len(self.tasks)
+        if capacity <= 0:
+            return False
+        per_endpoint = self.settings.webhook_max_in_flight_per_endpoint
+        busy = [endpoint for endpoint, count in self.in_flight.items() if count >= per_endpoint]
+        lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+        claimed = await anyio.to_thread.run_sync(self._claim, capacity, lease, busy)
+        surplus = []
+        for item in claimed:
+            if self.in_flight[item.endpoint_id] >= per_endpoint:
+                surplus.append(item.delivery_id)
+                continue
+            self.in_flight[item.endpoint_id] += 1
+            task = asyncio.create_task(self._send(item))
+            self.tasks.add(task)
+        if surplus:
+            await anyio.to_thread.run_sync(self._release, surplus)
+        return len(claimed) == capacity
+
+    async def _send(self, claimed: Claimed) -> None:
+        try:
+            outcome = await self.sender.send(claimed)
+            self.outcomes.append(outcome)
+        except Exception:
+            # The lease lapses and the delivery is tried again; nothing is lost.
+            log.exception("sending delivery %s failed unexpectedly", claimed.delivery_id)
+        finally:
+            self.in_flight[claimed.endpoint_id] -= 1
+            if self.in_flight[claimed.endpoint_id] <= 0:
+                del self.in_flight[claimed.endpoint_id]
+            task = asyncio.current_task()
+            if task is not None:
+                self.tasks.discard(task)
+            self.wake.set()
+
+    async def _record_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(RECORD_INTERVAL)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self.outcomes:
+            batch, self.outcomes = self.outcomes[:RECORD_BATCH], self.outcomes[RECORD_BATCH:]
+            try:
+                await anyio.to_thread.run_sync(self._record, batch)
+            except Exception:
+                log.exception("recording %d webhook attempts failed; retrying", len(batch))
+                self.outcomes[:0] = batch
+                await asyncio.sleep(1)
+                return
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Set wake on each NOTIFY; reconnect (and catch up) when the connection drops."""
+        url = make_url(self.settings.database_url).set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+                    await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.wake.set()
+                    async for _ in connection.notifies():
+                        self.wake.set()
+            except (psycopg.Error, OSError) as error:
+                log.warning("webhook listener lost its connection (%s); polling until it is back", error)
+                await asyncio.sleep(1)
+
+    def _claim(self, limit: int, lease: float, busy: list[str]) -> list[Claimed]:
+        with session_scope() as session:
+            return claim_due(session, limit, lease, busy)
+
+    def _release(self, delivery_ids: list[str]) -> None:
+        with session_scope() as session:
+            release(session, delivery_ids)
+
+    def _record(self, outcomes: list[Outcome]) -> None:
+        with session_scope() as session:
+            record(session, outcomes, self.settings)
+
+
+async def _first(*waits: object) -> None:
+    """Return when the first of these awaitables finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(w) for w in waits]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def run_until(stop: asyncio.Event) -> None:
+    """Run a deliverer with the process's settings until stop is set."""
+    await Deliverer(get_settings()).run(stop)
+
+
+class DelivererThread(threading.Thread):
+    """A deliverer on its own event loop, beside an RQ worker in the same process."""
+
+    def __init__(self) -> None:
+        super().__init__(name="webhook-deliverer", daemon=True)
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._started.set()
+        await run_until(self._stop_event)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to stop, let in-flight attempts finish, and wait for it."""
+        self._started.wait()
+        if self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self.join(timeout)

@@ -1,0 +1,314 @@
+"""GraphQL for webhooks: endpoints with their recent deliveries, and the management mutations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from callbacks import endpoints as rules
+from callbacks.models import DeliveryStatus as DeliveryStatusValue
+from callbacks.models import SigningScheme as SigningSchemeValue
+from callbacks.models import WebhookDelivery as DeliveryRow
+from callbacks.models import WebhookEndpoint as EndpointRow
+from callbacks.repository import DeliveryRepository, EndpointRepository
+from service.errors import ValidationError
+from service.graphql_base import GraphQLInfo, UserError, graphql_error, require, run_mutation
+from service.ids import has_prefix
+
+SCOPE = "webhooks:manage"
+MAX_DELIVERIES = 100
+DEFAULT_DELIVERIES = 20
+
+SigningScheme = strawberry.enum(SigningSchemeValue, name="SigningScheme")
+DeliveryStatus = strawberry.enum(DeliveryStatusValue, name="DeliveryStatus")
+
+
+@strawberry.type
+class WebhookAttempt:
+    at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response_body: str | None = strawberry.field(description="The first 4 KiB of the receiver's answer.")
+    trigger: str = strawberry.field(description="scheduled | manual")
+
+
+@strawberry.type
+class WebhookDelivery:
+    id: strawberry.ID
+    event_id: strawberry.ID
+    event_type: str
+    status: DeliveryStatus  # type: ignore[valid-type]
+    next_attempt_at: datetime | None
+    attempts: list[WebhookAttempt]
+
+
+def _deliveries(info: GraphQLInfo, tenant_id: str, rows: list[DeliveryRow]) -> list[WebhookDelivery]:
+    """Rows as GraphQL objects, with their attempts and event types in two queries."""
+    repository = DeliveryRepository(info.context.session, tenant_id)
+    ids = [row.id for row in rows]
+    attempts: dict[str, list[WebhookAttempt]] = {row_id: [] for row_id in ids}
+    for attempt in repository.attempts(ids) if ids else []:
+        attempts[attempt.delivery_id].append(
+            WebhookAttempt(
+                at=attempt.at,
+                status_code=attempt.status_code,
+                duration_ms=attempt.duration_ms,
+                error=attempt.error,
+                response_body=attempt.response_body,
+                trigger=attempt.trigger,
+            )
+        )
+    types = repository.event_types([row.event_id for row in rows]) if rows else {}
+    return [
+        WebhookDelivery(
+            id=strawberry.ID(row.id),
+            event_id=strawberry.ID(row.event_id),
+            event_type=types.get(row.event_id, ""),
+            status=DeliveryStatusValue(row.status),
+            next_attempt_at=row.next_attempt_at if row.status == DeliveryStatusValue.PENDING else None,
+            attempts=attempts[row.id],
+        )
+        for row in rows
+    ]
+
+
+@strawberry.type
+class WebhookEndpoint:
+    id: strawberry.ID
+    url: str
+    description: str | None
+    event_types: list[str] = strawberry.field(description="Empty: every event type.")
+    enabled: bool
+    disabled_reason: str | None
+    signing: SigningScheme  # type: ignore[valid-type]
+    public_key: str | None = strawberry.field(description="whpk_... for V1A endpoints: verify with it.")
+    created_at: datetime
+    tenant_id: strawberry.Private[str]
+
+    @classmethod
+    def from_row(cls, row: EndpointRow) -> WebhookEndpoint:
+        return cls(
+            id=strawberry.ID(row.id),
+            url=row.url,
+            description=row.description,
+            event_types=row.event_types,
+            enabled=row.enabled,
+            disabled_reason=row.disabled_reason,
+            signing=SigningSchemeValue(row.signing),
+            public_key=rules.current_public_key(row),
+            created_at=row.created_at,
+            tenant_id=row.tenant_id,
+        )
+
+    @strawberry.field(description="Recent deliveries, newest first, with their attempts.")
+    def deliveries(
+        self,
+        info: GraphQLInfo,
+        first: int | None = None,
+        status: DeliveryStatus | None = None,  # type: ignore[valid-type]
+    ) -> list[WebhookDelivery]:
+        size = DEFAULT_DELIVERIES if first is None else first
+        if not 0 <= size <= MAX_DELIVERIES:
+            raise graphql_error(
+                ValidationError(f"first must be between 0 and {MAX_DELIVERIES}", field=["first"])
+            )
+        repository = DeliveryRepository(info.context.session, self.tenant_id)
+        rows = repository.recent(
+            str(self.id), first=size, status=DeliveryStatusValue(status).value if status else None
+        )
+        return _deliveries(info, self.tenant_id, list(rows))
+
+
+@strawberry.type
+class WebhookEndpointPayload:
+    endpoint: WebhookEndpoint | None
+    secret: str | None = strawberry.field(
+        description="whsec_..., shown once (V1 endpoints, create and rotate)."
+    )
+    user_errors: list[UserError]
+
+
+@strawberry.type
+class WebhookDeliveryPayload:
+    delivery: WebhookDelivery | None
+    user_errors: list[UserError]
+
+
+@strawberry.type
+class RecoverPayload:
+    count: int
+    user_errors: list[UserError]
+
+
+@strawberry.type
+class DeletePayload:
+    id: strawberry.ID | None
+    user_errors: list[UserError]
+
+
+@strawberry.input
+class CreateWebhookEndpointInput:
+    url: str
+    event_types: list[str] | None = None
+    description: str | None = None
+    signing: SigningScheme | None = None  # type: ignore[valid-type]
+
+
+@strawberry.input
+class UpdateWebhookEndpointInput:
+    url: str | None = None
+    event_types: list[str] | None = None
+    description: str | None = None
+    enabled: bool | None = None
+
+
+@strawberry.type
+class WebhookQuery:
+    @strawberry.field(description="The caller's webhook endpoints.")
+    def webhook_endpoints(self, info: GraphQLInfo) -> list[WebhookEndpoint]:
+        principal = require(info, SCOPE)
+        rows = EndpointRepository(info.context.session, principal.tenant_id).all()
+        return [WebhookEndpoint.from_row(row) for row in rows]
+
+    @strawberry.field(description="One endpoint of the caller's, or null.")
+    def webhook_endpoint(self, info: GraphQLInfo, id: strawberry.ID) -> WebhookEndpoint | None:
+        principal = require(info, SCOPE)
+        if not has_prefix(str(id), "whe"):
+            return None
+        row = EndpointRepository(info.context.session, principal.tenant_id).get(str(id))
+        return WebhookEndpoint.from_row(row) if row else None
+
+
+def _endpoint_payload(issued: rules.IssuedEndpoint) -> WebhookEndpointPayload:
+    return WebhookEndpointPayload(
+        endpoint=WebhookEndpoint.from_row(issued.endpoint), secret=issued.secret, user_errors=[]
+    )
+
+
+def _endpoint_errors(errors: list[UserError]) -> WebhookEndpointPayload:
+    return WebhookEndpointPayload(endpoint=None, secret=None, user_errors=errors)
+
+
+def _delivery_errors(errors: list[UserError]) -> WebhookDeliveryPayload:
+    return WebhookDeliveryPayload(delivery=None, user_errors=errors)
+
+
+@strawberry.type
+class WebhookMutation:
+    @strawberry.mutation(description="Add an endpoint; the whsec_ secret is in this answer only.")
+    def create_webhook_endpoint(
+        self, info: GraphQLInfo, input: CreateWebhookEndpointInput
+    ) -> WebhookEndpointPayload:
+        tenant_id = require(info, SCOPE).tenant_id
+        signing = SigningSchemeValue(input.signing.value) if input.signing else SigningSchemeValue.V1
+        return run_mutation(
+            info,
+            lambda: _endpoint_payload(
+                rules.create_endpoint(
+                    info.context.session,
+                    tenant_id,
+                    url=input.url,
+                    event_types=input.event_types,
+                    description=input.description,
+                    signing=signing,
+                )
+            ),
+            _endpoint_errors,
+        )
+
+    @strawberry.mutation
+    def update_webhook_endpoint(
+        self, info: GraphQLInfo, id: strawberry.ID, input: UpdateWebhookEndpointInput
+    ) -> WebhookEndpointPayload:
+        tenant_id = require(info, SCOPE).tenant_id
+        return run_mutation(
+            info,
+            lambda: WebhookEndpointPayload(
+                endpoint=WebhookEndpoint.from_row(
+                    rules.update_endpoint(
+                        info.context.session,
+                        tenant_id,
+                        str(id),
+                        url=input.url,
+                        event_types=input.event_types,
+                        description=input.description,
+                        enabled=input.enabled,
+                    )
+                ),
+                secret=None,
+                user_errors=[],
+            ),
+            _endpoint_errors,
+        )
+
+    @strawberry.mutation
+    def delete_webhook_endpoint(self, info: GraphQLInfo, id: strawberry.ID) -> DeletePayload:
+        tenant_id = require(info, SCOPE).tenant_id
+        return run_mutation(
+            info,
+            lambda: DeletePayload(
+                id=strawberry.ID(rules.delete_endpoint(info.context.session, tenant_id, str(id))),
+                user_errors=[],
+            ),
+            lambda errors: DeletePayload(id=None, user_errors=errors),
+        )
+
+    @strawberry.mutation(description="A new signing key; the old one keeps signing beside it for a while.")
+    def rotate_webhook_secret(
+        self, info: GraphQLInfo, id: strawberry.ID, keep_old_for_seconds: int | None = None
+    ) -> WebhookEndpointPayload:
+        tenant_id = require(info, SCOPE).tenant_id
+        return run_mutation(
+            info,
+            lambda: _endpoint_payload(
+                rules.rotate_key(info.context.session, tenant_id, str(id), keep_old_for_seconds)
+            ),
+            _endpoint_errors,
+        )
+
+    @strawberry.mutation(description="Send a webhook.test event to this endpoint.")
+    def send_test_webhook(self, info: GraphQLInfo, endpoint_id: strawberry.ID) -> WebhookDeliveryPayload:
+        tenant_id = require(info, SCOPE).tenant_id
+        session = info.context.session
+        return run_mutation(
+            info,
+            lambda: WebhookDeliveryPayload(
+                delivery=_deliveries(
+                    info, tenant_id, [rules.send_test(session, tenant_id, str(endpoint_id))]
+                )[0],
+                user_errors=[],
+            ),
+            _delivery_errors,
+        )
+
+    @strawberry.mutation(description="Send an event to an endpoint again now, with the same webhook-id.")
+    def redeliver_webhook(
+        self, info: GraphQLInfo, event_id: strawberry.ID, endpoint_id: strawberry.ID
+    ) -> WebhookDeliveryPayload:
+        tenant_id = require(info, SCOPE).tenant_id
+        session = info.context.session
+        return run_mutation(
+            info,
+            lambda: WebhookDeliveryPayload(
+                delivery=_deliveries(
+                    info, tenant_id, [rules.redeliver(session, tenant_id, str(event_id), str(endpoint_id))]
+                )[0],
+                user_errors=[],
+            ),
+            _delivery_errors,
+        )
+
+    @strawberry.mutation(description="Send again every delivery to this endpoint that failed since a time.")
+    def recover_webhooks(
+        self, info: GraphQLInfo, endpoint_id: strawberry.ID, since: datetime
+    ) -> RecoverPayload:
+        tenant_id = require(info, SCOPE).tenant_id
+        return run_mutation(
+            info,
+            lambda: RecoverPayload(
+                count=rules.recover(info.context.session, tenant_id, str(endpoint_id), since), user_errors=[]
+            ),
+            lambda errors: RecoverPayload(count=0, user_errors=errors),
+        )
