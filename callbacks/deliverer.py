@@ -75,7 +75,7 @@ class Deliverer:
         per_endpoint = self.settings.webhook_max_in_flight_per_endpoint
         busy = [endpoint for endpoint, count in self.in_flight.items() if count >= per_endpoint]
         lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
-        claimed = await anyio.to_thread.run_sync(self._claim, capacity, lease, busy)
+        claimed = await anyio.to_thread.run_sync(self._claim, capacity, per_endpoint, lease, busy)
         surplus = []
         for item in claimed:
             if self.in_flight[item.endpoint_id] >= per_endpoint:
@@ -96,13 +96,19 @@ class Deliverer:
             # The lease lapses and the delivery is tried again; nothing is lost.
             log.exception("sending delivery %s failed unexpectedly", claimed.delivery_id)
         finally:
-            self.in_flight[claimed.endpoint_id] -= 1
-            if self.in_flight[claimed.endpoint_id] <= 0:
+            left = self.in_flight[claimed.endpoint_id] - 1
+            self.in_flight[claimed.endpoint_id] = left
+            if left <= 0:
                 del self.in_flight[claimed.endpoint_id]
             task = asyncio.current_task()
             if task is not None:
                 self.tasks.discard(task)
-            self.wake.set()
+            # Claim again once half of an endpoint's slots (or half of all) are free, not after every
+            # reply: one claim query per batch.
+            half_endpoint = left == self.settings.webhook_max_in_flight_per_endpoint // 2
+            half_overall = len(self.tasks) == self.settings.webhook_max_in_flight // 2
+            if left <= 0 or half_endpoint or half_overall:
+                self.wake.set()
 
     async def _record_loop(self, stop: asyncio.Event) -> None:
         while True:
@@ -135,9 +141,9 @@ class Deliverer:
                 log.warning("webhook listener lost its connection (%s); polling until it is back", error)
                 await asyncio.sleep(1)
 
-    def _claim(self, limit: int, lease: float, busy: list[str]) -> list[Claimed]:
+    def _claim(self, limit: int, per_endpoint: int, lease: float, busy: list[str]) -> list[Claimed]:
         with session_scope() as session:
-            return claim_due(session, limit, lease, busy)
+            return claim_due(session, limit, per_endpoint, lease, busy)
 
     def _release(self, delivery_ids: list[str]) -> None:
         with session_scope() as session:

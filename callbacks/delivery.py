@@ -28,14 +28,22 @@ RESPONSE_BODY_LIMIT = 4096
 
 _CLAIM = text(
     """
-    WITH due AS (
-        SELECT id FROM webhook_deliveries
+    WITH ranked AS (
+        SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS place
+        FROM webhook_deliveries
         WHERE status = 'PENDING' AND next_attempt_at <= now()
           AND (lease_until IS NULL OR lease_until < now())
           AND NOT (endpoint_id = ANY(:busy))
-        ORDER BY next_attempt_at
+    ), due AS (
+        SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id
+        WHERE r.place <= :per_endpoint
+          -- again here: the row lock re-checks these on the newest row version, so a delivery that
+          -- another deliverer leased after this statement's snapshot is skipped, not sent twice
+          AND d.status = 'PENDING' AND d.next_attempt_at <= now()
+          AND (d.lease_until IS NULL OR d.lease_until < now())
+        ORDER BY d.next_attempt_at
         LIMIT :limit
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF d SKIP LOCKED
     )
     UPDATE webhook_deliveries d
     SET lease_until = now() + make_interval(secs => :lease)
@@ -88,9 +96,18 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def claim_due(session: Session, limit: int, lease_seconds: float, busy_endpoints: list[str]) -> list[Claimed]:
-    """Lease up to `limit` due deliveries, oldest due first, skipping the busy endpoints."""
-    rows = session.execute(_CLAIM, {"limit": limit, "lease": lease_seconds, "busy": busy_endpoints}).all()
+def claim_due(
+    session: Session, limit: int, per_endpoint: int, lease_seconds: float, busy_endpoints: list[str]
+) -> list[Claimed]:
+    """Lease up to `limit` due deliveries (`per_endpoint` at most for each endpoint), oldest due first,
+    skipping the busy endpoints."""
+    parameters = {
+        "limit": limit,
+        "per_endpoint": per_endpoint,
+        "lease": lease_seconds,
+        "busy": busy_endpoints,
+    }
+    rows = session.execute(_CLAIM, parameters).all()
     return [
         Claimed(
             delivery_id=row.id,

@@ -90,10 +90,11 @@ def check_url(url: str, allowed_cidrs: Iterable[str | Network] = (), allow_http:
     if port == 0:
         raise UnsafeURLError("URL_INVALID", "the URL port must be 1-65535")
     host = _parse_host(parts.hostname or "")
+    port = port or DEFAULT_PORTS[parts.scheme]
     if isinstance(host, str):
-        return Target(parts.scheme, host, port or DEFAULT_PORTS[parts.scheme], None)
+        return Target(parts.scheme, host, port, None)
     _check_address(host, _networks(allowed_cidrs))
-    return Target(parts.scheme, str(host), port or DEFAULT_PORTS[parts.scheme], host)
+    return Target(parts.scheme, str(host), port, host)
 
 
 def resolve_public(host: str, port: int, allowed_cidrs: Iterable[str | Network] = ()) -> list[IPAddress]:
@@ -111,15 +112,15 @@ def resolve_public(host: str, port: int, allowed_cidrs: Iterable[str | Network] 
 
 def pinned_url(url: str, ip: str | IPAddress) -> Pinned:
     """Return `url` aimed at `ip`, with the Host header and SNI hostname that keep the original host."""
-    address = ip_address(ip)
     parts = urlsplit(url)
     host = _parse_host(parts.hostname or "")
     port = f":{parts.port}" if parts.port is not None else ""
-    netloc = (f"[{address}]" if address.version == 6 else str(address)) + port
-    if isinstance(host, str):
-        return Pinned(urlunsplit(parts._replace(netloc=netloc)), host + port, host)
-    original = f"[{host}]" if host.version == 6 else str(host)
-    return Pinned(urlunsplit(parts._replace(netloc=netloc)), original + port, None)
+    pinned = urlunsplit(parts._replace(netloc=_bracketed(ip_address(ip)) + port))
+    return Pinned(pinned, _bracketed(host) + port, host if isinstance(host, str) else None)
+
+
+def _bracketed(host: str | IPAddress) -> str:
+    return f"[{host}]" if isinstance(host, IPv6Address) else str(host)
 
 
 def refusal_reason(ip: IPAddress) -> str | None:

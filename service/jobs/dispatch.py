@@ -63,7 +63,13 @@ def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) ->
     now = utcnow()
     cutoff = now - timedelta(seconds=grace_seconds)
     due = repository.claim_outbox_due(session, cutoff=cutoff, limit=limit)
-    enqueued = sum(_ensure_in_rq(job_id, kind) for job_id, kind in due)
+    enqueued = 0
+    for job_id, kind in due:
+        try:
+            enqueued += _ensure_in_rq(job_id, kind)
+        except Exception:
+            # One bad row (an unknown kind, a Redis hiccup) must not keep the others waiting.
+            log.exception("outbox sweep could not enqueue job %s; will retry", job_id)
     repository.mark_outbox_checked(session, [job_id for job_id, _ in due], now)
     if enqueued:
         log.warning("outbox sweep enqueued %d job(s) that RQ did not hold", enqueued)

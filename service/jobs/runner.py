@@ -65,7 +65,12 @@ def run_job(job_id: str) -> None:
     job = start(job_id)
     if job is None:
         return
-    kind = get_kind(job.kind)
+    try:
+        kind = get_kind(job.kind)
+    except KeyError:
+        # E.g. an older worker during a deploy that added the kind: another attempt may know it.
+        _finish_failed(job_id, "UNKNOWN_KIND", f"this worker does not know the kind {job.kind!r}", True)
+        return
     try:
         params = kind.input_model.model_validate(job.input)
         output = kind.handler(RunContext(job), params)

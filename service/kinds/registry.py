@@ -7,6 +7,7 @@ import importlib
 from service.kinds.base import Kind
 
 _KINDS: dict[str, Kind] = {}
+_builtins_loaded = False
 
 BUILTIN_KIND_MODULES = ("service.kinds.speech",)
 
@@ -20,15 +21,18 @@ def register(kind: Kind) -> Kind:
 
 
 def load_builtin_kinds() -> None:
-    """Import the modules that register the built-in kinds."""
+    """Import the modules that register the built-in kinds (once)."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
     for module in BUILTIN_KIND_MODULES:
         importlib.import_module(module)
+    _builtins_loaded = True
 
 
 def get_kind(name: str) -> Kind:
     """The kind registered under name (KeyError if none)."""
-    if not _KINDS:
-        load_builtin_kinds()
+    load_builtin_kinds()
     return _KINDS[name]
 
 
@@ -42,6 +46,5 @@ def prepare_kinds() -> None:
 
 def kind_names() -> list[str]:
     """Every registered kind's name."""
-    if not _KINDS:
-        load_builtin_kinds()
+    load_builtin_kinds()
     return sorted(_KINDS)
