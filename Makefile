@@ -29,9 +29,10 @@ lint: install
 pytest: install
 	$(BIN)/pytest
 
-bench: install  ## the benchmark scripts (they print figures)
-	$(BIN)/python bench/enqueue.py
-	$(BIN)/python bench/e2e.py
+bench: install  ## the benchmark scripts (they print figures; see bench/README.md)
+	$(BIN)/python -m bench.enqueue
+	$(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.deliveries
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
