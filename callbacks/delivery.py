@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from callbacks.events import publish
 from callbacks.models import AttemptTrigger, DeliveryStatus, WebhookAttempt, WebhookEndpoint
 from callbacks.schedule import next_delay
+from observability.metrics import record_endpoint_disabled
 from service.models import utcnow
 from service.settings import Settings
 
@@ -50,7 +51,7 @@ _CLAIM = text(
     FROM due, webhook_events e, webhook_endpoints ep
     WHERE d.id = due.id AND e.id = d.event_id AND ep.id = d.endpoint_id
     RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
-              e.id AS event_id, e.type, e.data, e.created_at, e.job_id,
+              e.id AS event_id, e.type, e.data, e.created_at, e.job_id, e.trace_context,
               ep.url, ep.enabled, ep.signing_keys,
               (SELECT artifact_key FROM jobs WHERE jobs.id = e.job_id) AS artifact_key
     """
@@ -75,6 +76,7 @@ class Claimed:
     endpoint_enabled: bool
     signing_keys: list[dict[str, Any]]
     artifact_key: str | None
+    trace_context: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def claim_due(
             endpoint_enabled=row.enabled,
             signing_keys=row.signing_keys,
             artifact_key=row.artifact_key,
+            trace_context=row.trace_context,
         )
         for row in rows
     ]
@@ -231,6 +234,7 @@ def _track_endpoint_health(session: Session, outcomes: list[Outcome], settings: 
 def disable(session: Session, endpoint: WebhookEndpoint, reason: str) -> None:
     """Disable an endpoint and tell the tenant's other endpoints (an ``endpoint.disabled`` event)."""
     log.warning("disabling webhook endpoint %s: %s", endpoint.id, reason)
+    record_endpoint_disabled(reason)
     endpoint.enabled = False
     endpoint.disabled_reason = reason
     endpoint.updated_at = utcnow()

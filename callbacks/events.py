@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, or_, select
 
 from callbacks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from observability.tracing import inject
 from service.jobs.models import Job
 
 JOB_EVENT_TYPES = (
@@ -70,7 +71,9 @@ def publish(
 
     Deliverers are woken by a NOTIFY that Postgres sends only if this transaction commits.
     """
-    event = WebhookEvent(tenant_id=tenant_id, type=event_type, data=data, job_id=job_id)
+    event = WebhookEvent(
+        tenant_id=tenant_id, type=event_type, data=data, job_id=job_id, trace_context=inject()
+    )
     session.add(event)
     endpoints = select(WebhookEndpoint.id).where(
         WebhookEndpoint.tenant_id == tenant_id, col(WebhookEndpoint.enabled).is_(True)

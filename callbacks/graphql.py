@@ -13,7 +13,7 @@ from callbacks.models import WebhookDelivery as DeliveryRow
 from callbacks.models import WebhookEndpoint as EndpointRow
 from callbacks.repository import DeliveryRepository, EndpointRepository
 from service.errors import ValidationError
-from service.graphql_base import GraphQLInfo, UserError, graphql_error, require, run_mutation
+from service.graphql_base import DeletePayload, GraphQLInfo, UserError, graphql_error, require, run_mutation
 from service.ids import has_prefix
 
 SCOPE = "webhooks:manage"
@@ -139,12 +139,6 @@ class WebhookDeliveryPayload:
 @strawberry.type
 class RecoverPayload:
     count: int
-    user_errors: list[UserError]
-
-
-@strawberry.type
-class DeletePayload:
-    id: strawberry.ID | None
     user_errors: list[UserError]
 
 

@@ -69,6 +69,8 @@ class WebhookEvent(SQLModel, table=True):
     type: str = Field(max_length=50)
     data: dict[str, Any] = Field(sa_column=jsonb_column())
     job_id: str | None = Field(default=None, max_length=40)
+    trace_context: dict[str, str] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
+    """W3C carrier of the span that caused it: each delivery attempt continues (or links to) it."""
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
 
 

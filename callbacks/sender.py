@@ -16,11 +16,14 @@ from typing import Any
 
 import anyio.to_thread
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from callbacks.delivery import RESPONSE_BODY_LIMIT, Claimed, Outcome, clean_body
 from callbacks.schedule import parse_retry_after
 from callbacks.signing import build_headers
 from callbacks.ssrf import UnsafeURLError, check_url, pinned_url, resolve_public
+from observability.metrics import attempt_outcome, record_webhook_attempt, record_webhook_delivered
+from observability.tracing import continue_trace, get_tracer, inject
 from service.crypto import decrypt
 from service.models import utcnow
 from service.settings import Settings
@@ -45,12 +48,13 @@ def payload(claimed: Claimed, settings: Settings) -> bytes:
     data = claimed.event_data
     artifact = (data.get("job") or {}).get("artifact") if claimed.event_type == "job.succeeded" else None
     if artifact and claimed.artifact_key:
-        url = get_storage().signed_url(
-            claimed.artifact_key,
-            filename=artifact["filename"],
-            content_type=artifact["contentType"],
-            expires_in=settings.download_url_default_expiry,
-        )
+        with get_tracer().start_as_current_span("storage.sign_url"):
+            url = get_storage().signed_url(
+                claimed.artifact_key,
+                filename=artifact["filename"],
+                content_type=artifact["contentType"],
+                expires_in=settings.download_url_default_expiry,
+            )
         data = {**data, "job": {**data["job"], "artifact": {**artifact, "downloadUrl": url}}}
     body = {"type": claimed.event_type, "timestamp": claimed.event_created_at.isoformat(), "data": data}
     return json.dumps(body, separators=(",", ":")).encode()
@@ -65,6 +69,40 @@ class Sender:
         self._resolved: dict[tuple[str, int], tuple[str, float]] = {}
 
     async def send(self, claimed: Claimed) -> Outcome:
+        """One attempt, in a client span continuing the event's trace (its first attempt) or linking
+        to it (retries and manual redeliveries); the receiver gets that span's `traceparent`."""
+        retry = claimed.attempt_count > 0 or claimed.trigger != "scheduled"
+        attributes = {"webhook.event_id": claimed.event_id, "webhook.endpoint_id": claimed.endpoint_id}
+        with continue_trace(
+            "webhook.attempt",
+            claimed.trace_context,
+            kind=SpanKind.CLIENT,
+            link_only=retry,
+            job_id=claimed.job_id,
+            tenant_id=claimed.tenant_id,
+            attributes={**attributes, "webhook.event_type": claimed.event_type},
+        ) as span:
+            result = await self._attempt(claimed)
+            if result.status_code is not None:
+                span.set_attribute("http.response.status_code", result.status_code)
+            if result.error:
+                span.set_status(Status(StatusCode.ERROR, result.error))
+        if result.attempted:
+            timed_out = bool(result.error and result.error.startswith("no response"))
+            refused = bool(result.error and result.error.startswith("refused"))
+            outcome = attempt_outcome(result.status_code, timed_out=timed_out, refused=refused)
+            record_webhook_attempt(
+                outcome,
+                duration_seconds=result.duration_ms / 1000,
+                status_code=result.status_code,
+                trigger=claimed.trigger,
+            )
+            if result.succeeded:
+                latency = (utcnow() - claimed.event_created_at).total_seconds()
+                record_webhook_delivered(claimed.event_type, latency)
+        return result
+
+    async def _attempt(self, claimed: Claimed) -> Outcome:
         started = time.perf_counter()
         at = utcnow()
 
@@ -81,6 +119,7 @@ class Sender:
         except UnsafeURLError as error:
             return outcome(error=f"refused: {error}")
         headers = build_headers(claimed.event_id, int(time.time()), body, keys)
+        headers.update(inject(include_baggage=False))  # traceparent: the receiver continues the trace
         headers["host"] = host_header
         extensions = {"sni_hostname": sni_hostname} if sni_hostname else {}
         client = self._client(host_header)

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
-from fastapi import FastAPI, HTTPException, Request
+import anyio.to_thread
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
 
+from observability.metrics import add_metrics_route, setup_metrics
+from observability.tracing import instrument_fastapi, set_ids, setup_tracing
+from service.db import session_scope
 from service.downloads import router as downloads_router
 from service.graphql_base import Context
 from service.schema import schema
 from service.settings import get_settings
-from service.tenants.service import authenticate
+from service.tenants.service import Principal, authenticate
 
 log = logging.getLogger(__name__)
 
 
-def get_context(request: Request) -> Context:
+def get_context(request: HTTPConnection) -> Context:
     """Authenticate the bearer key; 401 without a hint which part was wrong.
 
-    A GET without a query only renders the GraphiQL page, which needs no key.
+    A GET without a query only renders the GraphiQL page, which needs no key. A WebSocket
+    authenticates in its connection_init payload instead (ClaimcheckGraphQL.on_ws_connect).
     """
     context = Context()
-    if request.method == "GET" and "query" not in request.query_params:
+    if request.scope["type"] == "websocket":
+        return context
+    if request.scope["method"] == "GET" and "query" not in request.query_params:
         return context
     header = request.headers.get("authorization")
     context.principal = authenticate(context.session, header, server_secret=get_settings().secret_key)
@@ -34,7 +45,28 @@ def get_context(request: Request) -> Context:
         raise HTTPException(
             status_code=401, detail="invalid or missing API key", headers={"WWW-Authenticate": "Bearer"}
         )
+    set_ids(tenant_id=context.principal.tenant_id)  # on the request's span
     return context
+
+
+def _authenticate_header(header: object) -> Principal | None:
+    if not isinstance(header, str):
+        return None
+    with session_scope() as session:
+        return authenticate(session, header, server_secret=get_settings().secret_key)
+
+
+class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
+    """GraphQL over HTTP and graphql-transport-ws; WebSockets send their key in connection_init."""
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        params = context.connection_params or {}
+        header = params.get("authorization") or params.get("Authorization")
+        principal = await anyio.to_thread.run_sync(_authenticate_header, header)
+        if principal is None:
+            raise ConnectionRejectionError({"reason": "invalid or missing API key"})  # closed with 4403
+        context.principal = principal
+        return cast(UnsetType, UNSET)
 
 
 class BodySizeLimit:
@@ -80,8 +112,12 @@ class BodySizeLimit:
 def create_app() -> FastAPI:
     """The API process's ASGI application."""
     settings = get_settings()
+    setup_tracing("claimcheck-api")
+    setup_metrics("claimcheck-api")
     app = FastAPI(title="Claimcheck", docs_url=None, redoc_url=None, openapi_url=None)
-    graphql = GraphQLRouter[Context, None](
+    instrument_fastapi(app)
+    add_metrics_route(app)
+    graphql = ClaimcheckGraphQL(
         schema,
         context_getter=get_context,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from observability.logging import setup_logging
 from service.settings import get_settings
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -37,6 +30,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         workers=args.workers,
         proxy_headers=True,
         log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        log_config=None,  # uvicorn's lines go through our (structured, redacting) logging
     )
     return 0
 
@@ -161,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claimcheck`` console script."""
     args = build_parser().parse_args(argv)
     os.environ["DATA_DIR"] = args.data_dir
-    _configure_logging()
+    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))  # JSON lines in production, text in development
     from service.errors import ClaimcheckError
 
     try:

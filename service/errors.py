@@ -28,3 +28,7 @@ class InvalidStateError(ClaimcheckError):
 
 class IdempotencyConflictError(ClaimcheckError):
     code = "IDEMPOTENCY_CONFLICT"
+
+
+class QuotaExceededError(ClaimcheckError):
+    code = "QUOTA_EXCEEDED"

@@ -24,6 +24,10 @@ class Context(BaseContext):
     """Per request: the caller and a lazily opened session that the request commits once."""
 
     principal: Principal | None = None
+    connection_params: dict[str, Any] | None = None
+    """The WebSocket connection_init payload (graphql-transport-ws)."""
+    subscriptions: int = 0
+    """Subscriptions open on this WebSocket connection."""
     _session: Session | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,12 @@ class UserError:
     @classmethod
     def from_error(cls, error: ClaimcheckError) -> UserError:
         return cls(code=error.code, field=error.field, message=error.message)
+
+
+@strawberry.type
+class DeletePayload:
+    id: strawberry.ID | None
+    user_errors: list[UserError]
 
 
 def run_mutation(info: GraphQLInfo, action: Callable[[], T], on_error: Callable[[list[UserError]], T]) -> T:

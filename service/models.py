@@ -37,6 +37,7 @@ SQLModel.metadata.naming_convention = {
 
 def registered_metadata() -> MetaData:
     """The metadata of every domain's tables: what migrations must build."""
+    import callbacks.models  # noqa: F401
     import service.jobs.models
     import service.tenants.models  # noqa: F401
 

@@ -9,6 +9,7 @@ from types import FrameType
 
 from service.db import session_scope
 from service.jobs.dispatch import sweep_outbox
+from service.jobs.recovery import recover_lost_runs
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 def run_once() -> int:
     """One round of every sweep; returns how many jobs it had to re-enqueue."""
+    with session_scope() as session:
+        recover_lost_runs(session)
     with session_scope() as session:
         return sweep_outbox(session, grace_seconds=get_settings().outbox_grace_seconds)
 

@@ -20,9 +20,10 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
 
 from callbacks.graphql import WebhookMutation, WebhookQuery
-from service.jobs.graphql import JobMutation, JobQuery
+from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.tenants.graphql import TenantQuery
 
 STRAWBERRY_DEFINITION = "strawberry-definition"
@@ -66,7 +67,8 @@ def _uses_context(info: GraphQLResolveInfo[Any]) -> bool:
     """Whether this field's resolver takes `info`, i.e. may use the request's session."""
     definition = info.parent_type.fields[info.field_name].extensions.get(STRAWBERRY_DEFINITION)
     resolver = getattr(definition, "base_resolver", None)
-    return resolver is not None and resolver.info_parameter is not None
+    # async resolvers do their own blocking work off the loop
+    return resolver is not None and resolver.info_parameter is not None and not resolver.is_async
 
 
 async def _in_thread(resolver: Callable[[], Any]) -> Any:
@@ -82,9 +84,19 @@ def _should_mask(error: GraphQLError) -> bool:
     return not (isinstance(original, GraphQLError) and (original.extensions or {}).get("code"))
 
 
-schema = strawberry.Schema(
+class ClaimcheckSchema(strawberry.Schema):
+    """Logs only unexpected errors: a caller's mistake (a coded or a syntax error) is not a server fault."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        super().process_errors([error for error in errors if _should_mask(error)], execution_context)
+
+
+schema = ClaimcheckSchema(
     query=Query,
     mutation=Mutation,
+    subscription=JobSubscription,
     extensions=[
         UnitOfWork,
         lambda: ParserCache(maxsize=CACHED_DOCUMENTS),

@@ -28,9 +28,14 @@ class Settings(BaseSettings):
     secret_key: str = DEV_SECRET_KEY
     public_base_url: str = "http://127.0.0.1:8000"
 
-    storage_backend: Literal["local"] = "local"
+    storage_backend: Literal["local", "gcs"] = "local"
     storage_dir: Path | None = None
     gcs_bucket: str = ""
+    gcs_project: str = ""  # default: the credentials' project
+    gcs_chunk_bytes: int = Field(default=16 * 1024 * 1024, ge=256 * 1024, multiple_of=256 * 1024)
+    gcs_signer_email: str = ""  # IAM signBlob account when the credentials name none (or another one)
+    gcs_retry_seconds: float = Field(default=120, gt=0)
+    storage_emulator_host: str = ""  # Google's own variable: API calls and signed URLs go there
 
     max_request_bytes: int = Field(default=1_000_000, ge=1_000)
     download_url_default_expiry: int = Field(default=900, ge=1)
@@ -41,6 +46,17 @@ class Settings(BaseSettings):
 
     outbox_grace_seconds: float = Field(default=5.0, ge=0)
     scheduler_interval_seconds: float = Field(default=2.0, gt=0)
+
+    # Jobs: extra kind modules to load, retries of transient failures, liveness of running jobs.
+    kind_modules: list[str] = []
+    job_retry_base_seconds: float = Field(default=5.0, ge=0)
+    job_retry_max_seconds: float = Field(default=600.0, ge=0)
+    job_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    job_stuck_after_seconds: float = Field(default=60.0, gt=0)
+    job_cancel_grace_seconds: float = Field(default=30.0, ge=0)
+    max_wait_seconds: int = Field(default=30, ge=0)
+    max_subscriptions_per_connection: int = Field(default=20, ge=1)
+    max_subscriptions_per_tenant: int = Field(default=200, ge=1)
 
     # Fernet keys (comma-separated, newest first) for secrets at rest; default: derived from SECRET_KEY.
     encryption_keys: str = ""

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
-from rq import Worker
+from rq import Queue, Worker
+from rq.job import Job as RQJob
 
 import service.jobs.tasks  # noqa: F401  (imported once here, not in every forked child)
 from callbacks.deliverer import DelivererThread, run_until
-from service.db import get_engine
+from observability.metrics import (
+    record_job_finished,
+    record_queue_wait,
+    register_queue_depth,
+    setup_metrics,
+    start_metrics_server,
+)
+from observability.tracing import setup_tracing
+from service.db import get_engine, session_scope
+from service.jobs.models import Job as JobRow
 from service.kinds.registry import prepare_kinds
 from service.redis import JOBS_QUEUE, get_queue, get_redis
 from service.storage.factory import get_storage
@@ -29,6 +40,10 @@ def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: st
     """Work until SIGTERM (the current job and in-flight deliveries finish first), or burst until empty."""
     wanted = list(queues or DEFAULT_QUEUES)
     rq_queues = [queue for queue in wanted if queue != WEBHOOKS]
+    setup_tracing("claimcheck-worker")
+    setup_metrics("claimcheck-worker")
+    if os.environ.get("METRICS_PORT"):
+        start_metrics_server(int(os.environ["METRICS_PORT"]))
     get_engine()
     get_storage()
     if not rq_queues:
@@ -39,11 +54,31 @@ def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: st
     if deliverer is not None:
         deliverer.start()
     try:
-        worker = Worker([get_queue(queue) for queue in rq_queues], connection=get_redis(), name=name)
+        queues_ = [get_queue(queue) for queue in rq_queues]
+        register_queue_depth(lambda: {queue.name: queue.count for queue in queues_})
+        worker = MeasuredWorker(queues_, connection=get_redis(), name=name)
         return bool(worker.work(burst=burst, with_scheduler=False, logging_level="INFO"))
     finally:
         if deliverer is not None:
             deliverer.stop()
+
+
+class MeasuredWorker(Worker):
+    """An RQ worker that records each finished job's metrics here, in the long-lived parent process
+    (what a forked work horse records dies with it)."""
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        super().execute_job(job, queue)
+        try:
+            with session_scope() as session:
+                row = session.get(JobRow, job.id)
+                if row is not None and row.started_at is not None:
+                    record_queue_wait(row.kind, (row.started_at - row.created_at).total_seconds())
+                if row is not None and row.finished_at is not None and row.started_at is not None:
+                    duration = (row.finished_at - row.started_at).total_seconds()
+                    record_job_finished(row.kind, row.status, duration)
+        except Exception:
+            log.warning("could not record metrics of job %s", job.id, exc_info=True)
 
 
 async def _deliver_until_signalled() -> None:

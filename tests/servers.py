@@ -124,4 +124,8 @@ def service_env(database_url: str, redis_url: str, storage_dir: Path, public_bas
         "WEBHOOK_RETRY_SCHEDULE": "[0, 1, 1, 1]",
         "WEBHOOK_POLL_SECONDS": "0.2",
         "WEBHOOK_TIMEOUT_SECONDS": "2",
+        "KIND_MODULES": '["tests.plugin_kinds"]',
+        "JOB_RETRY_BASE_SECONDS": "0.2",
+        "JOB_HEARTBEAT_SECONDS": "0.5",
+        "JOB_STUCK_AFTER_SECONDS": "3",
     }

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from opentelemetry import propagate, trace
 from redis import Redis
 
 from callbacks import MalformedKeyError, WebhookVerificationError, verify
@@ -38,6 +39,7 @@ def create_app(keys: Sequence[str], dedupe: Dedupe) -> FastAPI:
     for key in keys:
         decode_verifying_key(key)
     app = FastAPI(title="Example webhook receiver")
+    tracer = trace.get_tracer("claimcheck.example-receiver")
     events: list[dict[str, Any]] = []
 
     def handle(webhook_id: str, event: dict[str, Any]) -> None:
@@ -47,6 +49,13 @@ def create_app(keys: Sequence[str], dedupe: Dedupe) -> FastAPI:
 
     @app.post("/webhooks")
     def receive(request: Request, body: Annotated[bytes, Depends(raw_body)]) -> JSONResponse:
+        # Continue the sender's trace (its `traceparent`): the job's trace ends in this handler.
+        with tracer.start_as_current_span(
+            "webhook.receive", context=propagate.extract(dict(request.headers))
+        ):
+            return process(request, body)
+
+    def process(request: Request, body: bytes) -> JSONResponse:
         try:
             event = verify(body, request.headers, keys)
         except WebhookVerificationError as error:

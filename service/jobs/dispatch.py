@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import timedelta
 
+from opentelemetry.trace import SpanKind
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from sqlmodel import Session
 
+from observability.tracing import continue_trace, inject
 from service.jobs import repository
 from service.kinds.registry import get_kind
 from service.models import utcnow
@@ -18,39 +21,59 @@ from service.redis import JOBS_QUEUE, get_queue, get_redis
 log = logging.getLogger(__name__)
 
 RUN_JOB = "service.jobs.tasks.run_job"
-_ENDED = {RQStatus.FAILED, RQStatus.FINISHED, RQStatus.STOPPED, RQStatus.CANCELED}
+TRACE_META = "trace"
+Carrier = Mapping[str, str] | None
 
 
-def enqueue_job(job_id: str, kind_name: str) -> bool:
-    """Put the job on the RQ queue under its own id; False when RQ already holds it."""
+def enqueue_job(job_id: str, kind_name: str, carrier: Carrier = None, *, link_only: bool = False) -> bool:
+    """Put the job on the RQ queue under its own id; False when RQ already holds it.
+
+    An `enqueue` span continues the trace in carrier (the request's, stored with the job), or links
+    to it (a sweep's re-enqueue); RQ job meta carries the context on to the worker.
+    """
+    with continue_trace("job.enqueue", carrier, kind=SpanKind.PRODUCER, link_only=link_only, job_id=job_id):
+        try:
+            get_queue(JOBS_QUEUE).enqueue_call(
+                RUN_JOB,
+                args=(job_id,),
+                job_id=job_id,
+                unique=True,
+                timeout=get_kind(kind_name).timeout_seconds + 60,
+                result_ttl=0,
+                failure_ttl=24 * 3600,
+                description=f"{kind_name} {job_id}",
+                meta={TRACE_META: inject()},
+            )
+        except DuplicateJobError:
+            return False
+        return True
+
+
+def dequeue_job(job_id: str) -> None:
+    """Take a job off the RQ queue if it is still waiting there (a canceled job)."""
     try:
-        get_queue(JOBS_QUEUE).enqueue_call(
-            RUN_JOB,
-            args=(job_id,),
-            job_id=job_id,
-            unique=True,
-            timeout=get_kind(kind_name).timeout_seconds + 60,
-            result_ttl=0,
-            failure_ttl=24 * 3600,
-            description=f"{kind_name} {job_id}",
-        )
-    except DuplicateJobError:
-        return False
-    return True
+        RQJob.fetch(job_id, connection=get_redis()).cancel()
+    except NoSuchJobError:
+        pass
+    except Exception:
+        # The worker that takes it anyway sees a CANCELED job and skips it.
+        log.warning("could not remove job %s from RQ", job_id, exc_info=True)
 
 
-def _ensure_in_rq(job_id: str, kind_name: str) -> bool:
+def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier) -> bool:
     """Enqueue a job no worker has started, replacing an RQ entry that ended without starting it."""
-    if enqueue_job(job_id, kind_name):
+    if enqueue_job(job_id, kind_name, carrier, link_only=True):
         return True
     try:
         rq_job = RQJob.fetch(job_id, connection=get_redis())
     except NoSuchJobError:
-        return enqueue_job(job_id, kind_name)
-    if rq_job.get_status(refresh=False) in _ENDED:
-        # RQ ran it but the run never started the job (e.g. the work horse died first): run it again.
+        return enqueue_job(job_id, kind_name, carrier, link_only=True)
+    if rq_job.get_status(refresh=False) != RQStatus.QUEUED:
+        # RQ ran it, or holds it as started by a worker that died, yet Postgres says no run began
+        # within the grace period (or a retry is due): run it again. A run that does begin first
+        # makes the other one a no-op (only a QUEUED job starts).
         rq_job.delete()
-        return enqueue_job(job_id, kind_name)
+        return enqueue_job(job_id, kind_name, carrier, link_only=True)
     return False
 
 
@@ -64,13 +87,13 @@ def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) ->
     cutoff = now - timedelta(seconds=grace_seconds)
     due = repository.claim_outbox_due(session, cutoff=cutoff, limit=limit)
     enqueued = 0
-    for job_id, kind in due:
+    for job_id, kind, carrier in due:
         try:
-            enqueued += _ensure_in_rq(job_id, kind)
+            enqueued += _ensure_in_rq(job_id, kind, carrier)
         except Exception:
             # One bad row (an unknown kind, a Redis hiccup) must not keep the others waiting.
             log.exception("outbox sweep could not enqueue job %s; will retry", job_id)
-    repository.mark_outbox_checked(session, [job_id for job_id, _ in due], now)
+    repository.mark_outbox_checked(session, [job_id for job_id, _, _ in due], now)
     if enqueued:
         log.warning("outbox sweep enqueued %d job(s) that RQ did not hold", enqueued)
     return enqueued

@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import functools
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from typing import Any, cast
 
+import anyio.to_thread
 import strawberry
+from sqlmodel import Session
 from strawberry.scalars import JSON
 
-from service.errors import ValidationError
-from service.graphql_base import GraphQLInfo, UserError, graphql_error, require, run_mutation
+from service.db import session_scope
+from service.errors import NotFoundError, QuotaExceededError, ValidationError
+from service.graphql_base import DeletePayload, GraphQLInfo, UserError, graphql_error, require, run_mutation
 from service.ids import has_prefix
 from service.jobs import service
+from service.jobs.models import TERMINAL_STATUSES
 from service.jobs.models import Job as JobRow
 from service.jobs.models import JobStatus as JobStatusValue
 from service.jobs.repository import JobRepository
+from service.jobs.updates import doorbell
 from service.kinds.speech import AudioFormat as AudioFormatValue
+from service.models import utcnow
 from service.settings import get_settings
 from service.storage.factory import get_storage
 
 JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
 AudioFormat = strawberry.enum(AudioFormatValue, name="AudioFormat")
+
+POLL_ADVICE_SECONDS = 2
+RECHECK_SECONDS = 15.0
+_open_subscriptions: Counter[str] = Counter()  # per tenant, in this API process
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -76,9 +91,9 @@ class Job:
     tenant_id: strawberry.Private[str]
     row: strawberry.Private[JobRow]
 
-    @strawberry.field
+    @strawberry.field(description="When the job should finish at its progress rate so far; null until known.")
     def estimated_completion_at(self) -> datetime | None:
-        return None
+        return service.estimated_completion(self.row, utcnow())
 
     @strawberry.field
     def error(self) -> JobError | None:
@@ -181,12 +196,24 @@ def decode_cursor(cursor: str) -> str:
 
 @strawberry.type
 class JobQuery:
-    @strawberry.field(description="A job of the caller's, or null (another tenant's id is as absent as any).")
-    def job(self, info: GraphQLInfo, id: strawberry.ID) -> Job | None:
+    @strawberry.field(
+        description="A job of the caller's, or null (another tenant's id is as absent as any). With "
+        "waitSeconds (at most 30), answers as soon as the job changes, or when the wait ends."
+    )
+    async def job(self, info: GraphQLInfo, id: strawberry.ID, wait_seconds: int | None = None) -> Job | None:
         principal = require(info, "jobs:read")
+        limit = get_settings().max_wait_seconds
+        if wait_seconds is not None and not 0 <= wait_seconds <= limit:
+            raise graphql_error(ValidationError(f"waitSeconds must be 0 to {limit}", field=["waitSeconds"]))
         if not has_prefix(str(id), "job"):
             return None
-        row = JobRepository(info.context.session, principal.tenant_id).get(str(id))
+        load = functools.partial(load_job, principal.tenant_id, str(id))
+        row = await anyio.to_thread.run_sync(load)
+        if row is not None and wait_seconds and row.status not in TERMINAL_STATUSES:
+            row = await wait_for_change(row, load, wait_seconds)
+        response = info.context.response
+        if row is not None and row.status not in TERMINAL_STATUSES and response is not None:
+            response.headers["Retry-After"] = str(POLL_ADVICE_SECONDS)
         return Job.from_row(row) if row else None
 
     @strawberry.field(description="The caller's jobs, newest first (Relay cursor pagination).")
@@ -234,6 +261,70 @@ def _start_job(
     )
 
 
+def load_job(tenant_id: str, job_id: str) -> JobRow | None:
+    """The job in a short session of its own (waits and subscriptions must not hold a connection)."""
+    with session_scope() as session:
+        return JobRepository(session, tenant_id).get(job_id)
+
+
+def _snapshot(row: JobRow) -> tuple[str, float, str | None]:
+    return (row.status, row.progress, row.message)
+
+
+async def wait_for_change(row: JobRow, load: Callable[[], JobRow | None], seconds: float) -> JobRow | None:
+    """The job once it differs from row, or as it is when `seconds` have passed."""
+    async with doorbell(row.id) as rings:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while True:
+                    current = await anyio.to_thread.run_sync(load)
+                    if current is None or _snapshot(current) != _snapshot(row):
+                        return current
+                    await rings.get()
+    return await anyio.to_thread.run_sync(load)
+
+
+@strawberry.type
+class JobSubscription:
+    @strawberry.subscription(
+        description="The job now, then each change of status, progress or message; ends at a terminal status."
+    )
+    async def job_updates(self, info: GraphQLInfo, id: strawberry.ID) -> AsyncGenerator[Job, None]:
+        principal = require(info, "jobs:read")
+        settings = get_settings()
+        context = info.context
+        if context.subscriptions >= settings.max_subscriptions_per_connection:
+            raise graphql_error(QuotaExceededError("too many subscriptions on this connection"))
+        if _open_subscriptions[principal.tenant_id] >= settings.max_subscriptions_per_tenant:
+            raise graphql_error(QuotaExceededError("too many open subscriptions for this tenant"))
+        load = functools.partial(load_job, principal.tenant_id, str(id))
+        context.subscriptions += 1
+        _open_subscriptions[principal.tenant_id] += 1
+        try:
+            async with doorbell(str(id)) as rings:
+                row = await anyio.to_thread.run_sync(load) if has_prefix(str(id), "job") else None
+                if row is None:
+                    raise graphql_error(NotFoundError("no such job", field=["id"]))
+                yield Job.from_row(row)
+                last = _snapshot(row)
+                while row.status not in TERMINAL_STATUSES:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RECHECK_SECONDS):  # a lost message costs at most this
+                            await rings.get()
+                    while not rings.empty():
+                        rings.get_nowait()
+                    current = await anyio.to_thread.run_sync(load)
+                    if current is None:
+                        return
+                    row = current
+                    if _snapshot(row) != last:
+                        last = _snapshot(row)
+                        yield Job.from_row(row)
+        finally:
+            context.subscriptions -= 1
+            _open_subscriptions[principal.tenant_id] -= 1
+
+
 @strawberry.type
 class JobMutation:
     @strawberry.mutation(description="Start turning text into speech; answers at once with the QUEUED job.")
@@ -244,3 +335,38 @@ class JobMutation:
         if input.format is not None:
             raw["format"] = input.format.value
         return _start_job(info, "speech", raw, input.idempotency_key)
+
+    @strawberry.mutation(
+        description="QUEUED: canceled at once. RUNNING: CANCELING until the worker stops it, then CANCELED."
+    )
+    def cancel_job(self, info: GraphQLInfo, id: strawberry.ID) -> JobPayload:
+        principal = require(info, "jobs:write")
+        session = info.context.session
+
+        def cancel() -> JobPayload:
+            row = _owned_job(session, principal.tenant_id, str(id))
+            service.cancel(session, row)
+            return JobPayload(job=Job.from_row(row), user_errors=[])
+
+        return run_mutation(info, cancel, lambda errors: JobPayload(job=None, user_errors=errors))
+
+    @strawberry.mutation(description="Delete a finished job with its events and its file.")
+    def delete_job(self, info: GraphQLInfo, id: strawberry.ID) -> DeletePayload:
+        principal = require(info, "jobs:write")
+        session = info.context.session
+
+        def delete() -> DeletePayload:
+            service.delete(session, _owned_job(session, principal.tenant_id, str(id)))
+            return DeletePayload(id=id, user_errors=[])
+
+        return run_mutation(info, delete, lambda errors: DeletePayload(id=None, user_errors=errors))
+
+
+def _owned_job(session: Session, tenant_id: str, job_id: str) -> JobRow:
+    """The tenant's job, locked, or NOT_FOUND."""
+    row = (
+        JobRepository(session, tenant_id).get(job_id, for_update=True) if has_prefix(job_id, "job") else None
+    )
+    if row is None:
+        raise NotFoundError("no such job", field=["id"])
+    return row

@@ -59,6 +59,10 @@ class Job(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
     started_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
     finished_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    heartbeat_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    trace_context: dict[str, str] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
+    """W3C carrier of the request that created it: the worker's run continues that trace."""
+    """Last sign of life from the worker running it; a RUNNING job whose heartbeat stops is recovered."""
     error_code: str | None = Field(default=None, max_length=50)
     error_message: str | None = Field(default=None, max_length=1000)
     error_retryable: bool | None = None
@@ -85,7 +89,10 @@ class JobEvent(SQLModel, table=True):
 
 
 class JobOutbox(SQLModel, table=True):
-    """A committed job not yet taken by a worker: the sweep re-enqueues it until one does."""
+    """A committed job not yet taken by a worker: the sweep re-enqueues it until one does.
+
+    ``created_at`` is when the job became ready to run: a retry's backoff sets it in the future.
+    """
 
     __tablename__ = "job_outbox"
 

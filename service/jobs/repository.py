@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, update
@@ -53,14 +53,35 @@ def lock_job(session: Session, job_id: str) -> Job | None:
     return session.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
 
 
+def touch(session: Session, job_id: str, at: datetime) -> None:
+    """Record a running job's heartbeat."""
+    live = col(Job.status).in_([JobStatus.RUNNING, JobStatus.CANCELING])
+    session.execute(update(Job).where(col(Job.id) == job_id, live).values(heartbeat_at=at))
+
+
+def stale_running(session: Session, *, heartbeat_before: datetime, limit: int) -> list[Job]:
+    """RUNNING or CANCELING jobs whose worker stopped beating, locked for one sweeper."""
+    statement = (
+        select(Job)
+        .where(col(Job.status).in_([JobStatus.RUNNING, JobStatus.CANCELING]))
+        .where(col(Job.heartbeat_at) < heartbeat_before)
+        .order_by(col(Job.heartbeat_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(statement))
+
+
 def remove_from_outbox(session: Session, job_id: str) -> None:
     session.execute(delete(JobOutbox).where(col(JobOutbox.job_id) == job_id))
 
 
-def claim_outbox_due(session: Session, *, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
-    """(job id, kind) of outbox rows created and last checked before cutoff, locked for one sweeper."""
+def claim_outbox_due(
+    session: Session, *, cutoff: datetime, limit: int
+) -> list[tuple[str, str, Mapping[str, str] | None]]:
+    """(job id, kind, trace carrier) of outbox rows created and last checked before cutoff, locked."""
     statement = (
-        select(JobOutbox.job_id, Job.kind)
+        select(JobOutbox.job_id, Job.kind, Job.trace_context)
         .join(Job, col(Job.id) == col(JobOutbox.job_id))
         .where(col(JobOutbox.created_at) < cutoff)
         .where(or_(col(JobOutbox.enqueued_at).is_(None), col(JobOutbox.enqueued_at) < cutoff))
@@ -68,9 +89,14 @@ def claim_outbox_due(session: Session, *, cutoff: datetime, limit: int) -> list[
         .limit(limit)
         .with_for_update(skip_locked=True, of=JobOutbox)
     )
-    return [(job_id, kind) for job_id, kind in session.exec(statement)]
+    return [(job_id, kind, carrier) for job_id, kind, carrier in session.exec(statement)]
 
 
 def mark_outbox_checked(session: Session, job_ids: Sequence[str], at: datetime) -> None:
     if job_ids:
         session.execute(update(JobOutbox).where(col(JobOutbox.job_id).in_(job_ids)).values(enqueued_at=at))
+
+
+def trace_context(session: Session, job_id: str) -> Mapping[str, str] | None:
+    """The job's stored W3C carrier."""
+    return session.exec(select(Job.trace_context).where(Job.id == job_id)).first()

@@ -1,27 +1,39 @@
 """Running one job in a worker: start it, call its kind's handler, store the artifact, finish it.
 
 Execution is at-least-once: a job that is not QUEUED when a worker picks it up is left alone, and
-the artifact's key is derived from the job id so a second run overwrites the first.
+the artifact's key is derived from the job id so a second run overwrites the first. While it runs,
+a heartbeat keeps the job's row fresh so the scheduler can tell a live run from a lost one; a
+cancel request is noticed at each progress report.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Mapping
+from types import TracebackType
 
 from rq.timeouts import JobTimeoutException
 
+from observability.tracing import continue_trace, flush, get_tracer, set_ids
 from service.db import session_scope
 from service.jobs import repository, service
 from service.jobs.models import Job, JobStatus
-from service.kinds.base import ArtifactOutput, JobFailure
+from service.kinds.base import ArtifactOutput, JobFailure, Kind
 from service.kinds.registry import get_kind
+from service.models import utcnow
+from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key
 from service.storage.factory import get_storage
 
 log = logging.getLogger(__name__)
 
 PROGRESS_MIN_INTERVAL = 0.25
+
+
+class JobCanceled(Exception):
+    """The tenant canceled the job while it ran; the handler is unwound."""
 
 
 class RunContext:
@@ -36,7 +48,10 @@ class RunContext:
         self._last_message: str | None = None
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Write progress at most every PROGRESS_MIN_INTERVAL, unless the stage or a milestone changes."""
+        """Write progress at most every PROGRESS_MIN_INTERVAL, unless the stage or a milestone changes.
+
+        Raises JobCanceled when the tenant canceled the job (checked at each write).
+        """
         now = time.monotonic()
         changed = message != self._last_message or fraction - self._last_fraction >= 0.25
         if not changed and now - self._last_write < PROGRESS_MIN_INTERVAL:
@@ -44,8 +59,36 @@ class RunContext:
         self._last_write, self._last_fraction, self._last_message = now, fraction, message
         with session_scope() as session:
             job = repository.lock_job(session, self.job_id)
-            if job is not None and job.status == JobStatus.RUNNING:
+            if job is None or job.status == JobStatus.CANCELING:
+                raise JobCanceled
+            if job.status == JobStatus.RUNNING:
                 service.report_progress(session, job, fraction, message)
+
+
+class Heartbeat:
+    """Refreshes the job's heartbeat_at every JOB_HEARTBEAT_SECONDS while the handler runs."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.interval = get_settings().job_heartbeat_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with session_scope() as session:
+                    repository.touch(session, self.job_id, utcnow())
+            except Exception:
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
 
 def start(job_id: str) -> Job | None:
@@ -60,32 +103,51 @@ def start(job_id: str) -> Job | None:
         return job
 
 
-def run_job(job_id: str) -> None:
-    """The whole run of one job; every outcome ends in a terminal status."""
+def run_job(job_id: str, carrier: Mapping[str, str] | None = None) -> None:
+    """The whole run of one job, in a span continuing the trace that enqueued it (`carrier`, else the
+    one stored with the job); every outcome ends in a terminal status or a scheduled retry."""
+    if carrier is None:
+        with session_scope() as session:
+            carrier = repository.trace_context(session, job_id)
+    try:
+        with continue_trace("job.run", carrier, job_id=job_id):
+            _run(job_id)
+    finally:
+        flush()  # an RQ work horse leaves through os._exit: export its spans first
+
+
+def _run(job_id: str) -> None:
     job = start(job_id)
     if job is None:
         return
+    set_ids(tenant_id=job.tenant_id)
     try:
         kind = get_kind(job.kind)
     except KeyError:
         # E.g. an older worker during a deploy that added the kind: another attempt may know it.
-        _finish_failed(job_id, "UNKNOWN_KIND", f"this worker does not know the kind {job.kind!r}", True)
+        _finish_failed(job_id, "UNKNOWN_KIND", f"this worker does not know the kind {job.kind!r}", True, None)
         return
+    stored: StoredObject | None = None
+    output: ArtifactOutput | None = None
     try:
-        params = kind.input_model.model_validate(job.input)
-        output = kind.handler(RunContext(job), params)
-        stored = _store(job, output) if output is not None else None
+        with Heartbeat(job_id):
+            params = kind.input_model.model_validate(job.input)
+            output = kind.handler(RunContext(job), params)
+            stored = _store(job, output) if output is not None else None
+    except JobCanceled:
+        _finish_canceled(job, output)
     except JobFailure as failure:
-        _finish_failed(job_id, failure.code, failure.message, failure.retryable)
+        _finish_failed(job_id, failure.code, failure.message, failure.retryable, kind)
     except JobTimeoutException:
-        _finish_failed(job_id, "TIMEOUT", f"the job ran past its {kind.timeout_seconds} s limit", True)
+        message = f"the job ran past its {kind.timeout_seconds} s limit"
+        _finish_failed(job_id, "TIMEOUT", message, True, kind)
     except Exception:
         log.exception("job %s failed unexpectedly", job_id)
-        _finish_failed(job_id, "INTERNAL", "the job failed unexpectedly", True)
+        _finish_failed(job_id, "INTERNAL", "the job failed unexpectedly", True, kind)
     else:
         with session_scope() as session:
             locked = repository.lock_job(session, job_id)
-            if locked is None:
+            if locked is None or locked.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
                 return
             filename = output.filename if output else ""
             content_type = output.content_type if output else ""
@@ -94,13 +156,36 @@ def run_job(job_id: str) -> None:
 
 def _store(job: Job, output: ArtifactOutput) -> StoredObject:
     key = artifact_key(job.tenant_id, job.id, output.filename)
-    return get_storage().put_stream(
-        key, output.chunks, content_type=output.content_type, filename=output.filename
-    )
+    with get_tracer().start_as_current_span("storage.upload", attributes={"storage.key": key}) as span:
+        stored = get_storage().put_stream(
+            key, output.chunks, content_type=output.content_type, filename=output.filename
+        )
+        span.set_attribute("storage.bytes", stored.byte_size)
+        return stored
 
 
-def _finish_failed(job_id: str, code: str, message: str, retryable: bool) -> None:
+def _finish_canceled(job: Job, output: ArtifactOutput | None) -> None:
+    if output is not None:
+        get_storage().delete(artifact_key(job.tenant_id, job.id, output.filename))  # a partial upload
+    with session_scope() as session:
+        locked = repository.lock_job(session, job.id)
+        if locked is not None and locked.status == JobStatus.CANCELING:
+            service.transition(session, locked, JobStatus.CANCELED, message="canceled")
+
+
+def _finish_failed(job_id: str, code: str, message: str, retryable: bool, kind: Kind | None) -> None:
+    """Retry a transient failure with backoff while attempts remain; otherwise FAILED."""
     with session_scope() as session:
         job = repository.lock_job(session, job_id)
-        if job is not None:
+        if job is None:
+            return
+        if job.status == JobStatus.CANCELING:
+            service.transition(session, job, JobStatus.CANCELED, message="canceled")
+        elif job.status != JobStatus.RUNNING:
+            return
+        elif retryable and kind is not None and job.attempt < kind.max_attempts:
+            service.retry_later(
+                session, job, code=code, message=message, delay=service.retry_delay(job.attempt)
+            )
+        else:
             service.fail(session, job, code=code, message=message, retryable=retryable)

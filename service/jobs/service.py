@@ -1,9 +1,11 @@
-"""Job rules: creation (with idempotency), the one place that changes status, progress."""
+"""Job rules: creation (with idempotency), the one place that changes status, progress, retries,
+cancel and delete."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -11,18 +13,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from callbacks.events import publish_job_event
+from observability.metrics import record_job_created
+from observability.tracing import inject, set_ids
 from service.db import after_commit
-from service.errors import IdempotencyConflictError, ValidationError
-from service.jobs.dispatch import enqueue_job
-from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
-from service.jobs.repository import JobRepository
+from service.errors import IdempotencyConflictError, InvalidStateError, ValidationError
+from service.jobs.dispatch import dequeue_job, enqueue_job
+from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
+from service.jobs.repository import JobRepository, remove_from_outbox
 from service.jobs.states import EVENT_TYPES, check_transition
+from service.jobs.updates import announce
 from service.kinds.registry import get_kind
 from service.models import utcnow
 from service.settings import get_settings
 from service.storage.base import StoredObject
+from service.storage.factory import get_storage
 
 MAX_IDEMPOTENCY_KEY = 200
+MIN_PROGRESS_FOR_ESTIMATE = 0.05
+MIN_SECONDS_FOR_ESTIMATE = 1.0
 
 
 def validate_input(kind_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +85,8 @@ def create_job(
         input_hash=fingerprint,
         idempotency_key=idempotency_key,
     )
+    set_ids(job_id=job.id, tenant_id=tenant_id)  # the request's span and what follows carry them
+    job.trace_context = inject()
     jobs.stage(job)
     record_event(session, job, EVENT_TYPES[JobStatus.QUEUED], {"kind": kind_name})
     session.add(JobOutbox(job_id=job.id))
@@ -92,7 +102,8 @@ def create_job(
             if earlier is None:
                 raise
             return _same_request_or_conflict(earlier, fingerprint)
-    after_commit(session, lambda: enqueue_job(job.id, kind_name))
+    after_commit(session, lambda: enqueue_job(job.id, kind_name, job.trace_context))
+    after_commit(session, lambda: record_job_created(kind_name))
     return job
 
 
@@ -121,6 +132,7 @@ def transition(
     if target is JobStatus.RUNNING:
         job.attempt += 1
         job.started_at = now
+        job.heartbeat_at = now
     elif target in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
         job.finished_at = now
     if target is JobStatus.SUCCEEDED:
@@ -128,6 +140,8 @@ def transition(
     session.add(job)
     record_event(session, job, EVENT_TYPES[target], data)
     session.flush()
+    job_id = job.id
+    after_commit(session, lambda: announce(job_id))
 
 
 def report_progress(session: Session, job: Job, fraction: float, message: str | None) -> None:
@@ -140,7 +154,10 @@ def report_progress(session: Session, job: Job, fraction: float, message: str | 
     session.add(job)
     for milestone in crossed:
         record_event(session, job, "job.progress", {"progress": milestone})
+    job.heartbeat_at = utcnow()
     session.flush()
+    job_id = job.id
+    after_commit(session, lambda: announce(job_id))
 
 
 def succeed(
@@ -165,3 +182,54 @@ def fail(session: Session, job: Job, *, code: str, message: str, retryable: bool
     job.error_message = message[:1000]
     job.error_retryable = retryable
     transition(session, job, JobStatus.FAILED, message="failed", data={"code": code, "retryable": retryable})
+
+
+def retry_later(session: Session, job: Job, *, code: str, message: str, delay: float) -> None:
+    """RUNNING → QUEUED again: the sweep enqueues it once `delay` seconds have passed."""
+    data = {"attempt": job.attempt, "code": code, "message": message[:200], "retryInSeconds": round(delay, 1)}
+    transition(session, job, JobStatus.QUEUED, message=f"retrying after {code}", data=data)
+    session.add(JobOutbox(job_id=job.id, created_at=utcnow() + timedelta(seconds=delay)))
+    session.flush()
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff after the given attempt: base, twice base, four times... up to the maximum."""
+    settings = get_settings()
+    delay = settings.job_retry_base_seconds * 2 ** max(attempt - 1, 0)
+    return float(min(delay, settings.job_retry_max_seconds))
+
+
+def cancel(session: Session, job: Job) -> None:
+    """QUEUED → CANCELED at once; RUNNING → CANCELING (the worker stops it); CANCELING stays."""
+    status = JobStatus(job.status)
+    if status is JobStatus.CANCELING:
+        return
+    if status is JobStatus.QUEUED:
+        transition(session, job, JobStatus.CANCELED, message="canceled")
+        remove_from_outbox(session, job.id)
+        job_id = job.id
+        after_commit(session, lambda: dequeue_job(job_id))
+        return
+    if status is not JobStatus.RUNNING:
+        raise InvalidStateError(f"a {status.value} job cannot be canceled", field=["id"])
+    transition(session, job, JobStatus.CANCELING, message="canceling")
+
+
+def delete(session: Session, job: Job) -> None:
+    """Remove a finished job with its events; its artifact is deleted first (never a row without a file)."""
+    if JobStatus(job.status) not in TERMINAL_STATUSES:
+        raise InvalidStateError(f"a {job.status} job cannot be deleted; cancel it first", field=["id"])
+    if job.artifact_key:
+        get_storage().delete(job.artifact_key)
+    session.delete(job)
+    session.flush()
+
+
+def estimated_completion(job: Job, now: datetime) -> datetime | None:
+    """Start + elapsed / progress for a running job, once progress and time make the rate meaningful."""
+    if job.status != JobStatus.RUNNING or job.started_at is None:
+        return None
+    elapsed = (now - job.started_at).total_seconds()
+    if job.progress < MIN_PROGRESS_FOR_ESTIMATE or elapsed < MIN_SECONDS_FOR_ESTIMATE:
+        return None
+    return job.started_at + timedelta(seconds=elapsed / job.progress)

@@ -21,11 +21,13 @@ def register(kind: Kind) -> Kind:
 
 
 def load_builtin_kinds() -> None:
-    """Import the modules that register the built-in kinds (once)."""
+    """Import the modules that register the built-in kinds and KIND_MODULES' (once)."""
     global _builtins_loaded
     if _builtins_loaded:
         return
-    for module in BUILTIN_KIND_MODULES:
+    from service.settings import get_settings
+
+    for module in (*BUILTIN_KIND_MODULES, *get_settings().kind_modules):
         importlib.import_module(module)
     _builtins_loaded = True
 

@@ -38,6 +38,16 @@ class Storage(Protocol):
         """A URL that lets anyone holding it GET the object until it expires."""
 
 
+MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600  # GCS refuses V4 signatures valid for longer
+
+
+def signed_url_seconds(expires_in: int) -> int:
+    """How long a download URL lives: at least 1 s (an expiry in the past is refused), at most 7 days."""
+    if expires_in < 1:
+        raise ValueError(f"a download URL must expire in the future (expires_in={expires_in})")
+    return min(expires_in, MAX_SIGNED_URL_SECONDS)
+
+
 def artifact_key(tenant_id: str, job_id: str, filename: str) -> str:
     """Where a job's artifact lives: per tenant, per job, so re-runs overwrite and tenants never collide."""
     return f"tenants/{tenant_id}/jobs/{job_id}/{filename}"

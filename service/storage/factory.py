@@ -12,6 +12,17 @@ from service.storage.tokens import DownloadTokens
 
 def make_storage(settings: Settings) -> Storage:
     """A backend for these settings."""
+    if settings.storage_backend == "gcs":
+        from service.storage.gcs import GcsStorage  # google-cloud-storage is only imported when used
+
+        return GcsStorage(
+            settings.gcs_bucket,
+            project=settings.gcs_project,
+            chunk_bytes=settings.gcs_chunk_bytes,
+            retry_seconds=settings.gcs_retry_seconds,
+            emulator_host=settings.storage_emulator_host,
+            signer_email=settings.gcs_signer_email,
+        )
     return LocalStorage(settings.artifacts_dir, DownloadTokens(settings.secret_key), settings.public_base_url)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from service.storage.base import HashingReader, StoredObject
+from service.storage.base import HashingReader, StoredObject, signed_url_seconds
 from service.storage.tokens import DownloadTokens
 
 
@@ -55,5 +55,6 @@ class LocalStorage:
         self.path(key).unlink(missing_ok=True)
 
     def signed_url(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str:
-        token = self.tokens.issue(key, filename=filename, content_type=content_type, expires_in=expires_in)
+        seconds = signed_url_seconds(expires_in)
+        token = self.tokens.issue(key, filename=filename, content_type=content_type, expires_in=seconds)
         return f"{self.public_base_url}/downloads/{token}"

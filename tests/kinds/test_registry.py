@@ -34,10 +34,17 @@ def register_kind() -> Iterator[RegisterKind]:
     registry.load_builtin_kinds()
     before = dict(registry._KINDS)
 
-    def register(name: str, handler: Handler, content_type: str = "text/plain") -> Kind:
-        return registry.register(
-            Kind(name=name, input_model=EchoInput, handler=handler, content_type=content_type)
+    def register(
+        name: str, handler: Handler, content_type: str = "text/plain", max_attempts: int = 1
+    ) -> Kind:
+        kind = Kind(
+            name=name,
+            input_model=EchoInput,
+            handler=handler,
+            content_type=content_type,
+            max_attempts=max_attempts,
         )
+        return registry.register(kind)
 
     yield register
     registry._KINDS.clear()
@@ -189,3 +196,51 @@ def test_a_job_of_a_kind_this_worker_does_not_know_fails_instead_of_staying_runn
     job = gql(JOB_QUERY, {"id": job_id})["job"]
     assert job["status"] == "FAILED"
     assert job["error"]["code"] == "UNKNOWN_KIND" and job["error"]["retryable"] is True
+
+
+def test_a_transient_failure_is_retried_with_backoff_and_each_attempt_is_recorded(
+    register_kind: RegisterKind, gql: GraphQLClient, tenant: TenantHandle
+) -> None:
+    def flaky(ctx: JobContext, params: EchoInput) -> ArtifactOutput:
+        if ctx.attempt == 1:
+            raise JobFailure("UPSTREAM_503", "the upstream answered 503", retryable=True)
+        return echo(ctx, params)
+
+    register_kind("test-flaky", flaky, max_attempts=3)
+    job_id = _run(tenant, "test-flaky", {"text": "ok"})
+    waiting = gql(JOB_QUERY, {"id": job_id})["job"]
+    assert waiting["status"] == "QUEUED" and waiting["attempt"] == 1 and waiting["error"] is None
+    retry_event = waiting["events"][-1]
+    assert retry_event["type"] == "job.queued"
+    assert retry_event["data"]["code"] == "UPSTREAM_503" and retry_event["data"]["retryInSeconds"] > 0
+
+    run_job(job_id)  # what the sweep's re-enqueue leads to once the backoff has passed
+    job = gql(JOB_QUERY, {"id": job_id})["job"]
+    assert job["status"] == "SUCCEEDED" and job["attempt"] == 2
+    assert [e["type"] for e in job["events"]].count("job.started") == 2
+
+
+def test_a_permanent_failure_fails_at_once_even_with_attempts_left(
+    register_kind: RegisterKind, gql: GraphQLClient, tenant: TenantHandle
+) -> None:
+    def broken(ctx: JobContext, params: EchoInput) -> ArtifactOutput:
+        raise JobFailure("BAD_INPUT", "cannot work with this", retryable=False)
+
+    register_kind("test-broken", broken, max_attempts=5)
+    job = gql(JOB_QUERY, {"id": _run(tenant, "test-broken", {"text": "x"})})["job"]
+    assert job["status"] == "FAILED" and job["attempt"] == 1
+    assert job["error"] == {"code": "BAD_INPUT", "message": "cannot work with this", "retryable": False}
+
+
+def test_transient_failures_stop_after_the_kinds_last_attempt(
+    register_kind: RegisterKind, gql: GraphQLClient, tenant: TenantHandle
+) -> None:
+    def always(ctx: JobContext, params: EchoInput) -> ArtifactOutput:
+        raise JobFailure("UPSTREAM_503", "still down", retryable=True)
+
+    register_kind("test-down", always, max_attempts=2)
+    job_id = _run(tenant, "test-down", {"text": "x"})
+    run_job(job_id)
+    job = gql(JOB_QUERY, {"id": job_id})["job"]
+    assert job["status"] == "FAILED" and job["attempt"] == 2
+    assert job["error"] == {"code": "UPSTREAM_503", "message": "still down", "retryable": True}

@@ -1,0 +1,116 @@
+"""One trace from the tenant's mutation to the partner's receiver.
+
+The API runs in this process (ASGI, with the FastAPI instrumentation), the job runs here with the
+context RQ carried in its meta, and a deliverer sends its webhooks to a real receiver on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rq.job import Job as RQJob
+
+from callbacks.deliverer import Deliverer
+from service.app import create_app
+from service.jobs.dispatch import TRACE_META
+from service.jobs.runner import run_job
+from service.redis import get_redis
+from service.settings import get_settings
+from tests.conftest import SPEECH_MUTATION, TenantHandle
+from tests.receiver import Receiver
+from tests.servers import ServiceProcess
+
+CREATE = """
+mutation C($url: String!) {
+  createWebhookEndpoint(input: {url: $url}) { endpoint { id } userErrors { code } }
+}
+"""
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def no_worker(worker: ServiceProcess) -> Iterator[None]:
+    """The session worker (jobs and deliveries) is stopped, so this process does the work."""
+    worker.stop()
+    yield
+    worker.start()
+
+
+async def _graphql(app: Any, api_key: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        response = await client.post(
+            "/graphql",
+            json={"query": query, "variables": variables},
+            headers={"authorization": f"Bearer {api_key}"},
+        )
+    body: dict[str, Any] = response.json()
+    assert "errors" not in body, body
+    data: dict[str, Any] = body["data"]
+    return data
+
+
+async def _deliver_until(receiver: Receiver, path: str, event_type: str) -> None:
+    stop = asyncio.Event()
+    deliverer = asyncio.create_task(Deliverer(get_settings()).run(stop))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(json.loads(r.body)["type"] == event_type for r in receiver.at(path)):
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await deliverer
+
+
+def test_mutation_enqueue_run_upload_and_webhook_share_one_trace(
+    spans: InMemorySpanExporter, tenant: TenantHandle, receiver: Receiver, no_worker: None
+) -> None:
+    app = create_app()
+    path = f"/{uuid.uuid4().hex}"
+    created = asyncio.run(_graphql(app, tenant.api_key, CREATE, {"url": receiver.url + path}))
+    assert created["createWebhookEndpoint"]["userErrors"] == []
+    spans.clear()
+
+    started = asyncio.run(_graphql(app, tenant.api_key, SPEECH_MUTATION, {"input": {"text": "Trace me."}}))
+    job_id = started["generateSpeech"]["job"]["id"]
+    rq_job = RQJob.fetch(job_id, connection=get_redis())
+    carrier = rq_job.meta[TRACE_META]
+    rq_job.delete()  # this process runs it, with the context RQ carried
+    run_job(job_id, carrier)
+    asyncio.run(_deliver_until(receiver, path, "job.succeeded"))
+
+    finished = spans.get_finished_spans()
+    http = [s for s in finished if s.kind.name == "SERVER" and (s.attributes or {}).get("job.id") == job_id]
+    assert http, [s.name for s in finished]
+    trace_id = http[0].context.trace_id
+    in_trace = [s for s in finished if s.context.trace_id == trace_id]
+    names = {s.name for s in in_trace}
+    assert {"job.enqueue", "job.run", "storage.upload", "webhook.attempt"} <= names, names
+    for span in in_trace:
+        assert (span.attributes or {}).get("job.id") == job_id, (span.name, span.attributes)
+        assert (span.attributes or {}).get("tenant.id") == tenant.id, (span.name, span.attributes)
+
+    deliveries = receiver.at(path)
+    assert {json.loads(r.body)["type"] for r in deliveries} >= {"job.queued", "job.started", "job.succeeded"}
+    for delivery in deliveries:
+        _version, trace_hex, span_hex, _flags = delivery.headers["traceparent"].split("-")
+        assert int(trace_hex, 16) == trace_id
+        attempt = [
+            s for s in in_trace if s.name == "webhook.attempt" and s.context.span_id == int(span_hex, 16)
+        ]
+        assert attempt, "the receiver's parent span is the attempt's client span"
+        assert "baggage" not in delivery.headers  # nothing internal leaves for the partner

@@ -1,0 +1,180 @@
+"""Metrics recorded through observability.metrics appear on the Prometheus endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from observability import metrics
+from observability.metrics import (
+    HISTOGRAMS,
+    PROMETHEUS_NAMES,
+    add_metrics_route,
+    attempt_outcome,
+    metrics_app,
+    record_endpoint_disabled,
+    record_job_created,
+    record_job_finished,
+    record_queue_wait,
+    record_rate_limited,
+    record_webhook_attempt,
+    record_webhook_delivered,
+    register_queue_depth,
+    start_metrics_server,
+    status_class,
+)
+from tests.observability.asgi import asgi_get
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(exposition: str) -> Samples:
+    """Every sample by (name, labels without OpenTelemetry's scope labels)."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels = frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope"))
+            found[(sample.name, labels)] = sample.value
+    return found
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture
+def api(meter_provider: None) -> Iterator[FastAPI]:
+    app = FastAPI()
+    add_metrics_route(app)
+    unregister = register_queue_depth(lambda: {"jobs": 7, "webhooks": 2})
+    yield app
+    unregister()
+
+
+def scrape(app: FastAPI) -> Samples:
+    response = asgi_get(app, "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return samples(response.text)
+
+
+def test_recorded_metrics_appear_on_the_api_endpoint(api: FastAPI) -> None:
+    before = scrape(api)
+    record_job_created("speech")
+    record_job_finished("speech", "SUCCEEDED", duration_seconds=1.5)
+    record_job_finished("export", "FAILED")
+    record_queue_wait("speech", 0.2)
+    record_webhook_attempt("success", duration_seconds=0.05, status_code=204)
+    record_webhook_attempt("timeout", duration_seconds=15.0, trigger="manual")
+    record_webhook_delivered("job.succeeded", 0.3)
+    record_endpoint_disabled("failing")
+    record_rate_limited("rate")
+    after = scrape(api)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("claimcheck_jobs_created_total", kind="speech") == 1
+    assert delta("claimcheck_jobs_finished_total", kind="speech", status="succeeded") == 1
+    assert delta("claimcheck_jobs_finished_total", kind="export", status="failed") == 1
+    assert delta("claimcheck_job_duration_seconds_count", kind="speech", status="succeeded") == 1
+    assert delta("claimcheck_job_duration_seconds_sum", kind="speech", status="succeeded") == 1.5
+    assert delta("claimcheck_job_duration_seconds_bucket", kind="speech", status="succeeded", le="2.5") == 1
+    assert delta("claimcheck_job_duration_seconds_bucket", kind="speech", status="succeeded", le="1.0") == 0
+    assert delta("claimcheck_job_queue_wait_seconds_count", kind="speech") == 1
+    success = {"outcome": "success", "status_class": "2xx", "trigger": "scheduled"}
+    assert delta("claimcheck_webhook_attempts_total", **success) == 1
+    timeout = {"outcome": "timeout", "status_class": "none", "trigger": "manual"}
+    assert delta("claimcheck_webhook_attempts_total", **timeout) == 1
+    assert delta("claimcheck_webhook_attempt_duration_seconds_count", outcome="timeout") == 1
+    assert delta("claimcheck_webhook_delivery_latency_seconds_count", event_type="job.succeeded") == 1
+    assert delta("claimcheck_webhook_endpoints_disabled_total", reason="failing") == 1
+    assert delta("claimcheck_rate_limit_rejections_total", limit="rate") == 1
+    assert value(after, "claimcheck_queue_depth", queue="jobs") == 7
+    assert value(after, "claimcheck_queue_depth", queue="webhooks") == 2
+
+
+def test_every_instrument_has_its_prometheus_name(api: FastAPI) -> None:
+    record_job_created("speech")
+    record_job_finished("speech", "succeeded", 1.0)
+    record_queue_wait("speech", 0.1)
+    record_webhook_attempt("success", duration_seconds=0.01, status_code=200)
+    record_webhook_delivered("job.queued", 0.01)
+    record_endpoint_disabled("gone")
+    record_rate_limited("quota")
+    names = {name for name, _ in scrape(api)}
+    instruments = {
+        instrument._name
+        for instrument in vars(metrics).values()
+        if hasattr(instrument, "_name") and str(getattr(instrument, "_name", "")).startswith("claimcheck.")
+    }
+    assert instruments == set(PROMETHEUS_NAMES), "PROMETHEUS_NAMES lists every instrument"
+    for instrument, exported in PROMETHEUS_NAMES.items():
+        expected = f"{exported}_count" if instrument in HISTOGRAMS else exported
+        assert expected in names, instrument
+
+
+def test_a_failing_queue_depth_callback_does_not_break_the_scrape(api: FastAPI) -> None:
+    def broken() -> dict[str, float]:
+        raise ConnectionError("redis is away")
+
+    unregister = register_queue_depth(broken)
+    try:
+        found = scrape(api)
+    finally:
+        unregister()
+    assert value(found, "claimcheck_queue_depth", queue="jobs") == 7
+
+
+def test_openmetrics_when_asked(api: FastAPI) -> None:
+    response = asgi_get(api, "/metrics", {"accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+
+
+def test_mounted_metrics_app(meter_provider: None) -> None:
+    app = FastAPI()
+    app.mount("/metrics", metrics_app())
+    record_rate_limited("concurrency")
+    response = asgi_get(app, "/metrics/")
+    assert value(samples(response.text), "claimcheck_rate_limit_rejections_total", limit="concurrency") >= 1
+
+
+def test_worker_metrics_server(meter_provider: None) -> None:
+    server, thread = start_metrics_server(0, addr="127.0.0.1")
+    try:
+        record_job_finished("speech", "canceled")
+        response = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5)
+        found = samples(response.text)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert value(found, "claimcheck_jobs_finished_total", kind="speech", status="canceled") >= 1
+    assert any(name.startswith("process_") for name, _ in found), "the process collector is there too"
+
+
+@pytest.mark.parametrize(
+    ("status_code", "timed_out", "refused", "expected"),
+    [
+        (200, False, False, "success"),
+        (299, False, False, "success"),
+        (301, False, False, "http_error"),
+        (500, False, False, "http_error"),
+        (410, False, False, "gone"),
+        (None, True, False, "timeout"),
+        (None, False, False, "network_error"),
+        (None, False, True, "refused"),
+    ],
+)
+def test_attempt_outcome(status_code: int | None, timed_out: bool, refused: bool, expected: str) -> None:
+    assert attempt_outcome(status_code, timed_out=timed_out, refused=refused) == expected
+    assert expected in metrics.OUTCOMES
+
+
+def test_status_class() -> None:
+    assert [status_class(code) for code in (None, 204, 302, 404, 503)] == ["none", "2xx", "3xx", "4xx", "5xx"]

@@ -1,0 +1,34 @@
+"""Kinds the test worker loads through KIND_MODULES: slow, steady work to watch, cancel and kill."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from pydantic import BaseModel, Field
+
+from service.kinds.base import ArtifactOutput, JobContext, Kind
+from service.kinds.registry import register
+
+
+class SlowInput(BaseModel):
+    seconds: float = Field(default=2.0, gt=0, le=60)
+    steps: int = Field(default=10, ge=1, le=1000)
+
+
+def slow(ctx: JobContext, params: SlowInput) -> ArtifactOutput:
+    """Sleeps in steps, reporting progress after each; the artifact lists the steps."""
+    ctx.progress(0.0, "starting")
+    for step in range(params.steps):
+        time.sleep(params.seconds / params.steps)
+        ctx.progress((step + 1) / params.steps, f"step {step + 1} of {params.steps}")
+
+    def chunks() -> Iterator[bytes]:
+        yield f"{params.steps} steps in {params.seconds} s\n".encode()
+
+    return ArtifactOutput(filename="slow.txt", content_type="text/plain", chunks=chunks())
+
+
+register(
+    Kind(name="test-slow", input_model=SlowInput, handler=slow, content_type="text/plain", max_attempts=3)
+)

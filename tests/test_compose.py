@@ -1,0 +1,432 @@
+"""docker-compose.yml, the Dockerfile and the observability configs, checked without a Docker engine.
+
+Every command names a real `claimcheck` subcommand, every image is a known one, every dependency
+exists with a condition it can meet, the app's environment passes the settings' validation, and the
+collector, Prometheus and Grafana configs agree with each other, with the compose services and
+ports, and with the metrics observability/metrics.py defines.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from observability.metrics import HISTOGRAMS, PROMETHEUS_NAMES
+from observability.tracing import exporter_names
+from service.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+OBSERVABILITY = ROOT / "observability"
+APP_IMAGE = "claimcheck:local"
+KNOWN_IMAGES = {
+    "postgres",
+    "redis",
+    "fsouza/fake-gcs-server",
+    "otel/opentelemetry-collector-contrib",
+    "jaegertracing/all-in-one",
+    "prom/prometheus",
+    "grafana/grafana",
+}
+REQUIRED_SERVICES = {
+    "postgres",
+    "redis",
+    "fake-gcs",
+    "otel-collector",
+    "jaeger",
+    "prometheus",
+    "grafana",
+    "api",
+    "worker",
+    "scheduler",
+    "migrate",
+}
+STATEFUL = {"postgres", "redis", "fake-gcs"}
+ONE_SHOT = {"migrate", "gcs-init"}
+LONG_RUNNING_APP = {"api": "api", "worker": "worker", "scheduler": "scheduler"}
+TEST_SECRET = "compose-test-secret-key-0123456789"
+
+Service = dict[str, Any]
+
+
+def load_yaml(path: Path) -> Any:
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = load_yaml(ROOT / "docker-compose.yml")
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    found = compose["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+@pytest.fixture(scope="module")
+def collector() -> dict[str, Any]:
+    loaded = load_yaml(OBSERVABILITY / "otel-collector.yaml")
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> dict[str, Any]:
+    loaded = load_yaml(OBSERVABILITY / "prometheus.yml")
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+# --- compose's variable syntax -------------------------------------------------------------------
+
+VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: str, environ: Mapping[str, str]) -> str:
+    """``${NAME}``, ``${NAME:-default}`` and ``${NAME:?error}`` as docker compose reads them."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        present = environ.get(name)
+        if present:
+            return present
+        if operator in ("-", ":-"):
+            return str(argument)
+        if operator in ("?", ":?"):
+            raise KeyError(f"{name} is required: {argument}")
+        return ""
+
+    return VARIABLE.sub(substitute, value).replace("$$", "$")
+
+
+def environment(service: Service, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = {"SECRET_KEY": TEST_SECRET} if environ is None else environ
+    raw = service.get("environment") or {}
+    assert isinstance(raw, dict), "environment as a mapping"
+    return {str(key): interpolate(str(value), environ) for key, value in raw.items()}
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def app_services(services: dict[str, Service]) -> dict[str, Service]:
+    return {name: service for name, service in services.items() if service.get("image") == APP_IMAGE}
+
+
+# --- services --------------------------------------------------------------------------------------
+
+
+def test_every_required_service_is_there(services: dict[str, Service]) -> None:
+    assert set(services) >= REQUIRED_SERVICES
+
+
+def test_app_commands_are_real_claimcheck_subcommands(services: dict[str, Service]) -> None:
+    parser = build_parser()
+    expected = {**LONG_RUNNING_APP, "migrate": "migrate"}
+    for name, service in app_services(services).items():
+        assert "entrypoint" not in service, name
+        command = service["command"]
+        assert isinstance(command, list) and command, name
+        if name == "gcs-init":
+            assert command[:2] == ["python", "-c"]
+            continue
+        assert command[0] == "claimcheck", name
+        args = parser.parse_args(command[1:])
+        assert args.command == expected[name], name
+        assert callable(args.func)
+    assert set(expected) <= set(app_services(services))
+
+
+def test_images_are_known_and_pinned(services: dict[str, Service]) -> None:
+    for name, service in services.items():
+        image = service.get("image")
+        assert image, f"{name} names its image"
+        if image == APP_IMAGE:
+            assert service.get("build") == ".", f"{name} builds the Dockerfile"
+            continue
+        repository, _, tag = str(image).partition(":")
+        assert repository in KNOWN_IMAGES, name
+        assert tag and tag != "latest", f"{name}: pin a version"
+        assert "build" not in service, name
+
+
+def test_dependencies_exist_and_their_conditions_can_be_met(services: dict[str, Service]) -> None:
+    for name, service in services.items():
+        depends_on = service.get("depends_on") or {}
+        assert isinstance(depends_on, dict), f"{name}: depends_on with conditions"
+        for target, spec in depends_on.items():
+            assert target in services, f"{name} depends on a missing service {target}"
+            condition = spec["condition"]
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target}'s health check"
+            elif condition == "service_completed_successfully":
+                assert target in ONE_SHOT and services[target].get("restart") == "no", target
+            else:
+                assert condition == "service_started", condition
+    for name in LONG_RUNNING_APP:
+        conditions = {target: spec["condition"] for target, spec in services[name]["depends_on"].items()}
+        assert conditions["migrate"] == "service_completed_successfully", name
+        assert conditions["gcs-init"] == "service_completed_successfully", name
+        assert conditions["redis"] == "service_healthy", name
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_stateful_services_have_health_checks(services: dict[str, Service]) -> None:
+    for name in STATEFUL | {"api", "prometheus", "grafana"}:
+        check = services[name]["healthcheck"]
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert "interval" in check and "retries" in check, name
+    assert any(volume.endswith(":/var/lib/postgresql/data") for volume in services["postgres"]["volumes"])
+    assert any(volume.endswith(":/data") for volume in services["redis"]["volumes"])
+
+
+def test_workers_scale(services: dict[str, Service]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker, "published ports would collide between replicas"
+    assert "stop_grace_period" in worker
+    for name, service in services.items():
+        assert "container_name" not in service, name
+
+
+def test_app_environment_is_complete_and_valid(
+    services: dict[str, Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.settings import Settings
+
+    for name in LONG_RUNNING_APP:
+        env = environment(services[name])
+        assert env["ENVIRONMENT"] == "production"
+        assert env["STORAGE_BACKEND"] == "gcs"
+        assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+        assert env["OTEL_SERVICE_NAME"] == f"claimcheck-{name}"
+        for variable in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "GCS_BUCKET",
+            "STORAGE_EMULATOR_HOST",
+            "PUBLIC_BASE_URL",
+        ):
+            assert env[variable], f"{name}: {variable}"
+        assert exporter_names(env) == ["otlp"]
+        for host_url in (env["DATABASE_URL"], env["REDIS_URL"], env["STORAGE_EMULATOR_HOST"]):
+            assert urlsplit(host_url).hostname in services, host_url
+        collector_url = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert collector_url.hostname == "otel-collector" and collector_url.port == 4318
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        for variable, value in env.items():
+            monkeypatch.setenv(variable, value)
+        settings = Settings()
+        assert settings.secret_key == TEST_SECRET and settings.storage_backend == "gcs", name
+    assert services["worker"]["volumes"] == ["gcs-credentials:/var/lib/claimcheck/gcs:ro"]
+
+
+def test_secret_key_is_required(services: dict[str, Service]) -> None:
+    raw = str(services["api"]["environment"]["SECRET_KEY"])
+    assert raw.startswith("${SECRET_KEY:?")
+    with pytest.raises(KeyError, match="SECRET_KEY is required"):
+        environment(services["api"], environ={})
+
+
+def test_bind_mounts_exist(services: dict[str, Service]) -> None:
+    for name, service in services.items():
+        for volume in service.get("volumes") or []:
+            source = str(volume).split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_dockerfile_installs_the_project() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
+    assert "pyproject.toml" in dockerfile and "pip install" in dockerfile
+    for package in ("service", "callbacks", "observability", "migrations"):
+        assert f"COPY {package} ./{package}" in dockerfile, package
+    assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE), "not as root"
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {"service", "callbacks", "observability", "migrations", "pyproject.toml", "README.md"}.isdisjoint(
+        ignored
+    )
+    assert ".venv" in ignored and ".git" in ignored
+
+
+# --- the one-shot GCS set-up -----------------------------------------------------------------------
+
+
+class _FakeGcs(http.server.BaseHTTPRequestHandler):
+    buckets: set[str] = set()
+    requests: list[tuple[str, dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).requests.append((self.path, body))
+        status = 409 if body["name"] in self.buckets else 200
+        self.buckets.add(body["name"])
+        self.send_response(status)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def fake_gcs() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeGcs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_gcs_init_creates_the_bucket_and_a_usable_key(
+    services: dict[str, Service], fake_gcs: str, tmp_path: Path
+) -> None:
+    service = services["gcs-init"]
+    assert service["depends_on"]["fake-gcs"]["condition"] == "service_healthy"
+    script = service["command"][2]
+    env = environment(service)
+    key_file = tmp_path / "emulator-key.json"
+    run_env = {**env, "GOOGLE_APPLICATION_CREDENTIALS": str(key_file), "STORAGE_EMULATOR_HOST": fake_gcs}
+    for _ in range(2):  # the second run finds the bucket (409) and the key already there
+        subprocess.run(
+            [sys.executable, "-c", script], env=run_env, check=True, capture_output=True, timeout=60
+        )
+    assert _FakeGcs.requests[-1] == (
+        f"/storage/v1/b?project={env['GCS_PROJECT']}",
+        {"name": env["GCS_BUCKET"]},
+    )
+    from google.oauth2 import service_account
+
+    credentials = service_account.Credentials.from_service_account_file(str(key_file))  # type: ignore[no-untyped-call]
+    assert credentials.service_account_email.endswith(".iam.gserviceaccount.com")
+    assert credentials.sign_bytes(b"anything")
+    mount = "gcs-credentials:" + str(Path(env["GOOGLE_APPLICATION_CREDENTIALS"]).parent)
+    assert service["volumes"] == [mount]
+
+
+# --- OpenTelemetry Collector -----------------------------------------------------------------------
+
+
+def test_collector_pipelines_take_what_the_app_sends(
+    collector: dict[str, Any], services: dict[str, Service]
+) -> None:
+    protocols = collector["receivers"]["otlp"]["protocols"]
+    assert port_of(protocols["http"]["endpoint"]) == 4318  # the app's OTLP/HTTP endpoint
+    assert port_of(protocols["grpc"]["endpoint"]) == 4317
+    pipelines = collector["service"]["pipelines"]
+    assert "otlp" in pipelines["traces"]["receivers"] and "otlp" in pipelines["metrics"]["receivers"]
+    for pipeline in pipelines.values():
+        for section in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(section, []):
+                assert component in collector[section], f"{component} is configured"
+    for extension in collector["service"].get("extensions", []):
+        assert extension in collector["extensions"]
+    (traces_exporter,) = pipelines["traces"]["exporters"]
+    jaeger = urlsplit("//" + collector["exporters"][traces_exporter]["endpoint"])
+    assert traces_exporter.split("/")[0] == "otlp" and jaeger.hostname == "jaeger" and jaeger.port == 4317
+    assert jaeger.hostname in services
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    mounts = services["otel-collector"]["volumes"]
+    assert "./observability/otel-collector.yaml:" in mounts[0]
+    assert services["otel-collector"]["command"] == ["--config=" + mounts[0].split(":")[1]]
+
+
+# --- Prometheus --------------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_api_workers_and_collector(
+    prometheus: dict[str, Any], services: dict[str, Service], collector: dict[str, Any]
+) -> None:
+    api_command = services["api"]["command"]
+    ports = {
+        "api": int(api_command[api_command.index("--port") + 1]),
+        "worker": int(environment(services["worker"])["METRICS_PORT"]),
+    }
+    collector_ports = {
+        port_of(collector["exporters"]["prometheus"]["endpoint"]),
+        port_of(collector["service"]["telemetry"]["metrics"]["address"]),
+    }
+    scraped: set[str] = set()
+    for job in prometheus["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.split(":")
+                assert host in services, target
+                scraped.add(host)
+                if host == "otel-collector":
+                    assert int(port) in collector_ports, target
+                else:
+                    assert int(port) == ports[host], target
+                    assert job.get("metrics_path", "/metrics") == "/metrics"
+        for dns in job.get("dns_sd_configs", []):
+            for host in dns["names"]:
+                assert host in services and dns["type"] == "A", host
+                assert dns["port"] == ports[host], host
+                scraped.add(host)
+    assert {"api", "worker", "otel-collector"} <= scraped
+    assert any(
+        volume.endswith(":/etc/prometheus/prometheus.yml:ro") for volume in services["prometheus"]["volumes"]
+    )
+
+
+# --- Grafana ----------------------------------------------------------------------------------------
+
+
+def test_grafana_provisioning_and_dashboard(services: dict[str, Service]) -> None:
+    grafana = OBSERVABILITY / "grafana"
+    datasources = load_yaml(grafana / "provisioning" / "datasources" / "datasources.yml")["datasources"]
+    by_uid = {source["uid"]: source for source in datasources}
+    assert {source["type"] for source in datasources} == {"prometheus", "jaeger"}
+    for source in datasources:
+        assert urlsplit(source["url"]).hostname in services, source["name"]
+    provider = load_yaml(grafana / "provisioning" / "dashboards" / "dashboards.yml")["providers"][0]
+    mounted = {str(volume).split(":")[1] for volume in services["grafana"]["volumes"]}
+    assert provider["options"]["path"] in mounted
+
+    dashboard = json.loads((grafana / "dashboards" / "claimcheck.json").read_text())
+    queried: set[str] = set()
+    known = set(PROMETHEUS_NAMES.values())
+    histograms = {PROMETHEUS_NAMES[name] for name in HISTOGRAMS}
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] in by_uid, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] in by_uid, panel["title"]
+            if by_uid[target["datasource"]["uid"]]["type"] != "prometheus":
+                continue
+            names = re.findall(r"\bclaimcheck_[a-z0-9_]+", target["expr"])
+            assert names, panel["title"]
+            for name in names:
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                assert base in known, f"{panel['title']}: {name} is not defined in observability/metrics.py"
+                if name != base:
+                    assert base in histograms, name
+                queried.add(base)
+    assert queried == known, f"metrics without a panel: {sorted(known - queried)}"
+    urls = [link["url"] for link in dashboard["links"]] + [
+        link["url"] for panel in dashboard["panels"] for link in panel.get("links", [])
+    ]
+    assert any("16686" in url and "job.id" in url for url in urls), "a link from a job id to its traces"
+    assert any(panel.get("datasource", {}).get("type") == "jaeger" for panel in dashboard["panels"])
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
