@@ -21,9 +21,11 @@ class JobStatus(enum.StrEnum):
     FAILED = "FAILED"
     CANCELING = "CANCELING"
     CANCELED = "CANCELED"
+    EXPIRED = "EXPIRED"
+    """Succeeded, but its file is gone (retention deleted it), as Shopify's bulk operations say."""
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
 
 
 class Job(SQLModel, table=True):
@@ -32,7 +34,7 @@ class Job(SQLModel, table=True):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('QUEUED','RUNNING','SUCCEEDED','FAILED','CANCELING','CANCELED')",
+            "status IN ('QUEUED','RUNNING','SUCCEEDED','FAILED','CANCELING','CANCELED','EXPIRED')",
             name="status_valid",
         ),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),

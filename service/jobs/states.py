@@ -11,9 +11,10 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.RUNNING, S.CANCELED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELING, S.QUEUED}),
     S.CANCELING: frozenset({S.CANCELED, S.SUCCEEDED, S.FAILED}),
-    S.SUCCEEDED: frozenset(),
+    S.SUCCEEDED: frozenset({S.EXPIRED}),
     S.FAILED: frozenset(),
     S.CANCELED: frozenset(),
+    S.EXPIRED: frozenset(),
 }
 """RUNNING → QUEUED is a retry (a transient error, or a worker lost mid-job). A job being canceled
 may still finish on its own before the handler notices, so CANCELING → SUCCEEDED | FAILED is legal."""
@@ -25,6 +26,7 @@ EVENT_TYPES: dict[JobStatus, str] = {
     S.FAILED: "job.failed",
     S.CANCELING: "job.canceling",
     S.CANCELED: "job.canceled",
+    S.EXPIRED: "job.expired",
 }
 
 
