@@ -33,6 +33,10 @@ bench: install  ## the benchmark scripts (they print figures; see bench/README.m
 	$(BIN)/python -m bench.enqueue
 	$(BIN)/python -m bench.e2e
 	$(BIN)/python -m bench.deliveries
+	$(BIN)/python -m bench.artifact_memory
+	$(BIN)/python -m bench.subscribers
+	$(BIN)/python -m bench.tracing
+	$(BIN)/python -m bench.limits
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

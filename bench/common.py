@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.servers import ApiProcess, ServiceProcess, create_database, drop_database, service_env
+from tests.servers import (
+    ApiProcess,
+    ServiceProcess,
+    clear_caches,
+    create_database,
+    drop_database,
+    service_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "bench-secret-key-" + "x" * 32
@@ -31,17 +38,6 @@ mutation Speak($input: GenerateSpeechInput!) {
   generateSpeech(input: $input) { job { id status } userErrors { code message } }
 }
 """
-
-
-def clear_caches() -> None:
-    """Forget settings, engine, Redis client and storage so they are rebuilt from os.environ."""
-    from service.db import get_engine
-    from service.redis import get_redis
-    from service.settings import get_settings
-    from service.storage.factory import get_storage
-
-    for cached in (get_settings, get_engine, get_redis, get_storage):
-        cached.cache_clear()
 
 
 @dataclass

@@ -12,8 +12,8 @@ from callbacks.keys import generate_keypair, generate_secret, public_key_for
 from callbacks.models import AttemptTrigger, DeliveryStatus, SigningScheme, WebhookDelivery, WebhookEndpoint
 from callbacks.repository import DeliveryRepository, EndpointRepository, EventRepository
 from callbacks.ssrf import UnsafeURLError, check_url, resolve_public
-from service.crypto import decrypt, encrypt
-from service.errors import InvalidStateError, NotFoundError, ValidationError
+from service.crypto import decrypt, encrypt, reencrypt
+from service.errors import InvalidStateError, NotFoundError, QuotaExceededError, ValidationError
 from service.ids import has_prefix
 from service.models import utcnow
 from service.settings import get_settings
@@ -78,7 +78,13 @@ def create_endpoint(
     event_types: list[str] | None,
     description: str | None,
     signing: SigningScheme,
+    max_endpoints: int | None = None,
 ) -> IssuedEndpoint:
+    """A new endpoint; QUOTA_EXCEEDED when the tenant has max_endpoints already (its plan's limit)."""
+    if max_endpoints is not None and len(EndpointRepository(session, tenant_id).all()) >= max_endpoints:
+        raise QuotaExceededError(
+            f"this tenant already has {max_endpoints} webhook endpoints (its plan's maximum)", field=["input"]
+        )
     key, public_key = _new_key(signing)
     endpoint = WebhookEndpoint(
         tenant_id=tenant_id,
@@ -227,3 +233,31 @@ def _due_now(delivery: WebhookDelivery) -> None:
         delivery.next_trigger = AttemptTrigger.MANUAL
     delivery.next_attempt_at = utcnow()
     delivery.updated_at = utcnow()
+
+
+def reencrypt_all(session: Session, *, batch: int = 500) -> int:
+    """Re-encrypt every endpoint's signing keys with the newest ENCRYPTION_KEYS key (all tenants);
+    how many endpoints. Afterwards older keys can be dropped from ENCRYPTION_KEYS."""
+    from sqlmodel import col, select
+
+    count = 0
+    last_id = ""
+    while True:
+        statement = (
+            select(WebhookEndpoint)
+            .where(col(WebhookEndpoint.id) > last_id)
+            .order_by(col(WebhookEndpoint.id))
+            .limit(batch)
+            .with_for_update()
+        )
+        rows = list(session.exec(statement))
+        if not rows:
+            return count
+        for endpoint in rows:
+            endpoint.signing_keys = [
+                {**entry, "key": reencrypt(entry["key"])} for entry in endpoint.signing_keys
+            ]
+            session.add(endpoint)
+        session.flush()
+        count += len(rows)
+        last_id = rows[-1].id

@@ -15,6 +15,7 @@ from callbacks.repository import DeliveryRepository, EndpointRepository
 from service.errors import ValidationError
 from service.graphql_base import DeletePayload, GraphQLInfo, UserError, graphql_error, require, run_mutation
 from service.ids import has_prefix
+from service.tenants.limits import limits_for
 
 SCOPE = "webhooks:manage"
 MAX_DELIVERIES = 100
@@ -207,6 +208,7 @@ class WebhookMutation:
                     event_types=input.event_types,
                     description=input.description,
                     signing=signing,
+                    max_endpoints=limits_for(info.context.session, tenant_id).max_webhook_endpoints,
                 )
             ),
             _endpoint_errors,

@@ -22,7 +22,7 @@ from service.downloads import router as downloads_router
 from service.graphql_base import Context
 from service.schema import schema
 from service.settings import get_settings
-from service.tenants.service import Principal, authenticate
+from service.tenants.service import Principal, authenticate, note_key_used
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,15 @@ def get_context(request: HTTPConnection) -> Context:
     if request.scope["method"] == "GET" and "query" not in request.query_params:
         return context
     header = request.headers.get("authorization")
-    context.principal = authenticate(context.session, header, server_secret=get_settings().secret_key)
+    # A short session of its own: the connection goes back to the pool before any resolver runs
+    # (an async resolver that waits must not hold one).
+    context.principal = _authenticate_header(header)
     if context.principal is None:
-        context.finish(commit=False)
         raise HTTPException(
             status_code=401, detail="invalid or missing API key", headers={"WWW-Authenticate": "Bearer"}
         )
+    context.bind_tenant()  # from here on the request's transaction sees only this tenant's rows
+    note_key_used(context.principal.key_id)
     set_ids(tenant_id=context.principal.tenant_id)  # on the request's span
     return context
 
@@ -53,7 +56,10 @@ def _authenticate_header(header: object) -> Principal | None:
     if not isinstance(header, str):
         return None
     with session_scope() as session:
-        return authenticate(session, header, server_secret=get_settings().secret_key)
+        principal = authenticate(session, header, server_secret=get_settings().secret_key)
+    if principal is not None:
+        note_key_used(principal.key_id)
+    return principal
 
 
 class ClaimcheckGraphQL(GraphQLRouter[Context, None]):

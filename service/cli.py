@@ -97,6 +97,46 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from service.db import session_scope
+    from service.tenants.service import flush_key_last_used, list_keys
+
+    with session_scope() as session:
+        flush_key_last_used(session)  # the uses Redis holds, so the list is current
+    with session_scope() as session:
+        keys = list_keys(session, args.tenant)
+        rows: list[dict[str, Any]] = [
+            {
+                "key_id": key.id,
+                "prefix": key.prefix,
+                "scopes": key.scopes,
+                "created_at": key.created_at.isoformat(),
+                "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+                "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+            }
+            for key in keys
+        ]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+            used = row["last_used_at"] or "never"
+            scopes = ",".join(row["scopes"])
+            print(f"{row['key_id']}  ck_{row['prefix']}_...  {scopes}  {state}  last used {used}")
+    return 0
+
+
+def cmd_secrets_rotate(_args: argparse.Namespace) -> int:
+    from callbacks.endpoints import reencrypt_all
+    from service.db import session_scope
+
+    with session_scope() as session:
+        count = reencrypt_all(session)
+    print(f"{count} webhook endpoint(s) re-encrypted with the newest ENCRYPTION_KEYS key")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -148,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke = command(keys, "revoke", "revoke an API key at once")
     key_revoke.add_argument("key_id")
     key_revoke.set_defaults(func=cmd_keys_revoke)
+    key_list = command(keys, "list", "a tenant's API keys with their last use (never the keys themselves)")
+    key_list.add_argument("--tenant", required=True)
+    key_list.add_argument("--json", action="store_true")
+    key_list.set_defaults(func=cmd_keys_list)
+
+    secrets = commands.add_parser("secrets", help="secrets at rest").add_subparsers(
+        dest="action", required=True
+    )
+    command(
+        secrets,
+        "rotate",
+        "re-encrypt webhook secrets with the first ENCRYPTION_KEYS key (then drop old keys)",
+    ).set_defaults(func=cmd_secrets_rotate)
     return parser
 
 

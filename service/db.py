@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session as SASession
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, create_engine
@@ -54,6 +54,28 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+TENANT_ROLE = "claimcheck_tenant"
+"""The role tenant-facing transactions take: Postgres row-level security applies to it (migration 0006)."""
+
+_ENTER_TENANT = text(
+    "SELECT set_config('app.tenant_id', :tenant_id, true), set_config('role', :role, true)"
+).bindparams(role=TENANT_ROLE)
+
+
+def enter_tenant(session: Session, tenant_id: str) -> None:
+    """For the rest of the session's transaction, act as the tenant: row-level security shows only
+    its rows, whatever a query forgets to filter. Both settings end with the transaction."""
+    session.execute(_ENTER_TENANT, {"tenant_id": tenant_id})
+
+
+@contextmanager
+def tenant_session_scope(tenant_id: str) -> Iterator[Session]:
+    """A unit of work confined to one tenant's rows (row-level security)."""
+    with session_scope() as session:
+        enter_tenant(session, tenant_id)
+        yield session
 
 
 def after_commit(session: Session, callback: Callable[[], object]) -> None:

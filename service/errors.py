@@ -32,3 +32,17 @@ class IdempotencyConflictError(ClaimcheckError):
 
 class QuotaExceededError(ClaimcheckError):
     code = "QUOTA_EXCEEDED"
+
+
+class RateLimitedError(ClaimcheckError):
+    """Too many requests: try again in ``retry_after`` seconds (also sent as ``Retry-After``)."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, retry_after: int, *, field: list[str] | None = None) -> None:
+        super().__init__(f"rate limit exceeded; retry after {retry_after} seconds", field=field)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, int]:
+        return {"retryAfter": self.retry_after}

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import strawberry
 from graphql import GraphQLError
 from sqlmodel import Session
 from strawberry.fastapi import BaseContext
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from service.db import get_engine
-from service.errors import ClaimcheckError
+from service.db import enter_tenant, get_engine
+from service.errors import ClaimcheckError, RateLimitedError
 from service.tenants.service import Principal
 
 T = TypeVar("T")
@@ -29,15 +31,25 @@ class Context(BaseContext):
     subscriptions: int = 0
     """Subscriptions open on this WebSocket connection."""
     _session: Session | None = field(default=None, repr=False)
+    db_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    """Resolvers using the session take turns (service.schema.UnitOfWork)."""
 
     def __post_init__(self) -> None:
         super().__init__()
 
     @property
     def session(self) -> Session:
+        """Once the caller is known, the session's transaction sees only its tenant's rows (RLS)."""
         if self._session is None:
             self._session = Session(get_engine(), expire_on_commit=False)
+            if self.principal is not None:
+                enter_tenant(self._session, self.principal.tenant_id)
         return self._session
+
+    def bind_tenant(self) -> None:
+        """Confine the already open session to the authenticated tenant (after authentication)."""
+        if self._session is not None and self.principal is not None:
+            enter_tenant(self._session, self.principal.tenant_id)
 
     def finish(self, *, commit: bool) -> None:
         """Commit (or roll back) and close the request's session, if one was opened."""
@@ -74,9 +86,18 @@ class UserError:
     field: list[str] | None
     message: str
 
+    extensions: JSON | None = strawberry.field(
+        default=None, description='Details by code, e.g. {"retryAfter": 12} for RATE_LIMITED.'
+    )
+
     @classmethod
     def from_error(cls, error: ClaimcheckError) -> UserError:
-        return cls(code=error.code, field=error.field, message=error.message)
+        return cls(
+            code=error.code,
+            field=error.field,
+            message=error.message,
+            extensions=cast(JSON, error_extensions(error)) or None,
+        )
 
 
 @strawberry.type
@@ -93,14 +114,27 @@ def run_mutation(info: GraphQLInfo, action: Callable[[], T], on_error: Callable[
         result = action()
     except ClaimcheckError as error:
         savepoint.rollback()
+        _advise_retry(info, error)
         return on_error([UserError.from_error(error)])
     savepoint.commit()
     return result
 
 
+def error_extensions(error: ClaimcheckError) -> dict[str, Any]:
+    """What an error adds beyond code, field and message (RATE_LIMITED: retryAfter)."""
+    return dict(error.extensions) if isinstance(error, RateLimitedError) else {}
+
+
+def _advise_retry(info: GraphQLInfo, error: ClaimcheckError) -> None:
+    """A Retry-After header on the HTTP response of a rate-limited request."""
+    response = info.context.response
+    if isinstance(error, RateLimitedError) and response is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+
+
 def graphql_error(error: ClaimcheckError) -> GraphQLError:
     """A ClaimcheckError raised from a field (not a mutation) as a GraphQL error with its code."""
-    extensions: dict[str, Any] = {"code": error.code}
+    extensions: dict[str, Any] = {"code": error.code, **error_extensions(error)}
     if error.field:
         extensions["field"] = error.field
     return GraphQLError(error.message, extensions=extensions)

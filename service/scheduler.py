@@ -5,22 +5,48 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
+
+from sqlmodel import Session
 
 from service.db import session_scope
 from service.jobs.dispatch import sweep_outbox
 from service.jobs.recovery import recover_lost_runs
+from service.jobs.retention import delete_old_jobs, expire_artifacts
 from service.settings import get_settings
+from service.tenants.service import flush_key_last_used
 
 log = logging.getLogger(__name__)
 
 
+RETENTION_EVERY_SECONDS = 60.0
+_last_retention = 0.0
+
+
+def _sweep(name: str, sweep: Callable[[Session], object]) -> object:
+    """Run one sweep in its own transaction; a failing sweep is logged and retried next round."""
+    try:
+        with session_scope() as session:
+            return sweep(session)
+    except Exception:
+        log.exception("the %s sweep failed; retrying next round", name)
+        return None
+
+
 def run_once() -> int:
-    """One round of every sweep; returns how many jobs it had to re-enqueue."""
-    with session_scope() as session:
-        recover_lost_runs(session)
-    with session_scope() as session:
-        return sweep_outbox(session, grace_seconds=get_settings().outbox_grace_seconds)
+    """One round of every sweep; returns how many jobs the outbox sweep had to re-enqueue."""
+    global _last_retention
+    _sweep("lost runs", recover_lost_runs)
+    _sweep("key last-used", flush_key_last_used)
+    if time.monotonic() - _last_retention >= RETENTION_EVERY_SECONDS:  # old rows do not need haste
+        _last_retention = time.monotonic()
+        _sweep("artifact expiry", expire_artifacts)
+        _sweep("retention", delete_old_jobs)
+    grace = get_settings().outbox_grace_seconds
+    enqueued = _sweep("outbox", lambda session: sweep_outbox(session, grace_seconds=grace))
+    return enqueued if isinstance(enqueued, int) else 0
 
 
 def run_scheduler(stop: threading.Event | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,8 @@ from graphql.validation import MaxIntrospectionDepthRule
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
@@ -28,10 +31,16 @@ from service.tenants.graphql import TenantQuery
 
 STRAWBERRY_DEFINITION = "strawberry-definition"
 MAX_DEPTH = 10
+MAX_ALIASES = 30  # aliases multiply work: `a1: job(id:..) a2: job(id:..) ...` in one request
+MAX_TOKENS = 2000  # the parser stops at this many tokens, before building a huge document
 CACHED_DOCUMENTS = 1000  # clients send the same few documents: parse and validate each once
 
 # Built once: rule classes made per request would never hit the validation cache.
-VALIDATION_RULES = [*QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules, MaxIntrospectionDepthRule]
+VALIDATION_RULES = [
+    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+    MaxIntrospectionDepthRule,
+]
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
 Mutation = merge_types("Mutation", (JobMutation, WebhookMutation))
@@ -60,26 +69,33 @@ class UnitOfWork(SchemaExtension):
     ) -> Any:
         if not _uses_context(info):
             return _next(root, info, *args, **kwargs)
-        return _in_thread(functools.partial(_next, root, info, *args, **kwargs))
+        return _in_thread(info.context.db_lock, functools.partial(_next, root, info, *args, **kwargs))
 
 
 def _uses_context(info: GraphQLResolveInfo[Any]) -> bool:
     """Whether this field's resolver takes `info`, i.e. may use the request's session."""
-    definition = info.parent_type.fields[info.field_name].extensions.get(STRAWBERRY_DEFINITION)
+    field = info.parent_type.fields.get(info.field_name)  # None: __typename and other meta fields
+    if field is None:
+        return False
+    definition = field.extensions.get(STRAWBERRY_DEFINITION)
     resolver = getattr(definition, "base_resolver", None)
     # async resolvers do their own blocking work off the loop
     return resolver is not None and resolver.info_parameter is not None and not resolver.is_async
 
 
-async def _in_thread(resolver: Callable[[], Any]) -> Any:
-    result = await anyio.to_thread.run_sync(resolver)
+async def _in_thread(lock: asyncio.Lock, resolver: Callable[[], Any]) -> Any:
+    # One at a time per request: sibling fields (`{ viewer {..} jobs {..} }`) run concurrently, and
+    # they share the request's session, which allows no concurrent use.
+    async with lock:
+        result = await anyio.to_thread.run_sync(resolver)
     return await result if inspect.isawaitable(result) else result
 
 
 def _should_mask(error: GraphQLError) -> bool:
-    """Mask unexpected errors; keep errors we raised on purpose (they carry a code) and syntax errors."""
+    """Mask unexpected errors in resolvers; keep errors we raised on purpose (they carry a code) and
+    errors about the request itself (syntax, validation, variable values: they have no path)."""
     original = error.original_error
-    if original is None:
+    if original is None or error.path is None:
         return False
     return not (isinstance(original, GraphQLError) and (original.extensions or {}).get("code"))
 
@@ -99,6 +115,7 @@ schema = ClaimcheckSchema(
     subscription=JobSubscription,
     extensions=[
         UnitOfWork,
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),  # before the cache: its options key it
         lambda: ParserCache(maxsize=CACHED_DOCUMENTS),
         lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
         lambda: AddValidationRules(VALIDATION_RULES),

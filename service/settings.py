@@ -53,10 +53,57 @@ class Settings(BaseSettings):
     job_retry_max_seconds: float = Field(default=600.0, ge=0)
     job_heartbeat_seconds: float = Field(default=10.0, gt=0)
     job_stuck_after_seconds: float = Field(default=60.0, gt=0)
-    job_cancel_grace_seconds: float = Field(default=30.0, ge=0)
+    # Retention: finished jobs (and their files) are deleted after these many days; a succeeded
+    # job's file may go sooner (the job then reads EXPIRED until its row goes too).
+    retention_succeeded_days: float = Field(default=14, gt=0)
+    retention_canceled_days: float = Field(default=14, gt=0)
+    retention_failed_days: float = Field(default=30, gt=0)
+    retention_artifact_days: float = Field(default=14, gt=0)
+    retention_batch: int = Field(default=200, ge=1)
     max_wait_seconds: int = Field(default=30, ge=0)
     max_subscriptions_per_connection: int = Field(default=20, ge=1)
     max_subscriptions_per_tenant: int = Field(default=200, ge=1)
+
+    # Tenancy and abuse protection (issue 5). PLANS: JSON {name: {limit: value}}; a tenant's plan
+    # column picks one (unknown names get DEFAULT_PLAN) and its `limits` column overrides single values.
+    plans: dict[str, dict[str, int]] = {
+        "free": {
+            "mutations_per_minute": 60,
+            "burst": 20,
+            "max_running": 2,
+            "max_queued": 100,
+            "max_text_chars": 5_000,
+            "max_webhook_endpoints": 5,
+        },
+        "pro": {
+            "mutations_per_minute": 600,
+            "burst": 100,
+            "max_running": 10,
+            "max_queued": 10_000,
+            "max_text_chars": 5_000,
+            "max_webhook_endpoints": 50,
+        },
+    }
+    default_plan: str = "free"
+    rate_limits_enabled: bool = True
+    job_defer_seconds: float = Field(default=2.0, ge=0)
+    """How long a job waits before another try when its tenant already runs its max_running jobs."""
+    key_last_used_resolution_seconds: int = Field(default=60, ge=1)
+    """API keys' last-used time is recorded (in Redis, flushed by the scheduler) at most this often."""
+
+    @model_validator(mode="after")
+    def _check_plans(self) -> Settings:
+        from service.tenants.limits import LIMIT_NAMES  # the one list of limit names
+
+        if self.default_plan not in self.plans:
+            raise ValueError(f"DEFAULT_PLAN {self.default_plan!r} is not one of PLANS {sorted(self.plans)}")
+        for name, plan in self.plans.items():
+            missing = [limit for limit in LIMIT_NAMES if limit not in plan]
+            if missing or any(value < 0 for value in plan.values()):
+                raise ValueError(
+                    f"plan {name!r} needs every limit of {LIMIT_NAMES} (>= 0); missing {missing}"
+                )
+        return self
 
     # Fernet keys (comma-separated, newest first) for secrets at rest; default: derived from SECRET_KEY.
     encryption_keys: str = ""

@@ -25,7 +25,9 @@ from observability.metrics import (
 )
 from observability.tracing import setup_tracing
 from service.db import get_engine, session_scope
+from service.jobs.dispatch import RUN_JOB
 from service.jobs.models import Job as JobRow
+from service.jobs.runner import defer_if_tenant_busy
 from service.kinds.registry import prepare_kinds
 from service.redis import JOBS_QUEUE, get_queue, get_redis
 from service.storage.factory import get_storage
@@ -68,6 +70,9 @@ class MeasuredWorker(Worker):
     (what a forked work horse records dies with it)."""
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
+        if job.func_name == RUN_JOB and _deferred(job.id):
+            job.delete()  # back in the Postgres outbox until its delay passes; the sweep re-enqueues it
+            return
         super().execute_job(job, queue)
         try:
             with session_scope() as session:
@@ -79,6 +84,16 @@ class MeasuredWorker(Worker):
                     record_job_finished(row.kind, row.status, duration)
         except Exception:
             log.warning("could not record metrics of job %s", job.id, exc_info=True)
+
+
+def _deferred(job_id: str) -> bool:
+    """Whether the job's tenant is at max_running (the job was deferred); on any doubt, False: the work
+    horse's start() decides."""
+    try:
+        return defer_if_tenant_busy(job_id)
+    except Exception:
+        log.warning("could not check the tenant of job %s before running it", job_id, exc_info=True)
+        return False
 
 
 async def _deliver_until_signalled() -> None:

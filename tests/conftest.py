@@ -20,19 +20,16 @@ from redis import Redis
 from sqlmodel import Session
 
 from service.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.servers import ApiProcess, ServiceProcess, create_database, drop_database, service_env
+from tests.servers import (
+    ApiProcess,
+    ServiceProcess,
+    clear_caches,
+    create_database,
+    drop_database,
+    service_env,
+)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED"}
-
-
-def _clear_caches() -> None:
-    from service.db import get_engine
-    from service.redis import get_redis
-    from service.settings import get_settings
-    from service.storage.factory import get_storage
-
-    for cached in (get_settings, get_engine, get_redis, get_storage):
-        cached.cache_clear()
 
 
 @pytest.fixture(scope="session")
@@ -80,14 +77,14 @@ def env(database_url: str, redis_url: str, workdir: Path) -> Iterator[dict[str, 
     values = service_env(database_url, redis_url, workdir / "artifacts", "http://127.0.0.1:0")
     saved = dict(os.environ)
     os.environ.update(values)
-    _clear_caches()
+    clear_caches()
     yield values
     from service.db import get_engine
 
     get_engine().dispose()
     os.environ.clear()
     os.environ.update(saved)
-    _clear_caches()
+    clear_caches()
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +93,7 @@ def api(env: dict[str, str], workdir: Path) -> Iterator[ApiProcess]:
     process = ApiProcess(env, workdir / "api.log")
     process.env["PUBLIC_BASE_URL"] = process.url
     os.environ["PUBLIC_BASE_URL"] = process.url
-    _clear_caches()
+    clear_caches()
     process.start()
     yield process
     process.stop()

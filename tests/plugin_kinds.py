@@ -21,7 +21,8 @@ def slow(ctx: JobContext, params: SlowInput) -> ArtifactOutput:
     ctx.progress(0.0, "starting")
     for step in range(params.steps):
         time.sleep(params.seconds / params.steps)
-        ctx.progress((step + 1) / params.steps, f"step {step + 1} of {params.steps}")
+        # the time of the report rides along, so watchers can measure how late they hear of it
+        ctx.progress((step + 1) / params.steps, f"step {step + 1} of {params.steps} at {time.time():.3f}")
 
     def chunks() -> Iterator[bytes]:
         yield f"{params.steps} steps in {params.seconds} s\n".encode()

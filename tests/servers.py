@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -128,4 +129,28 @@ def service_env(database_url: str, redis_url: str, storage_dir: Path, public_bas
         "JOB_RETRY_BASE_SECONDS": "0.2",
         "JOB_HEARTBEAT_SECONDS": "0.5",
         "JOB_STUCK_AFTER_SECONDS": "3",
+        # Plans roomy enough for every test; tests of limits set a tenant's own (tenants.limits).
+        "PLANS": json.dumps({"free": ROOMY_PLAN, "pro": ROOMY_PLAN}),
+        "JOB_DEFER_SECONDS": "0.3",
     }
+
+
+ROOMY_PLAN = {
+    "mutations_per_minute": 60_000,
+    "burst": 10_000,
+    "max_running": 100,
+    "max_queued": 100_000,
+    "max_text_chars": 5_000,
+    "max_webhook_endpoints": 100,
+}
+
+
+def clear_caches() -> None:
+    """Forget settings, engine, Redis client and storage so they are rebuilt from os.environ."""
+    from service.db import get_engine
+    from service.redis import get_redis
+    from service.settings import get_settings
+    from service.storage.factory import get_storage
+
+    for cached in (get_settings, get_engine, get_redis, get_storage):
+        cached.cache_clear()

@@ -49,6 +49,19 @@ def enqueue_job(job_id: str, kind_name: str, carrier: Carrier = None, *, link_on
         return True
 
 
+def drop_waiting(job_ids: list[str]) -> int:
+    """Delete these jobs from RQ where they still wait in the queue (their outbox rows bring them back);
+    how many. Two round trips whatever the number."""
+    redis = get_redis()
+    jobs = [job for job in RQJob.fetch_many(job_ids, connection=redis) if job is not None]
+    waiting = [job for job in jobs if job.get_status(refresh=False) == RQStatus.QUEUED]
+    with redis.pipeline() as pipe:
+        for job in waiting:
+            job.delete(pipeline=pipe)
+        pipe.execute()
+    return len(waiting)
+
+
 def dequeue_job(job_id: str) -> None:
     """Take a job off the RQ queue if it is still waiting there (a canceled job)."""
     try:

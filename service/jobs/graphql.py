@@ -17,7 +17,7 @@ import strawberry
 from sqlmodel import Session
 from strawberry.scalars import JSON
 
-from service.db import session_scope
+from service.db import tenant_session_scope
 from service.errors import NotFoundError, QuotaExceededError, ValidationError
 from service.graphql_base import DeletePayload, GraphQLInfo, UserError, graphql_error, require, run_mutation
 from service.ids import has_prefix
@@ -26,14 +26,17 @@ from service.jobs.models import TERMINAL_STATUSES
 from service.jobs.models import Job as JobRow
 from service.jobs.models import JobStatus as JobStatusValue
 from service.jobs.repository import JobRepository
-from service.jobs.updates import doorbell
+from service.jobs.updates import job_feed
+from service.kinds.export import ExportFormat as ExportFormatValue
 from service.kinds.speech import AudioFormat as AudioFormatValue
 from service.models import utcnow
 from service.settings import get_settings
 from service.storage.factory import get_storage
+from service.tenants.limits import check_rate
 
 JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
 AudioFormat = strawberry.enum(AudioFormatValue, name="AudioFormat")
+ExportFormat = strawberry.enum(ExportFormatValue, name="ExportFormat")
 
 POLL_ADVICE_SECONDS = 2
 RECHECK_SECONDS = 15.0
@@ -179,6 +182,13 @@ class GenerateSpeechInput:
     idempotency_key: str | None = None
 
 
+@strawberry.input
+class StartExportInput:
+    format: ExportFormat | None = None  # type: ignore[valid-type]
+    since: datetime | None = None
+    idempotency_key: str | None = None
+
+
 def encode_cursor(job_id: str) -> str:
     return base64.urlsafe_b64encode(f"job:{job_id}".encode()).decode()
 
@@ -249,21 +259,20 @@ def _start_job(
 ) -> JobPayload:
     principal = require(info, "jobs:write")
     session = info.context.session
-    return run_mutation(
-        info,
-        lambda: JobPayload(
-            job=Job.from_row(
-                service.create_job(session, principal.tenant_id, kind, raw_input, idempotency_key)
-            ),
-            user_errors=[],
-        ),
-        lambda errors: JobPayload(job=None, user_errors=errors),
-    )
+
+    def start() -> JobPayload:
+        limits = check_rate(session, principal.tenant_id)  # RATE_LIMITED, with Retry-After
+        row = service.create_job(
+            session, principal.tenant_id, kind, raw_input, idempotency_key, limits=limits
+        )
+        return JobPayload(job=Job.from_row(row), user_errors=[])
+
+    return run_mutation(info, start, lambda errors: JobPayload(job=None, user_errors=errors))
 
 
 def load_job(tenant_id: str, job_id: str) -> JobRow | None:
     """The job in a short session of its own (waits and subscriptions must not hold a connection)."""
-    with session_scope() as session:
+    with tenant_session_scope(tenant_id) as session:
         return JobRepository(session, tenant_id).get(job_id)
 
 
@@ -273,15 +282,13 @@ def _snapshot(row: JobRow) -> tuple[str, float, str | None]:
 
 async def wait_for_change(row: JobRow, load: Callable[[], JobRow | None], seconds: float) -> JobRow | None:
     """The job once it differs from row, or as it is when `seconds` have passed."""
-    async with doorbell(row.id) as rings:
+    async with job_feed().watch(row.id) as changes:
+        current = await anyio.to_thread.run_sync(load)  # a change may have come before the watch began
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                while True:
-                    current = await anyio.to_thread.run_sync(load)
-                    if current is None or _snapshot(current) != _snapshot(row):
-                        return current
-                    await rings.get()
-    return await anyio.to_thread.run_sync(load)
+                while current is not None and _snapshot(current) == _snapshot(row):
+                    current = await changes.get()
+    return current
 
 
 @strawberry.type
@@ -301,20 +308,22 @@ class JobSubscription:
         context.subscriptions += 1
         _open_subscriptions[principal.tenant_id] += 1
         try:
-            async with doorbell(str(id)) as rings:
+            async with job_feed().watch(str(id)) as changes:
                 row = await anyio.to_thread.run_sync(load) if has_prefix(str(id), "job") else None
                 if row is None:
                     raise graphql_error(NotFoundError("no such job", field=["id"]))
                 yield Job.from_row(row)
                 last = _snapshot(row)
                 while row.status not in TERMINAL_STATUSES:
+                    current: JobRow | None = None
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(RECHECK_SECONDS):  # a lost message costs at most this
-                            await rings.get()
-                    while not rings.empty():
-                        rings.get_nowait()
-                    current = await anyio.to_thread.run_sync(load)
+                            current = await changes.get()
+                    while not changes.empty():
+                        current = changes.get_nowait()  # only the newest matters
                     if current is None:
+                        current = await anyio.to_thread.run_sync(load)
+                    if current is None or current.tenant_id != principal.tenant_id:
                         return
                     row = current
                     if _snapshot(row) != last:
@@ -335,6 +344,15 @@ class JobMutation:
         if input.format is not None:
             raw["format"] = input.format.value
         return _start_job(info, "speech", raw, input.idempotency_key)
+
+    @strawberry.mutation(description="Export the caller's job history and webhook delivery log as a file.")
+    def start_export(self, info: GraphQLInfo, input: StartExportInput) -> JobPayload:
+        raw: dict[str, Any] = {}
+        if input.format is not None:
+            raw["format"] = input.format.value
+        if input.since is not None:
+            raw["since"] = input.since.isoformat()
+        return _start_job(info, "export", raw, input.idempotency_key)
 
     @strawberry.mutation(
         description="QUEUED: canceled at once. RUNNING: CANCELING until the worker stops it, then CANCELED."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import delete, func, or_, text, update
 from sqlmodel import Session, col, select
 
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
@@ -38,6 +38,13 @@ class JobRepository(TenantRepository[Job]):
             select(Job.status, func.count()).where(Job.tenant_id == self.tenant_id).group_by(Job.status)
         )
         return {status: count for status, count in self.session.exec(statement)}
+
+    def count_in(self, statuses: Sequence[JobStatus]) -> int:
+        """How many of the tenant's jobs are in these statuses (index on tenant_id, status)."""
+        statement = select(func.count()).where(
+            Job.tenant_id == self.tenant_id, col(Job.status).in_([status.value for status in statuses])
+        )
+        return int(self.session.exec(statement).one())
 
     def events(self, job_id: str) -> list[JobEvent]:
         statement = (
@@ -100,3 +107,15 @@ def mark_outbox_checked(session: Session, job_ids: Sequence[str], at: datetime) 
 def trace_context(session: Session, job_id: str) -> Mapping[str, str] | None:
     """The job's stored W3C carrier."""
     return session.exec(select(Job.trace_context).where(Job.id == job_id)).first()
+
+
+def lock_tenant_starts(session: Session, tenant_id: str) -> None:
+    """Serialise job starts of one tenant until this transaction ends (the max_running check)."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:tenant_id, 0))"), {"tenant_id": tenant_id}
+    )
+
+
+def running_count(session: Session, tenant_id: str) -> int:
+    """The tenant's jobs holding a worker: RUNNING or CANCELING."""
+    return JobRepository(session, tenant_id).count_in([JobStatus.RUNNING, JobStatus.CANCELING])

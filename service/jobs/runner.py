@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from rq.timeouts import JobTimeoutException
+from sqlmodel import Session
 
 from observability.tracing import continue_trace, flush, get_tracer, set_ids
 from service.db import session_scope
 from service.jobs import repository, service
+from service.jobs.dispatch import drop_waiting
 from service.jobs.models import Job, JobStatus
 from service.kinds.base import ArtifactOutput, JobFailure, Kind
 from service.kinds.registry import get_kind
@@ -26,6 +28,7 @@ from service.models import utcnow
 from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key
 from service.storage.factory import get_storage
+from service.tenants.limits import limits_for
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +95,53 @@ class Heartbeat:
 
 
 def start(job_id: str) -> Job | None:
-    """QUEUED → RUNNING and out of the outbox, or None when the job is not QUEUED (a duplicate run)."""
+    """QUEUED → RUNNING and out of the outbox, or None when the job is not QUEUED (a duplicate run)
+    or its tenant already runs its plan's max_running jobs: then the job stays QUEUED, goes back to
+    the outbox for JOB_DEFER_SECONDS, and this worker moves on to the next job (another tenant's)."""
     with session_scope() as session:
         job = repository.lock_job(session, job_id)
         if job is None or job.status != JobStatus.QUEUED:
             log.info("job %s is not queued (%s); skipping", job_id, job.status if job else "deleted")
             return None
+        if _defer_if_tenant_busy(session, job):
+            return None
         service.transition(session, job, JobStatus.RUNNING, message="starting")
         repository.remove_from_outbox(session, job_id)
         return job
+
+
+def _defer_if_tenant_busy(session: Session, job: Job) -> bool:
+    """Whether the (locked, QUEUED) job's tenant runs its max_running jobs already; if so the job is
+    deferred. Starts of one tenant are serialised, so two workers cannot both take the last slot."""
+    repository.lock_tenant_starts(session, job.tenant_id)
+    max_running = limits_for(session, job.tenant_id).max_running
+    if repository.running_count(session, job.tenant_id) < max_running:
+        return False
+    delay = get_settings().job_defer_seconds
+    log.info("tenant %s runs its %d jobs; job %s waits %.1f s", job.tenant_id, max_running, job.id, delay)
+    service.defer(session, job, delay=delay)
+    return True
+
+
+def defer_if_tenant_busy(job_id: str) -> bool:
+    """The worker's check before it forks for a job: True when the job was deferred (its tenant is at
+    max_running), so the worker drops it from RQ and takes the next one without a fork. Then all the
+    tenant's other QUEUED jobs are deferred too and taken out of RQ at once: the next job a worker
+    finds is another tenant's, however many this one queued (fairness). The sweep brings them back
+    after JOB_DEFER_SECONDS. start() checks again in the work horse; this is the cheap early exit."""
+    with session_scope() as session:
+        job = repository.lock_job(session, job_id)
+        if job is None or job.status != JobStatus.QUEUED or not _defer_if_tenant_busy(session, job):
+            return False
+        parked = service.park_tenant_queue(session, job.tenant_id, delay=get_settings().job_defer_seconds)
+    dropped = drop_waiting([other for other in parked if other != job_id])
+    log.info(
+        "tenant %s at max_running: %d queued job(s) wait, %d taken out of RQ",
+        job.tenant_id,
+        len(parked),
+        dropped,
+    )
+    return True
 
 
 def run_job(job_id: str, carrier: Mapping[str, str] | None = None) -> None:

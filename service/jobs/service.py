@@ -9,14 +9,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from callbacks.events import publish_job_event
 from observability.metrics import record_job_created
 from observability.tracing import inject, set_ids
 from service.db import after_commit
-from service.errors import IdempotencyConflictError, InvalidStateError, ValidationError
+from service.errors import IdempotencyConflictError, InvalidStateError, QuotaExceededError, ValidationError
 from service.jobs.dispatch import dequeue_job, enqueue_job
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
 from service.jobs.repository import JobRepository, remove_from_outbox
@@ -27,6 +28,7 @@ from service.models import utcnow
 from service.settings import get_settings
 from service.storage.base import StoredObject
 from service.storage.factory import get_storage
+from service.tenants.limits import Limits
 
 MAX_IDEMPOTENCY_KEY = 200
 MIN_PROGRESS_FOR_ESTIMATE = 0.05
@@ -60,16 +62,31 @@ def record_event(session: Session, job: Job, event_type: str, data: dict[str, An
 
 
 def create_job(
-    session: Session, tenant_id: str, kind_name: str, raw_input: dict[str, Any], idempotency_key: str | None
+    session: Session,
+    tenant_id: str,
+    kind_name: str,
+    raw_input: dict[str, Any],
+    idempotency_key: str | None,
+    *,
+    limits: Limits | None = None,
 ) -> Job:
     """A new QUEUED job, its first event and its outbox row; enqueued once the caller commits.
 
     With an idempotency key already used by this tenant: the same input returns the earlier job
-    (nothing new is written or enqueued); a different input is an IDEMPOTENCY_CONFLICT.
+    (nothing new is written or enqueued); a different input is an IDEMPOTENCY_CONFLICT. Keys live as
+    long as their job: nothing removes a job (and so its key) before retention, which is over 24 h.
+    With `limits` (the tenant's plan): text over max_text_chars is a VALIDATION error, and a tenant
+    already holding max_queued QUEUED jobs gets QUOTA_EXCEEDED (a soft cap: requests racing each
+    other may pass it by their number).
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationError(
             f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} characters", field=["input", "idempotencyKey"]
+        )
+    text = raw_input.get("text")
+    if limits is not None and isinstance(text, str) and len(text) > limits.max_text_chars:
+        raise ValidationError(
+            f"text: must be at most {limits.max_text_chars} characters on this plan", field=["input", "text"]
         )
     params = validate_input(kind_name, raw_input)
     fingerprint = input_fingerprint(kind_name, params)
@@ -78,6 +95,12 @@ def create_job(
         earlier = jobs.by_idempotency_key(idempotency_key)
         if earlier is not None:
             return _same_request_or_conflict(earlier, fingerprint)
+    if limits is not None and jobs.count_in([JobStatus.QUEUED]) >= limits.max_queued:
+        raise QuotaExceededError(
+            f"this tenant already has {limits.max_queued} queued jobs (its plan's maximum); "
+            "try again when some have started",
+            field=["input"],
+        )
     job = Job(
         tenant_id=tenant_id,
         kind=kind_name,
@@ -87,15 +110,21 @@ def create_job(
     )
     set_ids(job_id=job.id, tenant_id=tenant_id)  # the request's span and what follows carry them
     job.trace_context = inject()
-    jobs.stage(job)
-    record_event(session, job, EVENT_TYPES[JobStatus.QUEUED], {"kind": kind_name})
-    session.add(JobOutbox(job_id=job.id))
-    if idempotency_key is None:
+
+    def write() -> None:
+        jobs.stage(job)
+        record_event(session, job, EVENT_TYPES[JobStatus.QUEUED], {"kind": kind_name})
+        session.add(JobOutbox(job_id=job.id))
         session.flush()
+
+    if idempotency_key is None:
+        write()
     else:
+        # All of it in the savepoint: record_event's queries autoflush the job, so a concurrent
+        # request's key can collide at any of them, not only at the final flush.
         try:
             with session.begin_nested():
-                session.flush()
+                write()
         except IntegrityError:
             # A concurrent request with the same key committed first: answer as it did.
             earlier = jobs.by_idempotency_key(idempotency_key)
@@ -192,6 +221,33 @@ def retry_later(session: Session, job: Job, *, code: str, message: str, delay: f
     session.flush()
 
 
+def defer(session: Session, job: Job, *, delay: float) -> None:
+    """Leave a QUEUED job queued and let the sweep hand it to RQ again after `delay` seconds.
+
+    Not a retry: no attempt is counted and no event recorded (its tenant is at max_running)."""
+    later = utcnow() + timedelta(seconds=delay)
+    statement = (
+        update(JobOutbox).where(col(JobOutbox.job_id) == job.id).values(created_at=later, enqueued_at=None)
+    )
+    if session.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
+        session.add(JobOutbox(job_id=job.id, created_at=later))
+    session.flush()
+
+
+def park_tenant_queue(session: Session, tenant_id: str, *, delay: float) -> list[str]:
+    """Defer every QUEUED job of the tenant (it is at max_running): the ids, to take out of RQ so the
+    workers find other tenants' jobs next instead of skipping this tenant's one by one."""
+    later = utcnow() + timedelta(seconds=delay)
+    queued = select(Job.id).where(Job.tenant_id == tenant_id, Job.status == JobStatus.QUEUED)
+    statement = (
+        update(JobOutbox)
+        .where(col(JobOutbox.job_id).in_(queued.scalar_subquery()))
+        .values(created_at=later, enqueued_at=None)
+        .returning(col(JobOutbox.job_id))
+    )
+    return [row[0] for row in session.execute(statement)]
+
+
 def retry_delay(attempt: int) -> float:
     """Exponential backoff after the given attempt: base, twice base, four times... up to the maximum."""
     settings = get_settings()
@@ -216,7 +272,8 @@ def cancel(session: Session, job: Job) -> None:
 
 
 def delete(session: Session, job: Job) -> None:
-    """Remove a finished job with its events; its artifact is deleted first (never a row without a file)."""
+    """Remove a finished job with its events. The file goes first: a crash in between leaves a row
+    without its file (it reads EXPIRED), never a file no row points to."""
     if JobStatus(job.status) not in TERMINAL_STATUSES:
         raise InvalidStateError(f"a {job.status} job cannot be deleted; cancel it first", field=["id"])
     if job.artifact_key:

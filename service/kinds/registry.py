@@ -9,7 +9,7 @@ from service.kinds.base import Kind
 _KINDS: dict[str, Kind] = {}
 _builtins_loaded = False
 
-BUILTIN_KIND_MODULES = ("service.kinds.speech",)
+BUILTIN_KIND_MODULES = ("service.kinds.speech", "service.kinds.export")
 
 
 def register(kind: Kind) -> Kind:

@@ -23,7 +23,7 @@ class DownloadGrant:
     key: str
     filename: str
     content_type: str
-    expires_at: int
+    expires_at: float
 
 
 class DownloadTokens:
@@ -33,7 +33,7 @@ class DownloadTokens:
         self._serializer = URLSafeSerializer(secret_key, salt=SALT)
 
     def issue(self, key: str, *, filename: str, content_type: str, expires_in: int) -> str:
-        expires_at = int(time.time()) + expires_in
+        expires_at = time.time() + expires_in  # a float: whole seconds could leave a 1 s token ~0 s to live
         return self._serializer.dumps({"k": key, "f": filename, "c": content_type, "e": expires_at})
 
     def check(self, token: str) -> DownloadGrant:

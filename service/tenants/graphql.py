@@ -6,15 +6,22 @@ from datetime import datetime
 
 import strawberry
 
+from callbacks.repository import EndpointRepository
 from service.graphql_base import GraphQLInfo, require
 from service.jobs.repository import JobRepository
 from service.settings import get_settings
+from service.tenants.limits import limits_for
 from service.tenants.models import Tenant as TenantRow
 
 
-@strawberry.type
+@strawberry.type(description="The tenant's plan limits (with its own overrides).")
 class TenantLimits:
     max_text_chars: int
+    mutations_per_minute: int = strawberry.field(description="Job-creating mutations; 0: unlimited.")
+    burst: int = strawberry.field(description="Mutations allowed at once above the steady rate.")
+    max_running: int = strawberry.field(description="Jobs running at once; more wait in the queue.")
+    max_queued: int = strawberry.field(description="Jobs waiting at once; more: QUOTA_EXCEEDED.")
+    max_webhook_endpoints: int
 
 
 @strawberry.type
@@ -22,6 +29,7 @@ class TenantUsage:
     queued_jobs: int
     running_jobs: int
     total_jobs: int
+    webhook_endpoints: int
 
 
 @strawberry.type
@@ -33,16 +41,26 @@ class Tenant:
     scopes: list[str]
 
     @strawberry.field
-    def limits(self) -> TenantLimits:
-        return TenantLimits(max_text_chars=get_settings().speech_max_chars)
+    def limits(self, info: GraphQLInfo) -> TenantLimits:
+        limits = limits_for(info.context.session, str(self.id))
+        return TenantLimits(
+            max_text_chars=min(limits.max_text_chars, get_settings().speech_max_chars),
+            mutations_per_minute=limits.mutations_per_minute,
+            burst=limits.burst,
+            max_running=limits.max_running,
+            max_queued=limits.max_queued,
+            max_webhook_endpoints=limits.max_webhook_endpoints,
+        )
 
     @strawberry.field
     def usage(self, info: GraphQLInfo) -> TenantUsage:
-        counts = JobRepository(info.context.session, str(self.id)).count_by_status()
+        session = info.context.session
+        counts = JobRepository(session, str(self.id)).count_by_status()
         return TenantUsage(
             queued_jobs=counts.get("QUEUED", 0),
             running_jobs=counts.get("RUNNING", 0) + counts.get("CANCELING", 0),
             total_jobs=sum(counts.values()),
+            webhook_endpoints=EndpointRepository(session, str(self.id)).count(),
         )
 
 

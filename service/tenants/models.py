@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ARRAY, String
 from sqlmodel import Column, Field, SQLModel
 
 from service.ids import new_id
-from service.models import timestamp_column, utcnow
+from service.models import jsonb_column, timestamp_column, utcnow
 
 ALL_SCOPES = ("jobs:read", "jobs:write", "webhooks:manage")
 
@@ -19,6 +20,9 @@ class Tenant(SQLModel, table=True):
     id: str = Field(default_factory=lambda: new_id("ten"), primary_key=True)
     name: str = Field(max_length=200)
     plan: str = Field(default="default", max_length=50)
+    """A name from PLANS; an unknown one (like "default") gets DEFAULT_PLAN's limits."""
+    limits: dict[str, Any] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
+    """Overrides of single plan limits for this tenant, e.g. {"max_running": 5}."""
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
 
 
@@ -36,3 +40,5 @@ class ApiKey(SQLModel, table=True):
     )
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
     revoked_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    last_used_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    """To the minute (KEY_LAST_USED_RESOLUTION_SECONDS): Redis holds it until the scheduler flushes it."""

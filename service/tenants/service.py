@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from sqlalchemy import bindparam, func, update
 from sqlmodel import Session, col, select
 
 from service.errors import NotFoundError, ValidationError
 from service.models import utcnow
 from service.tenants.keys import generate_key, hash_key, key_matches, parse_key
 from service.tenants.models import ALL_SCOPES, ApiKey, Tenant
+
+log = logging.getLogger(__name__)
+
+LAST_USED_HASH = "apikeys:last_used"
+"""Redis hash key id -> Unix time of a use, until the scheduler writes it to api_keys.last_used_at."""
 
 
 @dataclass(frozen=True)
@@ -94,3 +103,56 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
     if not key_matches(parsed.full, key_hash, server_secret):
         return None
     return Principal(tenant_id=tenant_id, key_id=key_id, scopes=frozenset(scopes))
+
+
+def note_key_used(key_id: str) -> None:
+    """Remember that the key was used now: at most one Redis write per key per resolution, no DB write.
+
+    A short-lived "seen" marker (SET NX EX) makes all but the first request of each period a single
+    cheap no-op; the scheduler moves the times to Postgres (flush_key_last_used).
+    """
+    from service.redis import get_redis
+    from service.settings import get_settings
+
+    try:
+        redis = get_redis()
+        resolution = get_settings().key_last_used_resolution_seconds
+        if redis.set(f"apikeys:seen:{key_id}", 1, nx=True, ex=resolution):
+            redis.hset(LAST_USED_HASH, key_id, int(time.time()))
+    except Exception:
+        log.warning("could not record the use of API key %s", key_id, exc_info=True)
+
+
+def flush_key_last_used(session: Session) -> int:
+    """Write the uses Redis collected to api_keys.last_used_at (never moving it backwards); how many."""
+    from service.redis import get_redis
+
+    with get_redis().pipeline(transaction=True) as pipe:
+        pipe.hgetall(LAST_USED_HASH)
+        pipe.delete(LAST_USED_HASH)
+        collected, _ = pipe.execute()
+    if not collected:
+        return 0
+    rows = [
+        {"key_id": key.decode(), "used_at": datetime.fromtimestamp(int(value), UTC)}
+        for key, value in collected.items()
+    ]
+    statement = (
+        update(ApiKey)
+        .where(col(ApiKey.id) == bindparam("key_id"))
+        .values(
+            last_used_at=func.greatest(
+                func.coalesce(ApiKey.last_used_at, bindparam("used_at")), bindparam("used_at")
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.connection().execute(statement, rows)
+    return len(rows)
+
+
+def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    """A tenant's keys, oldest first (never their secrets: only prefix and hash are stored)."""
+    return list(
+        session.exec(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(col(ApiKey.created_at)))
+    )

@@ -1,0 +1,101 @@
+"""The cost of tracing: mutation throughput and worker jobs/s with spans exported over OTLP to a local
+collector-like sink, beside tracing off, in one run (target ratio >= 0.85 for both).
+
+    python -m bench.tracing [--seconds 10] [--jobs 200] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+
+import httpx
+
+from bench.common import Stack, UvicornApi, service_stack
+from bench.enqueue import closed_loop, speech_body
+
+
+def jobs_per_second(stack: Stack, public_url: str, count: int) -> float:
+    """One worker's rate over `count` one-sentence speech jobs committed up front."""
+    from sqlalchemy import func, select
+    from sqlmodel import col
+
+    from service.db import session_scope
+    from service.jobs.models import Job
+    from service.jobs.service import create_job
+
+    with session_scope() as session:
+        ids = [
+            create_job(session, stack.tenant_id, "speech", {"text": f"Job {i}."}, None).id
+            for i in range(count)
+        ]
+    worker = stack.start_worker(public_url)
+    started = time.perf_counter()
+    while True:
+        with session_scope() as session:
+            succeeded = col(Job.id).in_(ids) & (col(Job.status) == "SUCCEEDED")
+            done = session.execute(select(func.count()).select_from(Job).where(succeeded)).scalar_one()
+        if done >= count:
+            break
+        time.sleep(0.05)
+    rate = count / (time.perf_counter() - started)
+    worker.stop()
+    stack.processes.remove(worker)
+    return rate
+
+
+def measure(stack: Stack, args: argparse.Namespace, exporter: str, sink_url: str) -> tuple[float, float]:
+    from service.redis import get_queue
+
+    stack.env.update(
+        OTEL_TRACES_EXPORTER=exporter,
+        OTEL_EXPORTER_OTLP_ENDPOINT=sink_url,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    api = stack.start_api(2)
+    counter = itertools.count()
+
+    async def mutations() -> float:
+        limits = httpx.Limits(max_connections=args.concurrency * 4, max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=api.url, headers=stack.headers, limits=limits, timeout=60
+        ) as client:
+            await closed_loop(client, "/graphql", lambda: speech_body(counter), args.concurrency, 1)
+            rate, _ = await closed_loop(
+                client, "/graphql", lambda: speech_body(counter), args.concurrency, args.seconds
+            )
+            return rate
+
+    mutation_rate = asyncio.run(mutations())
+    get_queue().empty()  # type: ignore[no-untyped-call]  # the mutations' jobs are not the worker's test
+    job_rate = jobs_per_second(stack, api.url, args.jobs)
+    api.stop()
+    stack.processes.remove(api)
+    return mutation_rate, job_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    with service_stack(log_level="WARNING") as stack:
+        sink = UvicornApi("bench.otlp_sink:create", stack.env, stack.workdir / "sink.log")
+        stack.processes.append(sink)
+        sink.start()
+        off = measure(stack, args, "none", sink.url)
+        on = measure(stack, args, "otlp", sink.url)
+        exported = httpx.get(f"{sink.url}/stats").json()
+    print(f"tracing off: {off[0]:7.1f} mutations/s, {off[1]:6.1f} jobs/s (one worker)")
+    print(f"tracing on:  {on[0]:7.1f} mutations/s, {on[1]:6.1f} jobs/s ({exported['requests']} OTLP exports)")
+    print(f"ratio:       {on[0] / off[0]:7.2f} mutations, {on[1] / off[1]:6.2f} jobs  (target >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()
