@@ -33,3 +33,14 @@ def slow(ctx: JobContext, params: SlowInput) -> ArtifactOutput:
 register(
     Kind(name="test-slow", input_model=SlowInput, handler=slow, content_type="text/plain", max_attempts=3)
 )
+
+register(
+    Kind(
+        name="test-overrun",
+        input_model=SlowInput,
+        handler=slow,
+        content_type="text/plain",
+        timeout_seconds=1,  # RQ's own limit is 61 s: only the scheduler can catch this overrun
+        max_attempts=1,
+    )
+)

@@ -79,6 +79,18 @@ def stale_running(session: Session, *, heartbeat_before: datetime, limit: int) -
     return list(session.exec(statement))
 
 
+def running_since(session: Session, *, started_before: datetime, limit: int) -> list[Job]:
+    """RUNNING jobs started before the cutoff, locked for one sweeper (callers check each kind's timeout)."""
+    statement = (
+        select(Job)
+        .where(col(Job.status) == JobStatus.RUNNING, col(Job.started_at) < started_before)
+        .order_by(col(Job.started_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(statement))
+
+
 def remove_from_outbox(session: Session, job_id: str) -> None:
     session.execute(delete(JobOutbox).where(col(JobOutbox.job_id) == job_id))
 

@@ -46,6 +46,12 @@ def prepare_kinds() -> None:
             kind.prepare()
 
 
+def all_kinds() -> list[Kind]:
+    """Every registered kind."""
+    load_builtin_kinds()
+    return list(_KINDS.values())
+
+
 def kind_names() -> list[str]:
     """Every registered kind's name."""
     load_builtin_kinds()

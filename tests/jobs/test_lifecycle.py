@@ -289,3 +289,21 @@ def test_sigterm_lets_a_worker_finish_its_job_before_it_exits(
         worker.start()
     job = gql(JOB_QUERY, {"id": job_id})["job"]
     assert job["status"] == "SUCCEEDED" and job["attempt"] == 1, leaving.log()[-2000:]
+
+
+def test_a_live_run_past_its_kinds_timeout_is_stopped_by_the_scheduler(
+    gql: GraphQLClient, tenant: TenantHandle, worker: ServiceProcess
+) -> None:
+    with session_scope() as session:
+        job_id = create_job(session, tenant.id, "test-overrun", {"seconds": 20, "steps": 40}, None).id
+    wait_for_status(gql, job_id, {"RUNNING"})
+    deadline = time.monotonic() + 15
+    job = gql(JOB_QUERY, {"id": job_id})["job"]
+    while job["status"] == "RUNNING" and time.monotonic() < deadline:
+        run_once()  # the timeout is 1 s, the margin JOB_STUCK_AFTER_SECONDS (3 s in tests)
+        time.sleep(0.5)
+        job = gql(JOB_QUERY, {"id": job_id})["job"]
+    assert job["status"] == "FAILED", job
+    assert job["error"] == {"code": "TIMEOUT", "message": "the job ran past its 1 s limit", "retryable": True}
+    time.sleep(1)  # the stopped run does not come back to overwrite the outcome
+    assert gql(JOB_QUERY, {"id": job_id})["job"]["status"] == "FAILED"
