@@ -58,23 +58,10 @@ def job_data(job: Job) -> dict[str, Any]:
     }
 
 
-def publish(
-    session: Session,
-    tenant_id: str,
-    event_type: str,
-    data: dict[str, Any],
-    *,
-    job_id: str | None = None,
-    endpoint_ids: list[str] | None = None,
-) -> tuple[WebhookEvent, list[WebhookDelivery]]:
-    """Write the event and one pending delivery per enabled endpoint that wants it (or the given ones).
-
-    Deliverers are woken by a NOTIFY that Postgres sends only if this transaction commits.
-    """
-    event = WebhookEvent(
-        tenant_id=tenant_id, type=event_type, data=data, job_id=job_id, trace_context=inject()
-    )
-    session.add(event)
+def subscribers(
+    session: Session, tenant_id: str, event_type: str, endpoint_ids: list[str] | None = None
+) -> list[str]:
+    """Ids of the tenant's enabled endpoints that want this event type (or of the given ones)."""
     endpoints = select(WebhookEndpoint.id).where(
         WebhookEndpoint.tenant_id == tenant_id, col(WebhookEndpoint.enabled).is_(True)
     )
@@ -86,13 +73,38 @@ def publish(
             text("webhook_endpoints.event_types ? :event_type").bindparams(event_type=event_type),
         )
         endpoints = endpoints.where(subscribed)
+    with session.no_autoflush:  # a lookup; the caller's pending rows are flushed with its own writes
+        return list(session.exec(endpoints).all())
+
+
+def publish(
+    session: Session,
+    tenant_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    job_id: str | None = None,
+    endpoint_ids: list[str] | None = None,
+) -> tuple[WebhookEvent | None, list[WebhookDelivery]]:
+    """Write the event and one pending delivery per enabled endpoint that wants it (or the given ones);
+    nothing when no endpoint wants it.
+
+    Deliverers are woken by a NOTIFY that Postgres sends only if this transaction commits.
+    """
+    targets = subscribers(session, tenant_id, event_type, endpoint_ids)
+    if not targets:
+        return None, []
+    event = WebhookEvent(
+        tenant_id=tenant_id, type=event_type, data=data, job_id=job_id, trace_context=inject()
+    )
+    session.add(event)
+    session.flush()  # the deliveries refer to it (and unit-of-work order follows relationships, not keys)
     deliveries = [
         WebhookDelivery(tenant_id=tenant_id, event_id=event.id, endpoint_id=endpoint_id)
-        for endpoint_id in session.exec(endpoints).all()
+        for endpoint_id in targets
     ]
     session.add_all(deliveries)
-    if deliveries:
-        wake_deliverers(session)
+    wake_deliverers(session)
     return event, deliveries
 
 

@@ -39,6 +39,7 @@ class Job(SQLModel, table=True):
         ),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        Index("ix_jobs_status_finished_at", "status", "finished_at"),  # retention
         Index("ix_jobs_tenant_id_status", "tenant_id", "status"),  # quotas: queued and running counts
         Index(
             "uq_jobs_tenant_id_idempotency_key",

@@ -33,6 +33,7 @@ def _answer(tenant: TenantHandle, endpoint_id: str, status_code: int) -> None:
     """One event for the endpoint, answered with status_code (recorded as a deliverer would; no network)."""
     with session_scope() as session:
         event, (delivery,) = publish(session, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+        assert event is not None
         delivery.next_attempt_at = utcnow() + timedelta(days=1)  # keep running deliverers away from it
         session.flush()
         claimed = Claimed(
