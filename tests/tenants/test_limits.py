@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import delete
 from sqlmodel import col, func, select
 
@@ -135,44 +136,46 @@ def test_viewer_shows_the_plan_with_the_tenants_overrides(gql: GraphQLClient, te
     assert after["usage"] == {"queuedJobs": 0, "runningJobs": 0, "totalJobs": 0, "webhookEndpoints": 0}
 
 
+@pytest.fixture
+def second_worker(
+    api: ApiProcess, worker: ServiceProcess, env: dict[str, str], workdir: Path
+) -> Iterator[ServiceProcess]:
+    """A second jobs worker beside the session's, so a capped tenant's jobs compete for two."""
+    process = ServiceProcess(
+        ["worker", "--queues", "jobs"], {**env, "PUBLIC_BASE_URL": api.url}, workdir / "worker-2.log"
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
 def test_jobs_over_max_running_wait_while_another_tenants_job_runs(
-    api: ApiProcess,
-    worker: ServiceProcess,
-    env: dict[str, str],
-    workdir: Path,
-    make_tenant: Callable[..., TenantHandle],
+    second_worker: ServiceProcess, make_tenant: Callable[..., TenantHandle]
 ) -> None:
     busy, other = make_tenant("busy"), make_tenant("other")
     set_limits(busy.id, max_running=1)
-    second_worker = ServiceProcess(
-        ["worker", "--queues", "jobs"], {**env, "PUBLIC_BASE_URL": api.url}, workdir / "worker-limits.log"
-    ).start()
-    try:
-        time.sleep(1.5)  # both workers listening
+    time.sleep(1.5)  # both workers listening
+    with session_scope() as session:
+        busy_ids = [
+            create_job(session, busy.id, "test-slow", {"seconds": 1.5, "steps": 3}, None).id for _ in range(3)
+        ]
+    with session_scope() as session:
+        other_id = create_job(session, other.id, "test-slow", {"seconds": 0.3, "steps": 1}, None).id
+    ids = [*busy_ids, other_id]
+    most_running = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        run_once()  # the scheduler's sweep hands deferred jobs back to RQ
         with session_scope() as session:
-            busy_ids = [
-                create_job(session, busy.id, "test-slow", {"seconds": 1.5, "steps": 3}, None).id
-                for _ in range(3)
-            ]
-        with session_scope() as session:
-            other_id = create_job(session, other.id, "test-slow", {"seconds": 0.3, "steps": 1}, None).id
-        ids = [*busy_ids, other_id]
-        most_running = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            run_once()  # the scheduler's sweep hands deferred jobs back to RQ
-            with session_scope() as session:
-                rows = list(session.exec(select(Job).where(col(Job.id).in_(ids))))
-            running = sum(row.status == "RUNNING" and row.tenant_id == busy.id for row in rows)
-            most_running = max(most_running, running)
-            if all(row.status == "SUCCEEDED" for row in rows):
-                break
-            time.sleep(0.1)
-        with session_scope() as session:
-            jobs = {row.id: row for row in session.exec(select(Job).where(col(Job.id).in_(ids)))}
-            events = list(session.exec(select(JobEvent).where(col(JobEvent.job_id).in_(busy_ids))))
-    finally:
-        second_worker.stop()
+            rows = list(session.exec(select(Job).where(col(Job.id).in_(ids))))
+        running = sum(row.status == "RUNNING" and row.tenant_id == busy.id for row in rows)
+        most_running = max(most_running, running)
+        if all(row.status == "SUCCEEDED" for row in rows):
+            break
+        time.sleep(0.1)
+    with session_scope() as session:
+        jobs = {row.id: row for row in session.exec(select(Job).where(col(Job.id).in_(ids)))}
+        events = list(session.exec(select(JobEvent).where(col(JobEvent.job_id).in_(busy_ids))))
     assert all(job.status == "SUCCEEDED" for job in jobs.values()), {j.id: j.status for j in jobs.values()}
     assert most_running <= 1
     runs = sorted((jobs[job_id].started_at, jobs[job_id].finished_at) for job_id in busy_ids)
@@ -188,39 +191,29 @@ def test_jobs_over_max_running_wait_while_another_tenants_job_runs(
 
 
 def test_a_tenant_with_a_long_queue_does_not_hold_up_another_tenant(
-    api: ApiProcess,
-    worker: ServiceProcess,
-    env: dict[str, str],
-    workdir: Path,
-    make_tenant: Callable[..., TenantHandle],
+    second_worker: ServiceProcess, make_tenant: Callable[..., TenantHandle]
 ) -> None:
     busy, quiet = make_tenant("busy"), make_tenant("quiet")
     set_limits(busy.id, max_running=1)
-    second_worker = ServiceProcess(
-        ["worker", "--queues", "jobs"], {**env, "PUBLIC_BASE_URL": api.url}, workdir / "worker-fair.log"
-    ).start()
-    try:
-        time.sleep(1.5)
-        with session_scope() as session:  # 300 jobs in RQ ahead of the quiet tenant's one
-            for _ in range(300):
-                create_job(session, busy.id, "test-slow", {"seconds": 1, "steps": 1}, None)
+    time.sleep(1.5)
+    with session_scope() as session:  # 300 jobs in RQ ahead of the quiet tenant's one
+        for _ in range(300):
+            create_job(session, busy.id, "test-slow", {"seconds": 1, "steps": 1}, None)
+    with session_scope() as session:
+        quiet_id = create_job(session, quiet.id, "test-slow", {"seconds": 0.2, "steps": 1}, None).id
+    deadline = time.monotonic() + 30
+    job: Job | None = None
+    while time.monotonic() < deadline:
+        run_once()
         with session_scope() as session:
-            quiet_id = create_job(session, quiet.id, "test-slow", {"seconds": 0.2, "steps": 1}, None).id
-        deadline = time.monotonic() + 30
-        job: Job | None = None
-        while time.monotonic() < deadline:
-            run_once()
-            with session_scope() as session:
-                job = session.get(Job, quiet_id)
-                if job is not None and job.started_at is not None:
-                    break
-            time.sleep(0.1)
-        with session_scope() as session:
-            running = session.exec(
-                select(func.count()).where(Job.tenant_id == busy.id, Job.status == "RUNNING")
-            ).one()
-    finally:
-        second_worker.stop()
+            job = session.get(Job, quiet_id)
+            if job is not None and job.started_at is not None:
+                break
+        time.sleep(0.1)
+    with session_scope() as session:
+        running = session.exec(
+            select(func.count()).where(Job.tenant_id == busy.id, Job.status == "RUNNING")
+        ).one()
         with session_scope() as session:  # the rest of the busy tenant's queue goes
             session.execute(delete(Job).where(col(Job.tenant_id) == busy.id, col(Job.status) == "QUEUED"))
     assert job is not None and job.started_at is not None, "the quiet tenant's job never started"
