@@ -8,7 +8,7 @@ from typing import cast
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
@@ -17,6 +17,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from observability.metrics import add_metrics_route, setup_metrics
 from observability.tracing import instrument_fastapi, set_ids, setup_tracing
+from service import outages
 from service.db import session_scope
 from service.downloads import router as downloads_router
 from service.graphql_base import Context
@@ -47,7 +48,6 @@ def get_context(request: HTTPConnection) -> Context:
             status_code=401, detail="invalid or missing API key", headers={"WWW-Authenticate": "Bearer"}
         )
     context.bind_tenant()  # from here on the request's transaction sees only this tenant's rows
-    note_key_used(context.principal.key_id)
     set_ids(tenant_id=context.principal.tenant_id)  # on the request's span
     return context
 
@@ -115,6 +115,21 @@ class BodySizeLimit:
         await JSONResponse({"errors": [error]}, status_code=413)(scope, receive, send)
 
 
+def _add_outage_handlers(app: FastAPI) -> None:
+    """503 UNAVAILABLE with Retry-After when an outage escapes a route (authentication, downloads)."""
+
+    async def unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.warning(
+            "%s %s failed during an outage: %s", request.method, request.url.path, outages.describe(error)
+        )
+        body = {"errors": [{"message": outages.MESSAGE, "extensions": {"code": outages.CODE}}]}
+        headers = {"Retry-After": str(outages.RETRY_AFTER_SECONDS)}
+        return JSONResponse(body, status_code=503, headers=headers)
+
+    for outage in outages.OUTAGES:
+        app.add_exception_handler(outage, unavailable)
+
+
 def create_app() -> FastAPI:
     """The API process's ASGI application."""
     settings = get_settings()
@@ -135,5 +150,6 @@ def create_app() -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    _add_outage_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

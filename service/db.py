@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session as SASession
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, create_engine
 
+from service.outages import describe, is_outage
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,12 @@ def _run_after_commit(session: SASession) -> None:
     for _, callback in session.info.pop(AFTER_COMMIT, []):
         try:
             callback()
-        except Exception:
+        except Exception as error:
             # The scheduler's sweep redoes whatever a lost callback should have done.
-            log.exception("after-commit callback failed; the sweep will catch up")
+            if is_outage(error):
+                log.warning("after-commit callback failed; the sweep will catch up: %s", describe(error))
+            else:
+                log.exception("after-commit callback failed; the sweep will catch up")
 
 
 @event.listens_for(SASession, "after_soft_rollback")

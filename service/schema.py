@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,8 +27,11 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from callbacks.graphql import WebhookMutation, WebhookQuery
+from service import outages
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.tenants.graphql import TenantQuery
+
+log = logging.getLogger(__name__)
 
 STRAWBERRY_DEFINITION = "strawberry-definition"
 MAX_DEPTH = 10
@@ -72,6 +76,29 @@ class UnitOfWork(SchemaExtension):
         return _in_thread(info.context.db_lock, functools.partial(_next, root, info, *args, **kwargs))
 
 
+class OutageErrors(SchemaExtension):
+    """Errors caused by an outage of Postgres or Redis become UNAVAILABLE errors and the response a 503
+    with Retry-After (service.outages). Listed after MaskErrors, so it sees them before masking."""
+
+    async def on_operation(self) -> AsyncIterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if not errors or not any(outages.is_outage(error.original_error) for error in errors):
+            return
+        assert result is not None
+        result.errors = [
+            GraphQLError(outages.MESSAGE, path=error.path, extensions={"code": outages.CODE})
+            if outages.is_outage(error.original_error)
+            else error
+            for error in errors
+        ]
+        response = getattr(self.execution_context.context, "response", None)
+        if response is not None:  # HTTP (a WebSocket has no response to mark)
+            response.status_code = 503
+            response.headers["Retry-After"] = str(outages.RETRY_AFTER_SECONDS)
+
+
 def _uses_context(info: GraphQLResolveInfo[Any]) -> bool:
     """Whether this field's resolver takes `info`, i.e. may use the request's session."""
     field = info.parent_type.fields.get(info.field_name)  # None: __typename and other meta fields
@@ -101,12 +128,18 @@ def _should_mask(error: GraphQLError) -> bool:
 
 
 class ClaimcheckSchema(strawberry.Schema):
-    """Logs only unexpected errors: a caller's mistake (a coded or a syntax error) is not a server fault."""
+    """Logs only unexpected errors: a caller's mistake (a coded or a syntax error) is not a server fault;
+    an outage of Postgres or Redis gets one line, not a traceback per request."""
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
-        super().process_errors([error for error in errors if _should_mask(error)], execution_context)
+        unexpected = [error for error in errors if _should_mask(error)]
+        for error in unexpected:
+            if error.original_error is not None and outages.is_outage(error.original_error):
+                log.warning("request failed during an outage: %s", outages.describe(error.original_error))
+        faults = [error for error in unexpected if not outages.is_outage(error.original_error)]
+        super().process_errors(faults, execution_context)
 
 
 schema = ClaimcheckSchema(
@@ -120,5 +153,6 @@ schema = ClaimcheckSchema(
         lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
         lambda: AddValidationRules(VALIDATION_RULES),
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
+        OutageErrors,  # after MaskErrors: it sees the errors before they are masked
     ],
 )

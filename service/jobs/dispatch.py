@@ -16,6 +16,7 @@ from observability.tracing import continue_trace, inject
 from service.jobs import repository
 from service.kinds.registry import get_kind
 from service.models import utcnow
+from service.outages import is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,9 @@ def dequeue_job(job_id: str) -> None:
         RQJob.fetch(job_id, connection=get_redis()).cancel()
     except NoSuchJobError:
         pass
-    except Exception:
+    except Exception as error:
         # The worker that takes it anyway sees a CANCELED job and skips it.
-        log.warning("could not remove job %s from RQ", job_id, exc_info=True)
+        log.warning("could not remove job %s from RQ: %s", job_id, error, exc_info=not is_outage(error))
 
 
 def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier) -> bool:

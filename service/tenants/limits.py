@@ -7,15 +7,21 @@ atomic step in Redis whatever the number of API processes, and Redis's own clock
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlmodel import Session, select
 
+from service import outages
 from service.errors import RateLimitedError
+
+log = logging.getLogger(__name__)
 
 LIMIT_NAMES = (
     "mutations_per_minute",
@@ -97,9 +103,15 @@ class RateLimiter:
         if limits.mutations_per_minute <= 0:
             return
         interval_ms = 60_000 / limits.mutations_per_minute
-        allowed, retry_ms = self.script(
-            keys=[f"ratelimit:mutations:{tenant_id}"], args=[interval_ms, max(limits.burst, 1)]
-        )
+        try:
+            allowed, retry_ms = self.script(
+                keys=[f"ratelimit:mutations:{tenant_id}"], args=[interval_ms, max(limits.burst, 1)]
+            )
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            # Fail open: jobs are committed to Postgres and enqueued once Redis is back, and the
+            # queued-jobs quota (counted in Postgres) still bounds what one tenant can pile up.
+            log.warning("rate limiter unavailable, letting the request through: %s", outages.describe(error))
+            return
         if not allowed:
             raise RateLimitedError(max(1, math.ceil(float(retry_ms) / 1000)))
 

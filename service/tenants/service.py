@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from service.errors import NotFoundError, ValidationError
 from service.models import utcnow
+from service.outages import is_outage
 from service.tenants.keys import generate_key, hash_key, key_matches, parse_key
 from service.tenants.models import ALL_SCOPES, ApiKey, Tenant
 
@@ -119,8 +120,10 @@ def note_key_used(key_id: str) -> None:
         resolution = get_settings().key_last_used_resolution_seconds
         if redis.set(f"apikeys:seen:{key_id}", 1, nx=True, ex=resolution):
             redis.hset(LAST_USED_HASH, key_id, int(time.time()))
-    except Exception:
-        log.warning("could not record the use of API key %s", key_id, exc_info=True)
+    except Exception as error:  # a request never fails for want of this
+        log.warning(
+            "could not record the use of API key %s: %s", key_id, error, exc_info=not is_outage(error)
+        )
 
 
 def flush_key_last_used(session: Session) -> int:
