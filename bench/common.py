@@ -49,6 +49,8 @@ class Stack:
     api_key: str
     tenant_id: str
     processes: list[ServiceProcess] = field(default_factory=list)
+    postgres: EmbeddedPostgres | None = None  # None when DATABASE_URL names a server
+    redis: EmbeddedRedis | None = None  # None when REDIS_URL names a server
 
     @property
     def headers(self) -> dict[str, str]:
@@ -101,13 +103,21 @@ class UvicornApi(ApiProcess, _UvicornCommand):
 
 
 @contextlib.contextmanager
-def service_stack(*, log_level: str = "INFO") -> Iterator[Stack]:
-    """A fresh database and Redis, the service environment, a tenant with an API key."""
+def service_stack(
+    *, log_level: str = "INFO", workdir: Path | None = None, embedded: bool = False
+) -> Iterator[Stack]:
+    """A fresh database and Redis, the service environment, a tenant with an API key.
+
+    workdir: where logs and data go (kept afterwards; by default a temporary directory, removed).
+    embedded: start embedded servers even when DATABASE_URL / REDIS_URL are set.
+    """
     saved_environ = dict(os.environ)
-    given_database = os.environ.get("DATABASE_URL")
-    given_redis = os.environ.get("REDIS_URL")
-    with tempfile.TemporaryDirectory(prefix="claimcheck-bench-") as tmp, contextlib.ExitStack() as cleanup:
-        workdir = Path(tmp)
+    given_database = None if embedded else os.environ.get("DATABASE_URL")
+    given_redis = None if embedded else os.environ.get("REDIS_URL")
+    with contextlib.ExitStack() as cleanup:
+        if workdir is None:
+            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="claimcheck-bench-")))
+        postgres = redis = None
         if given_database:
             server_url = given_database
         else:
@@ -142,7 +152,7 @@ def service_stack(*, log_level: str = "INFO") -> Iterator[Stack]:
             tenant, issued = create_tenant(session, "bench", server_secret=get_settings().secret_key)
         get_engine().dispose()
 
-        stack = Stack(workdir=workdir, env=env, api_key=issued.full_key, tenant_id=tenant.id)
+        stack = Stack(workdir, env, issued.full_key, tenant.id, postgres=postgres, redis=redis)
         try:
             yield stack
         finally:
@@ -177,6 +187,17 @@ def _children() -> dict[int, list[int]]:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 tree.setdefault(ppid, []).append(int(entry.name))
     return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes started by pid, at any depth."""
+    tree, found = _children(), []
+    todo = list(tree.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(tree.get(child, []))
+    return found
 
 
 def process_tree_cpu(pids: Sequence[int]) -> float:

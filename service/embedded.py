@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -24,6 +26,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _wait_until_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"process {pid} did not exit within {timeout} s")
 
 
 class EmbeddedPostgres:
@@ -49,6 +62,18 @@ class EmbeddedPostgres:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
         url: str = self._server.get_uri(DATABASE_NAME)
         return url
+
+    def crash_and_restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the server as a crash does (immediate shutdown: no checkpoint, every connection cut),
+        stay down for down_seconds, then start it again on the same data, which it recovers from WAL."""
+        assert self._server is not None, "start() first"
+        pid = self._server.get_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)  # PostgreSQL's "immediate shutdown"
+            _wait_until_gone(pid, timeout=30)
+        time.sleep(down_seconds)
+        self._server.start()
 
     def stop(self) -> None:
         """Stop the server (and delete its data when asked to)."""

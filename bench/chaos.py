@@ -1,0 +1,611 @@
+"""Chaos run: jobs and webhooks through worker kills, Redis loss, Postgres crashes, a failing receiver
+and API kills; then count what was lost (it must be nothing).
+
+    .venv/bin/python -m bench.chaos [--jobs 2000] [--seed 1] [--help]      (or `make chaos`)
+
+It starts embedded PostgreSQL and Redis, the API, several workers (each with a deliverer), the
+scheduler and a verifying receiver on loopback; creates tenants, each with an endpoint for every event
+(tenant 0 also has one for terminal events only); and submits the jobs at a fixed rate, retrying each
+with its idempotency key until the API answers. Meanwhile it injects, at seeded times: SIGKILL of a
+worker and its work horse (restarted after a moment), a Redis restart that loses all data, a Postgres
+crash (immediate shutdown, then recovery), the receiver answering 500 / too late / refusing connections
+for a window, and SIGKILL of the API. A supervisor restarts any process that exits on its own, as a
+process manager would, and reports it. After the last fault it drains, with the webhook retry schedule
+compressed, and compares what Postgres's audit trail says happened with what the receiver verified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.chaos_receiver import ChaosReceiver, Tally
+from bench.common import SPEECH_MUTATION, Stack, descendants, service_stack
+from callbacks.events import JOB_EVENT_TYPES
+from tests.servers import ServiceProcess
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED")
+TERMINAL_EVENTS = ["job.succeeded", "job.failed", "job.canceled"]
+ENDPOINT_MUTATION = """
+mutation E($input: CreateWebhookEndpointInput!) {
+  createWebhookEndpoint(input: $input) { secret userErrors { code message } }
+}
+"""
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    jobs: int = 2000
+    tenants: int = 4
+    workers: int = 3
+    seed: int = 1
+    submit_rate: float = 8.0  # jobs per second; about what the workers finish on two cores
+    worker_kills: int = 10
+    redis_restarts: int = 2
+    postgres_restarts: int = 2
+    api_kills: int = 3
+    receiver_windows: int = 2  # of each misbehaviour: 500, timeout, refused
+    window_seconds: float = 8.0
+    restart_after: float = 1.0  # a killed process is restarted after this long
+    retry_schedule: tuple[float, ...] = (0, 1, 2, 4, 8, 15, 30, 60)
+    drain_timeout: float = 600.0
+
+    @property
+    def chaos_seconds(self) -> float:
+        """Faults are injected while jobs are being submitted."""
+        return self.jobs / self.submit_rate
+
+
+@dataclass(frozen=True, order=True)
+class Fault:
+    at: float  # seconds after the start of submission
+    kind: str
+
+
+def fault_plan(config: ChaosConfig) -> list[Fault]:
+    """The faults and when they happen, from the seed alone."""
+    rng = random.Random(config.seed)
+    span = config.chaos_seconds
+
+    def times(count: int) -> list[float]:
+        return [rng.uniform(0.05 * span, 0.85 * span) for _ in range(count)]
+
+    plan = [Fault(t, "worker-kill") for t in times(config.worker_kills)]
+    plan += [Fault(t, "redis-restart") for t in times(config.redis_restarts)]
+    plan += [Fault(t, "postgres-restart") for t in times(config.postgres_restarts)]
+    plan += [Fault(t, "api-kill") for t in times(config.api_kills)]
+    for mode in ("error", "timeout", "refuse"):
+        for t in times(config.receiver_windows):
+            plan += [Fault(t, f"receiver-{mode}"), Fault(t + config.window_seconds, f"receiver-{mode}-ends")]
+    return sorted(plan)
+
+
+@dataclass
+class Supervised:
+    """A service process the supervisor keeps running; hold_until delays a planned restart."""
+
+    role: str
+    process: ServiceProcess
+    hold_until: float = 0.0
+    planned_down: bool = False
+
+
+class Supervisor:
+    """Restarts exited processes, as systemd or compose's `restart: unless-stopped` would."""
+
+    def __init__(self, processes: list[Supervised]) -> None:
+        self.processes = processes
+        self.unplanned_exits: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def kill(self, target: Supervised, down_for: float) -> None:
+        """SIGKILL the process and everything it started; restart it after down_for seconds."""
+        with self.lock:
+            target.planned_down = True
+            target.hold_until = time.monotonic() + down_for
+            pid = target.process.pid
+            for child in [*descendants(pid), pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            assert target.process.process is not None
+            target.process.process.wait()
+
+    def all_running(self) -> bool:
+        with self.lock:
+            return all(p.process.process and p.process.process.poll() is None for p in self.processes)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            with self.lock:
+                for target in self.processes:
+                    popen = target.process.process
+                    if popen is None or popen.poll() is None or time.monotonic() < target.hold_until:
+                        continue
+                    if not target.planned_down:
+                        self.unplanned_exits[target.role] += 1
+                        print(f"  ({target.role} exited on its own with code {popen.returncode}; restarting)")
+                    target.planned_down = False
+                    try:
+                        target.process.start()
+                    except RuntimeError as error:  # the API did not come up in time; try again next round
+                        print(f"  ({target.role} did not restart: {str(error)[:200]})")
+
+
+@dataclass
+class Submissions:
+    """What the client was told: a job id per idempotency key, and why requests had to be retried."""
+
+    accepted: dict[str, str] = field(default_factory=dict)
+    retried: Counter[str] = field(default_factory=Counter)  # by what the failed attempt got
+    never_accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # userError codes that are not transient
+    idempotency_violations: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class Answer:
+    job_id: str | None = None
+    rejected: str | None = None  # a userError code that retrying will not change
+    retry: str | None = None  # what went wrong, when retrying may help
+
+
+def submit_all(
+    config: ChaosConfig, api_url: str, api_keys: list[str], give_up_after: float = 300
+) -> Submissions:
+    """Submit config.jobs speech jobs at config.submit_rate, each retried until the API accepts it."""
+    result = Submissions()
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def client() -> httpx.Client:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=api_url, timeout=10)
+            clients.append(local.client)
+        http: httpx.Client = local.client
+        return http
+
+    def submit(index: int) -> None:
+        key = f"chaos-{config.seed}-{index}"
+        text = f"Order {index} is ready. Thank you for waiting. Goodbye."
+        variables = {"input": {"text": text, "idempotencyKey": key}}
+        headers = {"authorization": f"Bearer {api_keys[index % len(api_keys)]}"}
+        deadline, pause = time.monotonic() + give_up_after, 0.1
+        while time.monotonic() < deadline:
+            answer = _post(client(), headers, variables)
+            with result.lock:
+                if answer.job_id is not None:
+                    if result.accepted.setdefault(key, answer.job_id) != answer.job_id:
+                        result.idempotency_violations += 1
+                    return
+                if answer.rejected is not None:
+                    result.rejected[answer.rejected] += 1
+                    return
+                result.retried[answer.retry or "?"] += 1
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        with result.lock:
+            result.never_accepted += 1
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="submit") as pool:
+        for index in range(config.jobs):
+            time.sleep(max(0.0, started + index / config.submit_rate - time.monotonic()))
+            pool.submit(submit, index)
+    for http in clients:
+        http.close()
+    return result
+
+
+def _post(http: httpx.Client, headers: dict[str, str], variables: dict[str, Any]) -> Answer:
+    try:
+        response = http.post(
+            "/graphql", json={"query": SPEECH_MUTATION, "variables": variables}, headers=headers
+        )
+    except httpx.HTTPError as error:
+        return Answer(retry=type(error).__name__)
+    try:
+        body = response.json()
+    except ValueError:
+        return Answer(retry=f"HTTP {response.status_code}")
+    errors = body.get("errors") or []
+    codes = {str((error.get("extensions") or {}).get("code", "uncoded")) for error in errors}
+    if response.status_code != 200 or errors:
+        return Answer(retry=f"HTTP {response.status_code} " + ",".join(sorted(codes)))
+    payload = body["data"]["generateSpeech"]
+    if payload["job"] is not None:
+        return Answer(job_id=payload["job"]["id"])
+    code: str = payload["userErrors"][0]["code"]
+    return Answer(retry=code) if code in ("RATE_LIMITED", "QUOTA_EXCEEDED") else Answer(rejected=code)
+
+
+class Injector:
+    """Carries out the fault plan against the running stack, in a thread."""
+
+    def __init__(
+        self,
+        config: ChaosConfig,
+        stack: Stack,
+        supervisor: Supervisor,
+        receiver: ChaosReceiver,
+        api: Supervised,
+        workers: list[Supervised],
+    ) -> None:
+        self.config, self.stack, self.supervisor, self.receiver = config, stack, supervisor, receiver
+        self.api, self.workers = api, workers
+        self.rng = random.Random(config.seed + 1)
+        self.done: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.finished_at = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self, plan: list[Fault]) -> None:
+        started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(plan, started), name="injector", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        assert self._thread is not None
+        self._thread.join()
+
+    def _run(self, plan: list[Fault], started: float) -> None:
+        actions: dict[str, Callable[[], bool]] = {
+            "worker-kill": lambda: self._kill(self.rng.choice(self.workers)),
+            "api-kill": lambda: self._kill(self.api),
+            "redis-restart": self._restart_redis,
+            "postgres-restart": self._restart_postgres,
+        }
+        for fault in plan:
+            time.sleep(max(0.0, started + fault.at - time.monotonic()))
+            if fault.kind.endswith("-ends"):  # unless a later misbehaviour took over meanwhile
+                self.receiver.end_mode(fault.kind.removeprefix("receiver-").removesuffix("-ends"))
+                continue
+            if fault.kind.startswith("receiver-"):
+                self.receiver.set_mode(fault.kind.removeprefix("receiver-"))
+                applied = True
+            else:
+                applied = actions[fault.kind]()
+            (self.done if applied else self.skipped)[fault.kind] += 1
+            print(f"  {time.monotonic() - started:6.1f} s  {fault.kind}{'' if applied else ' (skipped)'}")
+        self.finished_at = time.monotonic()
+
+    def _kill(self, target: Supervised) -> bool:
+        self.supervisor.kill(target, self.config.restart_after)
+        return True
+
+    def _restart_redis(self) -> bool:
+        if self.stack.redis is None:
+            return False
+        self.stack.redis.kill()
+        time.sleep(self.config.restart_after)
+        self.stack.redis.start()
+        return True
+
+    def _restart_postgres(self) -> bool:
+        if self.stack.postgres is None:
+            return False
+        self.stack.postgres.crash_and_restart(down_seconds=self.config.restart_after)
+        return True
+
+
+@dataclass
+class ChaosReport:
+    submitted: int
+    never_accepted: int
+    rejected: Counter[str]
+    retried: Counter[str]
+    idempotency_violations: int
+    statuses: Counter[str]
+    error_codes: Counter[str]
+    lost: int
+    events_expected: int
+    events_received: int
+    events_missing: int
+    events_unexpected: int
+    duplicates: int
+    signature_failures: int
+    deliveries_given_up: int
+    drain_seconds: float
+    drained: bool
+    faults: Counter[str]
+    faults_skipped: Counter[str]
+    unplanned_exits: Counter[str]
+    receiver_answers: Counter[str]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.drained
+            and self.lost == 0
+            and self.never_accepted == 0
+            and not self.rejected
+            and self.idempotency_violations == 0
+            and self.events_missing == 0
+            and self.events_unexpected == 0
+            and self.signature_failures == 0
+        )
+
+    def lines(self) -> list[str]:
+        rows = [
+            (
+                "jobs submitted (accepted by the API)",
+                self.submitted,
+                f"retried requests: {_counts(self.retried) or 'none'}",
+            ),
+            ("jobs never accepted / rejected", self.never_accepted, _counts(self.rejected)),
+            ("idempotency violations", self.idempotency_violations, "must be 0"),
+            ("jobs terminal", sum(self.statuses[s] for s in TERMINAL), _counts(self.statuses)),
+            ("jobs lost", self.lost, "must be 0; failures: " + (_counts(self.error_codes) or "none")),
+            ("events expected", self.events_expected, "job events x subscribed endpoints"),
+            ("events received at least once", self.events_received, "must equal expected"),
+            ("events missing / unexpected", f"{self.events_missing} / {self.events_unexpected}", "must be 0"),
+            ("duplicates received", self.duplicates, "deduplicated by webhook-id"),
+            ("signatures that failed verification", self.signature_failures, "must be 0"),
+            ("deliveries given up (retries spent)", self.deliveries_given_up, ""),
+            (
+                "time to drain after the last fault",
+                f"{self.drain_seconds:.1f} s",
+                "" if self.drained else "TIMED OUT",
+            ),
+            ("faults injected", sum(self.faults.values()), _counts(self.faults)),
+            (
+                "faults skipped (server not embedded)",
+                sum(self.faults_skipped.values()),
+                _counts(self.faults_skipped),
+            ),
+            (
+                "processes that exited on their own",
+                sum(self.unplanned_exits.values()),
+                _counts(self.unplanned_exits),
+            ),
+            ("receiver answers", sum(self.receiver_answers.values()), _counts(self.receiver_answers)),
+        ]
+        return [f"{name:<40} {value!s:>10}   {note}".rstrip() for name, value, note in rows]
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counter.items()))
+
+
+@dataclass
+class Endpoint:
+    path: str
+    tenant_id: str
+    event_types: list[str]
+
+
+def run(config: ChaosConfig, workdir: Path | None = None) -> ChaosReport:
+    """Run the chaos scenario end to end and report what was lost."""
+    with service_stack(workdir=workdir, embedded=True) as stack, _receiver() as receiver:
+        stack.env.update(
+            WEBHOOK_RETRY_SCHEDULE=json.dumps(list(config.retry_schedule)),
+            WEBHOOK_RETRY_JITTER="0.2",
+            WEBHOOK_TIMEOUT_SECONDS="2",
+            WEBHOOK_POLL_SECONDS="0.5",
+            JOB_HEARTBEAT_SECONDS="1",
+            JOB_STUCK_AFTER_SECONDS="6",
+            LOG_LEVEL="INFO",
+        )
+        tenants = _create_tenants(stack, config.tenants)
+        api_process = stack.start_api(workers=1)
+        api = Supervised("api", api_process)
+        workers = [Supervised("worker", stack.start_worker(api_process.url)) for _ in range(config.workers)]
+        scheduler = ServiceProcess(["scheduler"], stack.env, stack.workdir / "scheduler.log").start()
+        stack.processes.append(scheduler)
+        supervisor = Supervisor([api, *workers, Supervised("scheduler", scheduler)])
+        endpoints = _create_endpoints(api_process.url, tenants, receiver)
+        supervisor.start()
+        injector = Injector(config, stack, supervisor, receiver, api, workers)
+        plan = fault_plan(config)
+        rate, seed = config.submit_rate, config.seed
+        print(f"submitting {config.jobs} jobs at {rate}/s with {len(plan)} faults (seed {seed})")
+        injector.start(plan)
+        submissions = submit_all(config, api_process.url, [key for _, key in tenants])
+        injector.join()
+        receiver.set_mode("ok")
+        drained, drain_seconds = _drain(stack.env["DATABASE_URL"], supervisor, config.drain_timeout, injector)
+        supervisor.stop()
+        return _report(
+            stack.env["DATABASE_URL"],
+            submissions,
+            receiver.snapshot(),
+            endpoints,
+            injector,
+            supervisor,
+            drained,
+            drain_seconds,
+        )
+
+
+@contextlib.contextmanager
+def _receiver() -> Iterator[ChaosReceiver]:
+    receiver = ChaosReceiver(timeout_delay=3.0)  # past WEBHOOK_TIMEOUT_SECONDS
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+def _create_tenants(stack: Stack, count: int) -> list[tuple[str, str]]:
+    """(tenant id, API key) for each tenant; the stack's own tenant is the first."""
+    from service.db import get_engine, session_scope
+    from service.settings import get_settings
+    from service.tenants.service import create_tenant
+
+    tenants = [(stack.tenant_id, stack.api_key)]
+    with session_scope() as session:
+        for index in range(1, count):
+            tenant, issued = create_tenant(session, f"chaos-{index}", server_secret=get_settings().secret_key)
+            tenants.append((tenant.id, issued.full_key))
+    get_engine().dispose()
+    return tenants
+
+
+def _create_endpoints(
+    api_url: str, tenants: list[tuple[str, str]], receiver: ChaosReceiver
+) -> list[Endpoint]:
+    """Every tenant subscribes to everything; tenant 0 also has an endpoint for terminal events only."""
+    wanted: list[tuple[int, str, list[str]]] = [
+        (index, f"/tenant{index}/all", []) for index in range(len(tenants))
+    ]
+    wanted.append((0, "/tenant0/terminal", TERMINAL_EVENTS))
+    endpoints = []
+    for index, path, event_types in wanted:
+        tenant_id, api_key = tenants[index]
+        variables = {"input": {"url": receiver.url + path, "eventTypes": event_types}}
+        response = httpx.post(
+            f"{api_url}/graphql",
+            json={"query": ENDPOINT_MUTATION, "variables": variables},
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=30,
+        )
+        payload = response.json()["data"]["createWebhookEndpoint"]
+        assert not payload["userErrors"], payload
+        receiver.secrets[path] = payload["secret"]
+        endpoints.append(Endpoint(path, tenant_id, event_types))
+    return endpoints
+
+
+def _drain(
+    database_url: str, supervisor: Supervisor, timeout: float, injector: Injector
+) -> tuple[bool, float]:
+    """Wait until every job is terminal and no delivery pending; (drained, seconds after the last fault)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psycopg.OperationalError):
+            with psycopg.connect(database_url, connect_timeout=5) as conn:
+                open_jobs, pending = conn.execute(
+                    "SELECT (SELECT count(*) FROM jobs WHERE status <> ALL(%s)),"
+                    " (SELECT count(*) FROM webhook_deliveries WHERE status = 'PENDING')",
+                    (list(TERMINAL),),
+                ).fetchone() or (1, 1)
+            if open_jobs == 0 and pending == 0 and supervisor.all_running():
+                return True, time.monotonic() - injector.finished_at
+        time.sleep(0.5)
+    return False, time.monotonic() - injector.finished_at
+
+
+def _report(
+    database_url: str,
+    submissions: Submissions,
+    tally: Tally,
+    endpoints: list[Endpoint],
+    injector: Injector,
+    supervisor: Supervisor,
+    drained: bool,
+    drain_seconds: float,
+) -> ChaosReport:
+    with psycopg.connect(database_url) as conn:
+        jobs = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT id, status, error_code FROM jobs")}
+        trail = conn.execute(
+            "SELECT tenant_id, job_id, type FROM job_events WHERE type = ANY(%s)", (list(JOB_EVENT_TYPES),)
+        ).fetchall()
+        given_up = conn.execute("SELECT count(*) FROM webhook_deliveries WHERE status = 'FAILED'").fetchone()
+    submitted = set(submissions.accepted.values())
+    lost = sum(1 for job_id in submitted if jobs.get(job_id, ("missing",))[0] not in TERMINAL)
+    statuses = Counter(status for status, _ in jobs.values())
+    error_codes = Counter(code for status, code in jobs.values() if status == "FAILED" and code)
+
+    expected: Counter[tuple[str, str, str]] = Counter()
+    for endpoint in endpoints:
+        for tenant_id, job_id, event_type in trail:
+            if tenant_id == endpoint.tenant_id and (
+                not endpoint.event_types or event_type in endpoint.event_types
+            ):
+                expected[(endpoint.path, job_id, event_type)] += 1
+    received = Counter((path, d.job_id or "", d.event_type) for (path, _), d in tally.received.items())
+    return ChaosReport(
+        submitted=len(submitted),
+        never_accepted=submissions.never_accepted,
+        rejected=submissions.rejected,
+        retried=submissions.retried,
+        idempotency_violations=submissions.idempotency_violations,
+        statuses=statuses,
+        error_codes=error_codes,
+        lost=lost,
+        events_expected=sum(expected.values()),
+        events_received=sum((received & expected).values()),
+        events_missing=sum((expected - received).values()),
+        events_unexpected=sum((received - expected).values()),
+        duplicates=tally.duplicates,
+        signature_failures=tally.signature_failures,
+        deliveries_given_up=given_up[0] if given_up else 0,
+        drain_seconds=drain_seconds,
+        drained=drained,
+        faults=injector.done,
+        faults_skipped=injector.skipped,
+        unplanned_exits=supervisor.unplanned_exits,
+        receiver_answers=tally.requests,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = ChaosConfig()
+    parser.add_argument("--jobs", type=int, default=defaults.jobs)
+    parser.add_argument("--tenants", type=int, default=defaults.tenants)
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--submit-rate", type=float, default=defaults.submit_rate, help="jobs per second")
+    parser.add_argument("--worker-kills", type=int, default=defaults.worker_kills)
+    parser.add_argument("--redis-restarts", type=int, default=defaults.redis_restarts)
+    parser.add_argument("--postgres-restarts", type=int, default=defaults.postgres_restarts)
+    parser.add_argument("--api-kills", type=int, default=defaults.api_kills)
+    parser.add_argument(
+        "--receiver-windows", type=int, default=defaults.receiver_windows, help="of each kind"
+    )
+    parser.add_argument("--window-seconds", type=float, default=defaults.window_seconds)
+    parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
+    parser.add_argument("--keep", type=Path, help="keep logs in this directory (default: a temporary one)")
+    args = parser.parse_args()
+    config = ChaosConfig(
+        jobs=args.jobs,
+        tenants=args.tenants,
+        workers=args.workers,
+        seed=args.seed,
+        submit_rate=args.submit_rate,
+        worker_kills=args.worker_kills,
+        redis_restarts=args.redis_restarts,
+        postgres_restarts=args.postgres_restarts,
+        api_kills=args.api_kills,
+        receiver_windows=args.receiver_windows,
+        window_seconds=args.window_seconds,
+        drain_timeout=args.drain_timeout,
+    )
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    report = run(config, args.keep)
+    print("\n".join(report.lines()))
+    print("OK: nothing lost" if report.ok else "FAILED: something was lost or went wrong (see above)")
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
