@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 
 from opentelemetry.trace import SpanKind
 from rq.exceptions import DuplicateJobError, NoSuchJobError
@@ -18,6 +18,7 @@ from service.kinds.registry import get_kind
 from service.models import utcnow
 from service.outages import is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis
+from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +75,38 @@ def dequeue_job(job_id: str) -> None:
         log.warning("could not remove job %s from RQ: %s", job_id, error, exc_info=not is_outage(error))
 
 
-def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier) -> bool:
-    """Enqueue a job no worker has started, replacing an RQ entry that ended without starting it."""
+def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier, waiting: Callable[[], set[str]]) -> bool:
+    """Enqueue a job no worker has started, replacing an RQ entry that will not start it.
+
+    waiting() gives the ids on the RQ queue (read once per sweep, only if needed).
+    """
     if enqueue_job(job_id, kind_name, carrier, link_only=True):
         return True
     try:
         rq_job = RQJob.fetch(job_id, connection=get_redis())
     except NoSuchJobError:
         return enqueue_job(job_id, kind_name, carrier, link_only=True)
-    if rq_job.get_status(refresh=False) != RQStatus.QUEUED:
-        # RQ ran it, or holds it as started by a worker that died, yet Postgres says no run began
-        # within the grace period (or a retry is due): run it again. A run that does begin first
-        # makes the other one a no-op (only a QUEUED job starts).
-        rq_job.delete()
-        return enqueue_job(job_id, kind_name, carrier, link_only=True)
-    return False
+    status = rq_job.get_status(refresh=False)
+    if status == RQStatus.QUEUED and job_id in waiting():
+        return False  # waiting its turn
+    if status == RQStatus.STARTED and not _taken_too_long_ago(rq_job):
+        return False  # a worker took it just now and is starting it
+    # RQ ran it, or a worker took it and died before starting it (RQ still says started, or says
+    # queued though no queue holds it), yet Postgres says no run began (or a retry is due): run it
+    # again. A run that does begin first makes the other one a no-op (only a QUEUED job starts).
+    rq_job.delete()
+    return enqueue_job(job_id, kind_name, carrier, link_only=True)
+
+
+def _taken_too_long_ago(rq_job: RQJob) -> bool:
+    """Whether a worker took the job longer ago than a live one needs to start it (fork, then the
+    QUEUED → RUNNING commit): the job's stuck-run threshold."""
+    taken = rq_job.started_at
+    if taken is None:
+        return True
+    if taken.tzinfo is None:
+        taken = taken.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - taken).total_seconds() > get_settings().job_stuck_after_seconds
 
 
 def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) -> int:
@@ -101,9 +119,17 @@ def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) ->
     cutoff = now - timedelta(seconds=grace_seconds)
     due = repository.claim_outbox_due(session, cutoff=cutoff, limit=limit)
     enqueued = 0
+    on_queue: set[str] | None = None
+
+    def waiting() -> set[str]:
+        nonlocal on_queue
+        if on_queue is None:
+            on_queue = set(get_queue(JOBS_QUEUE).get_job_ids())
+        return on_queue
+
     for job_id, kind, carrier in due:
         try:
-            enqueued += _ensure_in_rq(job_id, kind, carrier)
+            enqueued += _ensure_in_rq(job_id, kind, carrier, waiting)
         except Exception:
             # One bad row (an unknown kind, a Redis hiccup) must not keep the others waiting.
             log.exception("outbox sweep could not enqueue job %s; will retry", job_id)

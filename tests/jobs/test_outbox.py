@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 from redis import Redis
 from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
 
 from service.db import session_scope
-from service.jobs.dispatch import enqueue_job, sweep_outbox
+from service.jobs.dispatch import RUN_JOB, enqueue_job, sweep_outbox
 from service.redis import get_queue, get_redis
 from service.scheduler import run_once
 from tests.conftest import JOB_QUERY, SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
@@ -21,6 +23,7 @@ from tests.servers import ServiceProcess
 
 GRACE_SECONDS = 0.5  # OUTBOX_GRACE_SECONDS in tests/servers.py:service_env
 PAST_GRACE = GRACE_SECONDS + 0.5
+STUCK_AFTER_SECONDS = 3  # JOB_STUCK_AFTER_SECONDS in tests/servers.py:service_env
 
 
 def _rq_holds(job_id: str) -> bool:
@@ -58,6 +61,39 @@ def test_a_job_whose_enqueue_was_lost_is_enqueued_by_the_sweep_and_runs(
 
     run_once()  # a started job has left the outbox: later sweeps never hand it to RQ again
     assert not _rq_holds(job_id)
+
+
+def test_a_job_a_worker_took_off_the_queue_and_died_with_runs_again(
+    gql: GraphQLClient, tenant: TenantHandle, worker: ServiceProcess
+) -> None:
+    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "Taken, then dropped."})
+    # What a worker killed between taking the job and starting it leaves: RQ's record says queued,
+    # but no queue holds the job any more.
+    get_queue().create_job(RUN_JOB, args=(job_id,), job_id=job_id, status=RQStatus.QUEUED).save()
+    assert _rq_holds(job_id) and job_id not in get_queue().get_job_ids()
+
+    time.sleep(PAST_GRACE)
+    assert run_once() >= 1
+    _assert_ran_once(gql.wait_for_job(job_id))
+
+
+def test_a_job_a_worker_is_starting_is_left_alone_until_it_is_clearly_stuck(
+    gql: GraphQLClient, tenant: TenantHandle, worker: ServiceProcess
+) -> None:
+    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "Taken, slow to start."})
+    taken = get_queue().create_job(RUN_JOB, args=(job_id,), job_id=job_id, status=RQStatus.STARTED)
+    taken.started_at = datetime.now(UTC)  # a worker took it just now (RQ's record of a live start)
+    taken.save()
+
+    time.sleep(PAST_GRACE)
+    assert run_once() == 0  # running it again would run it twice
+    assert _rq_holds(job_id) and gql(JOB_QUERY, {"id": job_id})["job"]["status"] == "QUEUED"
+
+    taken.started_at = datetime.now(UTC) - timedelta(seconds=STUCK_AFTER_SECONDS + 1)
+    taken.save()  # ...but no live worker takes this long to start a job: that one died
+    time.sleep(PAST_GRACE)
+    assert run_once() >= 1
+    _assert_ran_once(gql.wait_for_job(job_id))
 
 
 def test_the_sweep_leaves_a_job_younger_than_the_grace_period_alone(
