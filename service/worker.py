@@ -7,10 +7,15 @@ beside the RQ worker in a thread of the same process, or alone with `--queues we
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import time
+from types import FrameType
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Worker
 from rq.job import Job as RQJob
 
@@ -29,11 +34,13 @@ from service.jobs.dispatch import RUN_JOB
 from service.jobs.models import Job as JobRow
 from service.jobs.runner import defer_if_tenant_busy
 from service.kinds.registry import prepare_kinds
+from service.outages import describe, is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis
 from service.storage.factory import get_storage
 
 WEBHOOKS = "webhooks"
 DEFAULT_QUEUES = (JOBS_QUEUE, WEBHOOKS)
+REDIS_RETRY_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +65,88 @@ def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: st
     try:
         queues_ = [get_queue(queue) for queue in rq_queues]
         register_queue_depth(lambda: {queue.name: queue.count for queue in queues_})
-        worker = MeasuredWorker(queues_, connection=get_redis(), name=name)
-        return bool(worker.work(burst=burst, with_scheduler=False, logging_level="INFO"))
+        return _work_through_redis_outages(queues_, burst=burst, name=name)
     finally:
         if deliverer is not None:
             deliverer.stop()
 
 
+def _work_through_redis_outages(queues: list[Queue], *, burst: bool, name: str | None) -> bool:
+    """Run the RQ worker; when it quits because Redis went away (RQ's own choice), start a fresh one
+    once Redis answers again. Only a stop request (SIGTERM) or the end of a burst ends the loop."""
+    worked = False
+    while True:
+        worker = MeasuredWorker(queues, connection=get_redis(), name=name)
+        try:
+            worked = bool(worker.work(burst=burst, with_scheduler=False, logging_level="INFO")) or worked
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            log.warning("the RQ worker lost Redis: %s", describe(error))
+        if burst or worker.stop_requested:
+            return worked
+        log.warning("the RQ worker quit; starting it again once Redis answers")
+        _wait_for_redis()
+
+
+def _wait_for_redis() -> None:
+    """Sleep until Redis answers a PING; SIGTERM meanwhile ends the process (nothing is running)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_now)  # RQ's handlers belong to the worker that quit
+    while True:
+        time.sleep(REDIS_RETRY_SECONDS)
+        try:
+            get_redis().ping()
+            return
+        except (RedisConnectionError, RedisTimeoutError):
+            continue
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 class MeasuredWorker(Worker):
     """An RQ worker that records each finished job's metrics here, in the long-lived parent process
-    (what a forked work horse records dies with it)."""
+    (what a forked work horse records dies with it), and outlives a Redis outage in the middle of a job."""
+
+    stop_requested = False
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True  # RQ quits on a lost Redis too: this tells the two apart
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        if job.func_name == RUN_JOB and _deferred(job.id):
-            job.delete()  # back in the Postgres outbox until its delay passes; the sweep re-enqueues it
-            return
-        super().execute_job(job, queue)
         try:
-            with session_scope() as session:
-                row = session.get(JobRow, job.id)
-                if row is not None and row.started_at is not None:
-                    record_queue_wait(row.kind, (row.started_at - row.created_at).total_seconds())
-                if row is not None and row.finished_at is not None and row.started_at is not None:
-                    duration = (row.finished_at - row.started_at).total_seconds()
-                    record_job_finished(row.kind, row.status, duration)
-        except Exception:
-            log.warning("could not record metrics of job %s", job.id, exc_info=True)
+            if job.func_name == RUN_JOB and _deferred(job.id):
+                job.delete()  # back in the Postgres outbox until its delay passes; the sweep re-enqueues it
+                return
+            super().execute_job(job, queue)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            # Redis went away mid-job (a restart may have lost the RQ job too). The work horse reports
+            # its outcome to Postgres and the sweeps re-enqueue what RQ lost: keep the worker alive.
+            log.warning(
+                "lost Redis while handling job %s (%s); waiting for its work horse", job.id, describe(error)
+            )
+            self._reap_horse()
+        _record_metrics(job.id)
+
+    def _reap_horse(self) -> None:
+        if self._horse_pid:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._horse_pid, 0)
+            self._horse_pid = 0
+
+
+def _record_metrics(job_id: str) -> None:
+    try:
+        with session_scope() as session:
+            row = session.get(JobRow, job_id)
+            if row is not None and row.started_at is not None:
+                record_queue_wait(row.kind, (row.started_at - row.created_at).total_seconds())
+            if row is not None and row.finished_at is not None and row.started_at is not None:
+                duration = (row.finished_at - row.started_at).total_seconds()
+                record_job_finished(row.kind, row.status, duration)
+    except Exception as error:
+        log.warning("could not record metrics of job %s: %s", job_id, error, exc_info=not is_outage(error))
 
 
 def _deferred(job_id: str) -> bool:
@@ -91,8 +154,13 @@ def _deferred(job_id: str) -> bool:
     horse's start() decides."""
     try:
         return defer_if_tenant_busy(job_id)
-    except Exception:
-        log.warning("could not check the tenant of job %s before running it", job_id, exc_info=True)
+    except Exception as error:
+        log.warning(
+            "could not check the tenant of job %s before running it: %s",
+            job_id,
+            error,
+            exc_info=not is_outage(error),
+        )
         return False
 
 

@@ -4,20 +4,25 @@ and what can wait for Redis (taking a job) does not fail at all."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
+from rq import Queue
 from sqlmodel import Session, create_engine
 from starlette.responses import Response
 
 from service import outages
-from service.embedded import free_port
+from service.embedded import EmbeddedRedis, free_port
 from service.graphql_base import Context
+from service.jobs.dispatch import RUN_JOB
+from service.redis import JOBS_QUEUE
 from service.scheduler import run_once
 from service.schema import schema
 from service.tenants.service import Principal
-from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
+from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess, ServiceProcess
 
 DEAD_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:{port}/claimcheck?connect_timeout=2"
@@ -56,6 +61,33 @@ def test_without_redis_a_job_is_still_taken_and_runs_once_redis_is_reachable(
     assert gql.wait_for_job(created["job"]["id"])["status"] == "SUCCEEDED"
     assert "Traceback" not in api_without_redis.log()
     cut_off.http.close()
+
+
+def test_a_worker_outlives_redis_going_away_in_the_middle_of_a_job(
+    env: dict[str, str], api: ApiProcess, gql: GraphQLClient, tenant: TenantHandle, tmp_path: Path
+) -> None:
+    redis = EmbeddedRedis(tmp_path / "redis", persist=False)
+    url = redis.start()
+    queue = Queue(JOBS_QUEUE, connection=Redis.from_url(url))
+    worker_env = {**env, "REDIS_URL": url, "PUBLIC_BASE_URL": api.url}
+    worker = ServiceProcess(["worker", "--queues", "jobs"], worker_env, tmp_path / "worker.log").start()
+    try:
+        running = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 2, "steps": 4})
+        queue.enqueue_call(RUN_JOB, args=(running,), job_id=running)
+        assert gql.wait_for_job(running, until={"RUNNING"})["status"] == "RUNNING"
+
+        redis.kill()  # RQ in the worker gives up on such errors; the work horse reports to Postgres
+        assert gql.wait_for_job(running)["status"] == "SUCCEEDED", worker.log()[-3000:]
+        time.sleep(2)
+        redis.start()
+
+        after = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 0.2, "steps": 1})
+        queue.enqueue_call(RUN_JOB, args=(after,), job_id=after)
+        assert gql.wait_for_job(after)["status"] == "SUCCEEDED", worker.log()[-3000:]
+        assert worker.process is not None and worker.process.poll() is None  # the same process
+    finally:
+        worker.stop()
+        redis.stop()
 
 
 def test_without_postgres_requests_get_503_unavailable_and_a_retry_after(
