@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install dev test lint pytest bench clean
+.PHONY: install dev test lint pytest bench chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -37,6 +37,9 @@ bench: install  ## the benchmark scripts (they print figures; see bench/README.m
 	$(BIN)/python -m bench.subscribers
 	$(BIN)/python -m bench.tracing
 	$(BIN)/python -m bench.limits
+
+chaos: install  ## jobs and webhooks through injected faults; prints what was lost (must be nothing)
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

@@ -129,7 +129,7 @@ class Supervisor:
             target.planned_down = True
             target.hold_until = time.monotonic() + down_for
             pid = target.process.pid
-            for child in [*descendants(pid), pid]:
+            for child in [pid, *descendants(pid)]:  # the parent first: then it cannot fork again
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
             assert target.process.process is not None

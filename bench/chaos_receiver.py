@@ -8,6 +8,7 @@ closed, so connections are refused).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
@@ -88,7 +89,7 @@ class ChaosReceiver:
             )
 
     def _bind(self, port: int) -> None:
-        server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        server = _QuietServer(("127.0.0.1", port), _handler(self))
         server.daemon_threads = True
         server.request_queue_size = 256
         threading.Thread(target=server.serve_forever, name="chaos-receiver", daemon=True).start()
@@ -135,6 +136,14 @@ class ChaosReceiver:
     def _count(self, answer: str) -> None:
         with self.lock:
             self.tally.requests[answer] += 1
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A sender killed mid-request resets its connection: expected here, so not printed."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler(receiver: ChaosReceiver) -> type[BaseHTTPRequestHandler]:
