@@ -80,16 +80,15 @@ def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier, waiting: Callab
 
     waiting() gives the ids on the RQ queue (read once per sweep, only if needed).
     """
+    if job_id in waiting():
+        return False  # waiting its turn (the common case in a backlog: no further Redis calls)
     if enqueue_job(job_id, kind_name, carrier, link_only=True):
         return True
     try:
         rq_job = RQJob.fetch(job_id, connection=get_redis())
     except NoSuchJobError:
         return enqueue_job(job_id, kind_name, carrier, link_only=True)
-    status = rq_job.get_status(refresh=False)
-    if status == RQStatus.QUEUED and job_id in waiting():
-        return False  # waiting its turn
-    if status == RQStatus.STARTED and not _taken_too_long_ago(rq_job):
+    if rq_job.get_status(refresh=False) == RQStatus.STARTED and not _taken_too_long_ago(rq_job):
         return False  # a worker took it just now and is starting it
     # RQ ran it, or a worker took it and died before starting it (RQ still says started, or says
     # queued though no queue holds it), yet Postgres says no run began (or a retry is due): run it
