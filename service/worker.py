@@ -76,12 +76,13 @@ def _work_through_redis_outages(queues: list[Queue], *, burst: bool, name: str |
     once Redis answers again. Only a stop request (SIGTERM) or the end of a burst ends the loop."""
     worked = False
     while True:
-        worker = MeasuredWorker(queues, connection=get_redis(), name=name)
+        worker: MeasuredWorker | None = None
         try:
+            worker = MeasuredWorker(queues, connection=get_redis(), name=name)  # talks to Redis already
             worked = bool(worker.work(burst=burst, with_scheduler=False, logging_level="INFO")) or worked
         except (RedisConnectionError, RedisTimeoutError) as error:
             log.warning("the RQ worker lost Redis: %s", describe(error))
-        if burst or worker.stop_requested:
+        if burst or (worker is not None and worker.stop_requested):
             return worked
         log.warning("the RQ worker quit; starting it again once Redis answers")
         _wait_for_redis()
