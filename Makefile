@@ -37,6 +37,7 @@ bench: install  ## the benchmark scripts (they print figures; see bench/README.m
 	$(BIN)/python -m bench.subscribers
 	$(BIN)/python -m bench.tracing
 	$(BIN)/python -m bench.limits
+	$(BIN)/python -m bench.load
 
 chaos: install  ## jobs and webhooks through injected faults; prints what was lost (must be nothing)
 	$(BIN)/python -m bench.chaos

@@ -36,7 +36,7 @@ import httpx
 import psycopg
 
 from bench.chaos_receiver import ChaosReceiver, Tally
-from bench.common import SPEECH_MUTATION, Stack, descendants, service_stack
+from bench.common import SPEECH_MUTATION, Stack, descendants, service_stack, summarize_logs
 from callbacks.events import JOB_EVENT_TYPES
 from tests.servers import ServiceProcess
 
@@ -428,6 +428,8 @@ def run(config: ChaosConfig, workdir: Path | None = None) -> ChaosReport:
         receiver.set_mode("ok")
         drained, drain_seconds = _drain(stack.env["DATABASE_URL"], supervisor, config.drain_timeout)
         supervisor.stop()
+        print("errors the services logged (expected while a fault lasts; anything else is a finding):")
+        summarize_logs(stack.workdir, levels=("ERROR", "CRITICAL"))
         return _report(
             stack.env["DATABASE_URL"],
             submissions,

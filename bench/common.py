@@ -9,12 +9,15 @@ is emptied on that Redis). It creates a tenant with an API key and stops every p
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,3 +279,34 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
+
+
+def summarize_logs(workdir: Path, levels: tuple[str, ...] = ("WARNING", "ERROR", "CRITICAL")) -> None:
+    """Each service log's records at these levels grouped by message (ids and numbers masked), and the
+    tail of its lines that are not JSON records (tracebacks printed outside logging)."""
+    for path in sorted(workdir.glob("*.log")):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        problems: Counter[str] = Counter()
+        unstructured = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                unstructured.append(line)
+            elif record.get("level") in levels:
+                said = str(record.get("message")).splitlines() or [""]
+                cause = str(record.get("exception") or "").splitlines() or said[1:]
+                text = f"{record['level']} {record.get('logger')}: {said[0]}"
+                text += f" [{cause[-1].strip()}]" if cause else ""
+                problems[
+                    re.sub(
+                        r"\d+(\.\d+)?", "N", re.sub(r"\b([a-z]+_[0-9A-Z]{26}|[0-9a-f]{32})\b", "<id>", text)
+                    )
+                ] += 1
+        print(f"{path.name}: {len(lines)} lines, {sum(problems.values())} at {'/'.join(levels)}")
+        for text, count in problems.most_common(10):
+            print(f"    {count} x {text[:300]}")
+        for line in unstructured[-10:]:
+            print(f"    | {line[:300]}")

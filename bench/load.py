@@ -34,19 +34,26 @@ import contextlib
 import json
 import math
 import random
-import re
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
 
-from bench.common import SPEECH_MUTATION, CpuMeter, Stack, descendants, ms, percentile, service_stack
+from bench.common import (
+    SPEECH_MUTATION,
+    CpuMeter,
+    Stack,
+    descendants,
+    ms,
+    percentile,
+    service_stack,
+    summarize_logs,
+)
 from bench.e2e import TERMINAL
 from bench.subscribers import PROTOCOL, rss_mib
 from tests.servers import ServiceProcess
@@ -329,37 +336,6 @@ def report(phase: Phase, seconds: float) -> None:
             f"p99 {ms(percentile(phase.to_terminal, 0.99))}"
         )
     print(f"load generator: worst delay issuing an operation on schedule {ms(phase.lag)}")
-
-
-def summarize_logs(workdir: Path) -> None:
-    """Each service log's WARNING-or-worse records grouped by message (ids and numbers masked), and the
-    tail of its lines that are not JSON records (tracebacks printed outside logging)."""
-    for path in sorted(workdir.glob("*.log")):
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-        problems: Counter[str] = Counter()
-        unstructured = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if not isinstance(record, dict):
-                unstructured.append(line)
-            elif record.get("level") in ("WARNING", "ERROR", "CRITICAL"):
-                said = str(record.get("message")).splitlines() or [""]
-                cause = str(record.get("exception") or "").splitlines() or said[1:]
-                text = f"{record['level']} {record.get('logger')}: {said[0]}"
-                text += f" [{cause[-1].strip()}]" if cause else ""
-                problems[
-                    re.sub(
-                        r"\d+(\.\d+)?", "N", re.sub(r"\b([a-z]+_[0-9A-Z]{26}|[0-9a-f]{32})\b", "<id>", text)
-                    )
-                ] += 1
-        print(f"{path.name}: {len(lines)} lines, {sum(problems.values())} WARNING or worse")
-        for text, count in problems.most_common(10):
-            print(f"    {count} x {text[:300]}")
-        for line in unstructured[-10:]:
-            print(f"    | {line[:300]}")
 
 
 async def measure(stack: Stack, api_url: str, pids: dict[str, list[int]], args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from callbacks.delivery import Claimed, Outcome, claim_due, record, release
 from callbacks.events import NOTIFY_CHANNEL
 from callbacks.sender import Sender
 from service.db import session_scope
+from service.outages import log_failure
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Deliverer:
                 try:
                     full = await self._claim_and_send()
                 except Exception:
-                    log.exception("claiming webhook deliveries failed; retrying")
+                    log_failure(log, "claiming webhook deliveries failed; retrying")
                     full = False
                 if full:
                     continue
@@ -121,7 +122,7 @@ class Deliverer:
             try:
                 await anyio.to_thread.run_sync(self._record, batch)
             except Exception:
-                log.exception("recording %d webhook attempts failed; retrying", len(batch))
+                log_failure(log, "recording %d webhook attempts failed; retrying", len(batch))
                 self.outcomes[:0] = batch
                 await asyncio.sleep(1)
                 return

@@ -8,6 +8,8 @@ lets requests through and the outbox sweep enqueues the jobs once Redis is back.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Iterator
 
 import psycopg
@@ -21,7 +23,9 @@ OUTAGES: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,  # includes refused, reset and busy-loading
     redis.exceptions.TimeoutError,
     sqlalchemy.exc.OperationalError,  # what psycopg's connection failures become through SQLAlchemy
-    psycopg.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    psycopg.OperationalError,  # refused, reset, server shutting down
+    psycopg.InterfaceError,  # the connection was closed under us
 )
 
 
@@ -36,6 +40,16 @@ def _chain(error: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
+
+
+def log_failure(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log the exception being handled: one WARNING line for an outage (it is expected while the
+    outage lasts and is retried), ERROR with the traceback for anything else."""
+    error = sys.exc_info()[1]
+    if error is not None and is_outage(error):
+        logger.warning(message + ": %s", *args, describe(error))
+    else:
+        logger.exception(message, *args)
 
 
 def describe(error: BaseException) -> str:

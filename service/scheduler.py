@@ -15,6 +15,7 @@ from service.db import session_scope
 from service.jobs.dispatch import sweep_outbox
 from service.jobs.recovery import recover_lost_runs
 from service.jobs.retention import delete_old_jobs, expire_artifacts
+from service.outages import log_failure
 from service.settings import get_settings
 from service.tenants.service import flush_key_last_used
 
@@ -31,7 +32,7 @@ def _sweep(name: str, sweep: Callable[[Session], object]) -> object:
         with session_scope() as session:
             return sweep(session)
     except Exception:
-        log.exception("the %s sweep failed; retrying next round", name)
+        log_failure(log, "the %s sweep failed; retrying next round", name)
         return None
 
 
@@ -66,5 +67,5 @@ def run_scheduler(stop: threading.Event | None = None) -> None:
         try:
             run_once()
         except Exception:
-            log.exception("scheduler sweep failed; retrying next round")
+            log_failure(log, "scheduler sweep failed; retrying next round")
         stop.wait(interval)

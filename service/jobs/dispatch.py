@@ -16,7 +16,7 @@ from observability.tracing import continue_trace, inject
 from service.jobs import repository
 from service.kinds.registry import get_kind
 from service.models import utcnow
-from service.outages import is_outage
+from service.outages import describe, is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis
 from service.settings import get_settings
 
@@ -126,13 +126,18 @@ def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) ->
             on_queue = set(get_queue(JOBS_QUEUE).get_job_ids())
         return on_queue
 
+    checked = []
     for job_id, kind, carrier in due:
         try:
             enqueued += _ensure_in_rq(job_id, kind, carrier, waiting)
-        except Exception:
-            # One bad row (an unknown kind, a Redis hiccup) must not keep the others waiting.
+        except Exception as error:
+            if is_outage(error):  # Redis is away: the rest would fail alike; all wait for the next round
+                log.warning("outbox sweep stopped, Redis unavailable: %s", describe(error))
+                break
+            # One bad row (an unknown kind, say) must not keep the others waiting.
             log.exception("outbox sweep could not enqueue job %s; will retry", job_id)
-    repository.mark_outbox_checked(session, [job_id for job_id, _, _ in due], now)
+        checked.append(job_id)
+    repository.mark_outbox_checked(session, checked, now)
     if enqueued:
         log.warning("outbox sweep enqueued %d job(s) that RQ did not hold", enqueued)
     return enqueued

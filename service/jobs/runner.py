@@ -25,6 +25,7 @@ from service.jobs.models import Job, JobStatus
 from service.kinds.base import ArtifactOutput, JobFailure, Kind
 from service.kinds.registry import get_kind
 from service.models import utcnow
+from service.outages import is_outage, log_failure
 from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key
 from service.storage.factory import get_storage
@@ -91,7 +92,7 @@ class Heartbeat:
                 with session_scope() as session:
                     repository.touch(session, self.job_id, utcnow())
             except Exception:
-                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+                log_failure(log, "heartbeat of job %s failed", self.job_id)
 
 
 def start(job_id: str) -> Job | None:
@@ -182,9 +183,12 @@ def _run(job_id: str) -> None:
     except JobTimeoutException:
         message = f"the job ran past its {kind.timeout_seconds} s limit"
         _finish_failed(job_id, "TIMEOUT", message, True, kind)
-    except Exception:
-        log.exception("job %s failed unexpectedly", job_id)
-        _finish_failed(job_id, "INTERNAL", "the job failed unexpectedly", True, kind)
+    except Exception as error:
+        log_failure(log, "job %s failed unexpectedly", job_id)
+        if is_outage(error):
+            _finish_failed(job_id, "UNAVAILABLE", "a backing service was briefly unavailable", True, kind)
+        else:
+            _finish_failed(job_id, "INTERNAL", "the job failed unexpectedly", True, kind)
     else:
         with session_scope() as session:
             locked = repository.lock_job(session, job_id)

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from service.db import session_scope
 from service.jobs.models import Job
+from service.outages import log_failure
 from service.redis import get_redis
 from service.settings import get_settings
 
@@ -125,7 +126,7 @@ class JobFeed:
                     return
                 self._refreshing[job_id] = False
         except Exception:
-            log.exception("job feed could not read job %s", job_id)
+            log_failure(log, "job feed could not read job %s", job_id)
         finally:
             self._refreshing.pop(job_id, None)
 
