@@ -88,19 +88,25 @@ def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier, waiting: Callab
         rq_job = RQJob.fetch(job_id, connection=get_redis())
     except NoSuchJobError:
         return enqueue_job(job_id, kind_name, carrier, link_only=True)
-    if rq_job.get_status(refresh=False) == RQStatus.STARTED and not _taken_too_long_ago(rq_job):
+    status = rq_job.get_status(refresh=False)
+    if status == RQStatus.STARTED and not _too_long_ago(rq_job.started_at):
         return False  # a worker took it just now and is starting it
-    # RQ ran it, or a worker took it and died before starting it (RQ still says started, or says
-    # queued though no queue holds it), yet Postgres says no run began (or a retry is due): run it
-    # again. A run that does begin first makes the other one a no-op (only a QUEUED job starts).
+    taking = get_queue(JOBS_QUEUE).intermediate_queue  # where a worker moves a job it takes
+    if status == RQStatus.QUEUED and job_id in taking.get_job_ids():
+        taking.set_first_seen(job_id)
+        if not _too_long_ago(taking.get_first_seen(job_id)):
+            return False  # a worker is taking it off the queue right now
+    # RQ ran it, or a worker took it and died before starting it (RQ still says started, or queued
+    # while no queue holds it), yet Postgres says no run began (or a retry is due): run it again.
+    # A run that does begin first makes the other one a no-op (only a QUEUED job starts).
+    taking.remove(job_id)
     rq_job.delete()
     return enqueue_job(job_id, kind_name, carrier, link_only=True)
 
 
-def _taken_too_long_ago(rq_job: RQJob) -> bool:
+def _too_long_ago(taken: datetime | None) -> bool:
     """Whether a worker took the job longer ago than a live one needs to start it (fork, then the
     QUEUED → RUNNING commit): the job's stuck-run threshold."""
-    taken = rq_job.started_at
     if taken is None:
         return True
     if taken.tzinfo is None:

@@ -96,6 +96,26 @@ def test_a_job_a_worker_is_starting_is_left_alone_until_it_is_clearly_stuck(
     _assert_ran_once(gql.wait_for_job(job_id))
 
 
+def test_a_job_a_worker_is_taking_off_the_queue_is_left_alone_until_it_is_clearly_stuck(
+    gql: GraphQLClient, tenant: TenantHandle, worker: ServiceProcess
+) -> None:
+    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "Being taken, then dropped."})
+    get_queue().create_job(RUN_JOB, args=(job_id,), job_id=job_id, status=RQStatus.QUEUED).save()
+    taking = get_queue().intermediate_queue  # RQ moves a job here as a worker takes it
+    get_redis().lpush(taking.key, job_id)
+
+    time.sleep(PAST_GRACE)
+    assert run_once() == 0  # a worker is about to start it
+    assert gql(JOB_QUERY, {"id": job_id})["job"]["status"] == "QUEUED"
+
+    stuck_since = datetime.now(UTC) - timedelta(seconds=STUCK_AFTER_SECONDS + 1)
+    get_redis().set(taking.get_first_seen_key(job_id), stuck_since.timestamp())  # ...and has not since
+    time.sleep(PAST_GRACE)
+    assert run_once() >= 1
+    _assert_ran_once(gql.wait_for_job(job_id))
+    assert job_id not in taking.get_job_ids()
+
+
 def test_the_sweep_leaves_a_job_younger_than_the_grace_period_alone(
     gql: GraphQLClient, tenant: TenantHandle, worker: ServiceProcess
 ) -> None:
