@@ -55,7 +55,7 @@ class ChaosConfig:
     tenants: int = 4
     workers: int = 3
     seed: int = 1
-    submit_rate: float = 4.0  # jobs per second; the workers finish about 4.5/s on two cores
+    submit_rate: float = 4.0  # jobs per second; three workers finish about 4.3/s on two cores
     worker_kills: int = 10
     redis_restarts: int = 2
     postgres_restarts: int = 2
