@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session as SASession
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, create_engine
 
-from service.outages import describe, is_outage
+from service.outages import log_failure
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,9 @@ def _run_after_commit(session: SASession) -> None:
     for _, callback in session.info.pop(AFTER_COMMIT, []):
         try:
             callback()
-        except Exception as error:
+        except Exception:
             # The scheduler's sweep redoes whatever a lost callback should have done.
-            if is_outage(error):
-                log.warning("after-commit callback failed; the sweep will catch up: %s", describe(error))
-            else:
-                log.exception("after-commit callback failed; the sweep will catch up")
+            log_failure(log, "after-commit callback failed; the sweep will catch up")
 
 
 @event.listens_for(SASession, "after_soft_rollback")
