@@ -28,7 +28,6 @@ class Delivery:
 
     event_type: str
     job_id: str | None
-    at: float
 
 
 @dataclass
@@ -133,7 +132,7 @@ class ChaosReceiver:
             if key in self.tally.received:
                 self.tally.duplicates += 1
             else:
-                self.tally.received[key] = Delivery(str(payload.get("type")), job.get("id"), time.time())
+                self.tally.received[key] = Delivery(str(payload.get("type")), job.get("id"))
         return 204
 
     def _count(self, answer: str) -> None:
