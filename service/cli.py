@@ -29,7 +29,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
-        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        log_level=get_settings().log_level.lower(),
         log_config=None,  # uvicorn's lines go through our (structured, redacting) logging
     )
     return 0
@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = command(commands, "api", "serve the GraphQL API and downloads")
     api.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104 - a server's job
-    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    api.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    # String defaults go through `type` too: a bad PORT is argparse's clear error, not a traceback.
+    api.add_argument("--port", type=int, default=os.environ.get("PORT", "8000"))
+    api.add_argument("--workers", type=int, default=os.environ.get("WEB_CONCURRENCY", "1"))
     api.set_defaults(func=cmd_api)
 
     worker = command(commands, "worker", "run jobs from the queues")
@@ -208,10 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claimcheck`` console script."""
     args = build_parser().parse_args(argv)
     os.environ["DATA_DIR"] = args.data_dir
-    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))  # JSON lines in production, text in development
     from service.errors import ClaimcheckError
 
     try:
+        # Every setting is checked before anything starts (`dev` makes its SECRET_KEY first; each of
+        # its processes then checks its own).
+        level = os.environ.get("LOG_LEVEL", "INFO") if args.command == "dev" else get_settings().log_level
+        setup_logging(level)  # JSON lines in production, text in development
         return int(args.func(args))
     except ClaimcheckError as error:
         print(f"error ({error.code}): {error.message}", file=sys.stderr)
