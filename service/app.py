@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def get_context(request: HTTPConnection) -> Context:
     """Authenticate the bearer key; 401 without a hint which part was wrong.
 
-    A GET without a query only renders the GraphiQL page, which needs no key. A WebSocket
+    A GET without a query only renders the GraphiQL page (when GRAPHQL_IDE), which needs no key. A WebSocket
     authenticates in its connection_init payload instead (ClaimcheckGraphQL.on_ws_connect).
     """
     context = Context()
@@ -140,6 +140,7 @@ def create_app() -> FastAPI:
     add_metrics_route(app)
     graphql = ClaimcheckGraphQL(
         schema,
+        graphql_ide="graphiql" if settings.graphql_ide else None,
         context_getter=get_context,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
     )

@@ -79,6 +79,9 @@ def run_dev(*, port: int, data_dir: Path) -> int:
             # Trying it out means a receiver on this machine: let webhooks reach loopback over http.
             "WEBHOOK_ALLOWED_CIDRS": os.environ.get("WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128"),
             "WEBHOOK_ALLOW_HTTP": os.environ.get("WEBHOOK_ALLOW_HTTP", "true"),
+            # ... and a GraphiQL page and introspection to explore the schema with.
+            "GRAPHQL_IDE": os.environ.get("GRAPHQL_IDE", "true"),
+            "GRAPHQL_INTROSPECTION": os.environ.get("GRAPHQL_INTROSPECTION", "true"),
         }
         for name in PROCESSES:
             extra = ["--host", "127.0.0.1", "--port", str(port)] if name == "api" else []

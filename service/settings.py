@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     storage_emulator_host: str = ""  # Google's own variable: API calls and signed URLs go there
 
     max_request_bytes: int = Field(default=1_000_000, ge=1_000)
+    # The GraphiQL page at GET /graphql, and schema introspection: off unless enabled (`claimcheck dev`
+    # turns both on); the schema is public in API.md, a production endpoint need not serve it.
+    graphql_ide: bool = False
+    graphql_introspection: bool = False
     download_url_default_expiry: int = Field(default=900, ge=1)
     download_url_max_expiry: int = Field(default=7 * 24 * 3600, ge=1)
 
