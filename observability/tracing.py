@@ -397,7 +397,7 @@ def child_only_provider() -> trace.TracerProvider | None:
     return _ChildOnlyTracerProvider(_provider) if _provider is not None else None
 
 
-def instrument_fastapi(app: Any, excluded_urls: str = "/healthz,/metrics") -> bool:
+def instrument_fastapi(app: Any, excluded_urls: str = "/healthz") -> bool:
     """HTTP server spans (and the trace context of incoming ``traceparent``) for a FastAPI app.
 
     A no-op returning False while tracing is off. Call on the app before it serves.

@@ -1,4 +1,4 @@
-"""The FastAPI application: GraphQL at /graphql, downloads, health."""
+"""The FastAPI application: GraphQL at /graphql, downloads, health (metrics are on METRICS_PORT)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from observability.metrics import add_metrics_route, setup_metrics
+from observability.metrics import setup_metrics, start_metrics_server
 from observability.tracing import instrument_fastapi, set_ids, setup_tracing
 from service import outages
 from service.db import session_scope
@@ -135,9 +135,10 @@ def create_app() -> FastAPI:
     settings = get_settings()
     setup_tracing("claimcheck-api")
     setup_metrics("claimcheck-api")
+    if settings.metrics_port is not None:
+        start_metrics_server(settings.metrics_port)  # a port of its own: the public one has no /metrics
     app = FastAPI(title="Claimcheck", docs_url=None, redoc_url=None, openapi_url=None)
     instrument_fastapi(app)
-    add_metrics_route(app)
     graphql = ClaimcheckGraphQL(
         schema,
         graphql_ide="graphiql" if settings.graphql_ide else None,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from observability.logging import setup_logging
-from service.settings import get_settings
+from service.settings import ConfigurationError, get_settings
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -22,6 +22,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    if args.workers > 1 and get_settings().metrics_port is not None:
+        raise ConfigurationError(
+            f"METRICS_PORT is set, so the API runs one worker per process, not --workers {args.workers}"
+            " (WEB_CONCURRENCY): metrics are per process and the port fits one. Run more API processes"
+            " instead, each with its own METRICS_PORT or container."
+        )
     uvicorn.run(
         "service.app:create_app",
         factory=True,

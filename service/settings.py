@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     log_level: str = "INFO"  # read by observability.logging too, before the settings load
     log_format: Literal["json", "text"] | None = None
+    # Where this process serves Prometheus's scrape (/metrics); unset: nowhere. Never the API's port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     storage_backend: Literal["local", "gcs"] = "local"
     storage_dir: Path | None = None

@@ -36,6 +36,7 @@ from service.jobs.runner import defer_if_tenant_busy
 from service.kinds.registry import prepare_kinds
 from service.outages import describe, is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis
+from service.settings import get_settings
 from service.storage.factory import get_storage
 
 WEBHOOKS = "webhooks"
@@ -51,8 +52,9 @@ def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: st
     rq_queues = [queue for queue in wanted if queue != WEBHOOKS]
     setup_tracing("claimcheck-worker")
     setup_metrics("claimcheck-worker")
-    if os.environ.get("METRICS_PORT"):
-        start_metrics_server(int(os.environ["METRICS_PORT"]))
+    metrics_port = get_settings().metrics_port
+    if metrics_port is not None:
+        start_metrics_server(metrics_port)
     get_engine()
     get_storage()
     if not rq_queues:
