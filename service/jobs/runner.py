@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from types import TracebackType
 
 from rq.timeouts import JobTimeoutException
@@ -27,7 +28,7 @@ from service.kinds.registry import get_kind
 from service.models import utcnow
 from service.outages import is_outage, log_failure
 from service.settings import get_settings
-from service.storage.base import StoredObject, artifact_key
+from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
 from service.tenants.limits import limits_for
 
@@ -175,6 +176,8 @@ def _run(job_id: str) -> None:
         with Heartbeat(job_id):
             params = kind.input_model.model_validate(job.input)
             output = kind.handler(RunContext(job), params)
+            if output is not None:  # a kind's filename is untrusted: from here on, a safe basename
+                output = replace(output, filename=safe_filename(output.filename))
             stored = _store(job, output) if output is not None else None
     except JobCanceled:
         _finish_canceled(job, output)
