@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -28,6 +29,23 @@ class Dev:
     data_dir: Path
     env: dict[str, str]
     log: Path
+    metrics_port: int
+
+
+def _consecutive_free_ports(count: int) -> int:
+    """The first of `count` consecutive loopback ports that nothing listens on right now."""
+    while True:
+        first = free_port()
+        probes = [socket.socket() for _ in range(count)]
+        try:
+            for offset, probe in enumerate(probes):
+                probe.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
 
 
 def _user_environ() -> dict[str, str]:
@@ -43,7 +61,8 @@ def dev(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     data_dir = tmp_path_factory.mktemp("dev-data")
     log = data_dir.parent / "dev.log"
     port = free_port()
-    env = {**_user_environ(), "DATABASE_URL": database_url}
+    metrics_port = _consecutive_free_ports(3)
+    env = {**_user_environ(), "DATABASE_URL": database_url, "METRICS_PORT": str(metrics_port)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "dev", "--port", str(port), "--data-dir", str(data_dir)],
@@ -61,7 +80,7 @@ def dev(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             pass
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
-    yield Dev(url, data_dir, env, log)
+    yield Dev(url, data_dir, env, log, metrics_port)
     process.send_signal(signal.SIGINT)
     process.wait(60)
     drop_database(postgres_server_url, database_url)
@@ -129,3 +148,18 @@ def test_dev_serves_graphiql_and_introspection(dev: Dev) -> None:
         headers={"authorization": f"Bearer {api_key}"},
     ).json()
     assert {"id", "status", "artifact"} <= {field["name"] for field in schema["data"]["__type"]["fields"]}
+
+
+def test_dev_gives_each_process_its_own_metrics_port(dev: Dev) -> None:
+    """One METRICS_PORT for dev: the api, worker and scheduler take it and the next two."""
+    for port in (dev.metrics_port, dev.metrics_port + 1, dev.metrics_port + 2):
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, dev.log.read_text()
+                time.sleep(0.2)
+        assert response.status_code == 200 and "process_" in response.text
+    assert httpx.get(f"{dev.url}/metrics").status_code == 404
