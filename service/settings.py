@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from functools import lru_cache
@@ -10,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.plans import DEFAULT_PLANS, LIMIT_NAMES, missing_limits
 
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - refused outside development
 DEV_STATE_FILE = "dev.json"
@@ -66,24 +69,7 @@ class Settings(BaseSettings):
 
     # Tenancy and abuse protection (issue 5). PLANS: JSON {name: {limit: value}}; a tenant's plan
     # column picks one (unknown names get DEFAULT_PLAN) and its `limits` column overrides single values.
-    plans: dict[str, dict[str, int]] = {
-        "free": {
-            "mutations_per_minute": 60,
-            "burst": 20,
-            "max_running": 2,
-            "max_queued": 100,
-            "max_text_chars": 5_000,
-            "max_webhook_endpoints": 5,
-        },
-        "pro": {
-            "mutations_per_minute": 600,
-            "burst": 100,
-            "max_running": 10,
-            "max_queued": 10_000,
-            "max_text_chars": 5_000,
-            "max_webhook_endpoints": 50,
-        },
-    }
+    plans: dict[str, dict[str, int]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_PLANS))
     default_plan: str = "free"
     rate_limits_enabled: bool = True
     job_defer_seconds: float = Field(default=2.0, ge=0)
@@ -93,12 +79,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_plans(self) -> Settings:
-        from service.tenants.limits import LIMIT_NAMES  # the one list of limit names
-
         if self.default_plan not in self.plans:
             raise ValueError(f"DEFAULT_PLAN {self.default_plan!r} is not one of PLANS {sorted(self.plans)}")
         for name, plan in self.plans.items():
-            missing = [limit for limit in LIMIT_NAMES if limit not in plan]
+            missing = missing_limits(plan)
             if missing or any(value < 0 for value in plan.values()):
                 raise ValueError(
                     f"plan {name!r} needs every limit of {LIMIT_NAMES} (>= 0); missing {missing}"
@@ -120,6 +104,9 @@ class Settings(BaseSettings):
     webhook_max_in_flight: int = Field(default=200, ge=1)
     webhook_max_in_flight_per_endpoint: int = Field(default=20, ge=1)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Where a worker serves its Prometheus scrape (unset: not served)."""
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
