@@ -17,6 +17,7 @@ from service.jobs.recovery import recover_lost_runs
 from service.jobs.retention import delete_old_jobs, expire_artifacts
 from service.outages import log_failure
 from service.settings import get_settings
+from service.startup import start_process
 from service.tenants.service import flush_key_last_used
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def run_once() -> int:
 
 def run_scheduler(stop: threading.Event | None = None) -> None:
     """Sweep every SCHEDULER_INTERVAL_SECONDS until SIGTERM/SIGINT (or stop is set)."""
+    start_process("claimcheck-scheduler")
     stop = stop or threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
