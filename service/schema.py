@@ -26,10 +26,11 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from callbacks.graphql import WebhookMutation, WebhookQuery
 from service import outages
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
-from service.tenants.graphql import TenantQuery
+from service.kinds.graphql import KindMutation
+from service.viewer import TenantQuery
+from service.webhooks.graphql import WebhookMutation, WebhookQuery
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ VALIDATION_RULES = [
 ]
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
-Mutation = merge_types("Mutation", (JobMutation, WebhookMutation))
+Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
 
 
 class UnitOfWork(SchemaExtension):
