@@ -19,12 +19,13 @@ install: $(STAMP)
 dev: install  ## run API + worker + scheduler (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL are set)
 	$(BIN)/claimcheck dev
 
-test: lint pytest  ## ruff, mypy, then the test suite on real Postgres, Redis and HTTP
+test: lint pytest  ## ruff, mypy, the import contracts, then the test suite on real Postgres, Redis and HTTP
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy service callbacks observability tests bench
+	$(BIN)/lint-imports
 
 pytest: install
 	$(BIN)/pytest

@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.kinds.base import ArtifactOutput, JobContext, Kind
+from service.jobs.kinds import ArtifactOutput, JobContext, Kind
 
 MIB = 1024 * 1024
 BLOCK = random.Random(20261125).randbytes(MIB)  # incompressible, the same in every process
@@ -132,9 +132,9 @@ def child_runner(size: int) -> dict[str, Any]:
     import service.worker  # noqa: F401  (everything a worker process has loaded)
     from service.db import AFTER_COMMIT, session_scope
     from service.jobs import runner
+    from service.jobs.kinds import register
     from service.jobs.models import Job
     from service.jobs.service import create_job
-    from service.kinds.registry import register
     from service.storage.factory import get_storage
 
     register(BLOB_KIND)

@@ -37,7 +37,7 @@ import psycopg
 
 from bench.chaos_receiver import ChaosReceiver, Tally
 from bench.common import SPEECH_MUTATION, Stack, descendants, service_stack, summarize_logs
-from callbacks.events import JOB_EVENT_TYPES
+from service.webhooks.events import JOB_EVENT_TYPES
 from tests.servers import ServiceProcess
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED")

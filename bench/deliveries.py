@@ -28,8 +28,8 @@ from tests.servers import ServiceProcess
 
 def publish_tests(tenant_id: str, endpoint_id: str, count: int) -> None:
     """`count` webhook.test events for the endpoint, committed in batches."""
-    from callbacks.events import publish
     from service.db import session_scope
+    from service.webhooks.service import publish
 
     for start in range(0, count, 500):
         with session_scope() as session:
@@ -101,10 +101,10 @@ def main() -> None:
 
 
 def run(stack: Stack, args: argparse.Namespace) -> None:
-    from callbacks.endpoints import create_endpoint
-    from callbacks.models import SigningScheme
     from service.db import session_scope
     from service.settings import get_settings
+    from service.webhooks.models import SigningScheme
+    from service.webhooks.service import create_endpoint
 
     receiver = UvicornApi("bench.fast_receiver:create", stack.env, stack.workdir / "receiver.log")
     stack.processes.append(receiver)
@@ -140,7 +140,7 @@ def run(stack: Stack, args: argparse.Namespace) -> None:
     rate = args.events / elapsed
 
     httpx.delete(f"{receiver.url}/stats")
-    from callbacks.events import publish
+    from service.webhooks.service import publish
 
     for index in range(args.latency_events):
         with session_scope() as session:

@@ -29,7 +29,9 @@ from tests.servers import ApiProcess, ServiceProcess
 
 def check_cost(stack: Stack, checks: int) -> None:
     from service.db import get_engine, session_scope
-    from service.tenants.limits import Limits, check_rate, get_rate_limiter
+    from service.plans import Limits
+    from service.tenants.limits import get_rate_limiter
+    from service.tenants.service import check_rate
 
     limiter = get_rate_limiter()
     roomy = Limits(

@@ -161,7 +161,7 @@ class Load:
         phase.created.append(payload["job"]["id"])
         return time.perf_counter() - scheduled
 
-    async def query(self, phase: Phase, scheduled: float) -> float:
+    async def query(self, phase: Phase, scheduled: float) -> float:  # noqa: ARG002 - every operation's signature
         if not self.jobs:
             raise OpError("no job created yet")
         job = (await self._graphql(JOB_QUERY, {"id": self.rng.choice(self.jobs)}))["job"]
@@ -170,7 +170,7 @@ class Load:
         self._remember(job)
         return time.perf_counter() - scheduled
 
-    async def download(self, phase: Phase, scheduled: float) -> float:
+    async def download(self, phase: Phase, scheduled: float) -> float:  # noqa: ARG002 - every operation's signature
         if not self.artifacts:
             raise OpError("no SUCCEEDED job yet")
         url, size = self.rng.choice(self.artifacts)
@@ -199,20 +199,13 @@ class Load:
                         message = json.loads(raw)
                         if message["type"] == "ping":
                             await socket.send(json.dumps({"type": "pong"}))
-                        elif message["type"] == "complete":
+                            continue
+                        if message["type"] == "complete":
                             break
-                        elif message["type"] != "next":
-                            raise OpError(
-                                f"subscription {message['type']}: {_error_kind(message['payload'])}"
-                            )
-                        elif message["payload"].get("errors"):
-                            raise OpError(_error_kind(message["payload"]["errors"]))
-                        else:
-                            if first is None:
-                                first = time.perf_counter() - scheduled
-                            job = message["payload"]["data"]["jobUpdates"]
-                            status = job["status"]
-                            self._remember(job)
+                        job = _update(message)
+                        first = time.perf_counter() - scheduled if first is None else first
+                        status = job["status"]
+                        self._remember(job)
         except TimeoutError:
             if first is None:
                 raise OpError("no snapshot within the cap") from None
@@ -222,6 +215,16 @@ class Load:
             raise OpError("completed before a terminal status")
         phase.to_terminal.append(time.perf_counter() - scheduled)
         return first
+
+
+def _update(message: dict[str, Any]) -> dict[str, Any]:
+    """The job a subscription's `next` message carries; OpError for anything else."""
+    if message["type"] != "next":
+        raise OpError(f"subscription {message['type']}: {_error_kind(message['payload'])}")
+    if message["payload"].get("errors"):
+        raise OpError(_error_kind(message["payload"]["errors"]))
+    job: dict[str, Any] = message["payload"]["data"]["jobUpdates"]
+    return job
 
 
 def _error_kind(errors: Sequence[dict[str, Any]]) -> str:

@@ -6,17 +6,16 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from service.db import sqlalchemy_url
-from service.models import registered_metadata
+from service.settings import get_settings
+from service.tables import metadata
 
 config = context.config
-target_metadata = registered_metadata()
+target_metadata = metadata
 
 
 def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        from service.settings import get_settings
-
         url = get_settings().database_url
     return sqlalchemy_url(url)
 

@@ -71,15 +71,6 @@ class IdsSpanProcessor(SpanProcessor):
             if value is not None:
                 span.set_attribute(key, str(value))
 
-    def on_end(self, span: ReadableSpan) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
 
 def exporter_names(environ: Mapping[str, str] | None = None) -> list[str]:
     """The exporters ``OTEL_TRACES_EXPORTER`` asks for (``none`` and empty mean no tracing)."""
@@ -199,11 +190,6 @@ def setup_tracing(
         _provider = provider
         log.info("tracing on as %s", provider.resource.attributes["service.name"])
         return provider
-
-
-def tracing_enabled() -> bool:
-    """True once ``setup_tracing`` installed a provider in this process."""
-    return _provider is not None
 
 
 def get_tracer(name: str = TRACER_NAME) -> trace.Tracer:

@@ -15,15 +15,17 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from observability.metrics import setup_metrics, start_metrics_server
-from observability.tracing import instrument_fastapi, set_ids, setup_tracing
+from observability.metrics import start_metrics_server
+from observability.tracing import instrument_fastapi, set_ids
 from service import outages
 from service.db import session_scope
 from service.downloads import router as downloads_router
 from service.graphql_base import Context
+from service.principal import Principal
 from service.schema import schema
 from service.settings import get_settings
-from service.tenants.service import Principal, authenticate, note_key_used
+from service.startup import start_process
+from service.tenants.service import authenticate, note_key_used
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,7 @@ def _add_outage_handlers(app: FastAPI) -> None:
 def create_app() -> FastAPI:
     """The API process's ASGI application."""
     settings = get_settings()
-    setup_tracing("claimcheck-api")
-    setup_metrics("claimcheck-api")
+    start_process("claimcheck-api")
     if settings.metrics_port is not None:
         start_metrics_server(settings.metrics_port)  # a port of its own: the public one has no /metrics
     app = FastAPI(title="Claimcheck", docs_url=None, redoc_url=None, openapi_url=None)

@@ -55,7 +55,7 @@ def cmd_scheduler(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
+def cmd_migrate(_args: argparse.Namespace) -> int:
     from service.migrate import upgrade
 
     upgrade(get_settings().database_url)
@@ -134,8 +134,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_secrets_rotate(_args: argparse.Namespace) -> int:
-    from callbacks.endpoints import reencrypt_all
     from service.db import session_scope
+    from service.webhooks.service import reencrypt_all
 
     with session_scope() as session:
         count = reencrypt_all(session)

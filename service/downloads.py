@@ -4,26 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
-from sqlmodel import select
 
 from service.db import session_scope
-from service.jobs.models import Job, JobStatus
-from service.jobs.service import transition
+from service.jobs.service import expire_missing_artifact
 from service.storage.factory import get_storage
 from service.storage.local import LocalStorage
 from service.storage.tokens import TokenExpired, TokenInvalid
 
 router = APIRouter()
-
-
-def expire_missing_artifact(key: str) -> None:
-    """The row outlived its file: a SUCCEEDED job pointing at it becomes EXPIRED."""
-    with session_scope() as session:
-        job = session.exec(
-            select(Job).where(Job.artifact_key == key, Job.status == JobStatus.SUCCEEDED).with_for_update()
-        ).first()
-        if job is not None:
-            transition(session, job, JobStatus.EXPIRED, message="the file is gone")
 
 
 @router.get("/downloads/{token}", include_in_schema=False)
@@ -40,7 +28,8 @@ def download(token: str) -> FileResponse:
         raise HTTPException(410, str(exc)) from exc
     path = storage.path(grant.key)
     if not path.is_file():
-        expire_missing_artifact(grant.key)
+        with session_scope() as session:  # the row outlived its file
+            expire_missing_artifact(session, grant.key)
         raise HTTPException(410, "this artifact has been deleted")
     return FileResponse(
         path,

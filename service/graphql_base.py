@@ -16,7 +16,7 @@ from strawberry.types import Info
 
 from service.db import enter_tenant, get_engine
 from service.errors import ClaimcheckError, RateLimitedError
-from service.tenants.service import Principal
+from service.principal import Principal
 
 T = TypeVar("T")
 
@@ -130,6 +130,14 @@ def _advise_retry(info: GraphQLInfo, error: ClaimcheckError) -> None:
     response = info.context.response
     if isinstance(error, RateLimitedError) and response is not None:
         response.headers["Retry-After"] = str(error.retry_after)
+
+
+def or_graphql_error(action: Callable[[], T]) -> T:
+    """The action's result; a ClaimcheckError becomes a GraphQL error with its code (queries, fields)."""
+    try:
+        return action()
+    except ClaimcheckError as error:
+        raise graphql_error(error) from error
 
 
 def graphql_error(error: ClaimcheckError) -> GraphQLError:

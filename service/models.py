@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData
+from sqlalchemy import Column, DateTime
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import SQLModel
 
@@ -33,12 +33,3 @@ SQLModel.metadata.naming_convention = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def registered_metadata() -> MetaData:
-    """The metadata of every domain's tables: what migrations must build."""
-    import callbacks.models  # noqa: F401
-    import service.jobs.models
-    import service.tenants.models  # noqa: F401
-
-    return SQLModel.metadata

@@ -11,13 +11,14 @@ from types import FrameType
 
 from sqlmodel import Session
 
-from observability.metrics import setup_metrics, start_metrics_server
+from observability.metrics import start_metrics_server
 from service.db import session_scope
 from service.jobs.dispatch import sweep_outbox
 from service.jobs.recovery import recover_lost_runs
 from service.jobs.retention import delete_old_jobs, expire_artifacts
 from service.outages import log_failure
 from service.settings import get_settings
+from service.startup import start_process
 from service.tenants.service import flush_key_last_used
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def run_once() -> int:
 
 def run_scheduler(stop: threading.Event | None = None) -> None:
     """Sweep every SCHEDULER_INTERVAL_SECONDS until SIGTERM/SIGINT (or stop is set)."""
+    start_process("claimcheck-scheduler")
     stop = stop or threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -62,7 +64,6 @@ def run_scheduler(stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-    setup_metrics("claimcheck-scheduler")
     settings = get_settings()
     if settings.metrics_port is not None:
         start_metrics_server(settings.metrics_port)

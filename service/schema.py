@@ -26,11 +26,12 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from callbacks.graphql import WebhookMutation, WebhookQuery
 from service import outages
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
+from service.kinds.graphql import KindMutation
 from service.settings import get_settings
-from service.tenants.graphql import TenantQuery
+from service.viewer import TenantQuery
+from service.webhooks.graphql import WebhookMutation, WebhookQuery
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _validation_rules() -> AddValidationRules:
 
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
-Mutation = merge_types("Mutation", (JobMutation, WebhookMutation))
+Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
 
 
 class UnitOfWork(SchemaExtension):

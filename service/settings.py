@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import copy
 import importlib.util
 import json
 import logging
@@ -22,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from service.errors import ClaimcheckError
+from service.plans import DEFAULT_PLANS, LIMIT_NAMES, missing_limits
 
 DEV_STATE_FILE = "dev.json"
 MIN_SECRET_KEY_CHARS = 16
@@ -93,24 +95,7 @@ class Settings(BaseSettings):
 
     # Tenancy and abuse protection (issue 5). PLANS: JSON {name: {limit: value}}; a tenant's plan
     # column picks one (unknown names get DEFAULT_PLAN) and its `limits` column overrides single values.
-    plans: dict[str, dict[str, int]] = {
-        "free": {
-            "mutations_per_minute": 60,
-            "burst": 20,
-            "max_running": 2,
-            "max_queued": 100,
-            "max_text_chars": 5_000,
-            "max_webhook_endpoints": 5,
-        },
-        "pro": {
-            "mutations_per_minute": 600,
-            "burst": 100,
-            "max_running": 10,
-            "max_queued": 10_000,
-            "max_text_chars": 5_000,
-            "max_webhook_endpoints": 50,
-        },
-    }
+    plans: dict[str, dict[str, int]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_PLANS))
     default_plan: str = "free"
     rate_limits_enabled: bool = True
     job_defer_seconds: float = Field(default=2.0, ge=0)
@@ -120,12 +105,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_plans(self) -> Settings:
-        from service.tenants.limits import LIMIT_NAMES  # the one list of limit names
-
         if self.default_plan not in self.plans:
             raise ValueError(f"DEFAULT_PLAN {self.default_plan!r} is not one of PLANS {sorted(self.plans)}")
         for name, plan in self.plans.items():
-            missing = [limit for limit in LIMIT_NAMES if limit not in plan]
+            missing = missing_limits(plan)
             if missing or any(value < 0 for value in plan.values()):
                 raise ValueError(
                     f"PLANS: plan {name!r} needs every limit of {LIMIT_NAMES} (>= 0); missing {missing}"

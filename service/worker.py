@@ -20,24 +20,17 @@ from rq import Queue, Worker
 from rq.job import Job as RQJob
 
 import service.jobs.tasks  # noqa: F401  (imported once here, not in every forked child)
-from callbacks.deliverer import DelivererThread, run_until
-from observability.metrics import (
-    record_job_finished,
-    record_queue_wait,
-    register_queue_depth,
-    setup_metrics,
-    start_metrics_server,
-)
-from observability.tracing import setup_tracing
-from service.db import get_engine, session_scope
+from observability.metrics import register_queue_depth, start_metrics_server
+from service.db import get_engine
 from service.jobs.dispatch import RUN_JOB
-from service.jobs.models import Job as JobRow
-from service.jobs.runner import defer_if_tenant_busy
-from service.kinds.registry import prepare_kinds
+from service.jobs.kinds import prepare_kinds
+from service.jobs.runner import defer_if_tenant_busy, record_run_metrics
 from service.outages import describe, is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis
 from service.settings import get_settings
+from service.startup import start_process
 from service.storage.factory import get_storage
+from service.webhooks.deliverer import DelivererThread, run_until
 
 WEBHOOKS = "webhooks"
 DEFAULT_QUEUES = (JOBS_QUEUE, WEBHOOKS)
@@ -50,8 +43,7 @@ def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: st
     """Work until SIGTERM (the current job and in-flight deliveries finish first), or burst until empty."""
     wanted = list(queues or DEFAULT_QUEUES)
     rq_queues = [queue for queue in wanted if queue != WEBHOOKS]
-    setup_tracing("claimcheck-worker")
-    setup_metrics("claimcheck-worker")
+    start_process("claimcheck-worker")
     metrics_port = get_settings().metrics_port
     if metrics_port is not None:
         start_metrics_server(metrics_port)
@@ -65,9 +57,9 @@ def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: st
     if deliverer is not None:
         deliverer.start()
     try:
-        queues_ = [get_queue(queue) for queue in rq_queues]
-        register_queue_depth(lambda: {queue.name: queue.count for queue in queues_})
-        return _work_through_redis_outages(queues_, burst=burst, name=name)
+        job_queues = [get_queue(queue) for queue in rq_queues]
+        register_queue_depth(lambda: {queue.name: queue.count for queue in job_queues})
+        return _work_through_redis_outages(job_queues, burst=burst, name=name)
     finally:
         if deliverer is not None:
             deliverer.stop()
@@ -103,7 +95,7 @@ def _wait_for_redis() -> None:
             continue
 
 
-def _exit_now(signum: int, frame: FrameType | None) -> None:
+def _exit_now(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
@@ -130,26 +122,13 @@ class MeasuredWorker(Worker):
                 "lost Redis while handling job %s (%s); waiting for its work horse", job.id, describe(error)
             )
             self._reap_horse()
-        _record_metrics(job.id)
+        record_run_metrics(job.id)
 
     def _reap_horse(self) -> None:
         if self._horse_pid:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._horse_pid, 0)
             self._horse_pid = 0
-
-
-def _record_metrics(job_id: str) -> None:
-    try:
-        with session_scope() as session:
-            row = session.get(JobRow, job_id)
-            if row is not None and row.started_at is not None:
-                record_queue_wait(row.kind, (row.started_at - row.created_at).total_seconds())
-            if row is not None and row.finished_at is not None and row.started_at is not None:
-                duration = (row.finished_at - row.started_at).total_seconds()
-                record_job_finished(row.kind, row.status, duration)
-    except Exception as error:
-        log.warning("could not record metrics of job %s: %s", job_id, error, exc_info=not is_outage(error))
 
 
 def _deferred(job_id: str) -> bool:

@@ -19,6 +19,7 @@ import pytest
 from redis import Redis
 from sqlmodel import Session
 
+import service.tables  # noqa: F401  (every table registered before the ORM is used)
 from service.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.servers import (
     ApiProcess,

@@ -166,7 +166,9 @@ def verify_v4_signed_url(url: str, public_key: rsa.RSAPublicKey, method: str = "
     datestamp, region, service, request_type = scope.split("/")
     assert (region, service, request_type) == ("auto", "storage", "goog4_request")
     timestamp = params["X-Goog-Date"]
-    assert timestamp.startswith(datestamp) and len(timestamp) == 16 and timestamp.endswith("Z")
+    assert timestamp.startswith(datestamp)
+    assert len(timestamp) == 16
+    assert timestamp.endswith("Z")
     assert params["X-Goog-SignedHeaders"] == "host", "only the host header is signed"
     expires_in = int(params["X-Goog-Expires"])
 

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, Field
 
-from service.kinds.base import ArtifactOutput, JobContext, Kind
-from service.kinds.registry import register
+from service.jobs.kinds import ArtifactOutput, JobContext, Kind, register
 
 
 class SlowInput(BaseModel):

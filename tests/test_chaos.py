@@ -37,5 +37,7 @@ def test_through_every_fault_no_job_and_no_webhook_event_is_lost(tmp_path: Path)
     assert report.submitted == EACH_FAULT_ONCE.jobs, summary
     assert report.ok, f"{summary}\n{logs}"
     assert report.unplanned_exits == {}, f"a process died of a fault it should outlive\n{summary}\n{logs}"
-    assert report.lost == 0 and report.events_missing == 0 and report.signature_failures == 0
+    assert report.lost == 0
+    assert report.events_missing == 0
+    assert report.signature_failures == 0
     assert report.events_expected >= EACH_FAULT_ONCE.jobs * 4  # queued, started, succeeded at least, x2

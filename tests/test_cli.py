@@ -25,7 +25,8 @@ def test_tenants_create_prints_a_working_key_once_and_keys_can_be_added_and_revo
     created = _cli(env, "tenants", "create", "globex", "--json")
     assert created.returncode == 0, created.stderr
     tenant = json.loads(created.stdout)
-    assert tenant["tenant_id"].startswith("ten_") and tenant["api_key"].startswith("ck_")
+    assert tenant["tenant_id"].startswith("ten_")
+    assert tenant["api_key"].startswith("ck_")
     assert tenant["api_key"] not in created.stderr  # shown once, on stdout only
 
     viewer = httpx.post(
@@ -48,7 +49,9 @@ def test_tenants_create_prints_a_working_key_once_and_keys_can_be_added_and_revo
 
 def test_cli_errors_are_clear(env: dict[str, str]) -> None:
     bad_scope = _cli(env, "keys", "create", "--tenant", "ten_missing", "--scope", "jobs:read")
-    assert bad_scope.returncode == 2 and "NOT_FOUND" in bad_scope.stderr
+    assert bad_scope.returncode == 2
+    assert "NOT_FOUND" in bad_scope.stderr
     assert "Traceback" not in bad_scope.stderr
     empty = _cli(env, "tenants", "create", "   ")
-    assert empty.returncode == 2 and "VALIDATION" in empty.stderr
+    assert empty.returncode == 2
+    assert "VALIDATION" in empty.stderr

@@ -159,7 +159,8 @@ def test_app_commands_are_real_claimcheck_subcommands(services: dict[str, Servic
     for name, service in app_services(services).items():
         assert "entrypoint" not in service, name
         command = service["command"]
-        assert isinstance(command, list) and command, name
+        assert isinstance(command, list), name
+        assert command, name
         if name == "gcs-init":
             assert command[:2] == ["python", "-c"]
             continue
@@ -179,7 +180,8 @@ def test_images_are_known_and_pinned(services: dict[str, Service]) -> None:
             continue
         repository, _, tag = str(image).partition(":")
         assert repository in KNOWN_IMAGES, name
-        assert tag and tag != "latest", f"{name}: pin a version"
+        assert tag, f"{name}: pin a version"
+        assert tag != "latest", f"{name}: pin a version"
         assert "build" not in service, name
 
 
@@ -193,7 +195,8 @@ def test_dependencies_exist_and_their_conditions_can_be_met(services: dict[str, 
             if condition == "service_healthy":
                 assert "healthcheck" in services[target], f"{name} waits for {target}'s health check"
             elif condition == "service_completed_successfully":
-                assert target in ONE_SHOT and services[target].get("restart") == "no", target
+                assert target in ONE_SHOT, target
+                assert services[target].get("restart") == "no", target
             else:
                 assert condition == "service_started", condition
     for name in LONG_RUNNING_APP:
@@ -208,7 +211,8 @@ def test_stateful_services_have_health_checks(services: dict[str, Service]) -> N
     for name in STATEFUL | {"api", "prometheus", "grafana"}:
         check = services[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
-        assert "interval" in check and "retries" in check, name
+        assert "interval" in check, name
+        assert "retries" in check, name
     assert any(volume.endswith(":/var/lib/postgresql/data") for volume in services["postgres"]["volumes"])
     assert any(volume.endswith(":/data") for volume in services["redis"]["volumes"])
 
@@ -248,12 +252,14 @@ def test_app_environment_is_complete_and_valid(
         assert urlsplit(env["REDIS_URL"]).password == TEST_ENVIRON["REDIS_PASSWORD"]
         assert env["METRICS_PORT"] == str(METRICS_PORT), name
         collector_url = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
-        assert collector_url.hostname == "otel-collector" and collector_url.port == 4318
+        assert collector_url.hostname == "otel-collector"
+        assert collector_url.port == 4318
         assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
         for variable, value in env.items():
             monkeypatch.setenv(variable, value)
         settings = Settings()
-        assert settings.secret_key == TEST_SECRET and settings.storage_backend == "gcs", name
+        assert settings.secret_key == TEST_SECRET, name
+        assert settings.storage_backend == "gcs", name
     assert services["worker"]["volumes"] == ["gcs-credentials:/var/lib/claimcheck/gcs:ro"]
 
 
@@ -350,7 +356,8 @@ def test_bind_mounts_exist(services: dict[str, Service]) -> None:
 def test_dockerfile_installs_the_project() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
-    assert "pyproject.toml" in dockerfile and "pip install" in dockerfile
+    assert "pyproject.toml" in dockerfile
+    assert "pip install" in dockerfile
     for package in ("service", "callbacks", "observability", "migrations"):
         assert f"COPY {package} ./{package}" in dockerfile, package
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE), "not as root"
@@ -358,7 +365,8 @@ def test_dockerfile_installs_the_project() -> None:
     assert {"service", "callbacks", "observability", "migrations", "pyproject.toml", "README.md"}.isdisjoint(
         ignored
     )
-    assert ".venv" in ignored and ".git" in ignored
+    assert ".venv" in ignored
+    assert ".git" in ignored
 
 
 # --- the one-shot GCS set-up -----------------------------------------------------------------------
@@ -378,7 +386,7 @@ class _FakeGcs(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"{}")
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: ARG002 - quiet: the test reads no log
         return None
 
 
@@ -429,7 +437,8 @@ def test_collector_pipelines_take_what_the_app_sends(
     assert port_of(protocols["http"]["endpoint"]) == 4318  # the app's OTLP/HTTP endpoint
     assert port_of(protocols["grpc"]["endpoint"]) == 4317
     pipelines = collector["service"]["pipelines"]
-    assert "otlp" in pipelines["traces"]["receivers"] and "otlp" in pipelines["metrics"]["receivers"]
+    assert "otlp" in pipelines["traces"]["receivers"]
+    assert "otlp" in pipelines["metrics"]["receivers"]
     for pipeline in pipelines.values():
         for section in ("receivers", "processors", "exporters"):
             for component in pipeline.get(section, []):
@@ -438,7 +447,9 @@ def test_collector_pipelines_take_what_the_app_sends(
         assert extension in collector["extensions"]
     (traces_exporter,) = pipelines["traces"]["exporters"]
     jaeger = urlsplit("//" + collector["exporters"][traces_exporter]["endpoint"])
-    assert traces_exporter.split("/")[0] == "otlp" and jaeger.hostname == "jaeger" and jaeger.port == 4317
+    assert traces_exporter.split("/")[0] == "otlp"
+    assert jaeger.hostname == "jaeger"
+    assert jaeger.port == 4317
     assert jaeger.hostname in services
     assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
     mounts = services["otel-collector"]["volumes"]
@@ -475,7 +486,8 @@ def test_prometheus_scrapes_each_process_on_its_metrics_port(
                     assert job.get("metrics_path", "/metrics") == "/metrics"
         for dns in job.get("dns_sd_configs", []):
             for host in dns["names"]:
-                assert host in services and dns["type"] == "A", host
+                assert host in services, host
+                assert dns["type"] == "A", host
                 assert dns["port"] == ports[host], host
                 scraped.add(host)
     assert {"api", "worker", "scheduler", "otel-collector"} <= scraped

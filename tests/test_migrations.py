@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect
 
 from service.db import sqlalchemy_url
 from service.migrate import downgrade, upgrade
-from service.models import registered_metadata
+from service.tables import metadata
 from tests.servers import create_database, drop_database
 
 
@@ -27,7 +27,7 @@ def _schema_diff(url: str) -> list[object]:
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
-            return list(compare_metadata(context, registered_metadata()))
+            return list(compare_metadata(context, metadata))
     finally:
         engine.dispose()
 

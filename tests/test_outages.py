@@ -18,10 +18,10 @@ from service import outages
 from service.embedded import EmbeddedRedis, free_port
 from service.graphql_base import Context
 from service.jobs.dispatch import RUN_JOB
+from service.principal import Principal
 from service.redis import JOBS_QUEUE
 from service.scheduler import run_once
 from service.schema import schema
-from service.tenants.service import Principal
 from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess, ServiceProcess
 
@@ -52,7 +52,8 @@ def test_without_redis_a_job_is_still_taken_and_runs_once_redis_is_reachable(
     cut_off = GraphQLClient(api_without_redis.url, tenant.api_key)
     data = cut_off(SPEECH_MUTATION, {"input": {"text": "Redis is down.", "idempotencyKey": "no-redis"}})
     created = data["generateSpeech"]
-    assert created["userErrors"] == [] and created["job"]["status"] == "QUEUED"
+    assert created["userErrors"] == []
+    assert created["job"]["status"] == "QUEUED"
     assert cut_off.wait_for_job(created["job"]["id"], timeout=0)["status"] == "QUEUED"  # reads need no Redis
 
     waited = gql.wait_for_job(created["job"]["id"], timeout=1, until={"SUCCEEDED"})
@@ -84,7 +85,8 @@ def test_a_worker_outlives_redis_going_away_in_the_middle_of_a_job(
         after = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 0.2, "steps": 1})
         queue.enqueue_call(RUN_JOB, args=(after,), job_id=after)
         assert gql.wait_for_job(after)["status"] == "SUCCEEDED", worker.log()[-3000:]
-        assert worker.process is not None and worker.process.poll() is None  # the same process
+        assert worker.process is not None
+        assert worker.process.poll() is None  # the same process
     finally:
         worker.stop()
         redis.stop()
@@ -99,7 +101,8 @@ def test_without_postgres_requests_get_503_unavailable_and_a_retry_after(
     assert response.headers["retry-after"] == str(outages.RETRY_AFTER_SECONDS)
     assert [error["extensions"]["code"] for error in response.json()["errors"]] == ["UNAVAILABLE"]
     log = api_without_postgres.log()
-    assert "failed during an outage" in log and "Traceback" not in log
+    assert "failed during an outage" in log
+    assert "Traceback" not in log
     client.http.close()
 
 

@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from observability.tracing import continue_trace, inject
 from service.jobs import repository
-from service.kinds.registry import get_kind
+from service.jobs.kinds import get_kind
 from service.models import utcnow
 from service.outages import describe, is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis

@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, text
 from sqlmodel import Column, Field, SQLModel
 
-import service.tenants.models  # noqa: F401 - registers the tenants table jobs refer to
 from service.ids import new_id
 from service.models import jsonb_column, timestamp_column, utcnow
 

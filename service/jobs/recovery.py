@@ -16,8 +16,8 @@ from rq.command import send_stop_job_command
 from sqlmodel import Session
 
 from service.jobs import repository, service
+from service.jobs.kinds import all_kinds, get_kind
 from service.jobs.models import Job, JobStatus
-from service.kinds.registry import all_kinds, get_kind
 from service.models import utcnow
 from service.redis import get_redis
 from service.settings import get_settings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, text, update
@@ -10,6 +10,8 @@ from sqlmodel import Session, col, select
 
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
 from service.repository import TenantRepository
+
+HISTORY_BATCH_ROWS = 500
 
 
 class JobRepository(TenantRepository[Job]):
@@ -45,6 +47,21 @@ class JobRepository(TenantRepository[Job]):
             Job.tenant_id == self.tenant_id, col(Job.status).in_([status.value for status in statuses])
         )
         return int(self.session.exec(statement).one())
+
+    def count_since(self, since: datetime | None) -> int:
+        statement = select(func.count()).where(Job.tenant_id == self.tenant_id)
+        if since is not None:
+            statement = statement.where(col(Job.created_at) >= since)
+        return int(self.session.exec(statement).one())
+
+    def history(self, since: datetime | None) -> Iterator[Job]:
+        """Every job created since a time, oldest first, read in batches."""
+        statement = self.base_statement()
+        if since is not None:
+            statement = statement.where(col(Job.created_at) >= since)
+        yield from self.session.scalars(
+            statement.order_by(col(Job.id)).execution_options(yield_per=HISTORY_BATCH_ROWS)
+        )
 
     def events(self, job_id: str) -> list[JobEvent]:
         statement = (
@@ -131,3 +148,50 @@ def lock_tenant_starts(session: Session, tenant_id: str) -> None:
 def running_count(session: Session, tenant_id: str) -> int:
     """The tenant's jobs holding a worker: RUNNING or CANCELING."""
     return JobRepository(session, tenant_id).count_in([JobStatus.RUNNING, JobStatus.CANCELING])
+
+
+def set_outbox_due(session: Session, job_id: str, due: datetime) -> None:
+    """Put the job (back) in the outbox, due at `due`, whether or not a row is there."""
+    statement = (
+        update(JobOutbox).where(col(JobOutbox.job_id) == job_id).values(created_at=due, enqueued_at=None)
+    )
+    if session.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
+        session.add(JobOutbox(job_id=job_id, created_at=due))
+    session.flush()
+
+
+def defer_queued_of_tenant(session: Session, tenant_id: str, due: datetime) -> list[str]:
+    """Make every QUEUED job of the tenant due at `due` in the outbox; their ids."""
+    queued = select(Job.id).where(Job.tenant_id == tenant_id, Job.status == JobStatus.QUEUED)
+    statement = (
+        update(JobOutbox)
+        .where(col(JobOutbox.job_id).in_(queued.scalar_subquery()))
+        .values(created_at=due, enqueued_at=None)
+        .returning(col(JobOutbox.job_id))
+    )
+    return [row[0] for row in session.execute(statement)]
+
+
+def finished_before(session: Session, status: JobStatus, cutoff: datetime, limit: int) -> Sequence[Job]:
+    """Jobs in a terminal status that finished before the cutoff, oldest first, locked for one sweeper."""
+    statement = (
+        select(Job)
+        .where(Job.status == status, col(Job.finished_at) < cutoff)
+        .order_by(col(Job.finished_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return session.exec(statement).all()
+
+
+def succeeded_with_artifact(session: Session, key: str) -> Job | None:
+    """The SUCCEEDED job whose file is stored under key, locked."""
+    statement = (
+        select(Job).where(Job.artifact_key == key, Job.status == JobStatus.SUCCEEDED).with_for_update()
+    )
+    return session.exec(statement).first()
+
+
+def get_by_id(session: Session, job_id: str) -> Job | None:
+    """Any tenant's job by id (workers and the API's job feed)."""
+    return session.get(Job, job_id)

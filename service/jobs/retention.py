@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from service.jobs import service
-from service.jobs.models import Job, JobStatus
+from service.jobs import repository, service
+from service.jobs.models import JobStatus
 from service.models import utcnow
 from service.settings import get_settings
-from service.storage.factory import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -24,23 +23,10 @@ def expire_artifacts(session: Session) -> int:
     """Delete the files of succeeded jobs past RETENTION_ARTIFACT_DAYS; those jobs become EXPIRED."""
     settings = get_settings()
     cutoff = utcnow() - timedelta(days=settings.retention_artifact_days)
-    jobs = session.exec(
-        select(Job)
-        .where(Job.status == JobStatus.SUCCEEDED, col(Job.finished_at) < cutoff)
-        .order_by(col(Job.finished_at))
-        .limit(settings.retention_batch)
-        .with_for_update(skip_locked=True)
-    ).all()
+    jobs = repository.finished_before(session, JobStatus.SUCCEEDED, cutoff, settings.retention_batch)
     for job in jobs:
-        expire(session, job)
+        service.expire(session, job, "the file has expired")
     return len(jobs)
-
-
-def expire(session: Session, job: Job) -> None:
-    """The job's file is gone (or goes now): SUCCEEDED → EXPIRED."""
-    if job.artifact_key:
-        get_storage().delete(job.artifact_key)
-    service.transition(session, job, JobStatus.EXPIRED, message="the file has expired")
 
 
 def delete_old_jobs(session: Session) -> int:
@@ -55,13 +41,8 @@ def delete_old_jobs(session: Session) -> int:
     }
     deleted = 0
     for status, days in keep_days.items():
-        jobs = session.exec(
-            select(Job)
-            .where(Job.status == status, col(Job.finished_at) < now - timedelta(days=days))
-            .order_by(col(Job.finished_at))
-            .limit(settings.retention_batch)
-            .with_for_update(skip_locked=True)
-        ).all()
+        cutoff = now - timedelta(days=days)
+        jobs = repository.finished_before(session, status, cutoff, settings.retention_batch)
         for job in jobs:
             service.delete(session, job)
         deleted += len(jobs)

@@ -18,19 +18,19 @@ from types import TracebackType
 from rq.timeouts import JobTimeoutException
 from sqlmodel import Session
 
+from observability.metrics import record_job_finished, record_queue_wait
 from observability.tracing import continue_trace, flush, get_tracer, set_ids
 from service.db import session_scope
 from service.jobs import repository, service
 from service.jobs.dispatch import drop_waiting
+from service.jobs.kinds import ArtifactOutput, JobFailure, Kind, get_kind
 from service.jobs.models import Job, JobStatus
-from service.kinds.base import ArtifactOutput, JobFailure, Kind
-from service.kinds.registry import get_kind
 from service.models import utcnow
 from service.outages import is_outage, log_failure
 from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
-from service.tenants.limits import limits_for
+from service.tenants.service import limits_for
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +237,18 @@ def _finish_failed(job_id: str, code: str, message: str, retryable: bool, kind: 
             )
         else:
             service.fail(session, job, code=code, message=message, retryable=retryable)
+
+
+def record_run_metrics(job_id: str) -> None:
+    """Record the job's queue wait and, once finished, its duration (in the worker's long-lived parent:
+    what a forked work horse records dies with it)."""
+    try:
+        with session_scope() as session:
+            row = repository.get_by_id(session, job_id)
+            if row is None or row.started_at is None:
+                return
+            record_queue_wait(row.kind, (row.started_at - row.created_at).total_seconds())
+            if row.finished_at is not None:
+                record_job_finished(row.kind, row.status, (row.finished_at - row.started_at).total_seconds())
+    except Exception as error:
+        log.warning("could not record metrics of job %s: %s", job_id, error, exc_info=not is_outage(error))

@@ -1,38 +1,49 @@
-"""Job rules: creation (with idempotency), the one place that changes status, progress, retries,
-cancel and delete."""
+"""Job rules: creation (with idempotency and the tenant's limits), the one place that changes
+status, progress, retries, cancel and delete, and the reads the API and exports need."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from callbacks.events import publish_job_event
-from observability.metrics import record_job_created
+from observability.metrics import record_job_created, record_rate_limited
 from observability.tracing import inject, set_ids
 from service.db import after_commit
-from service.errors import IdempotencyConflictError, InvalidStateError, QuotaExceededError, ValidationError
+from service.errors import (
+    IdempotencyConflictError,
+    InvalidStateError,
+    NotFoundError,
+    QuotaExceededError,
+    ValidationError,
+)
+from service.ids import has_prefix
+from service.jobs import repository
 from service.jobs.dispatch import dequeue_job, enqueue_job
+from service.jobs.kinds import get_kind
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
-from service.jobs.repository import JobRepository, remove_from_outbox
-from service.jobs.states import EVENT_TYPES, check_transition
+from service.jobs.payloads import job_data
+from service.jobs.repository import JobRepository
+from service.jobs.states import STATUS_EVENTS, check_transition
 from service.jobs.updates import announce
-from service.kinds.registry import get_kind
 from service.models import utcnow
 from service.settings import get_settings
 from service.storage.base import StoredObject
 from service.storage.factory import get_storage
-from service.tenants.limits import Limits
+from service.tenants.service import check_rate
+from service.webhooks.events import JOB_EVENT_TYPES
+from service.webhooks.service import forget_artifact, publish
 
 MAX_IDEMPOTENCY_KEY = 200
 MIN_PROGRESS_FOR_ESTIMATE = 0.05
 MIN_SECONDS_FOR_ESTIMATE = 1.0
+MAX_PAGE = 100
 
 
 def validate_input(kind_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -58,44 +69,44 @@ def input_fingerprint(kind_name: str, params: dict[str, Any]) -> str:
 def record_event(session: Session, job: Job, event_type: str, data: dict[str, Any] | None = None) -> None:
     """Append a line to the job's audit trail and publish its webhook event, in the caller's transaction."""
     session.add(JobEvent(job_id=job.id, tenant_id=job.tenant_id, type=event_type, data=data))
-    publish_job_event(session, job, event_type, data)
+    if event_type in JOB_EVENT_TYPES:
+        artifact_key = job.artifact_key if event_type == STATUS_EVENTS[JobStatus.SUCCEEDED] else None
+        body = {**job_data(job), **(data or {})}
+        publish(session, job.tenant_id, event_type, body, job_id=job.id, artifact_key=artifact_key)
 
 
 def create_job(
-    session: Session,
-    tenant_id: str,
-    kind_name: str,
-    raw_input: dict[str, Any],
-    idempotency_key: str | None,
-    *,
-    limits: Limits | None = None,
+    session: Session, tenant_id: str, kind_name: str, raw_input: dict[str, Any], idempotency_key: str | None
 ) -> Job:
     """A new QUEUED job, its first event and its outbox row; enqueued once the caller commits.
 
     With an idempotency key already used by this tenant: the same input returns the earlier job
-    (nothing new is written or enqueued); a different input is an IDEMPOTENCY_CONFLICT. Keys live as
-    long as their job: nothing removes a job (and so its key) before retention, which is over 24 h.
-    With `limits` (the tenant's plan): text over max_text_chars is a VALIDATION error, and a tenant
-    already holding max_queued QUEUED jobs gets QUOTA_EXCEEDED (a soft cap: requests racing each
-    other may pass it by their number).
+    (nothing new is written or enqueued, and no rate-limit token is taken); a different input is an
+    IDEMPOTENCY_CONFLICT. Keys live as long as their job: nothing removes a job (and so its key)
+    before retention, which is over 24 h. The tenant's plan applies: RATE_LIMITED past its mutation
+    rate, text over max_text_chars is a VALIDATION error, and a tenant already holding max_queued
+    QUEUED jobs gets QUOTA_EXCEEDED (a soft cap: requests racing each other may pass it by their number).
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationError(
             f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} characters", field=["input", "idempotencyKey"]
         )
+    jobs = JobRepository(session, tenant_id)
+    earlier = jobs.by_idempotency_key(idempotency_key) if idempotency_key is not None else None
+    if earlier is not None:
+        return _same_request_or_conflict(
+            earlier, input_fingerprint(kind_name, validate_input(kind_name, raw_input))
+        )
+    limits = check_rate(session, tenant_id)
     text = raw_input.get("text")
-    if limits is not None and isinstance(text, str) and len(text) > limits.max_text_chars:
+    if isinstance(text, str) and len(text) > limits.max_text_chars:
         raise ValidationError(
             f"text: must be at most {limits.max_text_chars} characters on this plan", field=["input", "text"]
         )
     params = validate_input(kind_name, raw_input)
     fingerprint = input_fingerprint(kind_name, params)
-    jobs = JobRepository(session, tenant_id)
-    if idempotency_key is not None:
-        earlier = jobs.by_idempotency_key(idempotency_key)
-        if earlier is not None:
-            return _same_request_or_conflict(earlier, fingerprint)
-    if limits is not None and jobs.count_in([JobStatus.QUEUED]) >= limits.max_queued:
+    if jobs.count_in([JobStatus.QUEUED]) >= limits.max_queued:
+        record_rate_limited("quota")
         raise QuotaExceededError(
             f"this tenant already has {limits.max_queued} queued jobs (its plan's maximum); "
             "try again when some have started",
@@ -113,7 +124,7 @@ def create_job(
 
     def write() -> None:
         jobs.stage(job)
-        record_event(session, job, EVENT_TYPES[JobStatus.QUEUED], {"kind": kind_name})
+        record_event(session, job, STATUS_EVENTS[JobStatus.QUEUED], {"kind": kind_name})
         session.add(JobOutbox(job_id=job.id))
         session.flush()
 
@@ -167,7 +178,7 @@ def transition(
     if target is JobStatus.SUCCEEDED:
         job.progress = 1.0
     session.add(job)
-    record_event(session, job, EVENT_TYPES[target], data)
+    record_event(session, job, STATUS_EVENTS[target], data)
     session.flush()
     job_id = job.id
     after_commit(session, lambda: announce(job_id))
@@ -225,27 +236,14 @@ def defer(session: Session, job: Job, *, delay: float) -> None:
     """Leave a QUEUED job queued and let the sweep hand it to RQ again after `delay` seconds.
 
     Not a retry: no attempt is counted and no event recorded (its tenant is at max_running)."""
-    later = utcnow() + timedelta(seconds=delay)
-    statement = (
-        update(JobOutbox).where(col(JobOutbox.job_id) == job.id).values(created_at=later, enqueued_at=None)
-    )
-    if session.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
-        session.add(JobOutbox(job_id=job.id, created_at=later))
-    session.flush()
+    repository.set_outbox_due(session, job.id, utcnow() + timedelta(seconds=delay))
+    record_rate_limited("concurrency")
 
 
 def park_tenant_queue(session: Session, tenant_id: str, *, delay: float) -> list[str]:
     """Defer every QUEUED job of the tenant (it is at max_running): the ids, to take out of RQ so the
     workers find other tenants' jobs next instead of skipping this tenant's one by one."""
-    later = utcnow() + timedelta(seconds=delay)
-    queued = select(Job.id).where(Job.tenant_id == tenant_id, Job.status == JobStatus.QUEUED)
-    statement = (
-        update(JobOutbox)
-        .where(col(JobOutbox.job_id).in_(queued.scalar_subquery()))
-        .values(created_at=later, enqueued_at=None)
-        .returning(col(JobOutbox.job_id))
-    )
-    return [row[0] for row in session.execute(statement)]
+    return repository.defer_queued_of_tenant(session, tenant_id, utcnow() + timedelta(seconds=delay))
 
 
 def retry_delay(attempt: int) -> float:
@@ -262,7 +260,7 @@ def cancel(session: Session, job: Job) -> None:
         return
     if status is JobStatus.QUEUED:
         transition(session, job, JobStatus.CANCELED, message="canceled")
-        remove_from_outbox(session, job.id)
+        repository.remove_from_outbox(session, job.id)
         job_id = job.id
         after_commit(session, lambda: dequeue_job(job_id))
         return
@@ -278,8 +276,38 @@ def delete(session: Session, job: Job) -> None:
         raise InvalidStateError(f"a {job.status} job cannot be deleted; cancel it first", field=["id"])
     if job.artifact_key:
         get_storage().delete(job.artifact_key)
+        forget_artifact(session, job.id)
     session.delete(job)
     session.flush()
+
+
+def expire(session: Session, job: Job, message: str) -> None:
+    """The job's file is gone (or goes now): SUCCEEDED → EXPIRED."""
+    if job.artifact_key:
+        get_storage().delete(job.artifact_key)
+        forget_artifact(session, job.id)
+    transition(session, job, JobStatus.EXPIRED, message=message)
+
+
+def expire_missing_artifact(session: Session, key: str) -> None:
+    """A download found no file: the SUCCEEDED job whose file it was becomes EXPIRED."""
+    job = repository.succeeded_with_artifact(session, key)
+    if job is not None:
+        expire(session, job, "the file is gone")
+
+
+def download_url(job: Job, expires_in: int) -> str:
+    """A plain HTTP GET URL for the job's file, valid for expires_in seconds (clamped to the maximum)."""
+    if expires_in < 1:
+        raise ValidationError("expiresIn must be at least 1 second", field=["expiresIn"])
+    if job.artifact_key is None:
+        raise InvalidStateError("the job has no file", field=["id"])
+    return get_storage().signed_url(
+        job.artifact_key,
+        filename=job.artifact_filename or "",
+        content_type=job.artifact_content_type or "",
+        expires_in=min(expires_in, get_settings().download_url_max_expiry),
+    )
 
 
 def estimated_completion(job: Job, now: datetime) -> datetime | None:
@@ -290,3 +318,82 @@ def estimated_completion(job: Job, now: datetime) -> datetime | None:
     if job.progress < MIN_PROGRESS_FOR_ESTIMATE or elapsed < MIN_SECONDS_FOR_ESTIMATE:
         return None
     return job.started_at + timedelta(seconds=elapsed / job.progress)
+
+
+# --- reads and the tenant's own actions -----------------------------------------------------------
+
+
+def find_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    """The tenant's job, or None (another tenant's id is as absent as any)."""
+    return JobRepository(session, tenant_id).get(job_id) if has_prefix(job_id, "job") else None
+
+
+def owned_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job, locked, or NOT_FOUND."""
+    row = (
+        JobRepository(session, tenant_id).get(job_id, for_update=True) if has_prefix(job_id, "job") else None
+    )
+    if row is None:
+        raise NotFoundError("no such job", field=["id"])
+    return row
+
+
+def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Cancel the tenant's job (see cancel)."""
+    job = owned_job(session, tenant_id, job_id)
+    cancel(session, job)
+    return job
+
+
+def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
+    """Delete the tenant's finished job (see delete)."""
+    delete(session, owned_job(session, tenant_id, job_id))
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    *,
+    first: int,
+    after_id: str | None,
+    statuses: Sequence[JobStatus],
+    kind: str | None,
+) -> tuple[list[Job], bool]:
+    """The tenant's jobs, newest first, after a job id: a page of at most `first`, and whether more follow."""
+    if not 0 <= first <= MAX_PAGE:
+        raise ValidationError(f"first must be between 0 and {MAX_PAGE}", field=["first"])
+    rows = JobRepository(session, tenant_id).page(
+        first=first, after_id=after_id, statuses=statuses, kind=kind
+    )
+    return rows[:first], len(rows) > first
+
+
+def job_events(session: Session, tenant_id: str, job_id: str) -> list[JobEvent]:
+    """The job's audit trail, oldest first."""
+    return JobRepository(session, tenant_id).events(job_id)
+
+
+def count_by_status(session: Session, tenant_id: str) -> dict[str, int]:
+    return JobRepository(session, tenant_id).count_by_status()
+
+
+def count_jobs(session: Session, tenant_id: str, since: datetime | None) -> int:
+    return JobRepository(session, tenant_id).count_since(since)
+
+
+def job_history(session: Session, tenant_id: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+    """The tenant's jobs since a time as export rows, oldest first, streamed."""
+    for job in JobRepository(session, tenant_id).history(since):
+        yield {
+            "record": "job",
+            "id": job.id,
+            "created_at": job.created_at.isoformat(),
+            "kind": job.kind,
+            "status": job.status,
+            "attempt": job.attempt,
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "error_code": job.error_code,
+            "artifact_filename": job.artifact_filename,
+            "artifact_byte_size": job.artifact_byte_size,
+        }

@@ -5,29 +5,30 @@ from __future__ import annotations
 from service.errors import InvalidStateError
 from service.jobs.models import JobStatus
 
-S = JobStatus
-
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELING, S.QUEUED}),
-    S.CANCELING: frozenset({S.CANCELED, S.SUCCEEDED, S.FAILED}),
-    S.SUCCEEDED: frozenset({S.EXPIRED}),
-    S.FAILED: frozenset(),
-    S.CANCELED: frozenset(),
-    S.EXPIRED: frozenset(),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELING, JobStatus.QUEUED}
+    ),
+    JobStatus.CANCELING: frozenset({JobStatus.CANCELED, JobStatus.SUCCEEDED, JobStatus.FAILED}),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.EXPIRED}),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+    JobStatus.EXPIRED: frozenset(),
 }
 """RUNNING → QUEUED is a retry (a transient error, or a worker lost mid-job). A job being canceled
 may still finish on its own before the handler notices, so CANCELING → SUCCEEDED | FAILED is legal."""
 
-EVENT_TYPES: dict[JobStatus, str] = {
-    S.QUEUED: "job.queued",
-    S.RUNNING: "job.started",
-    S.SUCCEEDED: "job.succeeded",
-    S.FAILED: "job.failed",
-    S.CANCELING: "job.canceling",
-    S.CANCELED: "job.canceled",
-    S.EXPIRED: "job.expired",
+STATUS_EVENTS: dict[JobStatus, str] = {
+    JobStatus.QUEUED: "job.queued",
+    JobStatus.RUNNING: "job.started",
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELING: "job.canceling",
+    JobStatus.CANCELED: "job.canceled",
+    JobStatus.EXPIRED: "job.expired",
 }
+"""The audit-trail event each status is entered with (webhooks carry those tenants subscribe to)."""
 
 
 def check_transition(current: JobStatus, target: JobStatus) -> None:

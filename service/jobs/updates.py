@@ -1,6 +1,7 @@
 """Live job changes over Redis pub/sub: workers announce after commit, the API fans them out.
 
-Pub/sub is only a doorbell: a message says "job X changed". Each API process holds one Redis
+This module also serves the API's waits: a long poll (`wait_for_change`) and a subscription
+(`follow`). Pub/sub is only a doorbell: a message says "job X changed". Each API process holds one Redis
 subscription and, per change, reads the job from Postgres once, whatever the number of its local
 watchers (subscriptions, long polls). A message lost while Redis was away costs nothing: on
 reconnecting the feed re-reads every watched job, and watchers re-read on a timer anyway.
@@ -11,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 
 import anyio.to_thread
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from service.db import session_scope
-from service.jobs.models import Job
+from service.db import session_scope, tenant_session_scope
+from service.errors import NotFoundError, QuotaExceededError, ValidationError
+from service.ids import has_prefix
+from service.jobs.models import TERMINAL_STATUSES, Job
+from service.jobs.repository import JobRepository, get_by_id
 from service.outages import log_failure
 from service.redis import get_redis
 from service.settings import get_settings
@@ -27,6 +31,9 @@ from service.settings import get_settings
 log = logging.getLogger(__name__)
 
 PREFIX = "claimcheck:job-updates:"
+RECHECK_SECONDS = 15.0
+"""A subscription re-reads its job this often without a message: a lost message costs at most this."""
+_open_subscriptions: Counter[str] = Counter()  # per tenant, in this API process
 
 
 def channel(job_id: str) -> str:
@@ -43,7 +50,7 @@ def announce(job_id: str) -> None:
 
 def _load(job_id: str) -> Job | None:
     with session_scope() as session:
-        return session.get(Job, job_id)
+        return get_by_id(session, job_id)
 
 
 class JobFeed:
@@ -140,3 +147,70 @@ def job_feed() -> JobFeed:
     if loop not in _feeds:
         _feeds[loop] = JobFeed()
     return _feeds[loop]
+
+
+# --- the API's waits -------------------------------------------------------------------------------
+
+
+def load_job(tenant_id: str, job_id: str) -> Job | None:
+    """The tenant's job in a short session of its own (waits must not hold a connection)."""
+    if not has_prefix(job_id, "job"):
+        return None
+    with tenant_session_scope(tenant_id) as session:
+        return JobRepository(session, tenant_id).get(job_id)
+
+
+def _snapshot(row: Job) -> tuple[str, float, str | None]:
+    return (row.status, row.progress, row.message)
+
+
+async def find_job(tenant_id: str, job_id: str, wait_seconds: int | None) -> Job | None:
+    """The tenant's job; with wait_seconds (at most MAX_WAIT_SECONDS), once it changes from how it is
+    now, or as it is when the wait ends."""
+    limit = get_settings().max_wait_seconds
+    if wait_seconds is not None and not 0 <= wait_seconds <= limit:
+        raise ValidationError(f"waitSeconds must be 0 to {limit}", field=["waitSeconds"])
+    row = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)
+    if row is None or not wait_seconds or row.status in TERMINAL_STATUSES:
+        return row
+    async with job_feed().watch(row.id) as changes:
+        current = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)  # it may have changed already
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_seconds):
+                while current is not None and _snapshot(current) == _snapshot(row):
+                    current = await changes.get()
+    return current
+
+
+async def follow(tenant_id: str, job_id: str) -> AsyncIterator[Job]:
+    """The job now, then each change of status, progress or message, until a terminal status.
+
+    NOT_FOUND for a job the tenant does not have; QUOTA_EXCEEDED past the tenant's open subscriptions.
+    """
+    if _open_subscriptions[tenant_id] >= get_settings().max_subscriptions_per_tenant:
+        raise QuotaExceededError("too many open subscriptions for this tenant")
+    _open_subscriptions[tenant_id] += 1
+    try:
+        async with job_feed().watch(job_id) as changes:
+            row = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)
+            if row is None:
+                raise NotFoundError("no such job", field=["id"])
+            yield row
+            last = _snapshot(row)
+            while row.status not in TERMINAL_STATUSES:
+                current: Job | None = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECHECK_SECONDS):
+                        current = await changes.get()
+                while not changes.empty():
+                    current = changes.get_nowait()  # only the newest matters
+                if current is None:
+                    current = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)
+                if current is None or current.tenant_id != tenant_id:
+                    return
+                row = current
+                if _snapshot(row) != last:
+                    last = _snapshot(row)
+                    yield row
+    finally:
+        _open_subscriptions[tenant_id] -= 1

@@ -15,16 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, field_validator
-from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from callbacks.models import WebhookDelivery, WebhookEvent
 from service.db import session_scope
-from service.jobs.models import Job
-from service.kinds.base import ArtifactOutput, JobContext, Kind
-from service.kinds.registry import register
+from service.jobs.kinds import ArtifactOutput, JobContext, Kind, register
+from service.jobs.service import count_jobs, job_history
+from service.webhooks.service import count_deliveries, delivery_history
 
-BATCH_ROWS = 500
 CHUNK_BYTES = 64 * 1024
 COLUMNS = (
     "record",
@@ -68,59 +65,8 @@ class ExportInput(BaseModel):
         return since
 
 
-def _job_rows(session: Session, tenant_id: str, since: datetime | None) -> Iterator[dict[str, Any]]:
-    statement = select(Job).where(col(Job.tenant_id) == tenant_id)
-    if since is not None:
-        statement = statement.where(col(Job.created_at) >= since)
-    for job in session.scalars(statement.order_by(col(Job.id)).execution_options(yield_per=BATCH_ROWS)):
-        yield {
-            "record": "job",
-            "id": job.id,
-            "created_at": job.created_at.isoformat(),
-            "kind": job.kind,
-            "status": job.status,
-            "attempt": job.attempt,
-            "started_at": job.started_at.isoformat() if job.started_at else None,
-            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-            "error_code": job.error_code,
-            "artifact_filename": job.artifact_filename,
-            "artifact_byte_size": job.artifact_byte_size,
-        }
-
-
-def _delivery_rows(session: Session, tenant_id: str, since: datetime | None) -> Iterator[dict[str, Any]]:
-    statement = (
-        select(WebhookDelivery, col(WebhookEvent.type))
-        .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
-        .where(col(WebhookDelivery.tenant_id) == tenant_id)
-    )
-    if since is not None:
-        statement = statement.where(col(WebhookDelivery.created_at) >= since)
-    rows = session.execute(
-        statement.order_by(col(WebhookDelivery.id)).execution_options(yield_per=BATCH_ROWS)
-    )
-    for delivery, event_type in rows:
-        yield {
-            "record": "webhook_delivery",
-            "id": delivery.id,
-            "created_at": delivery.created_at.isoformat(),
-            "status": delivery.status,
-            "event_id": delivery.event_id,
-            "event_type": event_type,
-            "endpoint_id": delivery.endpoint_id,
-            "attempts": delivery.attempt_count,
-        }
-
-
 def _count(session: Session, tenant_id: str, since: datetime | None) -> int:
-    jobs = select(func.count()).select_from(Job).where(col(Job.tenant_id) == tenant_id)
-    deliveries = (
-        select(func.count()).select_from(WebhookDelivery).where(col(WebhookDelivery.tenant_id) == tenant_id)
-    )
-    if since is not None:
-        jobs = jobs.where(col(Job.created_at) >= since)
-        deliveries = deliveries.where(col(WebhookDelivery.created_at) >= since)
-    return int(session.execute(jobs).scalar_one()) + int(session.execute(deliveries).scalar_one())
+    return count_jobs(session, tenant_id, since) + count_deliveries(session, tenant_id, since)
 
 
 def _encode(rows: Iterator[dict[str, Any]], export_format: ExportFormat) -> Iterator[str]:
@@ -168,8 +114,8 @@ def export_history(ctx: JobContext, params: ExportInput) -> ArtifactOutput:
 
 
 def _rows(session: Session, tenant_id: str, since: datetime | None) -> Iterator[dict[str, Any]]:
-    yield from _job_rows(session, tenant_id, since)
-    yield from _delivery_rows(session, tenant_id, since)
+    yield from job_history(session, tenant_id, since)
+    yield from delivery_history(session, tenant_id, since)
 
 
 EXPORT = register(

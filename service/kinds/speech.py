@@ -12,9 +12,8 @@ from typing import IO
 
 from pydantic import BaseModel, field_validator
 
+from service.jobs.kinds import ArtifactOutput, JobContext, Kind, register
 from service.kinds import espeak
-from service.kinds.base import ArtifactOutput, JobContext, Kind
-from service.kinds.registry import register
 from service.settings import get_settings
 
 CHUNK_BYTES = 256 * 1024

@@ -425,7 +425,7 @@ class _RangeReader(io.RawIOBase):
         return b"".join(parts)
 
 
-def _forget_request_body(response: Any, *args: Any, **kwargs: Any) -> Any:
+def _forget_request_body(response: Any, *_args: Any, **_kwargs: Any) -> Any:
     """A requests response hook: drop the sent body once answered (a redirect may still need it)."""
     if not response.is_redirect and response.request is not None:
         response.request.body = None

@@ -28,7 +28,12 @@ class LocalStorage:
         return path
 
     def put_stream(
-        self, key: str, chunks: Iterable[bytes], *, content_type: str, filename: str
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str,  # noqa: ARG002 - a file keeps no content type or name: download tokens carry them
+        filename: str,  # noqa: ARG002
     ) -> StoredObject:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)

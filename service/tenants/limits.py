@@ -1,76 +1,21 @@
-"""Plan limits: what a tenant may do, and the Redis rate limiter for job-creating mutations.
-
-Plans come from settings (``PLANS``); a tenant row names its plan and may override single limits in
-its ``limits`` column. Rate limiting is GCRA in one Lua script, so the check and the update are one
-atomic step in Redis whatever the number of API processes, and Redis's own clock is the only clock.
-"""
+"""The per-tenant rate limiter: GCRA in one Lua script, so the check and the update are one atomic
+step in Redis whatever the number of API processes, and Redis's own clock is the only clock."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlmodel import Session, select
 
 from service import outages
 from service.errors import RateLimitedError
+from service.plans import Limits
+from service.redis import get_redis
 
 log = logging.getLogger(__name__)
-
-LIMIT_NAMES = (
-    "mutations_per_minute",
-    "burst",
-    "max_running",
-    "max_queued",
-    "max_text_chars",
-    "max_webhook_endpoints",
-)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """One tenant's effective limits (mutations_per_minute 0: no rate limit)."""
-
-    mutations_per_minute: int
-    burst: int
-    max_running: int
-    max_queued: int
-    max_text_chars: int
-    max_webhook_endpoints: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-assert tuple(f.name for f in fields(Limits)) == LIMIT_NAMES
-
-
-def resolve_limits(plan: str, overrides: Mapping[str, Any] | None) -> Limits:
-    """The plan's limits (the default plan's for an unknown name) with the tenant's overrides on top."""
-    from service.settings import get_settings
-
-    settings = get_settings()
-    values = dict(settings.plans.get(plan) or settings.plans[settings.default_plan])
-    for name, value in (overrides or {}).items():
-        if name in LIMIT_NAMES and isinstance(value, int) and value >= 0:
-            values[name] = value
-    return Limits(**{name: int(values[name]) for name in LIMIT_NAMES})
-
-
-def limits_for(session: Session, tenant_id: str) -> Limits:
-    """The effective limits of a tenant (the default plan's if the row is not visible)."""
-    from service.tenants.models import Tenant
-
-    row = session.exec(select(Tenant.plan, Tenant.limits).where(Tenant.id == tenant_id)).first()
-    plan, overrides = row if row is not None else ("", None)
-    return resolve_limits(plan, overrides)
-
 
 # GCRA: the bucket key holds the theoretical arrival time (TAT, ms). A request is allowed when the new
 # TAT is at most `burst` emission intervals ahead of now. Returns {allowed, retry_after_ms}.
@@ -125,19 +70,7 @@ _limiter: RateLimiter | None = None
 def get_rate_limiter() -> RateLimiter:
     """The process-wide limiter on the process-wide Redis connection."""
     global _limiter
-    from service.redis import get_redis
-
     redis = get_redis()
     if _limiter is None or _limiter.redis is not redis:
         _limiter = RateLimiter(redis)
     return _limiter
-
-
-def check_rate(session: Session, tenant_id: str) -> Limits:
-    """The tenant's limits, after taking a token from its mutation bucket (RATE_LIMITED when empty)."""
-    from service.settings import get_settings
-
-    limits = limits_for(session, tenant_id)
-    if get_settings().rate_limits_enabled:
-        get_rate_limiter().check(tenant_id, limits)
-    return limits

@@ -1,4 +1,4 @@
-"""Tenant and API key rules: creation, revocation, authentication."""
+"""Tenant and API key rules: creation, revocation, authentication, plan limits and the rate limit."""
 
 from __future__ import annotations
 
@@ -7,28 +7,25 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, func, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from service.errors import NotFoundError, ValidationError
+from observability.metrics import record_rate_limited
+from service.errors import NotFoundError, RateLimitedError, ValidationError
 from service.models import utcnow
 from service.outages import is_outage
+from service.plans import Limits, resolve_limits
+from service.principal import Principal
+from service.redis import get_redis
+from service.settings import get_settings
+from service.tenants import repository
 from service.tenants.keys import generate_key, hash_key, key_matches, parse_key
+from service.tenants.limits import get_rate_limiter
 from service.tenants.models import ALL_SCOPES, ApiKey, Tenant
 
 log = logging.getLogger(__name__)
 
 LAST_USED_HASH = "apikeys:last_used"
 """Redis hash key id -> Unix time of a use, until the scheduler writes it to api_keys.last_used_at."""
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the tenant and the key's scopes."""
-
-    tenant_id: str
-    key_id: str
-    scopes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -50,12 +47,19 @@ def create_tenant(session: Session, name: str, *, server_secret: str) -> tuple[T
     return tenant, create_key(session, tenant.id, server_secret=server_secret)
 
 
+def get_tenant(session: Session, tenant_id: str) -> Tenant:
+    """The tenant, or NOT_FOUND."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFoundError(f"no tenant {tenant_id}", field=["tenant"])
+    return tenant
+
+
 def create_key(
     session: Session, tenant_id: str, *, server_secret: str, scopes: list[str] | None = None
 ) -> IssuedKey:
     """A new API key for an existing tenant."""
-    if session.get(Tenant, tenant_id) is None:
-        raise NotFoundError(f"no tenant {tenant_id}", field=["tenant"])
+    get_tenant(session, tenant_id)
     chosen = sorted(set(scopes)) if scopes else list(ALL_SCOPES)
     unknown = [scope for scope in chosen if scope not in ALL_SCOPES]
     if unknown:
@@ -94,10 +98,7 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
     parsed = parse_key(token.strip())
     if parsed is None:
         return None
-    # Plain columns, not an ApiKey object: this runs on every request.
-    columns = (ApiKey.id, ApiKey.tenant_id, ApiKey.key_hash, ApiKey.scopes)
-    statement = select(*columns).where(ApiKey.prefix == parsed.prefix, col(ApiKey.revoked_at).is_(None))
-    row = session.exec(statement).first()
+    row = repository.active_key_by_prefix(session, parsed.prefix)
     if row is None:
         return None
     key_id, tenant_id, key_hash, scopes = row
@@ -112,9 +113,6 @@ def note_key_used(key_id: str) -> None:
     A short-lived "seen" marker (SET NX EX) makes all but the first request of each period a single
     cheap no-op; the scheduler moves the times to Postgres (flush_key_last_used).
     """
-    from service.redis import get_redis
-    from service.settings import get_settings
-
     try:
         redis = get_redis()
         resolution = get_settings().key_last_used_resolution_seconds
@@ -128,34 +126,36 @@ def note_key_used(key_id: str) -> None:
 
 def flush_key_last_used(session: Session) -> int:
     """Write the uses Redis collected to api_keys.last_used_at (never moving it backwards); how many."""
-    from service.redis import get_redis
-
     with get_redis().pipeline(transaction=True) as pipe:
         pipe.hgetall(LAST_USED_HASH)
         pipe.delete(LAST_USED_HASH)
         collected, _ = pipe.execute()
     if not collected:
         return 0
-    rows = [
-        {"key_id": key.decode(), "used_at": datetime.fromtimestamp(int(value), UTC)}
-        for key, value in collected.items()
-    ]
-    statement = (
-        update(ApiKey)
-        .where(col(ApiKey.id) == bindparam("key_id"))
-        .values(
-            last_used_at=func.greatest(
-                func.coalesce(ApiKey.last_used_at, bindparam("used_at")), bindparam("used_at")
-            )
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.connection().execute(statement, rows)
-    return len(rows)
+    uses = [(key.decode(), datetime.fromtimestamp(int(value), UTC)) for key, value in collected.items()]
+    repository.record_key_uses(session, uses)
+    return len(uses)
 
 
 def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     """A tenant's keys, oldest first (never their secrets: only prefix and hash are stored)."""
-    return list(
-        session.exec(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(col(ApiKey.created_at)))
-    )
+    return repository.keys_of(session, tenant_id)
+
+
+def limits_for(session: Session, tenant_id: str) -> Limits:
+    """The effective limits of a tenant (the default plan's if the row is not visible)."""
+    plan, overrides = repository.plan_of(session, tenant_id) or ("", None)
+    settings = get_settings()
+    return resolve_limits(settings.plans, settings.default_plan, plan, overrides)
+
+
+def check_rate(session: Session, tenant_id: str) -> Limits:
+    """The tenant's limits, after taking a token from its mutation bucket (RATE_LIMITED when empty)."""
+    limits = limits_for(session, tenant_id)
+    if get_settings().rate_limits_enabled:
+        try:
+            get_rate_limiter().check(tenant_id, limits)
+        except RateLimitedError:
+            record_rate_limited("rate")
+            raise
+    return limits

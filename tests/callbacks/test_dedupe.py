@@ -44,9 +44,14 @@ def test_an_id_is_handled_once(make_dedupe: MakeDedupe) -> None:
 
 def test_a_failed_handler_releases_the_claim_for_the_retry(make_dedupe: MakeDedupe) -> None:
     dedupe = make_dedupe()
-    with pytest.raises(Failure), dedupe.claim("evt_1") as first:
-        assert first
-        raise Failure
+
+    def handle_and_fail() -> None:
+        with dedupe.claim("evt_1") as first:
+            assert first
+            raise Failure
+
+    with pytest.raises(Failure):
+        handle_and_fail()
     with dedupe.claim("evt_1") as first:
         assert first
     with dedupe.claim("evt_1") as first:
@@ -78,12 +83,17 @@ def test_a_crashed_handlers_lease_expires(make_dedupe: MakeDedupe) -> None:
 
 def test_a_late_failure_does_not_release_a_newer_claim(make_dedupe: MakeDedupe) -> None:
     dedupe = make_dedupe(lease=0.2)
-    with pytest.raises(Failure), dedupe.claim("evt_1") as slow:
-        assert slow
-        time.sleep(0.3)  # the lease runs out; another handler takes over
-        newer = dedupe.claim("evt_1")
-        assert newer.__enter__()
-        raise Failure
+    newer = dedupe.claim("evt_1")
+
+    def fail_after_the_lease() -> None:
+        with dedupe.claim("evt_1") as slow:
+            assert slow
+            time.sleep(0.3)  # the lease runs out; another handler takes over
+            assert newer.__enter__()
+            raise Failure
+
+    with pytest.raises(Failure):
+        fail_after_the_lease()
     with pytest.raises(InProgressError), dedupe.claim("evt_1"):
         pass
     newer.__exit__(None, None, None)

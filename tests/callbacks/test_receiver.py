@@ -72,7 +72,8 @@ def receiver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             receiver.events()
             break
         except httpx.TransportError:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
     yield receiver
     process.terminate()

@@ -67,7 +67,9 @@ def test_concurrent_requests_with_one_key_and_input_make_one_job_and_one_enqueue
             ).one()
         # One job, one event, one outbox row: the losers' writes (and their after-commit enqueues,
         # registered in the same savepoint) were rolled back; only the creator enqueues.
-        assert jobs == 1 and queued_events == 1 and outbox <= 1  # 0 once a worker started it
+        assert jobs == 1
+        assert queued_events == 1
+        assert outbox <= 1  # 0 once a worker started it
 
 
 def test_concurrent_requests_with_one_key_and_different_inputs_conflict(

@@ -56,13 +56,15 @@ def test_bad_speech_input_is_a_validation_user_error_and_writes_nothing(
 
 def test_text_with_newlines_tabs_and_unicode_is_accepted(gql: GraphQLClient) -> None:
     payload = _create(gql, text="Grüße!\n\tこんにちは — «ça va?»")
-    assert payload["userErrors"] == [] and payload["job"]["status"] == "QUEUED"
+    assert payload["userErrors"] == []
+    assert payload["job"]["status"] == "QUEUED"
 
 
 def test_same_idempotency_key_and_input_returns_the_same_job(gql: GraphQLClient) -> None:
     first = _create(gql, text="once only", idempotencyKey="order-42")["job"]
     again = _create(gql, text="once only", idempotencyKey="order-42")["job"]
-    assert again["id"] == first["id"] and again["idempotencyKey"] == "order-42"
+    assert again["id"] == first["id"]
+    assert again["idempotencyKey"] == "order-42"
     assert _job_count(gql) == 1
     job = gql(JOB_QUERY, {"id": first["id"]})["job"]
     assert [e["type"] for e in job["events"]].count("job.queued") == 1
@@ -100,14 +102,16 @@ def test_jobs_paginate_newest_first_and_filter(gql: GraphQLClient) -> None:
         if not page["pageInfo"]["hasNextPage"]:
             break
         after = page["pageInfo"]["endCursor"]
-    assert seen == list(reversed(created)) and pages == 3
+    assert seen == list(reversed(created))
+    assert pages == 3
 
     assert len(gql(JOBS, {"status": ["QUEUED", "RUNNING", "SUCCEEDED"]})["jobs"]["edges"]) == 5
     assert gql(JOBS, {"status": ["FAILED"]})["jobs"]["edges"] == []
     assert len(gql(JOBS, {"kind": "speech"})["jobs"]["edges"]) == 5
     assert gql(JOBS, {"kind": "export"})["jobs"]["edges"] == []
     empty = gql(JOBS, {"first": 0})["jobs"]
-    assert empty["edges"] == [] and empty["pageInfo"]["hasNextPage"] is True
+    assert empty["edges"] == []
+    assert empty["pageInfo"]["hasNextPage"] is True
 
 
 @pytest.mark.parametrize("variables", [{"first": -1}, {"first": 101}, {"after": "bm9wZQ=="}, {"after": "!!"}])
@@ -147,7 +151,8 @@ def test_malformed_requests_get_clear_errors_never_500(api: ApiProcess, tenant: 
     for case in cases:
         response = httpx.post(url, headers=case.pop("headers", headers), **case)
         assert 400 <= response.status_code < 500 or "errors" in response.json(), (case, response.text)
-        assert response.status_code != 500 and "Traceback" not in response.text, (case, response.text)
+        assert response.status_code != 500, (case, response.text)
+        assert "Traceback" not in response.text, (case, response.text)
 
 
 def test_huge_bodies_are_refused_with_413(api: ApiProcess, tenant: TenantHandle) -> None:

@@ -51,11 +51,14 @@ def test_canceling_a_queued_job_is_immediate_and_it_never_runs(
 ) -> None:
     job_id = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 0.5})
     payload = gql(CANCEL, {"id": job_id})["cancelJob"]
-    assert payload["userErrors"] == [] and payload["job"]["status"] == "CANCELED"
+    assert payload["userErrors"] == []
+    assert payload["job"]["status"] == "CANCELED"
     run_once()  # the outbox no longer holds it
     time.sleep(1)
     job = gql(JOB_QUERY, {"id": job_id})["job"]
-    assert job["status"] == "CANCELED" and job["attempt"] == 0 and job["finishedAt"]
+    assert job["status"] == "CANCELED"
+    assert job["attempt"] == 0
+    assert job["finishedAt"]
     assert [e["type"] for e in job["events"]] == ["job.queued", "job.canceled"]
 
 
@@ -68,11 +71,14 @@ def test_canceling_a_running_job_stops_the_handler(
     assert payload["job"]["status"] == "CANCELING"
     started = time.monotonic()
     job = wait_for_status(gql, job_id, {"CANCELED", "SUCCEEDED", "FAILED"}, timeout=15)
-    assert job["status"] == "CANCELED" and time.monotonic() - started < 5  # long before its 10 s
-    assert job["progress"] < 1 and job["artifact"] is None
+    assert job["status"] == "CANCELED"
+    assert time.monotonic() - started < 5  # long before its 10 s
+    assert job["progress"] < 1
+    assert job["artifact"] is None
     assert [e["type"] for e in job["events"]][-2:] == ["job.canceling", "job.canceled"]
     again = gql(CANCEL, {"id": job_id})["cancelJob"]
-    assert again["job"] is None and again["userErrors"][0]["code"] == "INVALID_STATE"
+    assert again["job"] is None
+    assert again["userErrors"][0]["code"] == "INVALID_STATE"
 
 
 def test_deleting_removes_the_job_and_its_file_but_not_a_running_one(
@@ -81,7 +87,8 @@ def test_deleting_removes_the_job_and_its_file_but_not_a_running_one(
     running = start_slow(tenant, seconds=3)
     wait_for_status(gql, running, {"RUNNING"})
     refused = gql(DELETE, {"id": running})["deleteJob"]
-    assert refused["id"] is None and refused["userErrors"][0]["code"] == "INVALID_STATE"
+    assert refused["id"] is None
+    assert refused["userErrors"][0]["code"] == "INVALID_STATE"
 
     done = wait_for_status(gql, running, {"SUCCEEDED"})
     url = done["artifact"]["downloadUrl"]
@@ -101,13 +108,15 @@ def test_long_poll_answers_when_the_job_changes_and_advises_a_retry(
     response = gql.post(WAIT, {"id": job_id, "wait": 20})
     waited = time.monotonic() - asked
     changed = response.json()["data"]["job"]
-    assert waited < 5 and (changed["progress"], changed["message"]) != (first["progress"], first["message"])
+    assert waited < 5
+    assert (changed["progress"], changed["message"]) != (first["progress"], first["message"])
     assert response.headers["retry-after"] == "2"
 
     done = gql.post(WAIT, {"id": job_id, "wait": 20})
     while done.json()["data"]["job"]["status"] == "RUNNING":
         done = gql.post(WAIT, {"id": job_id, "wait": 20})
-    assert done.json()["data"]["job"]["status"] == "SUCCEEDED" and "retry-after" not in done.headers
+    assert done.json()["data"]["job"]["status"] == "SUCCEEDED"
+    assert "retry-after" not in done.headers
 
     too_long = gql.post(WAIT, {"id": job_id, "wait": 31}).json()
     assert too_long["errors"][0]["extensions"]["code"] == "VALIDATION"
@@ -171,10 +180,13 @@ def test_a_subscription_sends_the_snapshot_then_ordered_changes_then_completes(
             )
         )
         seen = list(updates(socket))
-    assert seen[0]["id"] == job_id and seen[0]["status"] in {"QUEUED", "RUNNING"}
-    assert seen[-1]["status"] == "SUCCEEDED" and seen[-1]["progress"] == 1.0
+    assert seen[0]["id"] == job_id
+    assert seen[0]["status"] in {"QUEUED", "RUNNING"}
+    assert seen[-1]["status"] == "SUCCEEDED"
+    assert seen[-1]["progress"] == 1.0
     progress = [update["progress"] for update in seen]
-    assert progress == sorted(progress) and len(seen) >= 4
+    assert progress == sorted(progress)
+    assert len(seen) >= 4
     statuses = [update["status"] for update in seen]
     assert statuses.index("RUNNING") < statuses.index("SUCCEEDED")
 
@@ -197,16 +209,20 @@ def test_subscriptions_refuse_bad_keys_and_other_tenants_jobs(
     ws_url: str, tenant: TenantHandle, make_tenant: Any, worker: ServiceProcess
 ) -> None:
     bad_key = {"type": "connection_init", "payload": {"authorization": "Bearer ck_00000000_nope"}}
-    with connect(ws_url, subprotocols=[PROTOCOL]) as socket, pytest.raises(ConnectionClosed) as closed:
+    with connect(ws_url, subprotocols=[PROTOCOL]) as socket:
         socket.send(json.dumps(bad_key))
-        socket.recv(timeout=10)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4403
 
     subscribe = {"id": "1", "type": "subscribe", "payload": {"query": UPDATES, "variables": {"id": "x"}}}
-    with connect(ws_url, subprotocols=[PROTOCOL]) as socket, pytest.raises(ConnectionClosed) as closed:
+    with connect(ws_url, subprotocols=[PROTOCOL]) as socket:
         socket.send(json.dumps(subscribe))  # without connection_init
-        socket.recv(timeout=10)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4401
 
     job_id = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 0.1})
     with open_socket(ws_url, make_tenant("other").api_key) as socket:
@@ -216,7 +232,8 @@ def test_subscriptions_refuse_bad_keys_and_other_tenants_jobs(
             )
         )
         message = json.loads(socket.recv(timeout=10))
-    assert message["type"] == "next" and message["payload"]["data"] is None
+    assert message["type"] == "next"
+    assert message["payload"]["data"] is None
     assert message["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
 
 
@@ -264,9 +281,11 @@ def test_a_job_whose_worker_is_killed_is_recovered_to_a_terminal_state(
         run_once()  # the scheduler: heartbeat older than JOB_STUCK_AFTER_SECONDS, then the outbox
         time.sleep(0.5)
     job = wait_for_status(gql, job_id, {"SUCCEEDED", "FAILED"})
-    assert job["status"] == "SUCCEEDED" and job["attempt"] == 2
+    assert job["status"] == "SUCCEEDED"
+    assert job["attempt"] == 2
     lost = [e for e in job["events"] if e["type"] == "job.queued" and e["data"] and e["data"].get("code")]
-    assert lost and lost[0]["data"]["code"] == "WORKER_LOST"
+    assert lost
+    assert lost[0]["data"]["code"] == "WORKER_LOST"
 
 
 def test_sigterm_lets_a_worker_finish_its_job_before_it_exits(
@@ -288,7 +307,8 @@ def test_sigterm_lets_a_worker_finish_its_job_before_it_exits(
     finally:
         worker.start()
     job = gql(JOB_QUERY, {"id": job_id})["job"]
-    assert job["status"] == "SUCCEEDED" and job["attempt"] == 1, leaving.log()[-2000:]
+    assert job["status"] == "SUCCEEDED", leaving.log()[-2000:]
+    assert job["attempt"] == 1, leaving.log()[-2000:]
 
 
 def test_a_live_run_past_its_kinds_timeout_is_stopped_by_the_scheduler(

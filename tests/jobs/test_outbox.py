@@ -52,7 +52,9 @@ def test_a_job_whose_enqueue_was_lost_is_enqueued_by_the_sweep_and_runs(
 
     time.sleep(PAST_GRACE)  # the worker is running, yet nothing can reach the job
     stranded = gql(JOB_QUERY, {"id": job_id})["job"]
-    assert stranded["status"] == "QUEUED" and stranded["attempt"] == 0 and stranded["startedAt"] is None
+    assert stranded["status"] == "QUEUED"
+    assert stranded["attempt"] == 0
+    assert stranded["startedAt"] is None
     assert not _rq_holds(job_id)
 
     assert run_once() >= 1
@@ -71,7 +73,8 @@ def test_a_job_a_worker_took_off_the_queue_and_died_with_runs_again(
     # What a worker killed between taking the job and starting it leaves: RQ's record says queued,
     # but no queue holds the job any more.
     get_queue().create_job(RUN_JOB, args=(job_id,), job_id=job_id, status=RQStatus.QUEUED).save()
-    assert _rq_holds(job_id) and job_id not in get_queue().get_job_ids()
+    assert _rq_holds(job_id)
+    assert job_id not in get_queue().get_job_ids()
 
     time.sleep(PAST_GRACE)
     assert run_once() >= 1
@@ -114,7 +117,8 @@ def _left_alone_until_stale(gql: GraphQLClient, job_id: str, stale: Callable[[],
     stale() makes that start look abandoned; then it runs the job, once."""
     time.sleep(PAST_GRACE)
     assert run_once() == 0
-    assert _rq_holds(job_id) and gql(JOB_QUERY, {"id": job_id})["job"]["status"] == "QUEUED"
+    assert _rq_holds(job_id)
+    assert gql(JOB_QUERY, {"id": job_id})["job"]["status"] == "QUEUED"
     stale()
     time.sleep(PAST_GRACE)
     assert run_once() >= 1
@@ -172,14 +176,17 @@ def test_a_job_survives_redis_losing_everything_before_a_worker_took_it(
         payload = gql(SPEECH_MUTATION, {"input": {"text": "Redis forgot me."}})["generateSpeech"]
         assert payload["userErrors"] == []
         job_id = payload["job"]["id"]
-        assert _rq_holds(job_id) and job_id in get_queue().get_job_ids()
+        assert _rq_holds(job_id)
+        assert job_id in get_queue().get_job_ids()
 
         Redis.from_url(redis_url).flushall()
-        assert not _rq_holds(job_id) and get_queue().count == 0
+        assert not _rq_holds(job_id)
+        assert get_queue().count == 0
 
         time.sleep(PAST_GRACE)
         assert run_once() >= 1
-        assert _rq_holds(job_id) and job_id in get_queue().get_job_ids()
+        assert _rq_holds(job_id)
+        assert job_id in get_queue().get_job_ids()
     finally:
         worker.start()
 
@@ -203,8 +210,8 @@ def test_a_running_worker_keeps_working_after_redis_loses_everything(
 def test_one_unrunnable_outbox_row_does_not_block_the_sweep(
     gql: GraphQLClient, tenant: TenantHandle, worker: ServiceProcess
 ) -> None:
-    from service.kinds import registry
-    from service.kinds.base import Kind
+    from service.jobs import kinds as registry
+    from service.jobs.kinds import Kind
     from service.kinds.speech import SpeechInput
 
     registry.register(
@@ -219,5 +226,6 @@ def test_one_unrunnable_outbox_row_does_not_block_the_sweep(
 
     with session_scope() as session:
         assert sweep_outbox(session, grace_seconds=GRACE_SECONDS) >= 1
-    assert _rq_holds(good) and not _rq_holds(bad)
+    assert _rq_holds(good)
+    assert not _rq_holds(bad)
     _assert_ran_once(gql.wait_for_job(good))

@@ -35,7 +35,8 @@ def _age(job_id: str, days: float, status: str | None = None) -> None:
 def _file(env: dict[str, str], job: dict[str, object]) -> Path:
     with session_scope() as session:
         row = session.get(Job, job["id"])
-        assert row is not None and row.artifact_key
+        assert row is not None
+        assert row.artifact_key
         return Path(env["STORAGE_DIR"]) / row.artifact_key
 
 
@@ -51,14 +52,17 @@ def test_old_jobs_lose_their_file_then_their_row(
     with session_scope() as session:
         assert expire_artifacts(session) >= 1
     expired = gql(JOB_QUERY, {"id": old["id"]})["job"]
-    assert expired["status"] == "EXPIRED" and expired["artifact"] is None
-    assert not old_file.exists() and httpx.get(url).status_code == 410
+    assert expired["status"] == "EXPIRED"
+    assert expired["artifact"] is None
+    assert not old_file.exists()
+    assert httpx.get(url).status_code == 410
     assert "job.expired" in [event["type"] for event in expired["events"]]
 
     with session_scope() as session:
         assert delete_old_jobs(session) >= 1
     assert gql(JOB_QUERY, {"id": old["id"]})["job"] is None
-    assert gql(JOB_QUERY, {"id": fresh["id"]})["job"]["status"] == "SUCCEEDED" and _file(env, fresh).exists()
+    assert gql(JOB_QUERY, {"id": fresh["id"]})["job"]["status"] == "SUCCEEDED"
+    assert _file(env, fresh).exists()
 
 
 def test_failed_jobs_are_kept_longer(gql: GraphQLClient, worker: ServiceProcess) -> None:
@@ -79,5 +83,6 @@ def test_a_download_of_a_vanished_file_is_410_and_the_job_reads_expired(
     url = gql(JOB_QUERY, {"id": job["id"]})["job"]["artifact"]["downloadUrl"]
     _file(env, job).unlink()  # e.g. a bucket lifecycle rule, or an operator
     response = httpx.get(url)
-    assert response.status_code == 410 and "deleted" in response.json()["detail"]
+    assert response.status_code == 410
+    assert "deleted" in response.json()["detail"]
     assert gql(JOB_QUERY, {"id": job["id"]})["job"]["status"] == "EXPIRED"

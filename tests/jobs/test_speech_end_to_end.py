@@ -39,7 +39,8 @@ def test_speech_job_produces_a_downloadable_wav_whose_length_follows_the_text(
         assert job["status"] == "SUCCEEDED", (job, worker.log()[-3000:])
         assert job["progress"] == 1.0
         assert job["attempt"] == 1
-        assert job["startedAt"] and job["finishedAt"]
+        assert job["startedAt"]
+        assert job["finishedAt"]
         artifact = job["artifact"]
         assert artifact["contentType"] == "audio/wav"
         assert artifact["filename"] == "speech.wav"
@@ -55,7 +56,9 @@ def test_speech_job_produces_a_downloadable_wav_whose_length_follows_the_text(
         durations.append(_wav_seconds(response.content))
 
         types = [event["type"] for event in job["events"]]
-        assert types[0] == "job.queued" and types[1] == "job.started" and types[-1] == "job.succeeded"
+        assert types[0] == "job.queued"
+        assert types[1] == "job.started"
+        assert types[-1] == "job.succeeded"
         milestones = [e["data"]["progress"] for e in job["events"] if e["type"] == "job.progress"]
         assert milestones == [0.25, 0.5, 0.75]
 
@@ -73,7 +76,8 @@ def test_download_supports_range_requests(gql: GraphQLClient, worker: ServicePro
     assert part.headers["content-range"] == f"bytes 0-3/{len(whole)}"
 
     tail = httpx.get(url, headers={"Range": "bytes=-10"})
-    assert tail.status_code == 206 and tail.content == whole[-10:]
+    assert tail.status_code == 206
+    assert tail.content == whole[-10:]
 
     beyond = httpx.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
     assert beyond.status_code == 416

@@ -52,9 +52,12 @@ def _events(db: Session, job: Job) -> list[str]:
 def test_transition_records_the_event_and_times(db: Session) -> None:
     job = _job(db, S.QUEUED)
     service.transition(db, job, S.RUNNING)
-    assert job.attempt == 1 and job.started_at is not None and job.finished_at is None
+    assert job.attempt == 1
+    assert job.started_at is not None
+    assert job.finished_at is None
     service.transition(db, job, S.SUCCEEDED)
-    assert job.progress == 1.0 and job.finished_at is not None
+    assert job.progress == 1.0
+    assert job.finished_at is not None
     assert _events(db, job) == ["job.started", "job.succeeded"]
 
 
@@ -76,7 +79,8 @@ def test_progress_never_goes_backwards_and_records_each_milestone_once(db: Sessi
     service.report_progress(db, job, 0.6, "halfway")
     service.report_progress(db, job, 0.3, None)
     service.report_progress(db, job, 0.8, None)
-    assert job.progress == 0.8 and job.message == "halfway"
+    assert job.progress == 0.8
+    assert job.message == "halfway"
     progress_events = db.exec(
         select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "job.progress")
     )

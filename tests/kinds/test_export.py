@@ -60,7 +60,8 @@ def test_jsonl_export_holds_this_tenants_history_and_nothing_of_anothers(
 
     job = _export(gql, format="JSONL")
     artifact = job["artifact"]
-    assert artifact["contentType"] == "application/x-ndjson" and artifact["filename"] == "export.jsonl"
+    assert artifact["contentType"] == "application/x-ndjson"
+    assert artifact["filename"] == "export.jsonl"
     body = httpx.get(artifact["downloadUrl"]).content
     assert len(body) == artifact["byteSize"]
     rows = [json.loads(line) for line in body.decode().splitlines()]
@@ -68,7 +69,8 @@ def test_jsonl_export_holds_this_tenants_history_and_nothing_of_anothers(
     assert set(mine) | {job["id"]} == job_ids
     assert not job_ids & set(theirs)
     by_id = {row["id"]: row for row in rows}
-    assert by_id[mine[0]]["status"] == "SUCCEEDED" and by_id[mine[0]]["kind"] == "speech"
+    assert by_id[mine[0]]["status"] == "SUCCEEDED"
+    assert by_id[mine[0]]["kind"] == "speech"
 
 
 def test_csv_export_with_since_and_webhook_deliveries(
@@ -86,17 +88,19 @@ def test_csv_export_with_since_and_webhook_deliveries(
     assert job["artifact"]["contentType"] == "text/csv"
     table = list(csv.DictReader(io.StringIO(httpx.get(job["artifact"]["downloadUrl"]).text)))
     jobs = {row["id"] for row in table if row["record"] == "job"}
-    assert set(new) <= jobs and not set(old) & jobs
+    assert set(new) <= jobs
+    assert not set(old) & jobs
     deliveries = [row for row in table if row["record"] == "webhook_delivery"]
-    assert deliveries and {row["event_type"] for row in deliveries} == {"job.queued"}
+    assert deliveries
+    assert {row["event_type"] for row in deliveries} == {"job.queued"}
 
 
 def test_bad_export_input_is_a_clear_error(gql: GraphQLClient) -> None:
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     payload = gql(EXPORT, {"input": {"since": future}})["startExport"]
     assert payload["job"] is None
-    assert (
-        payload["userErrors"][0]["code"] == "VALIDATION" and "future" in payload["userErrors"][0]["message"]
-    )
+    assert payload["userErrors"][0]["code"] == "VALIDATION"
+    assert "future" in payload["userErrors"][0]["message"]
     unknown = gql.post(EXPORT, {"input": {"format": "XML"}}).json()
-    assert unknown["data"] is None and "XML" in unknown["errors"][0]["message"]
+    assert unknown["data"] is None
+    assert "XML" in unknown["errors"][0]["message"]

@@ -15,9 +15,9 @@ import pytest
 from pydantic import BaseModel, Field
 
 from service.errors import ValidationError
+from service.jobs import kinds as registry
+from service.jobs.kinds import ArtifactOutput, Handler, JobContext, JobFailure, Kind
 from service.jobs.runner import run_job
-from service.kinds import registry
-from service.kinds.base import ArtifactOutput, Handler, JobContext, JobFailure, Kind
 from tests.conftest import JOB_QUERY, GraphQLClient, TenantHandle, commit_job_without_enqueue
 
 RegisterKind = Callable[..., Kind]
@@ -78,13 +78,18 @@ def test_a_custom_kind_runs_through_the_runner_and_its_artifact_downloads(
 
     job = gql(JOB_QUERY, {"id": job_id})["job"]
     assert job["kind"] == "test-echo"
-    assert job["status"] == "SUCCEEDED" and job["progress"] == 1.0 and job["attempt"] == 1
+    assert job["status"] == "SUCCEEDED"
+    assert job["progress"] == 1.0
+    assert job["attempt"] == 1
     assert job["error"] is None
     artifact = job["artifact"]
-    assert artifact["filename"] == "echo.txt" and artifact["contentType"] == "text/plain"
-    assert artifact["byteSize"] == 6 and artifact["sha256"] == hashlib.sha256(b"ababab").hexdigest()
+    assert artifact["filename"] == "echo.txt"
+    assert artifact["contentType"] == "text/plain"
+    assert artifact["byteSize"] == 6
+    assert artifact["sha256"] == hashlib.sha256(b"ababab").hexdigest()
     response = httpx.get(artifact["downloadUrl"])
-    assert response.status_code == 200 and response.content == b"ababab"
+    assert response.status_code == 200
+    assert response.content == b"ababab"
     assert 'filename="echo.txt"' in response.headers["content-disposition"]
 
     types = [event["type"] for event in job["events"]]
@@ -97,7 +102,8 @@ def test_a_kind_that_produces_no_file_succeeds_without_an_artifact(
 ) -> None:
     register_kind("test-nofile", lambda ctx, params: None)
     job = gql(JOB_QUERY, {"id": _run(tenant, "test-nofile", {"text": "x"})})["job"]
-    assert job["status"] == "SUCCEEDED" and job["artifact"] is None
+    assert job["status"] == "SUCCEEDED"
+    assert job["artifact"] is None
 
 
 def test_a_job_failure_ends_failed_with_its_code_and_not_retryable(
@@ -108,7 +114,8 @@ def test_a_job_failure_ends_failed_with_its_code_and_not_retryable(
 
     register_kind("test-refuse", refuse)
     job = gql(JOB_QUERY, {"id": _run(tenant, "test-refuse", {"text": "x"})})["job"]
-    assert job["status"] == "FAILED" and job["finishedAt"] is not None
+    assert job["status"] == "FAILED"
+    assert job["finishedAt"] is not None
     assert job["error"] == {"code": "SOMETHING", "message": "msg", "retryable": False}
     assert job["artifact"] is None
     assert job["events"][-1]["type"] == "job.failed"
@@ -128,7 +135,8 @@ def test_a_failure_while_streaming_the_artifact_fails_the_job_and_stores_nothing
     register_kind("test-half", half)
     job_id = _run(tenant, "test-half", {"text": "x"})
     job = gql(JOB_QUERY, {"id": job_id})["job"]
-    assert job["status"] == "FAILED" and job["artifact"] is None
+    assert job["status"] == "FAILED"
+    assert job["artifact"] is None
     assert job["error"] == {"code": "SOURCE_GONE", "message": "the source went away", "retryable": True}
 
     job_dir = Path(env["STORAGE_DIR"]) / "tenants" / tenant.id / "jobs" / job_id
@@ -174,14 +182,14 @@ def test_two_different_kinds_under_one_name_are_refused(register_kind: RegisterK
 def test_built_in_kinds_are_found_after_a_custom_kind_registered_first() -> None:
     program = (
         "from pydantic import BaseModel\n"
-        "from service.kinds.base import Kind\n"
-        "from service.kinds.registry import get_kind, register\n"
+        "from service.jobs.kinds import Kind, get_kind, register\n"
         "class Input(BaseModel):\n    text: str\n"
         "register(Kind(name='plugin', input_model=Input, handler=lambda c, p: None, content_type='x/y'))\n"
         "print(get_kind('speech').name)\n"
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
-    assert result.returncode == 0 and result.stdout.strip() == "speech", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "speech", result.stderr
 
 
 def test_a_job_of_a_kind_this_worker_does_not_know_fails_instead_of_staying_running(
@@ -195,7 +203,8 @@ def test_a_job_of_a_kind_this_worker_does_not_know_fails_instead_of_staying_runn
 
     job = gql(JOB_QUERY, {"id": job_id})["job"]
     assert job["status"] == "FAILED"
-    assert job["error"]["code"] == "UNKNOWN_KIND" and job["error"]["retryable"] is True
+    assert job["error"]["code"] == "UNKNOWN_KIND"
+    assert job["error"]["retryable"] is True
 
 
 def test_a_transient_failure_is_retried_with_backoff_and_each_attempt_is_recorded(
@@ -209,14 +218,18 @@ def test_a_transient_failure_is_retried_with_backoff_and_each_attempt_is_recorde
     register_kind("test-flaky", flaky, max_attempts=3)
     job_id = _run(tenant, "test-flaky", {"text": "ok"})
     waiting = gql(JOB_QUERY, {"id": job_id})["job"]
-    assert waiting["status"] == "QUEUED" and waiting["attempt"] == 1 and waiting["error"] is None
+    assert waiting["status"] == "QUEUED"
+    assert waiting["attempt"] == 1
+    assert waiting["error"] is None
     retry_event = waiting["events"][-1]
     assert retry_event["type"] == "job.queued"
-    assert retry_event["data"]["code"] == "UPSTREAM_503" and retry_event["data"]["retryInSeconds"] > 0
+    assert retry_event["data"]["code"] == "UPSTREAM_503"
+    assert retry_event["data"]["retryInSeconds"] > 0
 
     run_job(job_id)  # what the sweep's re-enqueue leads to once the backoff has passed
     job = gql(JOB_QUERY, {"id": job_id})["job"]
-    assert job["status"] == "SUCCEEDED" and job["attempt"] == 2
+    assert job["status"] == "SUCCEEDED"
+    assert job["attempt"] == 2
     assert [e["type"] for e in job["events"]].count("job.started") == 2
 
 
@@ -228,7 +241,8 @@ def test_a_permanent_failure_fails_at_once_even_with_attempts_left(
 
     register_kind("test-broken", broken, max_attempts=5)
     job = gql(JOB_QUERY, {"id": _run(tenant, "test-broken", {"text": "x"})})["job"]
-    assert job["status"] == "FAILED" and job["attempt"] == 1
+    assert job["status"] == "FAILED"
+    assert job["attempt"] == 1
     assert job["error"] == {"code": "BAD_INPUT", "message": "cannot work with this", "retryable": False}
 
 
@@ -242,5 +256,6 @@ def test_transient_failures_stop_after_the_kinds_last_attempt(
     job_id = _run(tenant, "test-down", {"text": "x"})
     run_job(job_id)
     job = gql(JOB_QUERY, {"id": job_id})["job"]
-    assert job["status"] == "FAILED" and job["attempt"] == 2
+    assert job["status"] == "FAILED"
+    assert job["attempt"] == 2
     assert job["error"] == {"code": "UPSTREAM_503", "message": "still down", "retryable": True}

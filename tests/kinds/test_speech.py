@@ -147,9 +147,11 @@ def test_longer_text_makes_a_longer_wav() -> None:
 def test_progress_is_reported_per_sentence_and_never_goes_back() -> None:
     _, ctx = _synthesize("First sentence. Second sentence. Third one.")
     fractions = [fraction for fraction, _ in ctx.calls]
-    assert ctx.calls[0] == (0.0, "synthesizing") and ctx.calls[-1] == (0.95, "uploading")
+    assert ctx.calls[0] == (0.0, "synthesizing")
+    assert ctx.calls[-1] == (0.95, "uploading")
     assert len(ctx.calls) == 1 + 3 + 1
-    assert fractions == sorted(fractions) and all(0 <= f <= 0.95 for f in fractions)
+    assert fractions == sorted(fractions)
+    assert all(0 <= f <= 0.95 for f in fractions)
 
 
 def test_voices_change_the_audio() -> None:
@@ -166,7 +168,8 @@ def test_espeak_stops_when_asked_and_refuses_unknown_voices() -> None:
 
     espeak.synthesize("A sentence long enough to need several blocks of audio.", "en-us", keep)
     whole = sum(len(block) for block in blocks)
-    assert len(blocks) > 1 and whole > 0
+    assert len(blocks) > 1
+    assert whole > 0
 
     first: list[bytes] = []
 
@@ -175,7 +178,8 @@ def test_espeak_stops_when_asked_and_refuses_unknown_voices() -> None:
         return False
 
     espeak.synthesize("A sentence long enough to need several blocks of audio.", "en-us", only_first)
-    assert len(first) == 1 and len(first[0]) < whole
+    assert len(first) == 1
+    assert len(first[0]) < whole
 
     with pytest.raises(espeak.EspeakError, match="unknown voice"):
         espeak.synthesize("hi", "no-such-voice", keep)

@@ -58,11 +58,14 @@ def test_json_lines_carry_trace_span_job_and_tenant_ids(
     assert set(before) == {"ts", "level", "logger", "message"}
     context = span.get_span_context()
     assert during["message"] == "uploading 1024 bytes"
-    assert during["level"] == "INFO" and during["logger"] == "claimcheck.test"
+    assert during["level"] == "INFO"
+    assert during["logger"] == "claimcheck.test"
     assert during["trace_id"] == format(context.trace_id, "032x")
     assert during["span_id"] == format(context.span_id, "016x")
-    assert during["job_id"] == "job_1" and during["tenant_id"] == "ten_1"
-    assert during["attempt"] == 2 and during["key"] == "artifacts/job_1.wav"
+    assert during["job_id"] == "job_1"
+    assert during["tenant_id"] == "ten_1"
+    assert during["attempt"] == 2
+    assert during["key"] == "artifacts/job_1.wav"
     assert during["ts"].endswith("Z")
 
 
@@ -108,7 +111,8 @@ def test_text_lines_in_development(
     (line,) = capture.getvalue().splitlines()
     trace_hex = format(span.get_span_context().trace_id, "032x")
     assert " WARNING claimcheck.dev key ck_0a1b2c3d_[REDACTED] refused " in line
-    assert f"[trace={trace_hex} job=job_2]" in line and line.endswith("status=401")
+    assert f"[trace={trace_hex} job=job_2]" in line
+    assert line.endswith("status=401")
     assert API_KEY not in line
 
 
@@ -119,7 +123,8 @@ def test_setup_replaces_its_own_handler_and_routes_uvicorn_to_root(capture: io.S
     setup_logging(json=True, stream=io.StringIO())
     handler = setup_logging(json=True, stream=capture)
     assert logging.getLogger().handlers == [handler]
-    assert uvicorn.handlers == [] and uvicorn.propagate
+    assert uvicorn.handlers == []
+    assert uvicorn.propagate
     uvicorn.info("Started server process")
     assert lines(capture)[0]["logger"] == "uvicorn.error"
 
@@ -128,7 +133,8 @@ def test_a_bad_format_string_still_logs(capture: io.StringIO) -> None:
     setup_logging(json=True, stream=capture)
     logging.getLogger("claimcheck.test").info("%d items for %s", "not a number", API_KEY)
     (record,) = lines(capture)
-    assert "not a number" in record["message"] and API_KEY not in record["message"]
+    assert "not a number" in record["message"]
+    assert API_KEY not in record["message"]
 
 
 @pytest.mark.parametrize(

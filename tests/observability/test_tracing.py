@@ -82,7 +82,8 @@ def test_inject_then_continue_trace_makes_one_trace_with_ids_on_every_span(
         with tracer.start_as_current_span("enqueue", kind=SpanKind.PRODUCER), set_ids(job_id="job_1"):
             carrier = inject()  # what the job row and the RQ meta keep
     assert TRACEPARENT.match(carrier["traceparent"])
-    assert "job.id=job_1" in carrier["baggage"] and "tenant.id=ten_1" in carrier["baggage"]
+    assert "job.id=job_1" in carrier["baggage"]
+    assert "tenant.id=ten_1" in carrier["baggage"]
     assert current_ids() == {}, "nothing leaks out of the request's context"
 
     # Other processes: only carriers cross.
@@ -208,7 +209,8 @@ def test_sqlalchemy_statements_become_child_spans_with_the_job_id(spans: InMemor
     assert [span.name for span in finished if span.name != "job.run"] == ["select"]
     statement = next(span for span in finished if span.name == "select")
     assert statement.kind == SpanKind.CLIENT
-    assert statement.attributes is not None and statement.attributes[JOB_ID] == "job_6"
+    assert statement.attributes is not None
+    assert statement.attributes[JOB_ID] == "job_6"
     assert trace_id(statement) == trace_id(by_name(spans)["job.run"])
 
 
@@ -233,7 +235,8 @@ def test_fastapi_server_span_continues_an_incoming_traceparent(spans: InMemorySp
     assert answer["trace_id"] == expected
     servers = [span for span in spans.get_finished_spans() if span.kind == SpanKind.SERVER]
     assert [span.name for span in servers] == ["GET /work"]
-    assert servers[0].attributes is not None and servers[0].attributes[TENANT_ID] == "ten_7"
+    assert servers[0].attributes is not None
+    assert servers[0].attributes[TENANT_ID] == "ten_7"
     assert trace_id(servers[0]) == client_span.get_span_context().trace_id
 
 

@@ -49,7 +49,8 @@ def _grant(env: dict[str, str], url: str) -> DownloadGrant:
 
 def _assert_no_file(response: httpx.Response, status: int) -> None:
     assert response.status_code == status, response.text
-    assert b"RIFF" not in response.content and b"WAVE" not in response.content
+    assert b"RIFF" not in response.content
+    assert b"WAVE" not in response.content
     assert "Traceback" not in response.text
     assert response.headers["content-type"].startswith("application/json")
 
@@ -64,7 +65,8 @@ def test_download_url_serves_the_wav_with_its_name_and_type(artifact: dict[str, 
     assert response.headers["x-content-type-options"] == "nosniff"
     assert int(response.headers["content-length"]) == len(response.content) == artifact["byteSize"]
     assert hashlib.sha256(response.content).hexdigest() == artifact["sha256"]
-    assert response.content[:4] == b"RIFF" and response.content[8:12] == b"WAVE"
+    assert response.content[:4] == b"RIFF"
+    assert response.content[8:12] == b"WAVE"
 
 
 def test_a_range_request_gets_exactly_those_bytes(artifact: dict[str, Any]) -> None:
@@ -78,7 +80,8 @@ def test_a_range_request_gets_exactly_those_bytes(artifact: dict[str, Any]) -> N
     assert part.headers["content-length"] == "100"
 
     middle = httpx.get(artifact["downloadUrl"], headers={"Range": "bytes=100-149"})
-    assert middle.status_code == 206 and middle.content == whole[100:150]
+    assert middle.status_code == 206
+    assert middle.content == whole[100:150]
 
 
 def test_a_range_header_of_thousands_of_ranges_is_answered_at_once(artifact: dict[str, Any]) -> None:

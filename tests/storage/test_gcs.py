@@ -238,7 +238,7 @@ def test_gcs_down_mid_upload_fails_and_serves_no_half_object(
         for key in (KEY, fresh):
             puts = 0
             proxy.fault = down_after_first_chunk
-            with pytest.raises(Exception) as failure:  # whatever the client raises
+            with pytest.raises(Exception) as failure:  # noqa: PT011 - whatever the client raises
                 storage.put_stream(
                     key, _chunks(os.urandom(3 * CHUNK)), content_type="audio/wav", filename="a"
                 )

@@ -257,7 +257,8 @@ def test_without_a_key_file_urls_are_signed_by_iam_sign_blob(
     assert claims.expires_in == 3600
     assert seen.sign_blob[0]["payload"].startswith(f"GOOG4-RSA-SHA256\n{claims.params['X-Goog-Date']}\n")
     response = httpx.get(url)
-    assert response.status_code == 200 and response.content == b"RIFF....WAVE"
+    assert response.status_code == 200
+    assert response.content == b"RIFF....WAVE"
 
 
 def test_with_an_emulator_and_no_credentials_at_all_signing_refuses_clearly(

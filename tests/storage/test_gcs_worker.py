@@ -111,7 +111,8 @@ def test_a_worker_speech_artifact_lands_in_gcs_and_downloads_from_a_v4_url(
     # The bytes come from the emulator, never through the API.
     response = httpx.get(url)
     assert response.status_code == 200
-    assert response.content[:4] == b"RIFF" and response.content[8:12] == b"WAVE"
+    assert response.content[:4] == b"RIFF"
+    assert response.content[8:12] == b"WAVE"
     assert len(response.content) == artifact["byteSize"]
     assert hashlib.sha256(response.content).hexdigest() == artifact["sha256"]
     assert response.headers["content-type"] == "audio/wav"

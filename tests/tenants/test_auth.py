@@ -21,7 +21,8 @@ def _status(api: ApiProcess, headers: dict[str, str]) -> httpx.Response:
 
 def test_a_valid_key_sees_its_own_tenant(gql: GraphQLClient, tenant: TenantHandle) -> None:
     viewer = gql(VIEWER)["viewer"]
-    assert viewer["id"] == tenant.id and viewer["name"] == "acme"
+    assert viewer["id"] == tenant.id
+    assert viewer["name"] == "acme"
     assert viewer["scopes"] == ["jobs:read", "jobs:write", "webhooks:manage"]
 
 
@@ -76,6 +77,7 @@ def test_only_a_hash_of_the_key_is_stored(tenant: TenantHandle) -> None:
     with session_scope() as session:
         stored = session.exec(select(ApiKey).where(ApiKey.id == tenant.key_id)).one()
     secret = tenant.api_key.split("_", 2)[2]
-    assert secret not in stored.key_hash and tenant.api_key not in stored.key_hash
+    assert secret not in stored.key_hash
+    assert tenant.api_key not in stored.key_hash
     assert stored.prefix == tenant.api_key.split("_")[1]
     assert len(stored.key_hash) == 64

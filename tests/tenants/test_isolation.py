@@ -17,7 +17,6 @@ from sqlmodel import Session, col, select
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from callbacks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from service.db import (
     AFTER_COMMIT,
     TENANT_ROLE,
@@ -30,7 +29,8 @@ from service.graphql_base import Context
 from service.ids import new_id
 from service.jobs.models import Job, JobOutbox
 from service.jobs.service import create_job
-from service.tenants.service import Principal
+from service.principal import Principal
+from service.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.servers import ApiProcess
 
@@ -193,7 +193,8 @@ def test_job_updates_on_another_tenants_job_is_exactly_a_missing_job(
     assert theirs["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     assert _snapshot(world.a.id) == before
     owner = _subscribe(api, world.a.api_key, world.ids["job"])  # the owner does get it
-    assert owner["type"] == "next" and owner["payload"]["data"]["jobUpdates"]["id"] == world.ids["job"]
+    assert owner["type"] == "next"
+    assert owner["payload"]["data"]["jobUpdates"]["id"] == world.ids["job"]
 
 
 @pytest.fixture
@@ -213,14 +214,17 @@ def test_row_level_security_hides_other_tenants_rows_from_a_query_without_a_filt
         enter_tenant(session, b_id)
         assert session.execute(text("SELECT current_user")).scalar() == TENANT_ROLE
         rows = session.execute(text("SELECT id, tenant_id FROM jobs")).all()  # the forgotten filter
-        assert rows and {tenant for _, tenant in rows} == {b_id} and b_job in {row[0] for row in rows}
+        assert rows
+        assert {tenant for _, tenant in rows} == {b_id}
+        assert b_job in {row[0] for row in rows}
         assert session.execute(text("SELECT count(*) FROM jobs WHERE id = :id"), {"id": a_job}).scalar() == 0
         for table in ("job_events", "webhook_endpoints", "webhook_events", "webhook_deliveries", "api_keys"):
             tenants = {row[0] for row in session.execute(text(f"SELECT tenant_id FROM {table}"))}  # noqa: S608
             assert tenants <= {b_id}, table
         assert {row[0] for row in session.execute(text("SELECT id FROM tenants"))} == {b_id}
         outbox = {row[0] for row in session.execute(text("SELECT job_id FROM job_outbox"))}
-        assert a_job not in outbox and b_job in outbox
+        assert a_job not in outbox
+        assert b_job in outbox
         updated = session.execute(text("UPDATE jobs SET message = 'mine' WHERE id = :id"), {"id": a_job})
         assert updated.rowcount == 0  # type: ignore[attr-defined]
         deleted = session.execute(text("DELETE FROM jobs WHERE tenant_id = :t"), {"t": a_id})
@@ -238,7 +242,8 @@ def test_row_level_security_hides_other_tenants_rows_from_a_query_without_a_filt
             )
     with session_scope() as session:
         job = session.get(Job, a_job)
-        assert job is not None and job.message != "mine"
+        assert job is not None
+        assert job.message != "mine"
 
 
 def test_without_a_tenant_the_tenant_role_sees_nothing(env: dict[str, str], tenants_with_jobs: Any) -> None:
@@ -262,7 +267,8 @@ def test_tenant_facing_sessions_run_as_the_tenant_role(env: dict[str, str], tena
         context.finish(commit=False)
     with session_scope() as session:  # and nothing leaks into the pooled connection afterwards
         user, tenant = session.execute(probe).one()
-        assert user != TENANT_ROLE and not tenant
+        assert user != TENANT_ROLE
+        assert not tenant
 
 
 def test_the_tenant_role_cannot_log_in(postgres_server_url: str) -> None:

@@ -51,7 +51,9 @@ def test_over_the_rate_the_mutation_is_rate_limited_with_retry_after(
 ) -> None:
     set_limits(tenant.id, mutations_per_minute=6, burst=2)  # one every 10 s, two at once
     first, second, third = (_speak(gql) for _ in range(3))
-    assert first["job"] and second["job"] and first["retry_after_header"] is None
+    assert first["job"]
+    assert second["job"]
+    assert first["retry_after_header"] is None
     assert third["job"] is None
     [error] = third["userErrors"]
     assert error["code"] == "RATE_LIMITED"
@@ -69,7 +71,8 @@ def test_start_export_draws_from_the_same_bucket(gql: GraphQLClient, tenant: Ten
     export = "mutation { startExport(input: {}) { job { id } userErrors { code extensions } } }"
     response = gql.post(export)
     payload = response.json()["data"]["startExport"]
-    assert payload["job"] is None and payload["userErrors"][0]["code"] == "RATE_LIMITED"
+    assert payload["job"] is None
+    assert payload["userErrors"][0]["code"] == "RATE_LIMITED"
     assert int(response.headers["retry-after"]) == payload["userErrors"][0]["extensions"]["retryAfter"]
 
 
@@ -104,7 +107,8 @@ def test_text_over_the_plan_limit_is_a_validation_error(gql: GraphQLClient, tena
     assert _speak(gql, "x" * 10)["job"] is not None
     payload = _speak(gql, "x" * 11)
     [error] = payload["userErrors"]
-    assert error["code"] == "VALIDATION" and error["field"] == ["input", "text"]
+    assert error["code"] == "VALIDATION"
+    assert error["field"] == ["input", "text"]
     assert "at most 10 characters" in error["message"]
     assert gql(VIEWER)["viewer"]["limits"]["maxTextChars"] == 10
 
@@ -117,7 +121,8 @@ def test_webhook_endpoints_over_the_plan_limit_are_quota_exceeded(
         created = gql(CREATE_ENDPOINT, {"input": {"url": f"http://127.0.0.1:9/hook/{n}"}})
         assert created["createWebhookEndpoint"]["userErrors"] == []
     refused = gql(CREATE_ENDPOINT, {"input": {"url": "http://127.0.0.1:9/hook/3"}})["createWebhookEndpoint"]
-    assert refused["endpoint"] is None and refused["secret"] is None
+    assert refused["endpoint"] is None
+    assert refused["secret"] is None
     assert refused["userErrors"][0]["code"] == "QUOTA_EXCEEDED"
     assert gql(VIEWER)["viewer"]["usage"]["webhookEndpoints"] == 2
 
@@ -131,7 +136,8 @@ def test_viewer_shows_the_plan_with_the_tenants_overrides(gql: GraphQLClient, te
     assert before["limits"]["mutationsPerMinute"] == plan["mutations_per_minute"]
     set_limits(tenant.id, max_running=3, max_queued=7)
     after = gql(VIEWER)["viewer"]
-    assert after["limits"]["maxRunning"] == 3 and after["limits"]["maxQueued"] == 7
+    assert after["limits"]["maxRunning"] == 3
+    assert after["limits"]["maxQueued"] == 7
     assert after["limits"]["burst"] == plan["burst"]
     assert after["usage"] == {"queuedJobs": 0, "runningJobs": 0, "totalJobs": 0, "webhookEndpoints": 0}
 
@@ -180,10 +186,14 @@ def test_jobs_over_max_running_wait_while_another_tenants_job_runs(
     assert most_running <= 1
     runs = sorted((jobs[job_id].started_at, jobs[job_id].finished_at) for job_id in busy_ids)
     for (_, finished), (started, _) in itertools.pairwise(runs):
-        assert finished is not None and started is not None and started >= finished  # one at a time
+        assert finished is not None
+        assert started is not None
+        assert started >= finished  # one at a time
     # The other tenant's job, queued after all three, did not wait for them all.
     other_started = jobs[other_id].started_at
-    assert other_started is not None and runs[-1][0] is not None and other_started < runs[-1][0]
+    assert other_started is not None
+    assert runs[-1][0] is not None
+    assert other_started < runs[-1][0]
     # Waiting is not retrying: one attempt each, and no events beyond queued/started/progress/succeeded.
     assert all(jobs[job_id].attempt == 1 for job_id in busy_ids)
     assert {event.type for event in events} <= {"job.queued", "job.started", "job.progress", "job.succeeded"}
@@ -216,7 +226,8 @@ def test_a_tenant_with_a_long_queue_does_not_hold_up_another_tenant(
         ).one()
         with session_scope() as session:  # the rest of the busy tenant's queue goes
             session.execute(delete(Job).where(col(Job.tenant_id) == busy.id, col(Job.status) == "QUEUED"))
-    assert job is not None and job.started_at is not None, "the quiet tenant's job never started"
+    assert job is not None, "the quiet tenant's job is gone"
+    assert job.started_at is not None, "the quiet tenant's job never started"
     waited = (job.started_at - job.created_at).total_seconds()
     # One of the busy tenant's jobs runs; the rest are set aside at once, not skipped one by one.
     assert waited < 3, f"the quiet tenant's job waited {waited:.1f} s behind 300 jobs of another tenant"

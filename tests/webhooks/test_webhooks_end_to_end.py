@@ -111,7 +111,8 @@ def test_every_job_milestone_arrives_signed_and_verifies_with_the_reference_libr
 ) -> None:
     created = create_endpoint(gql, receiver.url + path, description="all events")
     secret = created["secret"]
-    assert secret.startswith("whsec_") and created["endpoint"]["signing"] == "V1"
+    assert secret.startswith("whsec_")
+    assert created["endpoint"]["signing"] == "V1"
 
     job_id = start_job(gql, "One sentence. And then another one, to have some progress.")
     requests = receiver.wait_for(path, has_type("job.succeeded"))
@@ -119,7 +120,8 @@ def test_every_job_milestone_arrives_signed_and_verifies_with_the_reference_libr
     # the body's timestamp, the event's creation time, orders them.
     requests.sort(key=lambda request: json.loads(request.body)["timestamp"])
     types = event_types(requests)
-    assert types[0] == "job.queued" and types[1] == "job.started" and types[-1] == "job.succeeded", types
+    assert types[:2] == ["job.queued", "job.started"], types
+    assert types[-1] == "job.succeeded", types
     assert "job.progress" in types
 
     oracle = Webhook(secret)
@@ -135,7 +137,8 @@ def test_every_job_milestone_arrives_signed_and_verifies_with_the_reference_libr
     succeeded = json.loads(requests[-1].body)["data"]["job"]
     assert succeeded["status"] == "SUCCEEDED"
     download = httpx.get(succeeded["artifact"]["downloadUrl"])
-    assert download.status_code == 200 and download.content[:4] == b"RIFF"
+    assert download.status_code == 200
+    assert download.content[:4] == b"RIFF"
     assert len(download.content) == succeeded["artifact"]["byteSize"]
 
 
@@ -165,7 +168,8 @@ def test_failures_are_retried_with_the_same_webhook_id_and_every_attempt_is_logg
     attempts = delivery["attempts"]
     assert [attempt["statusCode"] for attempt in attempts] == [500, 503, 200]
     assert all(attempt["trigger"] == "scheduled" for attempt in attempts)
-    assert "\x00" not in attempts[0]["responseBody"] and len(attempts[0]["responseBody"].encode()) <= 4096
+    assert "\x00" not in attempts[0]["responseBody"]
+    assert len(attempts[0]["responseBody"].encode()) <= 4096
     assert attempts[2]["responseBody"] == "thanks"
     requests = receiver.at(path)
     assert len({request.headers["webhook-id"] for request in requests}) == 1
@@ -189,10 +193,13 @@ def test_timeouts_redirects_and_retry_after_are_recorded_as_specified(
     delivery = wait_for_delivery(gql, endpoint["endpoint"]["id"], lambda d: d["status"] == "SUCCEEDED")
 
     timeout, redirect, throttled, ok = delivery["attempts"]
-    assert timeout["statusCode"] is None and "no response within 2 s" in timeout["error"]
+    assert timeout["statusCode"] is None
+    assert "no response within 2 s" in timeout["error"]
     assert 1900 <= timeout["durationMs"] < 3000
-    assert redirect["statusCode"] == 302 and "not followed" in redirect["error"]
-    assert throttled["statusCode"] == 429 and ok["statusCode"] == 200
+    assert redirect["statusCode"] == 302
+    assert "not followed" in redirect["error"]
+    assert throttled["statusCode"] == 429
+    assert ok["statusCode"] == 200
     requests = receiver.at(path)
     assert requests[3].at - requests[2].at >= 1.9  # Retry-After: 2 beat the 1 s schedule step
     assert all(request.path == path for request in requests)  # the redirect was not followed
@@ -211,7 +218,8 @@ def test_410_disables_the_endpoint_and_the_other_endpoints_hear_of_it(
     payload = Webhook(watching["secret"]).verify(notice[0].body, notice[0].headers)
     assert payload["data"]["endpoint"]["id"] == doomed["endpoint"]["id"]
     state = gql(ENDPOINT, {"id": doomed["endpoint"]["id"]})["webhookEndpoint"]
-    assert state["enabled"] is False and "410" in state["disabledReason"]
+    assert state["enabled"] is False
+    assert "410" in state["disabledReason"]
     assert state["deliveries"][0]["status"] == "FAILED"
     assert len(receiver.at(gone)) == 1
 
@@ -230,9 +238,11 @@ def test_an_exhausted_delivery_fails_then_manual_redelivery_keeps_the_webhook_id
     redelivered = gql(REDELIVER, {"eventId": failed["eventId"], "endpointId": endpoint_id})[
         "redeliverWebhook"
     ]
-    assert redelivered["userErrors"] == [] and redelivered["delivery"]["status"] == "PENDING"
+    assert redelivered["userErrors"] == []
+    assert redelivered["delivery"]["status"] == "PENDING"
     done = wait_for_delivery(gql, endpoint_id, lambda d: d["status"] == "SUCCEEDED")
-    assert done["attempts"][-1]["trigger"] == "manual" and done["attempts"][-1]["statusCode"] == 200
+    assert done["attempts"][-1]["trigger"] == "manual"
+    assert done["attempts"][-1]["statusCode"] == 200
     assert {request.headers["webhook-id"] for request in receiver.at(path)} == {failed["eventId"]}
 
 
@@ -264,7 +274,8 @@ def test_rotation_signs_with_both_keys_until_the_old_one_expires(
     endpoint_id, old_secret = created["endpoint"]["id"], created["secret"]
     rotate = "mutation R($id: ID!) { rotateWebhookSecret(id: $id, keepOldForSeconds: 3600) { secret } }"
     new_secret = gql(rotate, {"id": endpoint_id})["rotateWebhookSecret"]["secret"]
-    assert new_secret.startswith("whsec_") and new_secret != old_secret
+    assert new_secret.startswith("whsec_")
+    assert new_secret != old_secret
 
     start_job(gql)
     request = receiver.wait_for(path, has_type("job.queued"))[0]
@@ -285,7 +296,8 @@ def test_v1a_endpoints_sign_with_ed25519(
 ) -> None:
     created = create_endpoint(gql, receiver.url + path, eventTypes=["job.queued"], signing="V1A")
     public_key = created["endpoint"]["publicKey"]
-    assert created["secret"] is None and public_key.startswith("whpk_")
+    assert created["secret"] is None
+    assert public_key.startswith("whpk_")
     start_job(gql)
     request = receiver.wait_for(path, has_type("job.queued"))[0]
 
@@ -327,7 +339,8 @@ def test_pending_retries_survive_a_redis_flush(
 )
 def test_unsafe_urls_are_refused_at_creation(gql: GraphQLClient, url: str) -> None:
     payload = gql(CREATE, {"input": {"url": url}})["createWebhookEndpoint"]
-    assert payload["endpoint"] is None and payload["secret"] is None
+    assert payload["endpoint"] is None
+    assert payload["secret"] is None
     assert payload["userErrors"][0]["code"] == "VALIDATION"
     assert payload["userErrors"][0]["field"] == ["input", "url"]
 
@@ -350,7 +363,8 @@ def test_another_tenants_endpoints_and_events_are_as_absent_as_missing_ones(
     own = create_endpoint(other, receiver.url + path + "/other")["endpoint"]["id"]
     stolen = other(REDELIVER, {"eventId": event_id, "endpointId": own})["redeliverWebhook"]
     missing = other(REDELIVER, {"eventId": "evt_" + "0" * 26, "endpointId": own})["redeliverWebhook"]
-    assert stolen["userErrors"] == missing["userErrors"] and stolen["userErrors"][0]["code"] == "NOT_FOUND"
+    assert stolen["userErrors"] == missing["userErrors"]
+    assert stolen["userErrors"][0]["code"] == "NOT_FOUND"
     delete = "mutation D($id: ID!) { deleteWebhookEndpoint(id: $id) { id userErrors { code } } }"
     assert other(delete, {"id": endpoint_id})["deleteWebhookEndpoint"]["userErrors"][0]["code"] == "NOT_FOUND"
     assert gql(ENDPOINT, {"id": endpoint_id})["webhookEndpoint"]["id"] == endpoint_id

@@ -1,26 +1,45 @@
-"""Webhook endpoint rules: create, update, delete, rotate keys, test, redeliver, recover."""
+"""Webhook rules: publishing events to the endpoints that want them; endpoints (create, update,
+delete, rotate keys, test, redeliver, recover); and the reads the API and exports need."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session
 
-from callbacks.events import EVENT_TYPES, publish, wake_deliverers
 from callbacks.keys import generate_keypair, generate_secret, public_key_for
-from callbacks.models import AttemptTrigger, DeliveryStatus, SigningScheme, WebhookDelivery, WebhookEndpoint
-from callbacks.repository import DeliveryRepository, EndpointRepository, EventRepository
-from callbacks.ssrf import UnsafeURLError, check_url, resolve_public
+from observability.metrics import record_endpoint_disabled
+from observability.tracing import inject
 from service.crypto import decrypt, encrypt, reencrypt
 from service.errors import InvalidStateError, NotFoundError, QuotaExceededError, ValidationError
 from service.ids import has_prefix
 from service.models import utcnow
 from service.settings import get_settings
+from service.tenants.service import limits_for
+from service.webhooks import repository
+from service.webhooks.events import ENDPOINT_DISABLED, EVENT_TYPES, WEBHOOK_TEST
+from service.webhooks.models import (
+    AttemptTrigger,
+    DeliveryStatus,
+    SigningScheme,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
+from service.webhooks.repository import DeliveryRepository, EndpointRepository, EventRepository
+from service.webhooks.ssrf import UnsafeURLError, check_url, resolve_public
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_OLD_SECONDS = 24 * 3600
 MAX_KEEP_OLD_SECONDS = 7 * 24 * 3600
 MAX_DESCRIPTION = 500
+MAX_DELIVERIES = 100
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,83 @@ class IssuedEndpoint:
 
     endpoint: WebhookEndpoint
     secret: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """A delivery as the API shows it: with its event's type and its attempts, oldest first."""
+
+    delivery: WebhookDelivery
+    event_type: str
+    attempts: list[WebhookAttempt]
+
+
+# --- publishing ----------------------------------------------------------------------------------
+
+
+def publish(
+    session: Session,
+    tenant_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    job_id: str | None = None,
+    artifact_key: str | None = None,
+    endpoint_ids: list[str] | None = None,
+) -> tuple[WebhookEvent | None, list[WebhookDelivery]]:
+    """Write the event and one pending delivery per enabled endpoint that wants it (or the given ones),
+    in the caller's transaction; nothing when no endpoint wants it. `artifact_key` names the file each
+    attempt signs a fresh downloadUrl for. Deliverers are woken once the transaction commits."""
+    targets = EndpointRepository(session, tenant_id).subscribers(event_type, endpoint_ids)
+    if not targets:
+        return None, []
+    event = WebhookEvent(
+        tenant_id=tenant_id,
+        type=event_type,
+        data=data,
+        job_id=job_id,
+        artifact_key=artifact_key,
+        trace_context=inject(),
+    )
+    EventRepository(session, tenant_id).stage(event)
+    session.flush()  # the deliveries refer to it (and unit-of-work order follows relationships, not keys)
+    deliveries = [
+        WebhookDelivery(tenant_id=tenant_id, event_id=event.id, endpoint_id=endpoint_id)
+        for endpoint_id in targets
+    ]
+    session.add_all(deliveries)
+    repository.wake_deliverers(session)
+    return event, deliveries
+
+
+def forget_artifact(session: Session, job_id: str) -> None:
+    """The job's file is gone: later attempts of its events carry no downloadUrl."""
+    repository.forget_artifact(session, job_id)
+
+
+def disable(session: Session, endpoint: WebhookEndpoint, reason: str, *, gone: bool = False) -> None:
+    """Disable an endpoint and tell the tenant's other endpoints (an ``endpoint.disabled`` event)."""
+    log.warning("disabling webhook endpoint %s: %s", endpoint.id, reason)
+    record_endpoint_disabled("gone" if gone else "failing")
+    endpoint.enabled = False
+    endpoint.disabled_reason = reason
+    endpoint.updated_at = utcnow()
+    session.add(endpoint)
+    session.flush()
+    data = {"endpoint": {"id": endpoint.id, "url": endpoint.url, "disabledReason": reason}}
+    publish(session, endpoint.tenant_id, ENDPOINT_DISABLED, data)
+
+
+def keys_in_use(signing_keys: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """The signing keys (encrypted) that sign now: the newest, and older ones inside their overlap."""
+    return [
+        entry
+        for entry in signing_keys
+        if entry["expires_at"] is None or datetime.fromisoformat(entry["expires_at"]) > now
+    ]
+
+
+# --- endpoints -----------------------------------------------------------------------------------
 
 
 def validate_url(url: str) -> str:
@@ -78,10 +174,11 @@ def create_endpoint(
     event_types: list[str] | None,
     description: str | None,
     signing: SigningScheme,
-    max_endpoints: int | None = None,
 ) -> IssuedEndpoint:
-    """A new endpoint; QUOTA_EXCEEDED when the tenant has max_endpoints already (its plan's limit)."""
-    if max_endpoints is not None and len(EndpointRepository(session, tenant_id).all()) >= max_endpoints:
+    """A new endpoint; QUOTA_EXCEEDED when the tenant has its plan's max_webhook_endpoints already."""
+    endpoints = EndpointRepository(session, tenant_id)
+    max_endpoints = limits_for(session, tenant_id).max_webhook_endpoints
+    if endpoints.count() >= max_endpoints:
         raise QuotaExceededError(
             f"this tenant already has {max_endpoints} webhook endpoints (its plan's maximum)", field=["input"]
         )
@@ -95,9 +192,25 @@ def create_endpoint(
         signing_keys=[{"key": encrypt(key), "expires_at": None}],
         public_key=public_key,
     )
-    EndpointRepository(session, tenant_id).stage(endpoint)
+    endpoints.stage(endpoint)
     session.flush()
     return IssuedEndpoint(endpoint, key if signing is SigningScheme.V1 else None)
+
+
+def list_endpoints(session: Session, tenant_id: str) -> list[WebhookEndpoint]:
+    """The tenant's endpoints, oldest first."""
+    return list(EndpointRepository(session, tenant_id).all())
+
+
+def find_endpoint(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint | None:
+    """The tenant's endpoint, or None (another tenant's id included)."""
+    if not has_prefix(endpoint_id, "whe"):
+        return None
+    return EndpointRepository(session, tenant_id).get(endpoint_id)
+
+
+def count_endpoints(session: Session, tenant_id: str) -> int:
+    return EndpointRepository(session, tenant_id).count()
 
 
 def get_endpoint(
@@ -111,6 +224,14 @@ def get_endpoint(
     )
     if endpoint is None:
         raise NotFoundError("no such webhook endpoint", field=["id"])
+    return endpoint
+
+
+def _enabled_endpoint(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
+    """The tenant's endpoint, which must be enabled to send to it (else INVALID_STATE)."""
+    endpoint = get_endpoint(session, tenant_id, endpoint_id)
+    if not endpoint.enabled:
+        raise InvalidStateError("the endpoint is disabled; enable it first", field=["endpointId"])
     return endpoint
 
 
@@ -163,8 +284,7 @@ def rotate_key(
     old_until = (now + timedelta(seconds=keep)).isoformat()
     kept = [
         {**entry, "expires_at": min(entry["expires_at"] or old_until, old_until)}
-        for entry in endpoint.signing_keys
-        if entry["expires_at"] is None or datetime.fromisoformat(entry["expires_at"]) > now
+        for entry in keys_in_use(endpoint.signing_keys, now)
     ]
     signing = SigningScheme(endpoint.signing)
     key, public_key = _new_key(signing)
@@ -183,22 +303,18 @@ def current_public_key(endpoint: WebhookEndpoint) -> str | None:
     return endpoint.public_key or public_key_for(decrypt(endpoint.signing_keys[0]["key"]))
 
 
-def send_test(session: Session, tenant_id: str, endpoint_id: str) -> WebhookDelivery:
+def send_test(session: Session, tenant_id: str, endpoint_id: str) -> DeliveryView:
     """A `webhook.test` event for this endpoint alone."""
-    endpoint = get_endpoint(session, tenant_id, endpoint_id)
-    if not endpoint.enabled:
-        raise InvalidStateError("the endpoint is disabled; enable it first", field=["endpointId"])
+    endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
     data = {"endpoint": {"id": endpoint.id, "url": endpoint.url}, "message": "a test event from Claimcheck"}
-    _, deliveries = publish(session, tenant_id, "webhook.test", data, endpoint_ids=[endpoint.id])
+    _, deliveries = publish(session, tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
     session.flush()
-    return deliveries[0]
+    return delivery_views(session, tenant_id, deliveries)[0]
 
 
-def redeliver(session: Session, tenant_id: str, event_id: str, endpoint_id: str) -> WebhookDelivery:
+def redeliver(session: Session, tenant_id: str, event_id: str, endpoint_id: str) -> DeliveryView:
     """Send the event to the endpoint once more, now, with the same webhook-id."""
-    endpoint = get_endpoint(session, tenant_id, endpoint_id)
-    if not endpoint.enabled:
-        raise InvalidStateError("the endpoint is disabled; enable it first", field=["endpointId"])
+    endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
     event = EventRepository(session, tenant_id).get(event_id) if has_prefix(event_id, "evt") else None
     if event is None:
         raise NotFoundError("no such webhook event", field=["eventId"])
@@ -209,21 +325,19 @@ def redeliver(session: Session, tenant_id: str, event_id: str, endpoint_id: str)
         deliveries.stage(delivery)
     _due_now(delivery)
     session.flush()
-    wake_deliverers(session)
-    return delivery
+    repository.wake_deliverers(session)
+    return delivery_views(session, tenant_id, [delivery])[0]
 
 
 def recover(session: Session, tenant_id: str, endpoint_id: str, since: datetime) -> int:
     """Send again every delivery to this endpoint that failed since `since`; how many."""
-    endpoint = get_endpoint(session, tenant_id, endpoint_id)
-    if not endpoint.enabled:
-        raise InvalidStateError("the endpoint is disabled; enable it first", field=["endpointId"])
+    endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
     failed = DeliveryRepository(session, tenant_id).failed_since(endpoint.id, since)
     for delivery in failed:
         _due_now(delivery)
     session.flush()
     if failed:
-        wake_deliverers(session)
+        repository.wake_deliverers(session)
     return len(failed)
 
 
@@ -235,24 +349,61 @@ def _due_now(delivery: WebhookDelivery) -> None:
     delivery.updated_at = utcnow()
 
 
+# --- reads ---------------------------------------------------------------------------------------
+
+
+def recent_deliveries(
+    session: Session, tenant_id: str, endpoint_id: str, *, first: int, status: DeliveryStatus | None
+) -> list[DeliveryView]:
+    """The endpoint's newest deliveries (at most MAX_DELIVERIES), with their attempts."""
+    if not 0 <= first <= MAX_DELIVERIES:
+        raise ValidationError(f"first must be between 0 and {MAX_DELIVERIES}", field=["first"])
+    rows = DeliveryRepository(session, tenant_id).recent(
+        endpoint_id, first=first, status=status.value if status else None
+    )
+    return delivery_views(session, tenant_id, list(rows))
+
+
+def delivery_views(session: Session, tenant_id: str, rows: list[WebhookDelivery]) -> list[DeliveryView]:
+    """Deliveries with their attempts and event types, in two queries."""
+    if not rows:
+        return []
+    repository_ = DeliveryRepository(session, tenant_id)
+    attempts: dict[str, list[WebhookAttempt]] = {row.id: [] for row in rows}
+    for attempt in repository_.attempts(list(attempts)):
+        attempts[attempt.delivery_id].append(attempt)
+    types = repository_.event_types([row.event_id for row in rows])
+    return [DeliveryView(row, types.get(row.event_id, ""), attempts[row.id]) for row in rows]
+
+
+def count_deliveries(session: Session, tenant_id: str, since: datetime | None) -> int:
+    return DeliveryRepository(session, tenant_id).count_since(since)
+
+
+def delivery_history(session: Session, tenant_id: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+    """The tenant's deliveries since a time as export rows, oldest first, streamed."""
+    for delivery, event_type in DeliveryRepository(session, tenant_id).history(since):
+        yield {
+            "record": "webhook_delivery",
+            "id": delivery.id,
+            "created_at": delivery.created_at.isoformat(),
+            "status": delivery.status,
+            "event_id": delivery.event_id,
+            "event_type": event_type,
+            "endpoint_id": delivery.endpoint_id,
+            "attempts": delivery.attempt_count,
+        }
+
+
+# --- operators -----------------------------------------------------------------------------------
+
+
 def reencrypt_all(session: Session, *, batch: int = 500) -> int:
     """Re-encrypt every endpoint's signing keys with the newest ENCRYPTION_KEYS key (all tenants);
     how many endpoints. Afterwards older keys can be dropped from ENCRYPTION_KEYS."""
-    from sqlmodel import col, select
-
     count = 0
     last_id = ""
-    while True:
-        statement = (
-            select(WebhookEndpoint)
-            .where(col(WebhookEndpoint.id) > last_id)
-            .order_by(col(WebhookEndpoint.id))
-            .limit(batch)
-            .with_for_update()
-        )
-        rows = list(session.exec(statement))
-        if not rows:
-            return count
+    while rows := repository.endpoints_after(session, last_id, batch):
         for endpoint in rows:
             endpoint.signing_keys = [
                 {**entry, "key": reencrypt(entry["key"])} for entry in endpoint.signing_keys
@@ -261,3 +412,4 @@ def reencrypt_all(session: Session, *, batch: int = 500) -> int:
         session.flush()
         count += len(rows)
         last_id = rows[-1].id
+    return count

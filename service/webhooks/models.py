@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import CheckConstraint, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-import service.tenants.models  # noqa: F401 - registers the tenants table these refer to
 from service.ids import new_id
 from service.models import jsonb_column, timestamp_column, utcnow
 
@@ -69,6 +68,8 @@ class WebhookEvent(SQLModel, table=True):
     type: str = Field(max_length=50)
     data: dict[str, Any] = Field(sa_column=jsonb_column())
     job_id: str | None = Field(default=None, max_length=40)
+    artifact_key: str | None = Field(default=None, max_length=500)
+    """Storage key of the job's file (job.succeeded): each attempt signs a fresh downloadUrl for it."""
     trace_context: dict[str, str] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
     """W3C carrier of the span that caused it: each delivery attempt continues (or links to) it."""
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())

@@ -6,19 +6,20 @@ from datetime import datetime
 
 import strawberry
 
-from callbacks import endpoints as rules
-from callbacks.models import DeliveryStatus as DeliveryStatusValue
-from callbacks.models import SigningScheme as SigningSchemeValue
-from callbacks.models import WebhookDelivery as DeliveryRow
-from callbacks.models import WebhookEndpoint as EndpointRow
-from callbacks.repository import DeliveryRepository, EndpointRepository
-from service.errors import ValidationError
-from service.graphql_base import DeletePayload, GraphQLInfo, UserError, graphql_error, require, run_mutation
-from service.ids import has_prefix
-from service.tenants.limits import limits_for
+from service.graphql_base import (
+    DeletePayload,
+    GraphQLInfo,
+    UserError,
+    or_graphql_error,
+    require,
+    run_mutation,
+)
+from service.webhooks import service
+from service.webhooks.models import DeliveryStatus as DeliveryStatusValue
+from service.webhooks.models import SigningScheme as SigningSchemeValue
+from service.webhooks.models import WebhookEndpoint as EndpointRow
 
 SCOPE = "webhooks:manage"
-MAX_DELIVERIES = 100
 DEFAULT_DELIVERIES = 20
 
 SigningScheme = strawberry.enum(SigningSchemeValue, name="SigningScheme")
@@ -44,35 +45,27 @@ class WebhookDelivery:
     next_attempt_at: datetime | None
     attempts: list[WebhookAttempt]
 
-
-def _deliveries(info: GraphQLInfo, tenant_id: str, rows: list[DeliveryRow]) -> list[WebhookDelivery]:
-    """Rows as GraphQL objects, with their attempts and event types in two queries."""
-    repository = DeliveryRepository(info.context.session, tenant_id)
-    ids = [row.id for row in rows]
-    attempts: dict[str, list[WebhookAttempt]] = {row_id: [] for row_id in ids}
-    for attempt in repository.attempts(ids) if ids else []:
-        attempts[attempt.delivery_id].append(
-            WebhookAttempt(
-                at=attempt.at,
-                status_code=attempt.status_code,
-                duration_ms=attempt.duration_ms,
-                error=attempt.error,
-                response_body=attempt.response_body,
-                trigger=attempt.trigger,
-            )
-        )
-    types = repository.event_types([row.event_id for row in rows]) if rows else {}
-    return [
-        WebhookDelivery(
+    @classmethod
+    def from_view(cls, view: service.DeliveryView) -> WebhookDelivery:
+        row = view.delivery
+        return cls(
             id=strawberry.ID(row.id),
             event_id=strawberry.ID(row.event_id),
-            event_type=types.get(row.event_id, ""),
+            event_type=view.event_type,
             status=DeliveryStatusValue(row.status),
             next_attempt_at=row.next_attempt_at if row.status == DeliveryStatusValue.PENDING else None,
-            attempts=attempts[row.id],
+            attempts=[
+                WebhookAttempt(
+                    at=attempt.at,
+                    status_code=attempt.status_code,
+                    duration_ms=attempt.duration_ms,
+                    error=attempt.error,
+                    response_body=attempt.response_body,
+                    trigger=attempt.trigger,
+                )
+                for attempt in view.attempts
+            ],
         )
-        for row in rows
-    ]
 
 
 @strawberry.type
@@ -98,7 +91,7 @@ class WebhookEndpoint:
             enabled=row.enabled,
             disabled_reason=row.disabled_reason,
             signing=SigningSchemeValue(row.signing),
-            public_key=rules.current_public_key(row),
+            public_key=service.current_public_key(row),
             created_at=row.created_at,
             tenant_id=row.tenant_id,
         )
@@ -110,16 +103,16 @@ class WebhookEndpoint:
         first: int | None = None,
         status: DeliveryStatus | None = None,  # type: ignore[valid-type]
     ) -> list[WebhookDelivery]:
-        size = DEFAULT_DELIVERIES if first is None else first
-        if not 0 <= size <= MAX_DELIVERIES:
-            raise graphql_error(
-                ValidationError(f"first must be between 0 and {MAX_DELIVERIES}", field=["first"])
+        views = or_graphql_error(
+            lambda: service.recent_deliveries(
+                info.context.session,
+                self.tenant_id,
+                str(self.id),
+                first=DEFAULT_DELIVERIES if first is None else first,
+                status=DeliveryStatusValue(status) if status else None,
             )
-        repository = DeliveryRepository(info.context.session, self.tenant_id)
-        rows = repository.recent(
-            str(self.id), first=size, status=DeliveryStatusValue(status).value if status else None
         )
-        return _deliveries(info, self.tenant_id, list(rows))
+        return [WebhookDelivery.from_view(view) for view in views]
 
 
 @strawberry.type
@@ -164,19 +157,17 @@ class WebhookQuery:
     @strawberry.field(description="The caller's webhook endpoints.")
     def webhook_endpoints(self, info: GraphQLInfo) -> list[WebhookEndpoint]:
         principal = require(info, SCOPE)
-        rows = EndpointRepository(info.context.session, principal.tenant_id).all()
+        rows = service.list_endpoints(info.context.session, principal.tenant_id)
         return [WebhookEndpoint.from_row(row) for row in rows]
 
     @strawberry.field(description="One endpoint of the caller's, or null.")
     def webhook_endpoint(self, info: GraphQLInfo, id: strawberry.ID) -> WebhookEndpoint | None:
         principal = require(info, SCOPE)
-        if not has_prefix(str(id), "whe"):
-            return None
-        row = EndpointRepository(info.context.session, principal.tenant_id).get(str(id))
+        row = service.find_endpoint(info.context.session, principal.tenant_id, str(id))
         return WebhookEndpoint.from_row(row) if row else None
 
 
-def _endpoint_payload(issued: rules.IssuedEndpoint) -> WebhookEndpointPayload:
+def _endpoint_payload(issued: service.IssuedEndpoint) -> WebhookEndpointPayload:
     return WebhookEndpointPayload(
         endpoint=WebhookEndpoint.from_row(issued.endpoint), secret=issued.secret, user_errors=[]
     )
@@ -201,14 +192,13 @@ class WebhookMutation:
         return run_mutation(
             info,
             lambda: _endpoint_payload(
-                rules.create_endpoint(
+                service.create_endpoint(
                     info.context.session,
                     tenant_id,
                     url=input.url,
                     event_types=input.event_types,
                     description=input.description,
                     signing=signing,
-                    max_endpoints=limits_for(info.context.session, tenant_id).max_webhook_endpoints,
                 )
             ),
             _endpoint_errors,
@@ -223,7 +213,7 @@ class WebhookMutation:
             info,
             lambda: WebhookEndpointPayload(
                 endpoint=WebhookEndpoint.from_row(
-                    rules.update_endpoint(
+                    service.update_endpoint(
                         info.context.session,
                         tenant_id,
                         str(id),
@@ -245,7 +235,7 @@ class WebhookMutation:
         return run_mutation(
             info,
             lambda: DeletePayload(
-                id=strawberry.ID(rules.delete_endpoint(info.context.session, tenant_id, str(id))),
+                id=strawberry.ID(service.delete_endpoint(info.context.session, tenant_id, str(id))),
                 user_errors=[],
             ),
             lambda errors: DeletePayload(id=None, user_errors=errors),
@@ -259,7 +249,7 @@ class WebhookMutation:
         return run_mutation(
             info,
             lambda: _endpoint_payload(
-                rules.rotate_key(info.context.session, tenant_id, str(id), keep_old_for_seconds)
+                service.rotate_key(info.context.session, tenant_id, str(id), keep_old_for_seconds)
             ),
             _endpoint_errors,
         )
@@ -271,9 +261,7 @@ class WebhookMutation:
         return run_mutation(
             info,
             lambda: WebhookDeliveryPayload(
-                delivery=_deliveries(
-                    info, tenant_id, [rules.send_test(session, tenant_id, str(endpoint_id))]
-                )[0],
+                delivery=WebhookDelivery.from_view(service.send_test(session, tenant_id, str(endpoint_id))),
                 user_errors=[],
             ),
             _delivery_errors,
@@ -288,9 +276,9 @@ class WebhookMutation:
         return run_mutation(
             info,
             lambda: WebhookDeliveryPayload(
-                delivery=_deliveries(
-                    info, tenant_id, [rules.redeliver(session, tenant_id, str(event_id), str(endpoint_id))]
-                )[0],
+                delivery=WebhookDelivery.from_view(
+                    service.redeliver(session, tenant_id, str(event_id), str(endpoint_id))
+                ),
                 user_errors=[],
             ),
             _delivery_errors,
@@ -304,7 +292,8 @@ class WebhookMutation:
         return run_mutation(
             info,
             lambda: RecoverPayload(
-                count=rules.recover(info.context.session, tenant_id, str(endpoint_id), since), user_errors=[]
+                count=service.recover(info.context.session, tenant_id, str(endpoint_id), since),
+                user_errors=[],
             ),
             lambda errors: RecoverPayload(count=0, user_errors=errors),
         )

@@ -18,12 +18,12 @@ import anyio.to_thread
 import psycopg
 from sqlalchemy.engine import make_url
 
-from callbacks.delivery import Claimed, Outcome, claim_due, record, release
-from callbacks.events import NOTIFY_CHANNEL
-from callbacks.sender import Sender
 from service.db import session_scope
 from service.outages import log_failure
 from service.settings import Settings, get_settings
+from service.webhooks.delivery import Claimed, Outcome, claim_due, record, release
+from service.webhooks.repository import NOTIFY_CHANNEL
+from service.webhooks.sending import Sender
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Deliverer:
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = asyncio.create_task(self._listen(stop))
-        recorder = asyncio.create_task(self._record_loop(stop))
+        recorder = asyncio.create_task(self._record_loop())
         try:
             while not stop.is_set():
                 self.wake.clear()
@@ -111,7 +111,7 @@ class Deliverer:
             if left <= 0 or half_endpoint or half_overall:
                 self.wake.set()
 
-    async def _record_loop(self, stop: asyncio.Event) -> None:
+    async def _record_loop(self) -> None:
         while True:
             await asyncio.sleep(RECORD_INTERVAL)
             await self._flush()

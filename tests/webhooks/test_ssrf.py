@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from callbacks.ssrf import Target, UnsafeURLError, check_url, pinned_url, refusal_reason, resolve_public
+from service.webhooks.ssrf import (
+    Target,
+    UnsafeURLError,
+    check_url,
+    pinned_url,
+    refusal_reason,
+    resolve_public,
+)
 
 REFUSED_URLS = [
     ("http://example.com/hook", "URL_SCHEME"),

@@ -1,4 +1,4 @@
-"""GraphQL for the calling tenant: ``viewer``."""
+"""GraphQL ``viewer``: the calling tenant with its plan's limits and its usage across the domains."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ from datetime import datetime
 
 import strawberry
 
-from callbacks.repository import EndpointRepository
 from service.graphql_base import GraphQLInfo, require
-from service.jobs.repository import JobRepository
+from service.jobs.service import count_by_status
 from service.settings import get_settings
-from service.tenants.limits import limits_for
-from service.tenants.models import Tenant as TenantRow
+from service.tenants.service import get_tenant, limits_for
+from service.webhooks.service import count_endpoints
 
 
 @strawberry.type(description="The tenant's plan limits (with its own overrides).")
@@ -55,12 +54,12 @@ class Tenant:
     @strawberry.field
     def usage(self, info: GraphQLInfo) -> TenantUsage:
         session = info.context.session
-        counts = JobRepository(session, str(self.id)).count_by_status()
+        counts = count_by_status(session, str(self.id))
         return TenantUsage(
             queued_jobs=counts.get("QUEUED", 0),
             running_jobs=counts.get("RUNNING", 0) + counts.get("CANCELING", 0),
             total_jobs=sum(counts.values()),
-            webhook_endpoints=EndpointRepository(session, str(self.id)).count(),
+            webhook_endpoints=count_endpoints(session, str(self.id)),
         )
 
 
@@ -69,8 +68,7 @@ class TenantQuery:
     @strawberry.field(description="The tenant whose API key made this request.")
     def viewer(self, info: GraphQLInfo) -> Tenant:
         principal = require(info, None)
-        row = info.context.session.get(TenantRow, principal.tenant_id)
-        assert row is not None  # the key was just authenticated against it
+        row = get_tenant(info.context.session, principal.tenant_id)
         return Tenant(
             id=strawberry.ID(row.id),
             name=row.name,

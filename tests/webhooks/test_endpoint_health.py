@@ -6,13 +6,12 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from callbacks.delivery import Claimed, Outcome, record
-from callbacks.endpoints import create_endpoint
-from callbacks.events import publish
-from callbacks.models import SigningScheme, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from service.db import session_scope
 from service.models import utcnow
 from service.settings import get_settings
+from service.webhooks.delivery import Claimed, Outcome, record
+from service.webhooks.models import SigningScheme, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from service.webhooks.service import create_endpoint, publish
 from tests.conftest import TenantHandle
 
 
@@ -66,14 +65,17 @@ def test_a_long_failing_streak_disables_the_endpoint_and_notifies_the_others(ten
     _answer(tenant, failing, 500)
     with session_scope() as session:
         endpoint = session.get(WebhookEndpoint, failing)
-        assert endpoint is not None and endpoint.enabled and endpoint.failing_since is not None
+        assert endpoint is not None
+        assert endpoint.enabled
+        assert endpoint.failing_since is not None
         endpoint.failing_since -= timedelta(seconds=get_settings().webhook_disable_after_seconds + 60)
         session.add(endpoint)
 
     _answer(tenant, failing, 500)
     with session_scope() as session:
         endpoint = session.get(WebhookEndpoint, failing)
-        assert endpoint is not None and not endpoint.enabled
+        assert endpoint is not None
+        assert not endpoint.enabled
         assert endpoint.disabled_reason == "no successful delivery for too long"
         notices = session.exec(
             select(WebhookEvent, WebhookDelivery)
@@ -90,8 +92,11 @@ def test_a_success_ends_the_failing_streak(tenant: TenantHandle) -> None:
     _answer(tenant, endpoint_id, 500)
     with session_scope() as session:
         endpoint = session.get(WebhookEndpoint, endpoint_id)
-        assert endpoint is not None and endpoint.failing_since is not None
+        assert endpoint is not None
+        assert endpoint.failing_since is not None
     _answer(tenant, endpoint_id, 204)
     with session_scope() as session:
         endpoint = session.get(WebhookEndpoint, endpoint_id)
-        assert endpoint is not None and endpoint.enabled and endpoint.failing_since is None
+        assert endpoint is not None
+        assert endpoint.enabled
+        assert endpoint.failing_since is None

@@ -128,20 +128,13 @@ def refusal_reason(ip: IPAddress) -> str | None:
     if isinstance(ip, IPv6Address):
         if ip.ipv4_mapped is not None:
             return refusal_reason(ip.ipv4_mapped)
-        if ip in _NAT64_LOCAL:
-            return "a local-use NAT64 address"
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             reason = refusal_reason(embedded)
             return f"a tunnel to {embedded}, {reason}" if reason else None
-        if ip.teredo is not None:
-            return "a Teredo tunnel address"
-        if ip.is_site_local:
-            return "a site-local address"
-    elif ip == _BROADCAST:
-        return "the broadcast address"
-    elif ip in _SHARED:
-        return "a shared (carrier-grade NAT) address"
+    special = _ipv6_refusal(ip) if isinstance(ip, IPv6Address) else _ipv4_refusal(ip)
+    if special is not None:
+        return special
     for reason, refused in (
         ("an unspecified address", ip.is_unspecified),
         ("a loopback address", ip.is_loopback),
@@ -153,6 +146,26 @@ def refusal_reason(ip: IPAddress) -> str | None:
     ):
         if refused:
             return reason
+    return None
+
+
+def _ipv6_refusal(ip: IPv6Address) -> str | None:
+    """Refusals particular to IPv6 (tunnels and translations that may lead inside)."""
+    if ip in _NAT64_LOCAL:
+        return "a local-use NAT64 address"
+    if ip.teredo is not None:
+        return "a Teredo tunnel address"
+    if ip.is_site_local:
+        return "a site-local address"
+    return None
+
+
+def _ipv4_refusal(ip: IPv4Address) -> str | None:
+    """Refusals particular to IPv4 that the ipaddress properties do not cover."""
+    if ip == _BROADCAST:
+        return "the broadcast address"
+    if ip in _SHARED:
+        return "a shared (carrier-grade NAT) address"
     return None
 
 

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
-from callbacks.deliverer import Deliverer
-from callbacks.endpoints import create_endpoint
-from callbacks.events import publish
-from callbacks.models import SigningScheme
 from service.db import session_scope
 from service.settings import get_settings
+from service.webhooks.deliverer import Deliverer
+from service.webhooks.models import SigningScheme
+from service.webhooks.service import create_endpoint, publish
 from tests.conftest import TenantHandle
 from tests.receiver import Receiver
 
@@ -58,7 +57,8 @@ def test_concurrent_deliverers_send_each_delivery_exactly_once(
     asyncio.run(deliver_all())
 
     ids = Counter(request.headers["webhook-id"] for request in receiver.at(path))
-    assert len(ids) == count and set(ids.values()) == {1}
+    assert len(ids) == count
+    assert set(ids.values()) == {1}
     with session_scope() as session:
         statuses = session.execute(
             text("SELECT status, count(*) FROM webhook_deliveries WHERE endpoint_id = :e GROUP BY status"),

@@ -1,4 +1,4 @@
-"""One webhook attempt over HTTP: body, Standard Webhooks signature, SSRF check, pinned connection.
+"""Sending one webhook attempt over HTTP: body, Standard Webhooks signature, SSRF check, pinned connection.
 
 Each host name gets its own pooled client (keep-alive, and TLS names never mixed). The address is
 resolved and checked here, then connected to directly, so a name cannot be re-pointed at an internal
@@ -18,16 +18,17 @@ import anyio.to_thread
 import httpx
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from callbacks.delivery import RESPONSE_BODY_LIMIT, Claimed, Outcome, clean_body
-from callbacks.schedule import parse_retry_after
 from callbacks.signing import build_headers
-from callbacks.ssrf import UnsafeURLError, check_url, pinned_url, resolve_public
 from observability.metrics import attempt_outcome, record_webhook_attempt, record_webhook_delivered
 from observability.tracing import continue_trace, get_tracer, inject
 from service.crypto import decrypt
 from service.models import utcnow
 from service.settings import Settings
 from service.storage.factory import get_storage
+from service.webhooks.delivery import RESPONSE_BODY_LIMIT, Claimed, Outcome, clean_body
+from service.webhooks.retry import parse_retry_after
+from service.webhooks.service import keys_in_use
+from service.webhooks.ssrf import UnsafeURLError, check_url, pinned_url, resolve_public
 
 MAX_CLIENTS = 256
 RESOLVE_TTL_SECONDS = 60.0
@@ -35,12 +36,7 @@ RESOLVE_TTL_SECONDS = 60.0
 
 def active_keys(signing_keys: list[dict[str, Any]], now: datetime) -> list[str]:
     """The decrypted keys that sign now: the newest, and older ones still inside their overlap."""
-    keys = []
-    for entry in signing_keys:
-        expires_at = entry.get("expires_at")
-        if expires_at is None or datetime.fromisoformat(expires_at) > now:
-            keys.append(decrypt(entry["key"]))
-    return keys
+    return [decrypt(entry["key"]) for entry in keys_in_use(signing_keys, now)]
 
 
 def payload(claimed: Claimed, settings: Settings) -> bytes:

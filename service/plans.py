@@ -1,0 +1,69 @@
+"""Plan limits: their names, the built-in plans, and one tenant's effective values.
+
+Imports nothing of ours: settings validate PLANS against these names, and tenants resolve them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+LIMIT_NAMES = (
+    "mutations_per_minute",
+    "burst",
+    "max_running",
+    "max_queued",
+    "max_text_chars",
+    "max_webhook_endpoints",
+)
+
+DEFAULT_PLANS: dict[str, dict[str, int]] = {
+    "free": {
+        "mutations_per_minute": 60,
+        "burst": 20,
+        "max_running": 2,
+        "max_queued": 100,
+        "max_text_chars": 5_000,
+        "max_webhook_endpoints": 5,
+    },
+    "pro": {
+        "mutations_per_minute": 600,
+        "burst": 100,
+        "max_running": 10,
+        "max_queued": 10_000,
+        "max_text_chars": 5_000,
+        "max_webhook_endpoints": 50,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One tenant's effective limits (mutations_per_minute 0: no rate limit)."""
+
+    mutations_per_minute: int
+    burst: int
+    max_running: int
+    max_queued: int
+    max_text_chars: int
+    max_webhook_endpoints: int
+
+
+assert tuple(f.name for f in fields(Limits)) == LIMIT_NAMES
+
+
+def missing_limits(plan: Mapping[str, int]) -> list[str]:
+    """The limit names a plan from PLANS lacks."""
+    return [name for name in LIMIT_NAMES if name not in plan]
+
+
+def resolve_limits(
+    plans: Mapping[str, Mapping[str, int]], default_plan: str, plan: str, overrides: Mapping[str, Any] | None
+) -> Limits:
+    """The plan's limits (the default plan's for an unknown name) with a tenant's overrides on top."""
+    values = dict(plans.get(plan) or plans[default_plan])
+    for name, value in (overrides or {}).items():
+        if name in LIMIT_NAMES and isinstance(value, int) and value >= 0:
+            values[name] = value
+    return Limits(**{name: int(values[name]) for name in LIMIT_NAMES})

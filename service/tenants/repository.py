@@ -1,0 +1,57 @@
+"""All SQL about tenants and their API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, update
+from sqlmodel import Session, col, select
+
+from service.tenants.models import ApiKey, Tenant
+
+KeyRow = tuple[str, str, str, list[str]]
+"""(key id, tenant id, key hash, scopes) of an active key."""
+
+
+def active_key_by_prefix(session: Session, prefix: str) -> KeyRow | None:
+    """The unrevoked key with this prefix, as plain columns (this runs on every request)."""
+    columns = (ApiKey.id, ApiKey.tenant_id, ApiKey.key_hash, ApiKey.scopes)
+    statement = select(*columns).where(ApiKey.prefix == prefix, col(ApiKey.revoked_at).is_(None))
+    row = session.exec(statement).first()
+    return None if row is None else (row[0], row[1], row[2], list(row[3]))
+
+
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether the key exists and is not revoked."""
+    statement = select(ApiKey.id).where(ApiKey.id == key_id, col(ApiKey.revoked_at).is_(None))
+    return session.exec(statement).first() is not None
+
+
+def plan_of(session: Session, tenant_id: str) -> tuple[str, dict[str, Any] | None] | None:
+    """The tenant's plan name and limit overrides, or None when the row is not visible."""
+    row = session.exec(select(Tenant.plan, Tenant.limits).where(Tenant.id == tenant_id)).first()
+    return None if row is None else (row[0], dict(row[1]) if row[1] is not None else None)
+
+
+def record_key_uses(session: Session, uses: Sequence[tuple[str, datetime]]) -> None:
+    """Move keys' last_used_at forward to these times (never backwards)."""
+    statement = (
+        update(ApiKey)
+        .where(col(ApiKey.id) == bindparam("key_id"))
+        .values(
+            last_used_at=func.greatest(
+                func.coalesce(ApiKey.last_used_at, bindparam("used_at")), bindparam("used_at")
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rows = [{"key_id": key_id, "used_at": used_at} for key_id, used_at in uses]
+    session.connection().execute(statement, rows)
+
+
+def keys_of(session: Session, tenant_id: str) -> list[ApiKey]:
+    """A tenant's keys, oldest first."""
+    statement = select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(col(ApiKey.created_at))
+    return list(session.exec(statement))

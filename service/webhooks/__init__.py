@@ -1,0 +1,1 @@
+"""The server side of webhooks: endpoints, events, deliveries, the deliverer and the SSRF guard."""
