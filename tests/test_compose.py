@@ -290,8 +290,7 @@ def test_every_secret_is_required_with_no_default(services: dict[str, Service], 
         )
         assert any(f"${{{secret}:?" in str(part) for part in raw), (service, where)
         with pytest.raises(KeyError, match=f"{secret} is required"):
-            for part in raw:
-                interpolate(str(part), without)
+            interpolate(" ".join(str(part) for part in raw), without)
     text = (ROOT / "docker-compose.yml").read_text()
     for name, operator, _ in VARIABLE.findall(text):
         if "PASSWORD" in name or "SECRET" in name:
@@ -341,7 +340,8 @@ def _wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
-            assert server.poll() is None and time.monotonic() < deadline
+            assert server.poll() is None
+            assert time.monotonic() < deadline
             time.sleep(0.05)
 
 
@@ -467,7 +467,8 @@ def test_prometheus_scrapes_each_process_on_its_metrics_port(
     api = build_parser().parse_args(services["api"]["command"][1:])
     assert api.workers == 1
     ports = {name: int(environment(services[name])["METRICS_PORT"]) for name in LONG_RUNNING_APP}
-    assert METRICS_PORT in ports.values() and api.port not in ports.values()
+    assert METRICS_PORT in ports.values()
+    assert api.port not in ports.values()
     collector_ports = {
         port_of(collector["exporters"]["prometheus"]["endpoint"]),
         port_of(collector["service"]["telemetry"]["metrics"]["address"]),

@@ -78,7 +78,8 @@ def dev(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
                 break
         except httpx.TransportError:
             pass
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
     yield Dev(url, data_dir, env, log, metrics_port)
     process.send_signal(signal.SIGINT)
@@ -123,7 +124,8 @@ def test_dev_generates_a_private_secret_key_and_commands_beside_it_use_it(dev: D
 
 def test_dev_serves_graphiql_and_introspection(dev: Dev) -> None:
     page = httpx.get(f"{dev.url}/graphql", headers={"accept": "text/html"})
-    assert page.status_code == 200 and "graphiql" in page.text.lower()
+    assert page.status_code == 200
+    assert "graphiql" in page.text.lower()
     created = subprocess.run(
         [
             sys.executable,
@@ -161,5 +163,6 @@ def test_dev_gives_each_process_its_own_metrics_port(dev: Dev) -> None:
             except httpx.TransportError:
                 assert time.monotonic() < deadline, dev.log.read_text()
                 time.sleep(0.2)
-        assert response.status_code == 200 and "process_" in response.text
+        assert response.status_code == 200
+        assert "process_" in response.text
     assert httpx.get(f"{dev.url}/metrics").status_code == 404

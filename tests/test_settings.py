@@ -80,7 +80,8 @@ def test_a_bad_value_fails_loading_with_a_message_naming_the_variable(
         load_settings()
     assert caught.value.code == "CONFIGURATION"
     assert expected in caught.value.message
-    assert "hunter22" not in caught.value.message and "not-a-fernet-key" not in caught.value.message
+    assert "hunter22" not in caught.value.message
+    assert "not-a-fernet-key" not in caught.value.message
 
 
 def test_a_missing_secret_key_is_refused_whatever_the_environment(

@@ -174,10 +174,7 @@ def _run(job_id: str) -> None:
     output: ArtifactOutput | None = None
     try:
         with Heartbeat(job_id):
-            params = kind.input_model.model_validate(job.input)
-            output = kind.handler(RunContext(job), params)
-            if output is not None:  # a kind's filename is untrusted: from here on, a safe basename
-                output = replace(output, filename=safe_filename(output.filename))
+            output = _produce(kind, job)
             stored = _store(job, output) if output is not None else None
     except JobCanceled:
         _finish_canceled(job, output)
@@ -200,6 +197,12 @@ def _run(job_id: str) -> None:
             filename = output.filename if output else ""
             content_type = output.content_type if output else ""
             service.succeed(session, locked, stored, filename=filename, content_type=content_type)
+
+
+def _produce(kind: Kind, job: Job) -> ArtifactOutput | None:
+    """Run the kind's handler; its filename is untrusted, so from here on it is a safe basename."""
+    output = kind.handler(RunContext(job), kind.input_model.model_validate(job.input))
+    return replace(output, filename=safe_filename(output.filename)) if output is not None else None
 
 
 def _store(job: Job, output: ArtifactOutput) -> StoredObject:

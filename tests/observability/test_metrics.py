@@ -179,7 +179,8 @@ def _scrape_when_up(url: str, process: ServiceProcess, timeout: float = 30) -> S
         try:
             return scrape(url)
         except httpx.TransportError:
-            assert process.process is not None and process.process.poll() is None, process.log()
+            assert process.process is not None
+            assert process.process.poll() is None, process.log()
             assert time.monotonic() < deadline, process.log()
             time.sleep(0.1)
 
@@ -187,7 +188,8 @@ def _scrape_when_up(url: str, process: ServiceProcess, timeout: float = 30) -> S
 def test_the_public_api_port_serves_no_metrics(api: ApiProcess) -> None:
     response = httpx.get(f"{api.url}/metrics")
     assert response.status_code == 404
-    assert "claimcheck_" not in response.text and "process_" not in response.text
+    assert "claimcheck_" not in response.text
+    assert "process_" not in response.text
 
 
 def test_the_api_serves_its_metrics_on_metrics_port(
@@ -233,4 +235,5 @@ def test_the_api_refuses_several_workers_with_a_metrics_port(env: dict[str, str]
     assert (
         "error (CONFIGURATION): METRICS_PORT is set, so the API runs one worker per process" in result.stderr
     )
-    assert "--workers 2" in result.stderr and "Traceback" not in result.stderr
+    assert "--workers 2" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -264,7 +264,8 @@ def test_server_spans_keep_no_download_token(
         for key, value in (span.attributes or {}).items()
         if "target" in key or "path" in key
     ]
-    assert paths and all("/downloads/[REDACTED]" in str(path) for path in paths), paths
+    assert paths
+    assert all("/downloads/[REDACTED]" in str(path) for path in paths), paths
 
 
 def test_exporters_from_the_environment() -> None:

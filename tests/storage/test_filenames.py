@@ -50,8 +50,12 @@ def test_a_filename_becomes_a_safe_basename(name: str, expected: str) -> None:
 @given(name=st.text(max_size=400) | st.text(alphabet="./\\ \t\r\n.x\u202e\x00", max_size=40))
 def test_any_filename_stays_one_safe_segment_under_the_jobs_prefix(name: str) -> None:
     safe = safe_filename(name)
-    assert safe and safe_filename(safe) == safe
-    assert "/" not in safe and "\\" not in safe and not safe.startswith(".") and safe == safe.strip()
+    assert safe
+    assert safe_filename(safe) == safe
+    assert "/" not in safe
+    assert "\\" not in safe
+    assert not safe.startswith(".")
+    assert safe == safe.strip()
     assert len(safe.encode()) <= MAX_FILENAME_BYTES
     assert all(unicodedata.category(char)[0] != "C" for char in safe)
     prefix, _, last = artifact_key("ten_1", "job_1", name).rpartition("/")
@@ -70,7 +74,8 @@ E2E_NAMES = [
 
 def _disposition_filename(header: str) -> str:
     """The filename a browser takes from Content-Disposition (RFC 6266: filename* wins)."""
-    assert "\r" not in header and "\n" not in header
+    assert "\r" not in header
+    assert "\n" not in header
     parameters = dict(part.strip().split("=", 1) for part in header.split(";")[1:])
     if "filename*" in parameters:
         charset, _, encoded = parameters["filename*"].partition("''")
@@ -99,8 +104,9 @@ def test_a_kinds_hostile_filename_is_stored_under_the_job_and_downloaded_safely(
     # The escape name exists nowhere but under a job's prefix (the escape case's own job).
     for path in storage.rglob(ESCAPE):
         parts = path.relative_to(storage).parts
-        assert len(parts) == 5 and parts[0] == "tenants" and parts[2] == "jobs", path
+        assert (len(parts), parts[0], parts[2]) == (5, "tenants", "jobs"), path
 
     response = httpx.get(url)
-    assert response.status_code == 200 and response.text == content
+    assert response.status_code == 200
+    assert response.text == content
     assert _disposition_filename(response.headers["content-disposition"]) == expected
