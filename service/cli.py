@@ -12,6 +12,8 @@ from typing import Any
 from observability.logging import setup_logging
 from service.settings import ConfigurationError, get_settings
 
+SERVER_COMMANDS = ("api", "worker", "scheduler")
+
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from service.devserver import run_dev
@@ -58,7 +60,7 @@ def cmd_scheduler(_args: argparse.Namespace) -> int:
 def cmd_migrate(_args: argparse.Namespace) -> int:
     from service.migrate import upgrade
 
-    upgrade(get_settings().database_url)
+    upgrade(get_settings().required_url("database_url"))
     print("database is at the latest schema")
     return 0
 
@@ -220,8 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Every setting is checked before anything starts (`dev` makes its SECRET_KEY first; each of
         # its processes then checks its own).
-        level = os.environ.get("LOG_LEVEL", "INFO") if args.command == "dev" else get_settings().log_level
-        setup_logging(level)  # JSON lines in production, text in development
+        if args.command == "dev":
+            setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+        else:
+            settings = get_settings()
+            if args.command in SERVER_COMMANDS:
+                settings.required_url("database_url")
+                settings.required_url("redis_url")
+            setup_logging(settings.log_level)  # JSON lines in production, text in development
         return int(args.func(args))
     except ClaimcheckError as error:
         print(f"error ({error.code}): {error.message}", file=sys.stderr)

@@ -27,6 +27,8 @@ from service.plans import DEFAULT_PLANS, LIMIT_NAMES, missing_limits
 
 DEV_STATE_FILE = "dev.json"
 MIN_SECRET_KEY_CHARS = 16
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+RetrySchedule = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)]
 
 
 class ConfigurationError(ClaimcheckError):
@@ -71,7 +73,7 @@ class Settings(BaseSettings):
     download_url_max_expiry: int = Field(default=7 * 24 * 3600, ge=1)
 
     speech_max_chars: int = Field(default=5_000, ge=1)
-    progress_milestones: list[Annotated[float, Field(gt=0, lt=1)]] = [0.25, 0.5, 0.75]
+    progress_milestones: list[Fraction] = [0.25, 0.5, 0.75]
 
     outbox_grace_seconds: float = Field(default=5.0, ge=0)
     scheduler_interval_seconds: float = Field(default=2.0, gt=0)
@@ -119,16 +121,7 @@ class Settings(BaseSettings):
     encryption_keys: str = ""
 
     # Webhooks. Delays are seconds after the previous attempt; the scale compresses them (tests, chaos).
-    webhook_retry_schedule: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [
-        0,
-        5,
-        300,
-        1800,
-        7200,
-        18000,
-        36000,
-        36000,
-    ]
+    webhook_retry_schedule: RetrySchedule = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
     webhook_retry_scale: float = Field(default=1.0, gt=0)
     webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
     webhook_max_retry_after: float = Field(default=3600, ge=0)
@@ -248,6 +241,15 @@ class Settings(BaseSettings):
                 "JOB_STUCK_AFTER_SECONDS must exceed JOB_HEARTBEAT_SECONDS, or every running job looks lost"
             )
         return self
+
+    def required_url(self, name: Literal["database_url", "redis_url"]) -> str:
+        """DATABASE_URL or REDIS_URL; a ConfigurationError when neither it nor a running dev gives one."""
+        value: str = getattr(self, name)
+        if not value:
+            raise ConfigurationError(
+                f"{name.upper()} is not set, and no `claimcheck dev` is running in DATA_DIR ({self.data_dir})"
+            )
+        return value
 
     @property
     def webhook_allowed_networks(self) -> list[str]:

@@ -130,3 +130,24 @@ def test_an_operator_command_refuses_the_old_public_development_secret(
     assert result.returncode == 2, result.stdout
     assert "SECRET_KEY: not set" in result.stderr
     assert "API key" not in result.stdout
+
+
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL"])
+@pytest.mark.parametrize("command", ["api", "worker", "scheduler"])
+def test_a_server_process_refuses_to_start_without_its_database_or_redis(
+    env: dict[str, str], tmp_path: Path, command: str, missing: str
+) -> None:
+    """No URL and no running dev in DATA_DIR: a clear refusal, not a loop of failing sweeps."""
+    without = {k: v for k, v in env.items() if k != missing}
+    result = _cli({**without, "DATA_DIR": str(tmp_path)}, command)
+    assert result.returncode == 2, result.stderr
+    assert f"error (CONFIGURATION): {missing} is not set, and no `claimcheck dev` is running" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_without_a_database_url_says_so(env: dict[str, str], tmp_path: Path) -> None:
+    without = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    result = _cli({**without, "DATA_DIR": str(tmp_path)}, "migrate")
+    assert result.returncode == 2, result.stderr
+    assert "DATABASE_URL is not set" in result.stderr
+    assert "Traceback" not in result.stderr
