@@ -12,6 +12,12 @@ and ``_count``). The Grafana dashboard queries those names; a test keeps them in
 Metrics are per process. An RQ worker runs each job in a forked child that exits with
 ``os._exit``: what the child records is lost with it. Record job outcomes (finished, duration,
 queue wait) in the worker's parent process, after the child ends, or in the API/scheduler.
+
+Some gauges are read at scrape time from the process that owns the state, through ``register_*``
+callbacks: the worker registers RQ's queue depth, the webhook delivery backlog, its job slots and its
+deliverer; the scheduler the outbox. Counters whose label values are known in advance start at 0
+(``setup_metrics``, ``start_job_counters``), so that the first event is an increase Prometheus sees.
+Labels stay bounded: no job or tenant ids, but for the top ``TOP_TENANTS`` tenants of one gauge.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -28,6 +36,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import start_http_server
+
+from observability.recent import RecentOutcomes
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,12 @@ JOB_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 WAIT_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 ATTEMPT_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 DELIVERY_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000, 86400, 432000)
+
+OVERDUE_SECONDS = 60.0  # a delivery due for longer than this is overdue: no deliverer took it
+OUTBOX_SAMPLE = 500  # the outbox gauges look at this many of the oldest jobs ready to run
+TENANT_WINDOW_SECONDS = 300.0  # per-tenant webhook results: over the last five minutes...
+TOP_TENANTS = 10  # ...for at most this many tenants (bounded cardinality)
+SCRAPE_READ_SECONDS = 5.0  # a database read behind a gauge gives up after this (a scrape has 10 s)
 
 # Webhook attempt outcomes (the ``outcome`` attribute).
 OUTCOME_SUCCESS = "success"  # 2xx
@@ -105,27 +121,126 @@ RATE_LIMIT_REJECTIONS = _meter.create_counter(
     description="Requests refused by a per-tenant limit, by limit (rate, concurrency, quota)",
 )
 
-QueueDepthCallback = Callable[[], Mapping[str, float]]
-_queue_depth_callbacks: list[QueueDepthCallback] = []
+OUTBOX_REENQUEUED = _meter.create_counter(
+    "claimcheck.outbox.reenqueued",
+    unit="{job}",
+    description="Committed jobs the scheduler's sweep found missing from RQ and enqueued again",
+)
+HTTP_REQUESTS = _meter.create_counter(
+    "claimcheck.http.server.requests",
+    unit="{request}",
+    description="HTTP responses of the API, by route template, method and status code",
+)
+
+# Counters whose label values are known start at 0 in every process: the first event is then an
+# increase Prometheus can see (a series born at 1 shows none to increase() or rate()).
+_ATTEMPT_CLASSES = {
+    OUTCOME_SUCCESS: ("2xx",),
+    OUTCOME_HTTP_ERROR: ("3xx", "4xx", "5xx"),
+    OUTCOME_GONE: ("4xx",),
+    OUTCOME_TIMEOUT: ("none",),
+    OUTCOME_NETWORK_ERROR: ("none",),
+    OUTCOME_REFUSED: ("none",),
+}
+_KNOWN_LABELS: tuple[tuple[Any, dict[str, str]], ...] = (
+    *(
+        (WEBHOOK_ATTEMPTS, {"outcome": outcome, "status_class": status_class, "trigger": trigger})
+        for outcome, classes in _ATTEMPT_CLASSES.items()
+        for status_class in classes
+        for trigger in ("scheduled", "manual")
+    ),
+    *((WEBHOOK_ENDPOINTS_DISABLED, {"reason": reason}) for reason in ("failing", "gone")),
+    *((RATE_LIMIT_REJECTIONS, {"limit": limit}) for limit in ("rate", "concurrency", "quota")),
+    (OUTBOX_REENQUEUED, {}),
+)
 
 
-def _observe_queue_depth(_options: CallbackOptions) -> Iterable[Observation]:
-    observations: list[Observation] = []
-    for callback in list(_queue_depth_callbacks):
-        try:
-            depths = callback()
-        except Exception:
-            log.warning("queue depth callback %r failed", callback, exc_info=True)
-            continue
-        observations.extend(Observation(depth, {"queue": queue}) for queue, depth in depths.items())
-    return observations
+# --- read at scrape time -------------------------------------------------------------------------
+
+Reading = Iterable[tuple[float, Mapping[str, str]]]
+"""What a gauge callback returns: (value, attributes) pairs."""
 
 
-QUEUE_DEPTH = _meter.create_observable_gauge(
+class _Sources:
+    """The callbacks an observable gauge reads at each scrape. A failing one is logged and skipped:
+    the others, and the rest of the scrape, still report."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._callbacks: list[Callable[[], Reading]] = []
+
+    def register(self, callback: Callable[[], Reading]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def unregister() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unregister
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        observations: list[Observation] = []
+        for callback in list(self._callbacks):
+            try:
+                observations.extend(Observation(value, dict(labels)) for value, labels in callback())
+            except Exception:
+                log.warning("%s callback %r failed", self.name, callback, exc_info=True)
+        return observations
+
+
+def _gauge(name: str, unit: str, description: str) -> tuple[Any, _Sources]:
+    sources = _Sources(name)
+    gauge = _meter.create_observable_gauge(
+        name, callbacks=[sources.observe], unit=unit, description=description
+    )
+    return gauge, sources
+
+
+QUEUE_DEPTH, _queue_depth = _gauge(
     "claimcheck.queue.depth",
-    callbacks=[_observe_queue_depth],
-    unit="{item}",
-    description="Items waiting, by queue (jobs: RQ's queue; webhooks: deliveries due), read at scrape time",
+    "{item}",
+    "Items waiting, by queue (jobs: RQ's queue; webhooks: deliveries due), read at scrape time",
+)
+WORKER_JOB_SLOTS, _worker_slots = _gauge(
+    "claimcheck.worker.job_slots",
+    "{slot}",
+    "A worker's places for running jobs, by state (busy: running a job; idle)",
+)
+WEBHOOK_DELIVERERS, _deliverers = _gauge(
+    "claimcheck.webhook.deliverers",
+    "{deliverer}",
+    "Webhook deliverer loops running in this process (0 when a worker's deliverer stopped)",
+)
+WEBHOOK_DELIVERIES_OVERDUE, _overdue = _gauge(
+    "claimcheck.webhook.deliveries.overdue",
+    "{delivery}",
+    f"Deliveries due for more than {OVERDUE_SECONDS:g} s that no deliverer has taken",
+)
+OUTBOX_LAG, _outbox_lag = _gauge(
+    "claimcheck.outbox.lag",
+    "s",
+    "How long the oldest job ready to run has been committed without being in RQ (0: none)",
+)
+OUTBOX_MISSING, _outbox_missing = _gauge(
+    "claimcheck.outbox.missing_from_queue",
+    "{job}",
+    f"Jobs ready to run that RQ does not hold (among the {OUTBOX_SAMPLE} oldest ready)",
+)
+OLDEST_QUEUED, _oldest_queued = _gauge(
+    "claimcheck.jobs.oldest_queued_age",
+    "s",
+    "How long the oldest job ready to run has waited for a worker (0: none waits)",
+)
+WEBHOOK_TENANT_ATTEMPTS, _tenant_attempts = _gauge(
+    "claimcheck.webhook.tenant_attempts",
+    "{attempt}",
+    f"This process's webhook attempts in the last {TENANT_WINDOW_SECONDS:g} s, by result (success, "
+    f"failure), for the {TOP_TENANTS} tenants with the most failures (then the most attempts)",
+)
+SWEEP_TIMESTAMP, _sweeps = _gauge(
+    "claimcheck.scheduler.last_sweep_timestamp",
+    "s",
+    "Unix time at which each scheduler sweep last completed, by sweep",
 )
 
 # What Prometheus calls each instrument above (histograms: plus _bucket, _sum, _count).
@@ -140,6 +255,16 @@ PROMETHEUS_NAMES: dict[str, str] = {
     "claimcheck.webhook.delivery.latency": "claimcheck_webhook_delivery_latency_seconds",
     "claimcheck.webhook.endpoints.disabled": "claimcheck_webhook_endpoints_disabled_total",
     "claimcheck.rate_limit.rejections": "claimcheck_rate_limit_rejections_total",
+    "claimcheck.outbox.reenqueued": "claimcheck_outbox_reenqueued_total",
+    "claimcheck.http.server.requests": "claimcheck_http_server_requests_total",
+    "claimcheck.worker.job_slots": "claimcheck_worker_job_slots",
+    "claimcheck.webhook.deliverers": "claimcheck_webhook_deliverers",
+    "claimcheck.webhook.deliveries.overdue": "claimcheck_webhook_deliveries_overdue",
+    "claimcheck.outbox.lag": "claimcheck_outbox_lag_seconds",
+    "claimcheck.outbox.missing_from_queue": "claimcheck_outbox_missing_from_queue",
+    "claimcheck.jobs.oldest_queued_age": "claimcheck_jobs_oldest_queued_age_seconds",
+    "claimcheck.webhook.tenant_attempts": "claimcheck_webhook_tenant_attempts",
+    "claimcheck.scheduler.last_sweep_timestamp": "claimcheck_scheduler_last_sweep_timestamp_seconds",
 }
 HISTOGRAMS = frozenset(
     {
@@ -185,6 +310,8 @@ def setup_metrics(
             provider.shutdown()
             return None
         _provider = provider
+        for counter, labels in _KNOWN_LABELS:
+            counter.add(0, labels)
         return provider
 
 
@@ -205,6 +332,18 @@ def _status(status: str) -> str:
     return str(status).lower()
 
 
+JOB_END_STATUSES = ("succeeded", "failed", "canceled")
+
+
+def start_job_counters(kinds: Iterable[str]) -> None:
+    """Start the created and finished counters of these job kinds at 0 (a process that records them
+    calls it at start): a kind's first jobs are then an increase Prometheus sees."""
+    for kind in kinds:
+        JOBS_CREATED.add(0, {"kind": kind})
+        for status in JOB_END_STATUSES:
+            JOBS_FINISHED.add(0, {"kind": kind, "status": status})
+
+
 def record_job_created(kind: str) -> None:
     """A job was created (after the request's transaction commits)."""
     JOBS_CREATED.add(1, {"kind": kind})
@@ -223,19 +362,13 @@ def record_queue_wait(kind: str, seconds: float) -> None:
     JOB_QUEUE_WAIT.record(max(0.0, seconds), {"kind": kind})
 
 
-def register_queue_depth(callback: QueueDepthCallback) -> Callable[[], None]:
+def register_queue_depth(callback: Callable[[], Mapping[str, float]]) -> Callable[[], None]:
     """Report queue depths at each scrape: ``callback()`` returns ``{queue_name: items_waiting}``.
 
     Register it in one kind of process (the worker) so dashboards do not count a queue twice.
     Returns a function that unregisters it.
     """
-    _queue_depth_callbacks.append(callback)
-
-    def unregister() -> None:
-        if callback in _queue_depth_callbacks:
-            _queue_depth_callbacks.remove(callback)
-
-    return unregister
+    return _queue_depth.register(lambda: [(depth, {"queue": queue}) for queue, depth in callback().items()])
 
 
 def status_class(status_code: int | None) -> str:
@@ -262,12 +395,18 @@ def record_webhook_attempt(
     duration_seconds: float,
     status_code: int | None = None,
     trigger: str = "scheduled",
+    tenant_id: str | None = None,
 ) -> None:
-    """One webhook attempt ended (``outcome`` from ``attempt_outcome``; ``trigger``: scheduled, manual)."""
+    """One webhook attempt ended (``outcome`` from ``attempt_outcome``; ``trigger``: scheduled, manual).
+
+    With ``tenant_id``, it also counts towards that tenant's recent results (the top-N gauge).
+    """
     WEBHOOK_ATTEMPTS.add(
         1, {"outcome": outcome, "status_class": status_class(status_code), "trigger": trigger}
     )
     WEBHOOK_ATTEMPT_DURATION.record(max(0.0, duration_seconds), {"outcome": outcome})
+    if tenant_id:
+        _recent_by_tenant.add(tenant_id, failed=outcome != OUTCOME_SUCCESS)
 
 
 def record_webhook_delivered(event_type: str, latency_seconds: float) -> None:
@@ -283,3 +422,122 @@ def record_endpoint_disabled(reason: str) -> None:
 def record_rate_limited(limit: str) -> None:
     """A request was refused by a per-tenant ``limit`` (``rate``, ``concurrency``, ``quota``)."""
     RATE_LIMIT_REJECTIONS.add(1, {"limit": limit})
+
+
+def record_outbox_reenqueued(count: int) -> None:
+    """The outbox sweep enqueued ``count`` committed jobs that RQ did not hold."""
+    if count > 0:
+        OUTBOX_REENQUEUED.add(count)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def record_http_request(route: str, method: str, status_code: int) -> None:
+    """The API answered a request: ``route`` is the matched route's template (``/downloads/{token}``),
+    never the raw path; an unknown method counts as ``OTHER``."""
+    method = method if method in _METHODS else "OTHER"
+    HTTP_REQUESTS.add(1, {"route": route, "method": method, "code": str(status_code)})
+
+
+def note_sweep(name: str) -> None:
+    """The scheduler's ``name`` sweep just completed: its heartbeat."""
+    _last_sweeps[name] = time.time()
+
+
+def register_worker_slots(callback: Callable[[], tuple[int, int]]) -> Callable[[], None]:
+    """Report a worker's job slots at each scrape: ``callback()`` returns (busy, total)."""
+
+    def reading() -> Reading:
+        busy, total = callback()
+        return [(busy, {"state": "busy"}), (max(0, total - busy), {"state": "idle"})]
+
+    return _worker_slots.register(reading)
+
+
+def register_deliverer(running: Callable[[], bool]) -> Callable[[], None]:
+    """Report at each scrape whether this process's webhook deliverer is running."""
+    return _deliverers.register(lambda: [(1 if running() else 0, {})])
+
+
+@dataclass(frozen=True)
+class DeliveryBacklog:
+    """Deliveries waiting for a deliverer: due now, and due for more than ``OVERDUE_SECONDS``."""
+
+    due: int
+    overdue: int
+
+
+def register_webhook_backlog(callback: Callable[[], DeliveryBacklog]) -> Callable[[], None]:
+    """Report the delivery backlog at each scrape (one reading feeds both gauges): due deliveries as
+    ``claimcheck_queue_depth{queue="webhooks"}``, overdue ones on their own gauge."""
+    read = _shared(callback)
+    return _all(
+        _queue_depth.register(lambda: [(read().due, {"queue": "webhooks"})]),
+        _overdue.register(lambda: [(read().overdue, {})]),
+    )
+
+
+@dataclass(frozen=True)
+class OutboxReading:
+    """The committed jobs ready to run that no worker has started yet."""
+
+    oldest_queued_seconds: float
+    """How long the oldest of them has waited (0 when none)."""
+    lag_seconds: float
+    """How long the oldest of them that RQ does not hold has waited (0 when RQ holds them all)."""
+    missing_from_queue: int
+    """How many of them RQ does not hold."""
+
+
+def register_outbox(callback: Callable[[], OutboxReading]) -> Callable[[], None]:
+    """Report the outbox at each scrape (one reading feeds its three gauges); the scheduler does."""
+    read = _shared(callback)
+    return _all(
+        _oldest_queued.register(lambda: [(read().oldest_queued_seconds, {})]),
+        _outbox_lag.register(lambda: [(read().lag_seconds, {})]),
+        _outbox_missing.register(lambda: [(read().missing_from_queue, {})]),
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _shared(fetch: Callable[[], _T], ttl_seconds: float = 1.0) -> Callable[[], _T]:
+    """``fetch``, called at most once per ``ttl_seconds``: the gauges of one scrape share a reading."""
+    lock = threading.Lock()
+    cache: list[tuple[float, _T]] = []
+
+    def read() -> _T:
+        with lock:
+            now = time.monotonic()
+            if cache and now - cache[0][0] < ttl_seconds:
+                return cache[0][1]
+            value = fetch()
+            cache[:] = [(now, value)]
+            return value
+
+    return read
+
+
+def _all(*unregisters: Callable[[], None]) -> Callable[[], None]:
+    def unregister() -> None:
+        for each in unregisters:
+            each()
+
+    return unregister
+
+
+_last_sweeps: dict[str, float] = {}
+_sweeps.register(lambda: [(at, {"sweep": name}) for name, at in list(_last_sweeps.items())])
+
+_recent_by_tenant = RecentOutcomes(TENANT_WINDOW_SECONDS)
+
+
+def _tenant_reading() -> Reading:
+    for tenant_id, attempts, failures in _recent_by_tenant.top(TOP_TENANTS):
+        yield attempts - failures, {"tenant_id": tenant_id, "result": "success"}
+        yield failures, {"tenant_id": tenant_id, "result": "failure"}
+
+
+_tenant_attempts.register(_tenant_reading)

@@ -15,12 +15,15 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from observability.metrics import start_metrics_server
+from observability.asgi import RequestMetrics
+from observability.metrics import start_job_counters, start_metrics_server
 from observability.tracing import instrument_fastapi, set_ids
 from service import outages
 from service.db import session_scope
+from service.downloads import DOWNLOAD_ROUTE
 from service.downloads import router as downloads_router
 from service.graphql_base import Context
+from service.jobs.kinds import kind_names
 from service.principal import Principal
 from service.schema import schema
 from service.settings import get_settings
@@ -137,6 +140,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     start_process("claimcheck-api")
     if settings.metrics_port is not None:
+        start_job_counters(kind_names())
         start_metrics_server(settings.metrics_port)  # a port of its own: the public one has no /metrics
     app = FastAPI(title="Claimcheck", docs_url=None, redoc_url=None, openapi_url=None)
     instrument_fastapi(app)
@@ -155,4 +159,6 @@ def create_app() -> FastAPI:
 
     _add_outage_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    # Outermost: BodySizeLimit's 413s and unhandled errors count too.
+    app.add_middleware(RequestMetrics, routes=["/graphql", DOWNLOAD_ROUTE, "/healthz"])
     return app

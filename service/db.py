@@ -54,6 +54,18 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
             raise
 
 
+_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :milliseconds, true)")
+
+
+@contextmanager
+def bounded_session_scope(timeout_seconds: float) -> Iterator[Session]:
+    """A unit of work whose statements give up after timeout_seconds: for reads that must not hang
+    their caller (the gauges a metrics scrape reads)."""
+    with session_scope() as session:
+        session.execute(_STATEMENT_TIMEOUT, {"milliseconds": str(int(timeout_seconds * 1000))})
+        yield session
+
+
 TENANT_ROLE = "claimcheck_tenant"
 """The role tenant-facing transactions take: Postgres row-level security applies to it (migration 0006)."""
 

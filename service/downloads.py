@@ -12,9 +12,10 @@ from service.storage.local import LocalStorage
 from service.storage.tokens import TokenExpired, TokenInvalid
 
 router = APIRouter()
+DOWNLOAD_ROUTE = "/downloads/{token}"
 
 
-@router.get("/downloads/{token}", include_in_schema=False)
+@router.get(DOWNLOAD_ROUTE, include_in_schema=False)
 def download(token: str) -> FileResponse:
     """Stream the file named by a valid token (Range supported); 403 tampered, 410 expired or deleted."""
     storage = get_storage()

@@ -11,9 +11,15 @@ from types import FrameType
 
 from sqlmodel import Session
 
-from observability.metrics import start_metrics_server
-from service.db import session_scope
-from service.jobs.dispatch import sweep_outbox
+from observability.metrics import (
+    SCRAPE_READ_SECONDS,
+    OutboxReading,
+    note_sweep,
+    register_outbox,
+    start_metrics_server,
+)
+from service.db import bounded_session_scope, session_scope
+from service.jobs.dispatch import read_outbox, sweep_outbox
 from service.jobs.recovery import recover_lost_runs
 from service.jobs.retention import delete_old_jobs, expire_artifacts
 from service.outages import log_failure
@@ -29,13 +35,24 @@ _last_retention = 0.0
 
 
 def _sweep(name: str, sweep: Callable[[Session], object]) -> object:
-    """Run one sweep in its own transaction; a failing sweep is logged and retried next round."""
+    """Run one sweep in its own transaction; a failing sweep is logged and retried next round.
+
+    Each sweep that completes beats its heartbeat (``claimcheck_scheduler_last_sweep_timestamp_seconds``).
+    """
     try:
         with session_scope() as session:
-            return sweep(session)
+            result = sweep(session)
     except Exception:
         log_failure(log, "the %s sweep failed; retrying next round", name)
         return None
+    note_sweep(name.replace(" ", "_").replace("-", "_"))
+    return result
+
+
+def _read_outbox() -> OutboxReading:
+    """What the outbox gauges report, read at scrape time."""
+    with bounded_session_scope(SCRAPE_READ_SECONDS) as session:
+        return read_outbox(session)
 
 
 def run_once() -> int:
@@ -66,6 +83,7 @@ def run_scheduler(stop: threading.Event | None = None) -> None:
         signal.signal(signal.SIGINT, _stop)
     settings = get_settings()
     if settings.metrics_port is not None:
+        register_outbox(_read_outbox)
         start_metrics_server(settings.metrics_port)
     interval = settings.scheduler_interval_seconds
     log.info("scheduler started; sweeping every %.1f s", interval)

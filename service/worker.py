@@ -20,10 +20,19 @@ from rq import Queue, Worker
 from rq.job import Job as RQJob
 
 import service.jobs.tasks  # noqa: F401  (imported once here, not in every forked child)
-from observability.metrics import register_queue_depth, start_metrics_server
-from service.db import get_engine
+from observability.metrics import (
+    SCRAPE_READ_SECONDS,
+    DeliveryBacklog,
+    register_deliverer,
+    register_queue_depth,
+    register_webhook_backlog,
+    register_worker_slots,
+    start_job_counters,
+    start_metrics_server,
+)
+from service.db import bounded_session_scope, get_engine
 from service.jobs.dispatch import RUN_JOB
-from service.jobs.kinds import prepare_kinds
+from service.jobs.kinds import kind_names, prepare_kinds
 from service.jobs.runner import defer_if_tenant_busy, record_run_metrics
 from service.outages import describe, is_outage
 from service.redis import JOBS_QUEUE, get_queue, get_redis
@@ -31,6 +40,7 @@ from service.settings import get_settings
 from service.startup import start_process
 from service.storage.factory import get_storage
 from service.webhooks.deliverer import DelivererThread, run_until
+from service.webhooks.delivery import backlog
 
 WEBHOOKS = "webhooks"
 DEFAULT_QUEUES = (JOBS_QUEUE, WEBHOOKS)
@@ -49,16 +59,22 @@ def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: st
         start_metrics_server(metrics_port)
     get_engine()
     get_storage()
+    if WEBHOOKS in wanted:
+        register_webhook_backlog(_read_webhook_backlog)
     if not rq_queues:
+        register_deliverer(lambda: True)  # this process is the deliverer: it runs while the process does
         asyncio.run(_deliver_until_signalled())
         return True
     prepare_kinds()
+    start_job_counters(kind_names())
     deliverer = DelivererThread() if WEBHOOKS in wanted and not burst else None
     if deliverer is not None:
         deliverer.start()
+        register_deliverer(deliverer.is_alive)
     try:
         job_queues = [get_queue(queue) for queue in rq_queues]
         register_queue_depth(lambda: {queue.name: queue.count for queue in job_queues})
+        register_worker_slots(lambda: (1 if MeasuredWorker.busy else 0, 1))
         return _work_through_redis_outages(job_queues, burst=burst, name=name)
     finally:
         if deliverer is not None:
@@ -104,12 +120,15 @@ class MeasuredWorker(Worker):
     (what a forked work horse records dies with it), and outlives a Redis outage in the middle of a job."""
 
     stop_requested = False
+    busy = False
+    """Whether this process is running a job now (its one job slot, in the metrics)."""
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True  # RQ quits on a lost Redis too: this tells the two apart
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
+        MeasuredWorker.busy = True
         try:
             if job.func_name == RUN_JOB and _deferred(job.id):
                 job.delete()  # back in the Postgres outbox until its delay passes; the sweep re-enqueues it
@@ -122,6 +141,8 @@ class MeasuredWorker(Worker):
                 "lost Redis while handling job %s (%s); waiting for its work horse", job.id, describe(error)
             )
             self._reap_horse()
+        finally:
+            MeasuredWorker.busy = False
         record_run_metrics(job.id)
 
     def _reap_horse(self) -> None:
@@ -129,6 +150,12 @@ class MeasuredWorker(Worker):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._horse_pid, 0)
             self._horse_pid = 0
+
+
+def _read_webhook_backlog() -> DeliveryBacklog:
+    """What the delivery backlog gauges report, read at scrape time."""
+    with bounded_session_scope(SCRAPE_READ_SECONDS) as session:
+        return backlog(session)
 
 
 def _deferred(job_id: str) -> bool:

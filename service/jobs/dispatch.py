@@ -7,11 +7,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from opentelemetry.trace import SpanKind
+from redis.exceptions import RedisError
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from sqlmodel import Session
 
+from observability.metrics import OUTBOX_SAMPLE, OutboxReading, record_outbox_reenqueued
 from observability.tracing import continue_trace, inject
 from service.jobs import repository
 from service.jobs.kinds import get_kind
@@ -146,4 +148,41 @@ def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) ->
     repository.mark_outbox_checked(session, checked, now)
     if enqueued:
         log.warning("outbox sweep enqueued %d job(s) that RQ did not hold", enqueued)
+        record_outbox_reenqueued(enqueued)
     return enqueued
+
+
+def read_outbox(session: Session, *, sample: int = OUTBOX_SAMPLE) -> OutboxReading:
+    """The jobs ready to run that no worker has started (the oldest ``sample`` of them): how long the
+    oldest has waited, and those RQ does not hold (a lost enqueue the sweep has not repaired yet)."""
+    now = utcnow()
+    ready = repository.ready_outbox(session, now=now, limit=sample)
+    if not ready:
+        return OutboxReading(oldest_queued_seconds=0.0, lag_seconds=0.0, missing_from_queue=0)
+    held = _held_by_rq([job_id for job_id, _ in ready])
+    missing = [ready_since for job_id, ready_since in ready if job_id not in held]
+    return OutboxReading(
+        oldest_queued_seconds=max(0.0, (now - ready[0][1]).total_seconds()),
+        lag_seconds=max(0.0, (now - missing[0]).total_seconds()) if missing else 0.0,
+        missing_from_queue=len(missing),
+    )
+
+
+_HELD = {RQStatus.QUEUED.value, RQStatus.STARTED.value}
+
+
+def _held_by_rq(job_ids: list[str]) -> set[str]:
+    """Those of these jobs that RQ holds, waiting or taken by a worker (one round trip); none while
+    Redis cannot be asked, since then no worker can take them either."""
+    try:
+        with get_redis().pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(RQJob.key_for(job_id), "status")
+            statuses = pipe.execute()
+    except RedisError:
+        return set()
+    return {
+        job_id
+        for job_id, status in zip(job_ids, statuses, strict=True)
+        if status is not None and status.decode() in _HELD
+    }

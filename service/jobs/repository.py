@@ -128,6 +128,17 @@ def claim_outbox_due(
     return [(job_id, kind, carrier) for job_id, kind, carrier in session.exec(statement)]
 
 
+def ready_outbox(session: Session, *, now: datetime, limit: int) -> list[tuple[str, datetime]]:
+    """(job id, ready since) of the oldest outbox rows due by now: jobs ready that no worker started."""
+    statement = (
+        select(JobOutbox.job_id, JobOutbox.created_at)
+        .where(col(JobOutbox.created_at) <= now)
+        .order_by(col(JobOutbox.created_at))
+        .limit(limit)
+    )
+    return [(job_id, ready_since) for job_id, ready_since in session.exec(statement)]
+
+
 def mark_outbox_checked(session: Session, job_ids: Sequence[str], at: datetime) -> None:
     if job_ids:
         session.execute(update(JobOutbox).where(col(JobOutbox.job_id).in_(job_ids)).values(enqueued_at=at))

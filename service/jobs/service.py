@@ -13,7 +13,7 @@ import pydantic
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from observability.metrics import record_job_created, record_rate_limited
+from observability.metrics import record_job_created, record_job_finished, record_rate_limited
 from observability.tracing import inject, set_ids
 from service.db import after_commit
 from service.errors import (
@@ -261,8 +261,10 @@ def cancel(session: Session, job: Job) -> None:
     if status is JobStatus.QUEUED:
         transition(session, job, JobStatus.CANCELED, message="canceled")
         repository.remove_from_outbox(session, job.id)
-        job_id = job.id
+        job_id, kind = job.id, job.kind
         after_commit(session, lambda: dequeue_job(job_id))
+        # No worker ever sees this job: its end is counted here (without a duration: it never ran).
+        after_commit(session, lambda: record_job_finished(kind, JobStatus.CANCELED))
         return
     if status is not JobStatus.RUNNING:
         raise InvalidStateError(f"a {status.value} job cannot be canceled", field=["id"])

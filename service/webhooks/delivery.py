@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from observability.metrics import OVERDUE_SECONDS, DeliveryBacklog
 from service.models import utcnow
 from service.settings import Settings
 from service.webhooks import repository
@@ -97,6 +98,12 @@ def claim_due(
         )
         for row in rows
     ]
+
+
+def backlog(session: Session) -> DeliveryBacklog:
+    """Deliveries waiting for a deliverer: due now, and due for longer than OVERDUE_SECONDS."""
+    due, overdue = repository.count_due(session, overdue_seconds=OVERDUE_SECONDS)
+    return DeliveryBacklog(due=due, overdue=overdue)
 
 
 def release(session: Session, delivery_ids: list[str]) -> None:

@@ -192,6 +192,24 @@ def claim_due(
     return session.execute(_CLAIM, parameters).all()
 
 
+_DUE = text(
+    """
+    SELECT count(*) AS due,
+           count(*) FILTER (
+               WHERE next_attempt_at <= now() - make_interval(secs => CAST(:overdue AS double precision))
+           ) AS overdue
+    FROM webhook_deliveries
+    WHERE status = 'PENDING' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+    """
+)
+
+
+def count_due(session: Session, *, overdue_seconds: float) -> tuple[int, int]:
+    """Deliveries due that no deliverer holds: (all of them, those due for over overdue_seconds)."""
+    due, overdue = session.execute(_DUE, {"overdue": overdue_seconds}).one()
+    return int(due), int(overdue)
+
+
 def release(session: Session, delivery_ids: list[str]) -> None:
     """Give leases back unsent (another round, or another deliverer, takes them)."""
     if delivery_ids:

@@ -92,6 +92,7 @@ class Sender:
                 duration_seconds=result.duration_ms / 1000,
                 status_code=result.status_code,
                 trigger=claimed.trigger,
+                tenant_id=claimed.tenant_id,
             )
             if result.succeeded:
                 latency = (utcnow() - claimed.event_created_at).total_seconds()

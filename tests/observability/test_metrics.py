@@ -17,20 +17,30 @@ from observability import metrics
 from observability.metrics import (
     HISTOGRAMS,
     PROMETHEUS_NAMES,
+    TOP_TENANTS,
+    DeliveryBacklog,
+    OutboxReading,
     attempt_outcome,
+    note_sweep,
     record_endpoint_disabled,
+    record_http_request,
     record_job_created,
     record_job_finished,
+    record_outbox_reenqueued,
     record_queue_wait,
     record_rate_limited,
     record_webhook_attempt,
     record_webhook_delivered,
+    register_deliverer,
+    register_outbox,
     register_queue_depth,
+    register_webhook_backlog,
+    register_worker_slots,
     start_metrics_server,
     status_class,
 )
 from service.embedded import free_port
-from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
+from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess, ServiceProcess
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -105,14 +115,70 @@ def test_recorded_metrics_appear_on_the_endpoint(endpoint: str) -> None:
     assert value(after, "claimcheck_queue_depth", queue="webhooks") == 2
 
 
-def test_every_instrument_has_its_prometheus_name(endpoint: str) -> None:
+@pytest.fixture
+def gauges() -> Iterator[list[int]]:
+    """Every scrape-time gauge registered, as the worker and the scheduler register them; yields how
+    many times the outbox was read."""
+    outbox_reads: list[int] = []
+
+    def read_outbox() -> OutboxReading:
+        outbox_reads.append(1)
+        return OutboxReading(oldest_queued_seconds=42.0, lag_seconds=12.0, missing_from_queue=3)
+
+    unregisters = [
+        register_worker_slots(lambda: (1, 4)),
+        register_deliverer(lambda: True),
+        register_webhook_backlog(lambda: DeliveryBacklog(due=5, overdue=2)),
+        register_outbox(read_outbox),
+    ]
+    yield outbox_reads
+    for unregister in unregisters:
+        unregister()
+
+
+def test_scrape_time_gauges_report_what_their_process_registered(endpoint: str, gauges: list[int]) -> None:
+    note_sweep("outbox")
+    found = scrape(endpoint)
+    assert value(found, "claimcheck_worker_job_slots", state="busy") == 1
+    assert value(found, "claimcheck_worker_job_slots", state="idle") == 3
+    assert value(found, "claimcheck_webhook_deliverers") == 1
+    assert value(found, "claimcheck_queue_depth", queue="webhooks") == 5
+    assert value(found, "claimcheck_webhook_deliveries_overdue") == 2
+    assert value(found, "claimcheck_jobs_oldest_queued_age_seconds") == 42
+    assert value(found, "claimcheck_outbox_lag_seconds") == 12
+    assert value(found, "claimcheck_outbox_missing_from_queue") == 3
+    assert len(gauges) == 1, "one outbox reading serves its three gauges"
+    heartbeat = value(found, "claimcheck_scheduler_last_sweep_timestamp_seconds", sweep="outbox")
+    assert time.time() - 5 < heartbeat <= time.time()
+
+
+def test_the_tenant_gauge_reports_only_the_tenants_with_the_most_failures(endpoint: str) -> None:
+    tenants = [f"ten_top{rank:02d}" for rank in range(TOP_TENANTS + 2)]
+    for rank, tenant_id in enumerate(tenants):  # far more failures than any other test records
+        for _ in range(100 + rank):
+            record_webhook_attempt("http_error", duration_seconds=0.01, status_code=500, tenant_id=tenant_id)
+        record_webhook_attempt("success", duration_seconds=0.01, status_code=200, tenant_id=tenant_id)
+    found = scrape(endpoint)
+    reported = {
+        dict(labels)["tenant_id"] for name, labels in found if name == "claimcheck_webhook_tenant_attempts"
+    }
+    assert reported == set(tenants[2:]), "the two with the fewest failures are left out"
+    last = tenants[-1]
+    assert value(found, "claimcheck_webhook_tenant_attempts", tenant_id=last, result="failure") == 100 + 11
+    assert value(found, "claimcheck_webhook_tenant_attempts", tenant_id=last, result="success") == 1
+
+
+def test_every_instrument_has_its_prometheus_name(endpoint: str, gauges: list[int]) -> None:
     record_job_created("speech")
     record_job_finished("speech", "succeeded", 1.0)
     record_queue_wait("speech", 0.1)
-    record_webhook_attempt("success", duration_seconds=0.01, status_code=200)
+    record_webhook_attempt("success", duration_seconds=0.01, status_code=200, tenant_id="ten_names")
     record_webhook_delivered("job.queued", 0.01)
     record_endpoint_disabled("gone")
     record_rate_limited("quota")
+    record_outbox_reenqueued(1)
+    record_http_request("/graphql", "POST", 200)
+    note_sweep("outbox")
     names = {name for name, _ in scrape(endpoint)}
     instruments = {
         instrument._name
@@ -123,6 +189,15 @@ def test_every_instrument_has_its_prometheus_name(endpoint: str) -> None:
     for instrument, exported in PROMETHEUS_NAMES.items():
         expected = f"{exported}_count" if instrument in HISTOGRAMS else exported
         assert expected in names, instrument
+
+
+def test_counters_with_known_labels_start_at_zero(endpoint: str) -> None:
+    """A series born at 1 shows no increase: the first endpoint disabled would raise no alert."""
+    found = scrape(endpoint)
+    assert ("claimcheck_webhook_endpoints_disabled_total", frozenset({("reason", "failing")})) in found
+    assert ("claimcheck_rate_limit_rejections_total", frozenset({("limit", "concurrency")})) in found
+    refused = {"outcome": "refused", "status_class": "none", "trigger": "manual"}
+    assert found[("claimcheck_webhook_attempts_total", frozenset(refused.items()))] == 0
 
 
 def test_a_failing_queue_depth_callback_does_not_break_the_scrape(endpoint: str) -> None:
@@ -173,6 +248,9 @@ def test_status_class() -> None:
 # The processes: metrics on METRICS_PORT, never on the public API port.
 
 
+CANCEL = "mutation C($id: ID!) { cancelJob(id: $id) { job { id status } userErrors { code } } }"
+
+
 def _scrape_when_up(url: str, process: ServiceProcess, timeout: float = 30) -> Samples:
     deadline = time.monotonic() + timeout
     while True:
@@ -192,33 +270,96 @@ def test_the_public_api_port_serves_no_metrics(api: ApiProcess) -> None:
     assert "process_" not in response.text
 
 
-def test_the_api_serves_its_metrics_on_metrics_port(
-    env: dict[str, str], workdir: Path, make_tenant: Callable[..., TenantHandle]
-) -> None:
+@pytest.fixture(scope="module")
+def api_with_metrics(env: dict[str, str], workdir: Path) -> Iterator[tuple[ApiProcess, str]]:
+    """An API process with METRICS_PORT set, and its scrape URL."""
     metrics_port = free_port()
     api = ApiProcess({**env, "METRICS_PORT": str(metrics_port)}, workdir / "api-metrics.log")
     api.env["PUBLIC_BASE_URL"] = api.url
     api.start()
-    try:
-        client = GraphQLClient(api.url, make_tenant().api_key)
-        job = client(SPEECH_MUTATION, {"input": {"text": "counted"}})["generateSpeech"]["job"]
-        assert job["status"] == "QUEUED"
-        found = _scrape_when_up(f"http://127.0.0.1:{metrics_port}/metrics", api)
-        assert value(found, "claimcheck_jobs_created_total", kind="speech") >= 1
-        assert httpx.get(f"{api.url}/metrics").status_code == 404
-        client.http.close()
-    finally:
-        api.stop()
+    yield api, f"http://127.0.0.1:{metrics_port}/metrics"
+    api.stop()
 
 
-def test_the_scheduler_serves_its_metrics_on_metrics_port(env: dict[str, str], workdir: Path) -> None:
+def test_the_api_serves_its_metrics_on_metrics_port(
+    api_with_metrics: tuple[ApiProcess, str], make_tenant: Callable[..., TenantHandle]
+) -> None:
+    api, metrics_url = api_with_metrics
+    client = GraphQLClient(api.url, make_tenant().api_key)
+    job = client(SPEECH_MUTATION, {"input": {"text": "counted"}})["generateSpeech"]["job"]
+    assert job["status"] == "QUEUED"
+    found = _scrape_when_up(metrics_url, api)
+    assert value(found, "claimcheck_jobs_created_total", kind="speech") >= 1
+    assert httpx.get(f"{api.url}/metrics").status_code == 404
+    client.http.close()
+
+
+def test_the_api_counts_responses_by_route_template_never_by_raw_path(
+    api_with_metrics: tuple[ApiProcess, str],
+) -> None:
+    api, metrics_url = api_with_metrics
+    before = _scrape_when_up(metrics_url, api)
+    for path in ("/downloads/first-token", "/downloads/second-token", "/nowhere/abc", "/healthz"):
+        httpx.get(f"{api.url}{path}")
+    httpx.post(f"{api.url}/graphql", json={"query": "{ viewer { name } }"})  # no key: 401
+    httpx.request("PROPFIND", f"{api.url}/healthz")  # a method outside the label set
+    after = scrape(metrics_url)
+
+    def delta(**labels: str) -> float:
+        name = "claimcheck_http_server_requests_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta(route="/downloads/{token}", method="GET", code="403") == 2
+    assert delta(route="other", method="GET", code="404") == 1
+    assert delta(route="/healthz", method="GET", code="200") == 1
+    assert delta(route="/graphql", method="POST", code="401") == 1
+    assert delta(route="/healthz", method="OTHER", code="405") == 1
+    routes = {dict(labels).get("route") for name, labels in after if name.startswith("claimcheck_http")}
+    assert routes <= {"/graphql", "/downloads/{token}", "/healthz", "other"}
+
+
+def test_a_job_canceled_while_queued_counts_as_finished_canceled(
+    api_with_metrics: tuple[ApiProcess, str], make_tenant: Callable[..., TenantHandle]
+) -> None:
+    """No worker ever sees such a job: the API, which cancels it, counts its end."""
+    api, metrics_url = api_with_metrics
+    tenant = make_tenant()
+    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "never spoken"})  # no worker takes it
+    before = _scrape_when_up(metrics_url, api)
+    client = GraphQLClient(api.url, tenant.api_key)
+    canceled = client(CANCEL, {"id": job_id})["cancelJob"]["job"]
+    client.http.close()
+    assert canceled["status"] == "CANCELED"
+    after = scrape(metrics_url)
+    finished = "claimcheck_jobs_finished_total"
+    canceled_labels = {"kind": "speech", "status": "canceled"}
+    assert value(after, finished, **canceled_labels) - value(before, finished, **canceled_labels) == 1
+
+
+def test_the_scheduler_serves_its_metrics_on_metrics_port_with_a_heartbeat_per_sweep(
+    env: dict[str, str], workdir: Path
+) -> None:
     metrics_port = free_port()
     scheduler = ServiceProcess(
         ["scheduler"], {**env, "METRICS_PORT": str(metrics_port)}, workdir / "scheduler-metrics.log"
     ).start()
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    heartbeat = "claimcheck_scheduler_last_sweep_timestamp_seconds"
     try:
-        found = _scrape_when_up(f"http://127.0.0.1:{metrics_port}/metrics", scheduler)
+        found = _scrape_when_up(url, scheduler)
         assert any(name.startswith("process_") for name, _ in found)
+        deadline = time.monotonic() + 10
+        while value(found, heartbeat, sweep="retention") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            found = scrape(url)
+        for sweep in ("outbox", "lost_runs", "key_last_used", "artifact_expiry", "retention"):
+            assert time.time() - 10 < value(found, heartbeat, sweep=sweep) <= time.time(), sweep
+        for gauge in (
+            "claimcheck_outbox_lag_seconds",
+            "claimcheck_outbox_missing_from_queue",
+            "claimcheck_jobs_oldest_queued_age_seconds",
+        ):
+            assert (gauge, frozenset()) in found, gauge
     finally:
         scheduler.stop()
 
