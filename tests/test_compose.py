@@ -497,6 +497,20 @@ def test_prometheus_scrapes_each_process_on_its_metrics_port(
     )
 
 
+def test_prometheus_loads_the_alert_rules_mounted_beside_its_config(
+    prometheus: dict[str, Any], services: dict[str, Service]
+) -> None:
+    """Rule files are relative to the config file: each is mounted into the same directory."""
+    mounts = {
+        str(volume).split(":")[1]: str(volume).split(":")[0] for volume in services["prometheus"]["volumes"]
+    }
+    config_dir = Path(next(target for target in mounts if target.endswith("/prometheus.yml"))).parent
+    assert prometheus["rule_files"], "Prometheus loads the alert rules"
+    for rule_file in prometheus["rule_files"]:
+        source = mounts[str(config_dir / rule_file)]
+        assert (ROOT / source).resolve() == (OBSERVABILITY / rule_file).resolve(), rule_file
+
+
 # --- Grafana ----------------------------------------------------------------------------------------
 
 
@@ -524,7 +538,9 @@ def test_grafana_provisioning_and_dashboard(services: dict[str, Service]) -> Non
             if by_uid[target["datasource"]["uid"]]["type"] != "prometheus":
                 continue
             names = re.findall(r"\bclaimcheck_[a-z0-9_]+", target["expr"])
-            assert names, panel["title"]
+            # Prometheus's own series: targets up, and the alerts of observability/alerts.yml.
+            builtins = re.findall(r"\b(?:up|ALERTS)\{", target["expr"])
+            assert names or builtins, panel["title"]
             for name in names:
                 base = re.sub(r"_(bucket|sum|count)$", "", name)
                 assert base in known, f"{panel['title']}: {name} is not defined in observability/metrics.py"
