@@ -5,4 +5,8 @@
 - ``observability.metrics``: every instrument, ``record_*`` helpers, the Prometheus server on its own port.
 - ``observability.logging``: ``setup_logging``: JSON or text lines with trace and job ids, redacted.
 - ``observability.redaction``: what counts as a secret in text; logs and server spans both use it.
+- ``observability.asgi``: ``RequestMetrics``, the API's responses counted by route template.
+- ``observability.recent``: recent outcomes per tenant over a sliding window (the top-N gauge).
+
+``alerts.yml`` holds Prometheus's alert rules (README, "Runbook", says what to do about each).
 """
