@@ -18,15 +18,14 @@ from strawberry.extensions import (
     MaskErrors,
     MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from service import outages
+from service.graphql_documents import CachedDocuments, DocumentCache
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
 from service.viewer import TenantQuery
@@ -38,7 +37,7 @@ STRAWBERRY_DEFINITION = "strawberry-definition"
 MAX_DEPTH = 10
 MAX_ALIASES = 30  # aliases multiply work: `a1: job(id:..) a2: job(id:..) ...` in one request
 MAX_TOKENS = 2000  # the parser stops at this many tokens, before building a huge document
-CACHED_DOCUMENTS = 1000  # clients send the same few documents: parse and validate each once
+DOCUMENT_CACHE_BYTES = 32 * 1024 * 1024  # parsed and validated documents kept per process
 
 # Built once: rule classes made per request would never hit the validation cache.
 VALIDATION_RULES = [
@@ -49,6 +48,7 @@ VALIDATION_RULES = [
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
 Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
+DOCUMENTS = DocumentCache(max_bytes=DOCUMENT_CACHE_BYTES)  # clients send the same few documents
 
 
 class UnitOfWork(SchemaExtension):
@@ -150,8 +150,7 @@ schema = ClaimcheckSchema(
     extensions=[
         UnitOfWork,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),  # before the cache: its options key it
-        lambda: ParserCache(maxsize=CACHED_DOCUMENTS),
-        lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
+        lambda: CachedDocuments(DOCUMENTS),
         lambda: AddValidationRules(VALIDATION_RULES),
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
         OutageErrors,  # after MaskErrors: it sees the errors before they are masked
