@@ -29,6 +29,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
+        ws_max_size=get_settings().max_request_bytes,  # a WebSocket message is a request too (1009 over)
         log_level=os.environ.get("LOG_LEVEL", "info").lower(),
         log_config=None,  # uvicorn's lines go through our (structured, redacting) logging
     )

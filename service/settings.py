@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     storage_emulator_host: str = ""  # Google's own variable: API calls and signed URLs go there
 
     max_request_bytes: int = Field(default=1_000_000, ge=1_000)
+    """HTTP bodies and WebSocket messages over this are refused (413; the socket closed with 1009)."""
+    max_query_bytes: int = Field(default=100_000, ge=1_000)
+    """GraphQL documents over this (UTF-8) are refused before parsing (QUERY_TOO_LARGE)."""
     download_url_default_expiry: int = Field(default=900, ge=1)
     download_url_max_expiry: int = Field(default=7 * 24 * 3600, ge=1)
 
