@@ -28,7 +28,7 @@ from service.graphql_base import Context
 from service.graphql_decoding import (
     CheckedTransportWSHandler,
     DecodingWebSocketAdapter,
-    MalformedRequest,
+    RefusedRequest,
     check_query_size,
     decode_json_object,
     error_response,
@@ -111,13 +111,13 @@ class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
     ) -> Response | WebSocket:
         try:
             return await super().run(request, context, root_value)
-        except MalformedRequest as error:
+        except RefusedRequest as error:
             return error_response(error)
         except cross_web.HTTPException as error:  # strawberry's own refusals (no query, GET mutation...)
             code = HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST")
-            return error_response(MalformedRequest(code, error.reason, status_code=error.status_code))
+            return error_response(RefusedRequest(code, error.reason, status_code=error.status_code))
         except ClientDisconnect:  # gone before the whole body came (or its framing broke): nobody listens
-            return error_response(MalformedRequest("INCOMPLETE_BODY", "the request body ended early"))
+            return error_response(RefusedRequest("INCOMPLETE_BODY", "the request body ended early"))
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params or {}
@@ -165,7 +165,7 @@ class BodySizeLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body over {self.max_bytes} bytes"
-        refused = MalformedRequest("PAYLOAD_TOO_LARGE", message, status_code=413)
+        refused = RefusedRequest("PAYLOAD_TOO_LARGE", message, status_code=413)
         await error_response(refused)(scope, receive, send)
 
 

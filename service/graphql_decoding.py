@@ -44,8 +44,8 @@ _STEP = {"[": 1, "]": -1}
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-class MalformedRequest(Exception):
-    """A request that cannot be decoded into a GraphQL request, with a stable code."""
+class RefusedRequest(Exception):
+    """A request refused before GraphQL sees it (malformed or too large), with a stable code."""
 
     def __init__(self, code: str, message: str, *, status_code: int = 400) -> None:
         super().__init__(message)
@@ -59,7 +59,7 @@ class MalformedRequest(Exception):
         return {"message": self.message, "extensions": {"code": self.code}}
 
 
-def error_response(error: MalformedRequest) -> JSONResponse:
+def error_response(error: RefusedRequest) -> JSONResponse:
     """The JSON every refused request gets: the GraphQL errors shape with a stable code."""
     return JSONResponse({"errors": [error.formatted]}, status_code=error.status_code)
 
@@ -70,31 +70,31 @@ def check_query_size(query: str | None, max_bytes: int) -> None:
         return
     if len(query) > max_bytes or len(query.encode("utf-8", "surrogatepass")) > max_bytes:
         message = f"query document over {max_bytes} bytes"
-        raise MalformedRequest("QUERY_TOO_LARGE", message, status_code=413)
+        raise RefusedRequest("QUERY_TOO_LARGE", message, status_code=413)
 
 
 def decode_json_object(data: str | bytes) -> dict[str, Any]:
-    """The JSON object in data (a body, a query parameter, a WebSocket message), or MalformedRequest."""
+    """The JSON object in data (a body, a query parameter, a WebSocket message); RefusedRequest if none."""
     text = _text(data)
     if _nests_deeper_than(text, MAX_JSON_DEPTH):
-        raise MalformedRequest("JSON_TOO_DEEP", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        raise RefusedRequest("JSON_TOO_DEEP", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
-        raise MalformedRequest("INVALID_JSON", f"not valid JSON: {error}") from None
+        raise RefusedRequest("INVALID_JSON", f"not valid JSON: {error}") from None
     except ValueError:  # the only other ValueError: an integer over Python's digit limit
         digits = sys.get_int_max_str_digits()
-        raise MalformedRequest("NUMBER_TOO_LARGE", f"a number has more than {digits} digits") from None
+        raise RefusedRequest("NUMBER_TOO_LARGE", f"a number has more than {digits} digits") from None
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
-        raise MalformedRequest(
+        raise RefusedRequest(
             "INVALID_ENCODING", "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not Unicode"
         )
     if isinstance(value, list):
-        raise MalformedRequest(
+        raise RefusedRequest(
             "NOT_AN_OBJECT", "batched requests (a JSON array) are not supported: send one at a time"
         )
     if not isinstance(value, dict):
-        raise MalformedRequest("NOT_AN_OBJECT", f"expected a JSON object, got {_json_type(value)}")
+        raise RefusedRequest("NOT_AN_OBJECT", f"expected a JSON object, got {_json_type(value)}")
     return value
 
 
@@ -104,7 +104,7 @@ def _text(data: str | bytes) -> str:
     try:
         return data.decode("utf-8").removeprefix("\ufeff")  # RFC 8259 lets a parser ignore a BOM
     except UnicodeDecodeError:
-        raise MalformedRequest("INVALID_ENCODING", "the body is not valid UTF-8") from None
+        raise RefusedRequest("INVALID_ENCODING", "the body is not valid UTF-8") from None
 
 
 def _nests_deeper_than(text: str, limit: int) -> bool:
@@ -118,7 +118,7 @@ def _nests_deeper_than(text: str, limit: int) -> bool:
 
 
 def _refuse_constant(name: str) -> Any:
-    raise MalformedRequest("INVALID_JSON", f"not valid JSON: {name} is not a JSON number")
+    raise RefusedRequest("INVALID_JSON", f"not valid JSON: {name} is not a JSON number")
 
 
 def _has_lone_surrogate(value: object) -> bool:
@@ -137,7 +137,7 @@ def _json_type(value: object) -> str:
     return "a string" if isinstance(value, str) else "a number"
 
 
-def operation_problem(payload: Mapping[str, object]) -> str | None:
+def _operation_problem(payload: Mapping[str, object]) -> str | None:
     """What is wrong with a GraphQL request's fields (query, variables, ...), if anything."""
     if not isinstance(payload.get("query"), str):
         return "`query` must be a string"
@@ -149,7 +149,7 @@ def operation_problem(payload: Mapping[str, object]) -> str | None:
     return None
 
 
-def transport_ws_message_problem(message: Mapping[str, object]) -> str | None:
+def _transport_ws_message_problem(message: Mapping[str, object]) -> str | None:
     """What is wrong with a graphql-transport-ws message's fields, if anything (types are checked
     by the protocol handler, which closes with 4400 on an unknown one)."""
     kind = message.get("type")
@@ -160,10 +160,10 @@ def transport_ws_message_problem(message: Mapping[str, object]) -> str | None:
     payload = message.get("payload")
     if not isinstance(payload, dict):
         return "the `payload` of a subscribe message must be an object"
-    return operation_problem(payload)
+    return _operation_problem(payload)
 
 
-def close_reason(message: str) -> str:
+def _close_reason(message: str) -> str:
     """message cut to what a WebSocket close frame carries."""
     encoded = message.encode("utf-8")
     if len(encoded) <= MAX_CLOSE_REASON_BYTES:
@@ -178,15 +178,15 @@ class DecodingWebSocketAdapter(ASGIWebSocketAdapter):
         try:
             async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):
                 yield message
-        except MalformedRequest as error:
-            await self.close(WS_INVALID_MESSAGE, close_reason(error.message))
+        except RefusedRequest as error:
+            await self.close(WS_INVALID_MESSAGE, _close_reason(error.message))
 
 
 class CheckedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with each message's fields checked before the protocol acts on them."""
 
     async def handle_message(self, message: Message) -> None:
-        problem = transport_ws_message_problem(message)
+        problem = _transport_ws_message_problem(message)
         if problem is not None:
             await self.handle_invalid_message(problem)
             return
@@ -194,7 +194,7 @@ class CheckedTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             subscribe = cast(SubscribeMessage, message)
             try:
                 check_query_size(subscribe["payload"]["query"], get_settings().max_query_bytes)
-            except MalformedRequest as refused:  # that operation fails; the socket carries on
+            except RefusedRequest as refused:  # that operation fails; the socket carries on
                 error: ErrorMessage = {"id": subscribe["id"], "type": "error", "payload": [refused.formatted]}
                 await self.send_message(error)
                 return
