@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import anyio.to_thread
@@ -22,7 +22,8 @@ from strawberry.extensions import (
     SchemaExtension,
 )
 from strawberry.tools import merge_types
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from service import outages
 from service.graphql_documents import CachedDocuments, DocumentCache
@@ -130,7 +131,25 @@ def _should_mask(error: GraphQLError) -> bool:
 
 class ClaimcheckSchema(strawberry.Schema):
     """Logs only unexpected errors: a caller's mistake (a coded or a syntax error) is not a server fault;
-    an outage of Postgres or Redis gets one line, not a traceback per request."""
+    an outage of Postgres or Redis gets one line, not a traceback per request. Subscriptions run only
+    as streams (graphql-transport-ws)."""
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """One result: a subscription is refused (over HTTP, 400), not run once as if it were a query,
+        which fails inside graphql-core on the resolver's stream."""
+        allowed = set(allowed_operation_types or OperationType) - {OperationType.SUBSCRIPTION}
+        return await super().execute(
+            query, variable_values, context_value, root_value, operation_name, allowed, operation_extensions
+        )
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None

@@ -163,6 +163,12 @@ GRAPHQL_BODIES = [
     ),
     RawRequest("a 100 kB key", b'{"' + b"k" * 100_000 + b'":1,"query":"{ viewer { name } }"}', status=200),
     RawRequest("a syntax error", b'{"query":"{ viewer { "}', status=200),
+    RawRequest(
+        "a subscription over POST",
+        b'{"query":"subscription { jobUpdates(id: \\"x\\") { id } }"}',
+        status=400,
+        code="BAD_REQUEST",
+    ),
     RawRequest("3,000 tokens", b'{"query":"{ ' + b"__typename " * 3000 + b'}"}', status=200),
     RawRequest("selections nested 600 deep", b'{"query":"' + DEEP_SELECTIONS + b'"}', status=200),
     RawRequest(
@@ -274,6 +280,12 @@ GRAPHQL_GETS = [
         code="NOT_AN_OBJECT",
     ),
     _get("a query that is not UTF-8", b"query=%ff%fe", status=200),
+    _get(
+        "a subscription over GET",
+        b"query=subscription%7BjobUpdates(id:%22x%22)%7Bid%7D%7D",
+        status=400,
+        code="BAD_REQUEST",
+    ),
     _get("an empty query", b"query=", status=400),
     _get("a bare query key", b"query"),
     _get("a query twice", b"query=%7Bviewer%7Bname%7D%7D&query=%7Bviewer%7Bid%7D%7D", status=200),
