@@ -9,6 +9,7 @@ import json
 import re
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, cast
 
 import httpx
@@ -24,6 +25,7 @@ from service.settings import get_settings
 from service.storage.factory import get_storage
 from service.storage.local import LocalStorage
 from service.tenants.service import create_tenant
+from tests.conftest import TenantHandle, commit_job_without_enqueue
 from tests.malformed_corpus import HTTP_CASES, VIEWER, WS_MESSAGES, RawRequest, WsCase
 from tests.servers import ApiProcess
 
@@ -38,10 +40,15 @@ LOGGED_FAULT = re.compile(  # a text or JSON log line at ERROR or above, or a tr
 
 
 @pytest.fixture(scope="module")
-def api_key(env: dict[str, str]) -> str:
+def hostile(env: dict[str, str]) -> TenantHandle:
     with session_scope() as session:
-        _, issued = create_tenant(session, "hostile", server_secret=get_settings().secret_key)
-    return issued.full_key
+        tenant, issued = create_tenant(session, "hostile", server_secret=get_settings().secret_key)
+    return TenantHandle(id=tenant.id, api_key=issued.full_key, key_id=issued.key.id)
+
+
+@pytest.fixture(scope="module")
+def api_key(hostile: TenantHandle) -> str:
+    return hostile.api_key
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +171,13 @@ def run_ws_case(
 
 @pytest.mark.parametrize("ws_case", WS_MESSAGES, ids=[case.name for case in WS_MESSAGES])
 def test_a_hostile_websocket_message_gets_the_protocols_answer_and_logs_no_error(
-    api: ApiProcess, api_key: str, api_log: Callable[[], str], ws_case: WsCase
+    api: ApiProcess, hostile: TenantHandle, api_log: Callable[[], str], ws_case: WsCase
 ) -> None:
-    close, received = run_ws_case(api, api_key, ws_case)
+    if any("{job}" in message for message in ws_case.messages if isinstance(message, str)):
+        job_id = commit_job_without_enqueue(hostile.id, "test-slow", {"seconds": 0.1})  # stays QUEUED
+        messages = tuple(m.replace("{job}", job_id) if isinstance(m, str) else m for m in ws_case.messages)
+        ws_case = replace(ws_case, messages=messages)
+    close, received = run_ws_case(api, hostile.api_key, ws_case)
     assert close == ws_case.close, received
     if ws_case.reply is not None:
         assert received[0]["type"] == ws_case.reply, received
