@@ -6,9 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import text
 
 from service.db import session_scope
@@ -18,13 +16,6 @@ from service.webhooks.models import SigningScheme
 from service.webhooks.service import create_endpoint, publish
 from tests.conftest import TenantHandle
 from tests.receiver import Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
 
 
 def test_concurrent_deliverers_send_each_delivery_exactly_once(
