@@ -19,7 +19,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from service.db import session_scope
-from service.outages import log_failure
+from service.outages import describe, is_outage, log_failure
 from service.settings import Settings, get_settings
 from service.webhooks.delivery import Claimed, Outcome, claim_due, record, release
 from service.webhooks.repository import NOTIFY_CHANNEL
@@ -151,8 +151,47 @@ class Deliverer:
             release(session, delivery_ids)
 
     def _record(self, outcomes: list[Outcome]) -> None:
+        store(outcomes, self.settings)
+
+
+def store(outcomes: list[Outcome], settings: Settings) -> None:
+    """Record outcomes in one transaction. If the database refuses the batch for anything but an
+    outage, record them one by one, each in a savepoint, and drop (logging it) only what it refuses:
+    one bad row never holds up the others. An outage raises: the caller keeps them and retries."""
+    try:
         with session_scope() as session:
-            record(session, outcomes, self.settings)
+            vanished = record(session, outcomes, settings)
+    except Exception as error:
+        if is_outage(error):
+            raise
+        log.warning(
+            "recording %d webhook attempts at once failed (%s); recording them one by one",
+            len(outcomes),
+            describe(error),
+        )
+        vanished = _store_each(outcomes, settings)
+    if vanished:
+        log.info(
+            "dropped the outcomes of %d deliveries deleted while in flight: %s",
+            len(vanished),
+            ", ".join(outcome.claimed.delivery_id for outcome in vanished),
+        )
+
+
+def _store_each(outcomes: list[Outcome], settings: Settings) -> list[Outcome]:
+    vanished: list[Outcome] = []
+    with session_scope() as session:
+        for outcome in outcomes:
+            try:
+                with session.begin_nested():
+                    vanished += record(session, [outcome], settings)
+            except Exception as error:
+                if is_outage(error):
+                    raise
+                log.exception(
+                    "dropping the outcome of delivery %s: it cannot be recorded", outcome.claimed.delivery_id
+                )
+    return vanished
 
 
 async def _first(*waits: object) -> None:

@@ -109,10 +109,18 @@ def clean_body(raw: bytes) -> str:
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="replace").replace("\x00", "")
 
 
-def record(session: Session, outcomes: list[Outcome], settings: Settings) -> None:
-    """Store each attempt and move its delivery on: done, failed, or due again later."""
+def record(session: Session, outcomes: list[Outcome], settings: Settings) -> list[Outcome]:
+    """Store each attempt and move its delivery on: done, failed, or due again later.
+
+    Returns the outcomes whose delivery no longer exists (its endpoint was deleted while the attempt
+    was in flight): they are dropped. The endpoints and then the deliveries are locked first, in the
+    order an endpoint's deletion locks them, so a deletion waits for this or this sees it done.
+    """
     if not outcomes:
-        return
+        return []
+    endpoint_ids = sorted({o.claimed.endpoint_id for o in outcomes})
+    present = repository.lock_for_recording(session, endpoint_ids, [o.claimed.delivery_id for o in outcomes])
+    kept = [o for o in outcomes if o.claimed.delivery_id in present]
     repository.add_attempts(
         session,
         [
@@ -126,12 +134,13 @@ def record(session: Session, outcomes: list[Outcome], settings: Settings) -> Non
                 response_body=o.response_body,
                 trigger=o.claimed.trigger,
             )
-            for o in outcomes
+            for o in kept
             if o.attempted
         ],
     )
-    repository.update_deliveries(session, [_delivery_update(o, settings) for o in outcomes])
-    _track_endpoint_health(session, outcomes, settings)
+    repository.update_deliveries(session, [_delivery_update(o, settings) for o in kept])
+    _track_endpoint_health(session, kept, settings)
+    return [o for o in outcomes if o.claimed.delivery_id not in present]
 
 
 def _delivery_update(outcome: Outcome, settings: Settings) -> dict[str, Any]:

@@ -178,6 +178,11 @@ _UPDATE_DELIVERY = text(
 )
 
 
+# FOR NO KEY UPDATE: publishing (which only references endpoints) goes on; a deletion waits.
+_LOCK_ENDPOINTS = text("SELECT id FROM webhook_endpoints WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE")
+_LOCK_DELIVERIES = text("SELECT id FROM webhook_deliveries WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
+
+
 def claim_due(
     session: Session, *, limit: int, per_endpoint: int, lease_seconds: float, busy_endpoints: list[str]
 ) -> Sequence[Row[Any]]:
@@ -201,8 +206,19 @@ def release(session: Session, delivery_ids: list[str]) -> None:
         )
 
 
+def lock_for_recording(
+    session: Session, endpoint_ids: Sequence[str], delivery_ids: Sequence[str]
+) -> set[str]:
+    """Lock these endpoints, then these deliveries (each in id order, so deliverers recording at once
+    never deadlock); the ids of the deliveries that still exist."""
+    session.execute(_LOCK_ENDPOINTS, {"ids": list(endpoint_ids)})
+    return set(session.execute(_LOCK_DELIVERIES, {"ids": list(delivery_ids)}).scalars())
+
+
 def add_attempts(session: Session, attempts: Sequence[WebhookAttempt]) -> None:
+    """Insert them now, so a row the database refuses fails here (inside the caller's savepoint)."""
     session.add_all(attempts)
+    session.flush()
 
 
 def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> None:
@@ -220,7 +236,12 @@ def clear_failing(session: Session, endpoint_ids: Sequence[str]) -> None:
 
 
 def lock_endpoints(session: Session, endpoint_ids: Sequence[str]) -> Sequence[WebhookEndpoint]:
-    statement = select(WebhookEndpoint).where(col(WebhookEndpoint.id).in_(endpoint_ids)).with_for_update()
+    statement = (
+        select(WebhookEndpoint)
+        .where(col(WebhookEndpoint.id).in_(endpoint_ids))
+        .order_by(col(WebhookEndpoint.id))
+        .with_for_update(key_share=True)
+    )
     return session.exec(statement).all()
 
 
