@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     webhook_max_in_flight: int = Field(default=200, ge=1)
     webhook_max_in_flight_per_endpoint: int = Field(default=20, ge=1)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_resolve_timeout_seconds: float = Field(default=5.0, gt=0)
 
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """Where a worker serves its Prometheus scrape (unset: not served)."""
