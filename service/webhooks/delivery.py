@@ -9,6 +9,7 @@ due again (at-least-once; receivers dedupe by ``webhook-id``).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +47,14 @@ class Claimed:
     trace_context: dict[str, str] | None = None
 
 
+class Failure(enum.StrEnum):
+    """Why an attempt got no response, when it was not the network."""
+
+    TIMEOUT = "timeout"  # no answer within WEBHOOK_TIMEOUT_SECONDS
+    REFUSED = "refused"  # the SSRF guard refused the URL or its address
+    NOT_SENT = "not_sent"  # the request could not be prepared (the key, the body, a setting)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one attempt got: a status code, or an error before any response."""
@@ -57,6 +66,7 @@ class Outcome:
     error: str | None = None
     response_body: str | None = None
     retry_after: float | None = None
+    failure: Failure | None = None
     attempted: bool = True
     """False when nothing was sent (the endpoint was disabled): no attempt row, the delivery fails."""
 
