@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import GraphQLClient
+from service.principal import Principal
+from service.tenants.models import ALL_SCOPES
+from tests.conftest import GraphQLClient, TenantHandle
 
 CREATE = """
 mutation Create($input: CreateWebhookEndpointInput!) {
@@ -43,6 +45,11 @@ mutation Test($id: ID!) {
 """
 
 DELETE = "mutation Delete($id: ID!) { deleteWebhookEndpoint(id: $id) { id userErrors { code message } } }"
+
+
+def principal_of(tenant: TenantHandle) -> Principal:
+    """The tenant calling with its all-scopes key, for tests that call the service in-process."""
+    return Principal(tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset(ALL_SCOPES))
 
 
 def create_endpoint(gql: GraphQLClient, url: str, **fields: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from service.webhooks.sending import AddressCache, Sender
 from tests.conftest import GraphQLClient
 from tests.receiver import Receiver
 from tests.servers import ServiceProcess
-from tests.webhooks.support import create_endpoint, send_test, wait_for_delivery
+from tests.webhooks.support import create_endpoint, delete_endpoint, send_test, wait_for_delivery
 
 
 def _replace_key(endpoint_id: str, stored: str) -> None:
@@ -62,8 +62,10 @@ def test_a_key_that_cannot_sign_makes_failed_attempts_with_the_reason_on_the_ret
     endpoint_id = create_endpoint(gql, receiver.url + path, eventTypes=["webhook.test"])["endpoint"]["id"]
     _replace_key(endpoint_id, stored())
     send_test(gql, endpoint_id)
-
-    failed = wait_for_delivery(gql, endpoint_id, lambda d: d["status"] == "FAILED", timeout=15)
+    try:
+        failed = wait_for_delivery(gql, endpoint_id, lambda d: d["status"] == "FAILED", timeout=15)
+    finally:
+        delete_endpoint(gql, endpoint_id)  # `claimcheck secrets rotate` would stop at its key
     attempts = failed["attempts"]
     assert len(attempts) == 4  # the whole [0, 1, 1, 1] schedule, as for any failure
     assert all(attempt["statusCode"] is None for attempt in attempts)
