@@ -10,6 +10,7 @@ due again (at-least-once; receivers dedupe by ``webhook-id``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,16 +77,25 @@ class Outcome:
 
 
 def claim_due(
-    session: Session, limit: int, per_endpoint: int, lease_seconds: float, busy_endpoints: list[str]
+    session: Session,
+    limit: int,
+    settings: Settings,
+    lease_seconds: float,
+    endpoints_in_flight: Mapping[str, int],
+    tenants_in_flight: Mapping[str, int],
 ) -> list[Claimed]:
-    """Lease up to `limit` due deliveries (`per_endpoint` at most for each endpoint), oldest due first,
-    skipping the busy endpoints."""
+    """Lease up to `limit` due deliveries, sharing the caller's slots fairly: counting what it has in
+    flight, at most WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, and for each tenant with work an
+    equal share of WEBHOOK_MAX_IN_FLIGHT (less one endpoint's worth kept for a tenant that starts
+    sending, so it never waits for another tenant's slow receivers); least loaded tenants first."""
     rows = repository.claim_due(
         session,
         limit=limit,
-        per_endpoint=per_endpoint,
+        per_endpoint=settings.webhook_max_in_flight_per_endpoint,
+        max_in_flight=settings.webhook_max_in_flight,
         lease_seconds=lease_seconds,
-        busy_endpoints=busy_endpoints,
+        endpoints_in_flight=endpoints_in_flight,
+        tenants_in_flight=tenants_in_flight,
     )
     return [
         Claimed(
@@ -107,11 +117,6 @@ def claim_due(
         )
         for row in rows
     ]
-
-
-def release(session: Session, delivery_ids: list[str]) -> None:
-    """Give leases back unsent (another round, or another deliverer, takes them)."""
-    repository.release(session, delivery_ids)
 
 
 def clean_body(raw: bytes) -> str:
