@@ -294,8 +294,11 @@ def update_endpoint(
     if (new_url or new_types is not None) and receives_job_events(
         endpoint.event_types if new_types is None else new_types
     ):
-        field = ["input", "url"] if new_url else ["input", "eventTypes"]
-        _require_jobs_read(principal, "pointing an endpoint that gets job events", field)
+        if new_url:
+            _require_jobs_read(
+                principal, "changing the URL of an endpoint that gets job events", ["input", "url"]
+            )
+        _require_jobs_read(principal, "an endpoint that gets job events", ["input", "eventTypes"])
     if new_url is not None:
         endpoint.url = new_url
     if new_types is not None:
