@@ -132,6 +132,7 @@ class Settings(BaseSettings):
     webhook_max_in_flight: int = Field(default=200, ge=1)
     webhook_max_in_flight_per_endpoint: int = Field(default=20, ge=1)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_resolve_timeout_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("secret_key")
     @classmethod
