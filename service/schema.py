@@ -12,7 +12,7 @@ from typing import Any
 import anyio.to_thread
 import strawberry
 from graphql import GraphQLError, GraphQLResolveInfo
-from graphql.validation import MaxIntrospectionDepthRule
+from graphql.validation import MaxIntrospectionDepthRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
@@ -29,6 +29,7 @@ from service import outages
 from service.graphql_documents import CachedDocuments, DocumentCache
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
+from service.settings import get_settings
 from service.viewer import TenantQuery
 from service.webhooks.graphql import WebhookMutation, WebhookQuery
 
@@ -46,6 +47,15 @@ VALIDATION_RULES = [
     *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
     MaxIntrospectionDepthRule,
 ]
+NO_INTROSPECTION_RULES = [*VALIDATION_RULES, NoSchemaIntrospectionCustomRule]
+
+
+def _validation_rules() -> AddValidationRules:
+    """The rules for this request: introspection (`__schema`, `__type`) only when GRAPHQL_INTROSPECTION."""
+    return AddValidationRules(
+        VALIDATION_RULES if get_settings().graphql_introspection else NO_INTROSPECTION_RULES
+    )
+
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
 Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
@@ -170,7 +180,7 @@ schema = ClaimcheckSchema(
         UnitOfWork,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),  # before the cache: its options key it
         lambda: CachedDocuments(DOCUMENTS),
-        lambda: AddValidationRules(VALIDATION_RULES),
+        _validation_rules,
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
         OutageErrors,  # after MaskErrors: it sees the errors before they are masked
     ],
