@@ -27,7 +27,7 @@ from service.downloads import router as downloads_router
 from service.graphql_base import Context
 from service.graphql_decoding import (
     CheckedTransportWSHandler,
-    DecodingWebSocketAdapter,
+    CheckedWebSocketAdapter,
     RefusedRequest,
     check_query_size,
     decode_json_object,
@@ -86,7 +86,7 @@ class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
     by service.graphql_decoding; a refused request gets the GraphQL errors shape with a code.
     """
 
-    websocket_adapter_class = DecodingWebSocketAdapter
+    websocket_adapter_class = CheckedWebSocketAdapter
     graphql_transport_ws_handler_class = CheckedTransportWSHandler
 
     def decode_json(self, data: str | bytes) -> object:

@@ -15,12 +15,15 @@ import json
 import re
 import sys
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import suppress
 from itertools import accumulate
 from typing import Any, cast
 
 from graphql import GraphQLFormattedError
 from starlette.responses import JSONResponse
+from starlette.websockets import WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ErrorMessage,
@@ -171,8 +174,15 @@ def _close_reason(message: str) -> str:
     return encoded[: MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
-class DecodingWebSocketAdapter(ASGIWebSocketAdapter):
-    """A message the view cannot decode closes the socket with 4400 and the reason."""
+class CheckedWebSocketAdapter(ASGIWebSocketAdapter):
+    """A message the view cannot decode closes the socket with 4400 and the reason; what operations
+    still send once the socket is closed (by the protocol or the client) is dropped, not an error."""
+
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        if WebSocketState.DISCONNECTED in (self.ws.application_state, self.ws.client_state):
+            return  # starlette would raise, and strawberry log it as a fault of the operation
+        with suppress(WebSocketDisconnected):  # the client left while this was on its way
+            await super().send_json(message)
 
     async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
         try:

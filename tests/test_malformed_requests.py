@@ -9,7 +9,6 @@ import json
 import re
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any, cast
 
 import httpx
@@ -25,7 +24,7 @@ from service.settings import get_settings
 from service.storage.factory import get_storage
 from service.storage.local import LocalStorage
 from service.tenants.service import create_tenant
-from tests.conftest import TenantHandle, commit_job_without_enqueue
+from tests.conftest import TenantHandle
 from tests.malformed_corpus import HTTP_CASES, VIEWER, WS_MESSAGES, RawRequest, WsCase
 from tests.servers import ApiProcess
 
@@ -173,10 +172,6 @@ def run_ws_case(
 def test_a_hostile_websocket_message_gets_the_protocols_answer_and_logs_no_error(
     api: ApiProcess, hostile: TenantHandle, api_log: Callable[[], str], ws_case: WsCase
 ) -> None:
-    if any("{job}" in message for message in ws_case.messages if isinstance(message, str)):
-        job_id = commit_job_without_enqueue(hostile.id, "test-slow", {"seconds": 0.1})  # stays QUEUED
-        messages = tuple(m.replace("{job}", job_id) if isinstance(m, str) else m for m in ws_case.messages)
-        ws_case = replace(ws_case, messages=messages)
     close, received = run_ws_case(api, hostile.api_key, ws_case)
     assert close == ws_case.close, received
     if ws_case.reply is not None:
