@@ -44,13 +44,13 @@ def get_context(request: HTTPConnection) -> Context:
     header = request.headers.get("authorization")
     # A short session of its own: the connection goes back to the pool before any resolver runs
     # (an async resolver that waits must not hold one).
-    context.principal = _authenticate_header(header)
-    if context.principal is None:
+    principal = _authenticate_header(header)
+    if principal is None:
         raise HTTPException(
             status_code=401, detail="invalid or missing API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    context.bind_tenant()  # from here on the request's transaction sees only this tenant's rows
-    set_ids(tenant_id=context.principal.tenant_id)  # on the request's span
+    context.connection.principal = principal  # the operation's transaction sees only its tenant's rows
+    set_ids(tenant_id=principal.tenant_id)  # on the request's span
     return context
 
 
@@ -73,7 +73,7 @@ class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
         principal = await anyio.to_thread.run_sync(_authenticate_header, header)
         if principal is None:
             raise ConnectionRejectionError({"reason": "invalid or missing API key"})  # closed with 4403
-        context.principal = principal
+        context.connection.principal = principal
         return cast(UnsetType, UNSET)
 
 

@@ -22,20 +22,43 @@ T = TypeVar("T")
 
 
 @dataclass
-class Context(BaseContext):
-    """Per request: the caller and a lazily opened session that the request commits once."""
+class Connection:
+    """What the operations of one connection share: the caller, and the subscriptions open on it.
+
+    An HTTP request carries one operation; a graphql-transport-ws socket carries many, at once."""
 
     principal: Principal | None = None
+    subscriptions: int = 0
+
+
+@dataclass
+class Context(BaseContext):
+    """One operation's: its connection, and a lazily opened session it commits once.
+
+    The router makes one per connection; service.schema.UnitOfWork gives each operation its own
+    (for_operation), so operations pipelined on one socket never share a session or a transaction.
+    """
+
+    connection: Connection = field(default_factory=Connection)
     connection_params: dict[str, Any] | None = None
     """The WebSocket connection_init payload (graphql-transport-ws)."""
-    subscriptions: int = 0
-    """Subscriptions open on this WebSocket connection."""
     _session: Session | None = field(default=None, repr=False)
     db_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """Resolvers using the session take turns (service.schema.UnitOfWork)."""
 
     def __post_init__(self) -> None:
         super().__init__()
+
+    @property
+    def principal(self) -> Principal | None:
+        return self.connection.principal
+
+    def for_operation(self) -> Context:
+        """A context for one operation on this connection: same caller and transport, own session."""
+        context = Context(connection=self.connection, connection_params=self.connection_params)
+        context.request, context.response = self.request, self.response
+        context.background_tasks = self.background_tasks
+        return context
 
     @property
     def session(self) -> Session:
@@ -46,13 +69,8 @@ class Context(BaseContext):
                 enter_tenant(self._session, self.principal.tenant_id)
         return self._session
 
-    def bind_tenant(self) -> None:
-        """Confine the already open session to the authenticated tenant (after authentication)."""
-        if self._session is not None and self.principal is not None:
-            enter_tenant(self._session, self.principal.tenant_id)
-
     def finish(self, *, commit: bool) -> None:
-        """Commit (or roll back) and close the request's session, if one was opened."""
+        """Commit (or roll back) and close the operation's session, if one was opened."""
         if self._session is None:
             return
         try:

@@ -52,14 +52,27 @@ Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
 
 
 class UnitOfWork(SchemaExtension):
-    """The request commits once, after the whole operation, unless it raised an error.
+    """Each operation is one unit of work: its own context and session, even beside others on one
+    WebSocket. It commits once, when its execution ends and before its result is sent, unless it
+    raised an error; whatever it opens after that (a subscription's stream) ends with the operation.
 
     Database work blocks, so it runs in worker threads: every resolver that takes `info` (the way to
-    the session) and the final commit. The event loop stays free for other requests.
+    the session) and the commit. The event loop stays free for other requests.
     """
 
     async def on_operation(self) -> AsyncIterator[None]:
+        context = self.execution_context.context.for_operation()
+        self.execution_context.context = context  # what execution hands resolvers as info.context
+        try:
+            yield
+        finally:
+            await self._finish()
+
+    async def on_execute(self) -> AsyncIterator[None]:
         yield
+        await self._finish()  # over a WebSocket the result goes out before on_operation ends
+
+    async def _finish(self) -> None:
         result = self.execution_context.result
         ok = result is not None and not getattr(result, "errors", None)
         await anyio.to_thread.run_sync(functools.partial(self.execution_context.context.finish, commit=ok))

@@ -232,17 +232,17 @@ class JobSubscription:
     )
     async def job_updates(self, info: GraphQLInfo, id: strawberry.ID) -> AsyncGenerator[Job, None]:
         principal = require(info, "jobs:read")
-        context = info.context
-        if context.subscriptions >= get_settings().max_subscriptions_per_connection:
+        connection = info.context.connection
+        if connection.subscriptions >= get_settings().max_subscriptions_per_connection:
             raise graphql_error(QuotaExceededError("too many subscriptions on this connection"))
-        context.subscriptions += 1
+        connection.subscriptions += 1
         try:
             async for row in updates.follow(principal.tenant_id, str(id)):
                 yield Job.from_row(row)
         except ClaimcheckError as error:
             raise graphql_error(error) from error
         finally:
-            context.subscriptions -= 1
+            connection.subscriptions -= 1
 
 
 @strawberry.type
