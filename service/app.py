@@ -26,6 +26,7 @@ from service.schema import schema
 from service.settings import get_settings
 from service.startup import start_process
 from service.tenants.service import authenticate, note_key_used
+from service.websocket import KeyCheckingTransportWS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ def _authenticate_header(header: object) -> Principal | None:
 
 
 class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
-    """GraphQL over HTTP and graphql-transport-ws; WebSockets send their key in connection_init."""
+    """GraphQL over HTTP and graphql-transport-ws; WebSockets send their key in connection_init, and
+    are closed once it is revoked (service.websocket)."""
+
+    graphql_transport_ws_handler_class = KeyCheckingTransportWS
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params or {}

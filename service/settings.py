@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     """How long a job waits before another try when its tenant already runs its max_running jobs."""
     key_last_used_resolution_seconds: int = Field(default=60, ge=1)
     """API keys' last-used time is recorded (in Redis, flushed by the scheduler) at most this often."""
+    key_recheck_seconds: float = Field(default=5.0, gt=0)
+    """A WebSocket's API key is checked again this often: at most this long after its revocation,
+    the socket runs no further operation and is closed (4403)."""
 
     @model_validator(mode="after")
     def _check_plans(self) -> Settings:

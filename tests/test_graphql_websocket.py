@@ -3,6 +3,7 @@ their own transaction, and a socket whose API key is revoked runs nothing more a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,9 @@ from websockets.sync.client import ClientConnection
 
 from service.db import session_scope
 from service.jobs.models import Job
-from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
+from service.settings import get_settings
+from service.tenants.service import revoke_key
+from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess
 from tests.websocket import open_socket, receive, subscribe, ws_url_of
 
@@ -48,8 +51,7 @@ def _answers(
 def _closed_code(socket: ClientConnection, timeout: float) -> int:
     """The close code the server sends within timeout (any other message fails the test)."""
     with pytest.raises(ConnectionClosed) as closed:
-        message = receive(socket, timeout=timeout)
-        pytest.fail(f"the socket carried on: {message}")
+        pytest.fail(f"the socket carried on: {receive(socket, timeout=timeout)}")
     assert closed.value.rcvd is not None, "the server never sent a close frame"
     return closed.value.rcvd.code
 
@@ -85,3 +87,33 @@ def test_operations_pipelined_on_one_socket_are_all_answered_and_all_committed(
     assert seen_committed == [True] * 10  # each answer went out after its commit, not before
     listed = {edge["node"]["id"] for edge in gql(JOB_IDS)["jobs"]["edges"]}  # read at once, over HTTP
     assert listed == created
+
+
+def test_a_revoked_keys_socket_runs_no_further_operation_and_is_closed_with_4403(
+    api: ApiProcess, tenant: TenantHandle
+) -> None:
+    with open_socket(ws_url_of(api.url), tenant.api_key) as socket:
+        subscribe(socket, "before", SPEECH_MUTATION, {"input": {"text": "Before revocation."}})
+        assert _answers(socket, 1)["before"]["data"]["generateSpeech"]["job"]["id"]
+        with session_scope() as session:
+            revoke_key(session, tenant.key_id)
+        time.sleep(get_settings().key_recheck_seconds + 0.5)  # what the API remembered has lapsed
+        subscribe(socket, "after", SPEECH_MUTATION, {"input": {"text": "After revocation."}})
+        assert _closed_code(socket, timeout=10) == 4403
+    assert _jobs_of(tenant.id) == 1
+
+
+def test_a_revoked_keys_open_subscription_ends_with_its_socket_closed_with_4403(
+    api: ApiProcess, tenant: TenantHandle
+) -> None:
+    job_id = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 1})  # stays QUEUED: no update
+    with open_socket(ws_url_of(api.url), tenant.api_key) as socket:
+        subscribe(socket, "watch", UPDATES, {"id": job_id})
+        first = receive(socket)
+        assert first["type"] == "next"
+        assert first["payload"]["data"]["jobUpdates"]["status"] == "QUEUED"
+        with session_scope() as session:
+            revoke_key(session, tenant.key_id)
+        started = time.monotonic()
+        assert _closed_code(socket, timeout=3 * get_settings().key_recheck_seconds + 2) == 4403
+    assert time.monotonic() - started <= 2 * get_settings().key_recheck_seconds + 1

@@ -107,6 +107,11 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
     return Principal(tenant_id=tenant_id, key_id=key_id, scopes=frozenset(scopes))
 
 
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether the key exists and is not revoked (sockets authenticated earlier check it again)."""
+    return repository.key_is_active(session, key_id)
+
+
 def note_key_used(key_id: str) -> None:
     """Remember that the key was used now: at most one Redis write per key per resolution, no DB write.
 
