@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import anyio.to_thread
 import strawberry
 from graphql import GraphQLError
 from sqlmodel import Session
+from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 from strawberry.scalars import JSON
 from strawberry.types import Info
@@ -19,6 +21,11 @@ from service.errors import ClaimcheckError, RateLimitedError
 from service.principal import Principal
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+Batch = Callable[[Session, str, list[K]], Sequence[V]]
+"""(session, tenant id, keys) -> one value per key, in the keys' order: what a dataloader loads."""
 
 
 @dataclass
@@ -33,7 +40,7 @@ class Connection:
 
 @dataclass
 class Context(BaseContext):
-    """One operation's: its connection, and a lazily opened session it commits once.
+    """One operation's: its connection, a lazily opened session it commits once, and its loaders.
 
     The router makes one per connection; service.schema.UnitOfWork gives each operation its own
     (for_operation), so operations pipelined on one socket never share a session or a transaction.
@@ -45,6 +52,7 @@ class Context(BaseContext):
     _session: Session | None = field(default=None, repr=False)
     db_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """Resolvers using the session take turns (service.schema.UnitOfWork)."""
+    _loaders: dict[Batch[Any, Any], DataLoader[Any, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -68,6 +76,23 @@ class Context(BaseContext):
             if self.principal is not None:
                 enter_tenant(self._session, self.principal.tenant_id)
         return self._session
+
+    def loader(self, batch: Batch[K, V]) -> DataLoader[K, V]:
+        """This operation's loader for batch: the keys its resolvers ask for while the event loop is
+        busy with them are loaded by one call, in a thread, on the operation's session."""
+        found = self._loaders.get(batch)
+        if found is None:
+
+            async def load(keys: list[K]) -> list[V]:
+                principal = self.principal
+                assert principal is not None, "loaders serve authenticated operations"
+                async with self.db_lock:
+                    return await anyio.to_thread.run_sync(
+                        lambda: list(batch(self.session, principal.tenant_id, keys))
+                    )
+
+            found = self._loaders[batch] = DataLoader(load_fn=load)
+        return found
 
     def finish(self, *, commit: bool) -> None:
         """Commit (or roll back) and close the operation's session, if one was opened."""

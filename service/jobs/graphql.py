@@ -109,8 +109,8 @@ class Job:
         )
 
     @strawberry.field(description="The audit trail, oldest first.")
-    def events(self, info: GraphQLInfo) -> list[JobEvent]:
-        rows = service.job_events(info.context.session, self.tenant_id, str(self.id))
+    async def events(self, info: GraphQLInfo) -> list[JobEvent]:
+        rows = await info.context.loader(service.job_events).load(str(self.id))  # one query per page
         return [JobEvent(type=row.type, at=row.at, data=cast(JSON, row.data)) for row in rows]
 
     @classmethod
