@@ -27,6 +27,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from service import outages
+from service.graphql_cost import CostLimit
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
 from service.viewer import TenantQuery
@@ -38,6 +39,7 @@ STRAWBERRY_DEFINITION = "strawberry-definition"
 MAX_DEPTH = 10
 MAX_ALIASES = 30  # aliases multiply work: `a1: job(id:..) a2: job(id:..) ...` in one request
 MAX_TOKENS = 2000  # the parser stops at this many tokens, before building a huge document
+MAX_COST = 5000  # objects an operation may return, and expensive fields by weight (service.graphql_cost)
 CACHED_DOCUMENTS = 1000  # clients send the same few documents: parse and validate each once
 
 # Built once: rule classes made per request would never hit the validation cache.
@@ -166,6 +168,7 @@ schema = ClaimcheckSchema(
         lambda: ParserCache(maxsize=CACHED_DOCUMENTS),
         lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
         lambda: AddValidationRules(VALIDATION_RULES),
+        lambda: CostLimit(MAX_COST),
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
         OutageErrors,  # after MaskErrors: it sees the errors before they are masked
     ],

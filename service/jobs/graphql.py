@@ -25,6 +25,7 @@ from service.graphql_base import (
     require,
     run_mutation,
 )
+from service.graphql_cost import COST
 from service.ids import has_prefix
 from service.jobs import service, updates
 from service.jobs.models import TERMINAL_STATUSES
@@ -37,6 +38,8 @@ JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
 
 POLL_ADVICE_SECONDS = 2
 DEFAULT_PAGE = 20
+SIGNED_URL_COST = 10
+"""A signature (RSA, or an IAM signBlob call for GCS) weighs as much as ten objects read."""
 
 
 @strawberry.type
@@ -61,7 +64,10 @@ class Artifact:
     sha256: str
     row: strawberry.Private[JobRow]
 
-    @strawberry.field(description="A plain HTTP GET URL for the file, valid for expiresIn seconds (clamped).")
+    @strawberry.field(
+        description="A plain HTTP GET URL for the file, valid for expiresIn seconds (clamped).",
+        metadata={COST: SIGNED_URL_COST},
+    )
     def download_url(self, expires_in: int = 900) -> str:
         return or_graphql_error(lambda: service.download_url(self.row, expires_in))
 
