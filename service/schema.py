@@ -25,11 +25,15 @@ from strawberry.extensions import (
 )
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 
 from service import outages
+from service.errors import RateLimitedError
+from service.graphql_base import graphql_error
 from service.graphql_cost import CostLimit
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
+from service.tenants.service import check_query_rate
 from service.viewer import TenantQuery
 from service.webhooks.graphql import WebhookMutation, WebhookQuery
 
@@ -90,6 +94,26 @@ class UnitOfWork(SchemaExtension):
         if not _uses_context(info):
             return _next(root, info, *args, **kwargs)
         return _in_thread(info.context.db_lock, functools.partial(_next, root, info, *args, **kwargs))
+
+
+class QueryRateLimit(SchemaExtension):
+    """A query takes a token from its tenant's query bucket before it runs (a mutation that starts a
+    job takes one from the mutation bucket, in the service). Over the rate it is refused with
+    RATE_LIMITED and retryAfter; over HTTP the answer is a 429 with Retry-After."""
+
+    async def on_execute(self) -> AsyncIterator[None]:
+        execution = self.execution_context
+        principal = execution.context.principal
+        if principal is not None and execution.operation_type is OperationType.QUERY:
+            try:
+                await anyio.to_thread.run_sync(check_query_rate, principal)
+            except RateLimitedError as error:
+                response = execution.context.response
+                if response is not None:  # HTTP (a WebSocket has no response to mark)
+                    response.status_code = 429
+                    response.headers["Retry-After"] = str(error.retry_after)
+                raise graphql_error(error) from error
+        yield
 
 
 class OutageErrors(SchemaExtension):
@@ -169,6 +193,7 @@ schema = ClaimcheckSchema(
         lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
         lambda: AddValidationRules(VALIDATION_RULES),
         lambda: CostLimit(MAX_COST),
+        QueryRateLimit,  # after the cost limit: a refused query takes no token
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
         OutageErrors,  # after MaskErrors: it sees the errors before they are masked
     ],

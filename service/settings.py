@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.plans import DEFAULT_PLANS, LIMIT_NAMES, missing_limits
+from service.plans import DEFAULT_PLANS, REQUIRED_LIMITS, missing_limits
 
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - refused outside development
 DEV_STATE_FILE = "dev.json"
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
             missing = missing_limits(plan)
             if missing or any(value < 0 for value in plan.values()):
                 raise ValueError(
-                    f"plan {name!r} needs every limit of {LIMIT_NAMES} (>= 0); missing {missing}"
+                    f"plan {name!r} needs every limit of {REQUIRED_LIMITS} (>= 0); missing {missing}"
                 )
         return self
 

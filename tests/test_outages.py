@@ -18,6 +18,7 @@ from service import outages
 from service.embedded import EmbeddedRedis, free_port
 from service.graphql_base import Connection, Context
 from service.jobs.dispatch import RUN_JOB
+from service.plans import DEFAULT_PLANS, Limits
 from service.principal import Principal
 from service.redis import JOBS_QUEUE
 from service.scheduler import run_once
@@ -108,7 +109,10 @@ def test_without_postgres_requests_get_503_unavailable_and_a_retry_after(
 
 def test_an_outage_inside_a_resolver_is_unavailable_not_masked(tenant: TenantHandle) -> None:
     dead = create_engine(DEAD_POSTGRES.format(port=free_port()))
-    principal = Principal(tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset({"jobs:read"}))
+    limits = Limits(**DEFAULT_PLANS["free"])
+    principal = Principal(
+        tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset({"jobs:read"}), limits=limits
+    )
 
     class OnDeadPostgres(Context):
         def for_operation(self) -> Context:
