@@ -6,12 +6,17 @@ mutations that start jobs belong to the kinds (service/kinds/graphql.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
+import weakref
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import cast
 
+import anyio
+import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
@@ -40,6 +45,21 @@ POLL_ADVICE_SECONDS = 2
 DEFAULT_PAGE = 20
 SIGNED_URL_COST = 10
 """A signature (RSA, or an IAM signBlob call for GCS) weighs as much as ten objects read."""
+SIGNING_THREADS = 8
+"""Download URLs an API process signs at once: a page of them waits its turn in these threads without
+taking the ones that database work needs."""
+_signing_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def signing_threads() -> anyio.CapacityLimiter:
+    """The running event loop's limiter of SIGNING_THREADS."""
+    loop = asyncio.get_running_loop()
+    limiter = _signing_threads.get(loop)
+    if limiter is None:
+        limiter = _signing_threads[loop] = anyio.CapacityLimiter(SIGNING_THREADS)
+    return limiter
 
 
 @strawberry.type
@@ -68,8 +88,12 @@ class Artifact:
         description="A plain HTTP GET URL for the file, valid for expiresIn seconds (clamped).",
         metadata={COST: SIGNED_URL_COST},
     )
-    def download_url(self, expires_in: int = 900) -> str:
-        return or_graphql_error(lambda: service.download_url(self.row, expires_in))
+    async def download_url(self, expires_in: int = 900) -> str:
+        sign = functools.partial(service.download_url, self.row, expires_in)
+        try:  # signing blocks (RSA, or an IAM call per URL for gcs): never on the event loop
+            return await anyio.to_thread.run_sync(sign, limiter=signing_threads())
+        except ClaimcheckError as error:
+            raise graphql_error(error) from error
 
 
 @strawberry.type
