@@ -91,7 +91,8 @@ class Context(BaseContext):
                         lambda: list(batch(self.session, principal.tenant_id, keys))
                     )
 
-            found = self._loaders[batch] = DataLoader(load_fn=load)
+            # no cache: a mutation later in the operation may change what an earlier field read
+            found = self._loaders[batch] = DataLoader(load_fn=load, cache=False)
         return found
 
     def finish(self, *, commit: bool) -> None:
