@@ -95,6 +95,11 @@ class Context(BaseContext):
             found = self._loaders[batch] = DataLoader(load_fn=load, cache=False)
         return found
 
+    @property
+    def has_session(self) -> bool:
+        """Whether the operation opened its session (and finish has something to do)."""
+        return self._session is not None
+
     def finish(self, *, commit: bool) -> None:
         """Commit (or roll back) and close the operation's session, if one was opened."""
         if self._session is None:

@@ -79,9 +79,12 @@ class UnitOfWork(SchemaExtension):
         await self._finish()  # over a WebSocket the result goes out before on_operation ends
 
     async def _finish(self) -> None:
+        context = self.execution_context.context
+        if not context.has_session:
+            return  # nothing to commit: no thread needed
         result = self.execution_context.result
         ok = result is not None and not getattr(result, "errors", None)
-        await anyio.to_thread.run_sync(functools.partial(self.execution_context.context.finish, commit=ok))
+        await anyio.to_thread.run_sync(functools.partial(context.finish, commit=ok))
 
     def resolve(
         self,
