@@ -21,6 +21,16 @@ class MissingHeaderError(WebhookVerificationError):
         self.header = header
 
 
+class MalformedHeaderError(WebhookVerificationError):
+    """A `webhook-*` header is overlong, has too many signatures, or holds what no sender sends."""
+
+    code = "MALFORMED_HEADER"
+
+    def __init__(self, header: str, problem: str) -> None:
+        super().__init__(f"the {header} header {problem}")
+        self.header = header
+
+
 class InvalidTimestampError(WebhookVerificationError):
     """`webhook-timestamp` is not Unix seconds."""
 

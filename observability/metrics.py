@@ -2,8 +2,8 @@
 
 Call ``setup_metrics(service_name)`` once per process; the instruments below are module-level and
 work before it (they record nothing until a provider is installed). Record through the small
-``record_*`` functions. The API serves ``/metrics`` (``add_metrics_route(app)``); the worker runs
-``start_metrics_server(port)``.
+``record_*`` functions. Each process serves its scrape on a port of its own,
+``start_metrics_server(port)`` (``METRICS_PORT``), never on the public API port.
 
 Prometheus sees each metric under the name in ``PROMETHEUS_NAMES`` (OpenTelemetry's name with dots
 as underscores, the unit as a suffix, ``_total`` on counters; histograms add ``_bucket``, ``_sum``
@@ -27,8 +27,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ OUTCOME_GONE = "gone"  # 410: the endpoint is disabled
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_NETWORK_ERROR = "network_error"  # connect, TLS, reset...
 OUTCOME_REFUSED = "refused"  # the SSRF guard refused the address
+OUTCOME_NOT_SENT = "not_sent"  # the request could not be prepared (a key that cannot sign, a setting)
 OUTCOMES = (
     OUTCOME_SUCCESS,
     OUTCOME_HTTP_ERROR,
@@ -54,6 +54,7 @@ OUTCOMES = (
     OUTCOME_TIMEOUT,
     OUTCOME_NETWORK_ERROR,
     OUTCOME_REFUSED,
+    OUTCOME_NOT_SENT,
 )
 
 _meter = metrics.get_meter(METER_NAME)
@@ -189,40 +190,8 @@ def setup_metrics(
         return provider
 
 
-def exposition(accept: str | None = None, registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
-    """The scrape body and its content type (Prometheus text, or OpenMetrics when ``accept`` asks)."""
-    encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
-
-
-def metrics_endpoint(request: Any) -> Any:
-    """A Starlette/FastAPI endpoint serving the scrape. Sync on purpose: it runs in the threadpool,
-    since observable callbacks (queue depth) may query Redis or Postgres."""
-    from starlette.responses import Response
-
-    body, content_type = exposition(request.headers.get("accept"))
-    return Response(body, media_type=content_type)
-
-
-def add_metrics_route(app: Any, path: str = "/metrics") -> None:
-    """Serve the scrape on a FastAPI/Starlette app at ``path`` (not in the OpenAPI schema).
-
-    Anyone who can reach the path can read it: keep it off public ingress, or serve it on a port of
-    its own with ``start_metrics_server``.
-    """
-    app.add_route(path, metrics_endpoint, methods=["GET"], include_in_schema=False)
-
-
-def metrics_app() -> Any:
-    """A standalone ASGI app serving the scrape at ``/``: ``app.mount("/metrics", metrics_app())``."""
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
-    return Starlette(routes=[Route("/", metrics_endpoint, methods=["GET"])])
-
-
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> tuple[Any, threading.Thread]:  # noqa: S104
-    """Serve the scrape on its own port from a daemon thread (the worker and scheduler processes).
+    """Serve the scrape on its own port from a daemon thread (the api, worker and scheduler processes).
 
     Returns prometheus_client's (server, thread); ``server.shutdown()`` stops it.
     """
@@ -276,8 +245,12 @@ def status_class(status_code: int | None) -> str:
     return f"{status_code // 100}xx" if status_code else "none"
 
 
-def attempt_outcome(status_code: int | None, *, timed_out: bool = False, refused: bool = False) -> str:
+def attempt_outcome(
+    status_code: int | None, *, timed_out: bool = False, refused: bool = False, not_sent: bool = False
+) -> str:
     """The ``outcome`` of one attempt from what happened (see ``OUTCOMES``)."""
+    if not_sent:
+        return OUTCOME_NOT_SENT
     if refused:
         return OUTCOME_REFUSED
     if timed_out:

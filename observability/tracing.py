@@ -47,6 +47,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.util import types
 
+from observability.redaction import redact
+
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "claimcheck"
@@ -383,19 +385,37 @@ def child_only_provider() -> trace.TracerProvider | None:
     return _ChildOnlyTracerProvider(_provider) if _provider is not None else None
 
 
-def instrument_fastapi(app: Any, excluded_urls: str = "/healthz,/metrics") -> bool:
+def instrument_fastapi(app: Any, excluded_urls: str = "/healthz") -> bool:
     """HTTP server spans (and the trace context of incoming ``traceparent``) for a FastAPI app.
 
-    A no-op returning False while tracing is off. Call on the app before it serves.
+    A no-op returning False while tracing is off. Call on the app before it serves. The spans are
+    redacted as logs are: a download token in the path (``url.path``, ``http.target``, ``http.url``...)
+    never reaches the exporter.
     """
     if _provider is None:
         return False
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=_provider, excluded_urls=excluded_urls, exclude_spans=["receive", "send"]
+        app,
+        tracer_provider=_provider,
+        excluded_urls=excluded_urls,
+        exclude_spans=["receive", "send"],
+        server_request_hook=_redact_server_span,
     )
     return True
+
+
+def _redact_server_span(span: Span, _scope: Mapping[str, Any]) -> None:
+    """Redact the request's span as it starts: its name and string attributes are final by then (the
+    response adds only its status)."""
+    if not isinstance(span, ReadableSpan):
+        return
+    if (name := redact(span.name)) != span.name:
+        span.update_name(name)
+    for key, value in (span.attributes or {}).items():
+        if isinstance(value, str) and (redacted := redact(value)) != value:
+            span.set_attribute(key, redacted)
 
 
 _SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"

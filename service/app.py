@@ -1,4 +1,4 @@
-"""The FastAPI application: GraphQL at /graphql, downloads, health."""
+"""The FastAPI application: GraphQL at /graphql, downloads, health (metrics are on METRICS_PORT)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from observability.metrics import add_metrics_route
+from observability.metrics import start_metrics_server
 from observability.tracing import instrument_fastapi, set_ids
 from service import outages
 from service.db import session_scope
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def get_context(request: HTTPConnection) -> Context:
     """Authenticate the bearer key; 401 without a hint which part was wrong.
 
-    A GET without a query only renders the GraphiQL page, which needs no key. A WebSocket
+    A GET without a query only renders the GraphiQL page (when GRAPHQL_IDE), which needs no key. A WebSocket
     authenticates in its connection_init payload instead (ClaimcheckGraphQL.on_ws_connect).
     """
     context = Context()
@@ -140,11 +140,13 @@ def create_app() -> FastAPI:
     """The API process's ASGI application."""
     settings = get_settings()
     start_process("claimcheck-api")
+    if settings.metrics_port is not None:
+        start_metrics_server(settings.metrics_port)  # a port of its own: the public one has no /metrics
     app = FastAPI(title="Claimcheck", docs_url=None, redoc_url=None, openapi_url=None)
     instrument_fastapi(app)
-    add_metrics_route(app)
     graphql = ClaimcheckGraphQL(
         schema,
+        graphql_ide="graphiql" if settings.graphql_ide else None,
         context_getter=get_context,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
     )

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from observability.logging import setup_logging
-from service.settings import get_settings
+from service.settings import ConfigurationError, get_settings
+
+SERVER_COMMANDS = ("api", "worker", "scheduler")
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -22,6 +24,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    if args.workers > 1 and get_settings().metrics_port is not None:
+        raise ConfigurationError(
+            f"METRICS_PORT is set, so the API runs one worker per process, not --workers {args.workers}"
+            " (WEB_CONCURRENCY): metrics are per process and the port fits one. Run more API processes"
+            " instead, each with its own METRICS_PORT or container."
+        )
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -29,7 +37,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
-        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        log_level=get_settings().log_level.lower(),
         log_config=None,  # uvicorn's lines go through our (structured, redacting) logging
     )
     return 0
@@ -52,7 +60,7 @@ def cmd_scheduler(_args: argparse.Namespace) -> int:
 def cmd_migrate(_args: argparse.Namespace) -> int:
     from service.migrate import upgrade
 
-    upgrade(get_settings().database_url)
+    upgrade(get_settings().required_url("database_url"))
     print("database is at the latest schema")
     return 0
 
@@ -157,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = command(commands, "api", "serve the GraphQL API and downloads")
     api.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104 - a server's job
-    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    api.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    # String defaults go through `type` too: a bad PORT is argparse's clear error, not a traceback.
+    api.add_argument("--port", type=int, default=os.environ.get("PORT", "8000"))
+    api.add_argument("--workers", type=int, default=os.environ.get("WEB_CONCURRENCY", "1"))
     api.set_defaults(func=cmd_api)
 
     worker = command(commands, "worker", "run jobs from the queues")
@@ -208,10 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claimcheck`` console script."""
     args = build_parser().parse_args(argv)
     os.environ["DATA_DIR"] = args.data_dir
-    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))  # JSON lines in production, text in development
     from service.errors import ClaimcheckError
 
     try:
+        # Every setting is checked before anything starts (`dev` makes its SECRET_KEY first; each of
+        # its processes then checks its own).
+        if args.command == "dev":
+            setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+        else:
+            settings = get_settings()
+            if args.command in SERVER_COMMANDS:
+                settings.required_url("database_url")
+                settings.required_url("redis_url")
+            setup_logging(settings.log_level)  # JSON lines in production, text in development
         return int(args.func(args))
     except ClaimcheckError as error:
         print(f"error ({error.code}): {error.message}", file=sys.stderr)

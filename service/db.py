@@ -39,10 +39,7 @@ def make_engine(url: str) -> Engine:
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
     """The process-wide engine for DATABASE_URL."""
-    url = get_settings().database_url
-    if not url:
-        raise RuntimeError("DATABASE_URL is not set and no `claimcheck dev` is running in DATA_DIR")
-    return make_engine(url)
+    return make_engine(get_settings().required_url("database_url"))
 
 
 @contextmanager

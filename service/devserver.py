@@ -30,6 +30,15 @@ def _secret_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def _metrics_ports(first: str | None) -> dict[str, int]:
+    """METRICS_PORT for each process (one port each, from the given one up), or none when unset."""
+    if not first:
+        return {}
+    if not first.isdigit():
+        raise SystemExit(f"METRICS_PORT must be a port number, not {first!r}")
+    return {name: int(first) + offset for offset, name in enumerate(PROCESSES)}
+
+
 def _terminate(children: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
     for child in children:
         if child.poll() is None:
@@ -79,11 +88,19 @@ def run_dev(*, port: int, data_dir: Path) -> int:
             # Trying it out means a receiver on this machine: let webhooks reach loopback over http.
             "WEBHOOK_ALLOWED_CIDRS": os.environ.get("WEBHOOK_ALLOWED_CIDRS", "127.0.0.0/8,::1/128"),
             "WEBHOOK_ALLOW_HTTP": os.environ.get("WEBHOOK_ALLOW_HTTP", "true"),
+            # ... and a GraphiQL page and introspection to explore the schema with.
+            "GRAPHQL_IDE": os.environ.get("GRAPHQL_IDE", "true"),
+            "GRAPHQL_INTROSPECTION": os.environ.get("GRAPHQL_INTROSPECTION", "true"),
         }
+        metrics_ports = _metrics_ports(os.environ.get("METRICS_PORT"))
         for name in PROCESSES:
             extra = ["--host", "127.0.0.1", "--port", str(port)] if name == "api" else []
-            children.append(subprocess.Popen([sys.executable, "-m", "service.cli", name, *extra], env=env))
+            child_env = {**env, **({"METRICS_PORT": str(metrics_ports[name])} if metrics_ports else {})}
+            command = [sys.executable, "-m", "service.cli", name, *extra]
+            children.append(subprocess.Popen(command, env=child_env))
         print(f"\n  Claimcheck is running: GraphQL at http://127.0.0.1:{port}/graphql", flush=True)
+        for name, metrics_port in metrics_ports.items():
+            print(f"  {name} metrics at http://127.0.0.1:{metrics_port}/metrics", flush=True)
         print(
             "  Create a tenant and key in another shell:  .venv/bin/claimcheck tenants create acme",
             flush=True,

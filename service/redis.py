@@ -15,9 +15,7 @@ JOBS_QUEUE = "jobs"
 @lru_cache(maxsize=1)
 def get_redis() -> Redis:
     """The process-wide Redis client for REDIS_URL."""
-    url = get_settings().redis_url
-    if not url:
-        raise RuntimeError("REDIS_URL is not set and no `claimcheck dev` is running in DATA_DIR")
+    url = get_settings().required_url("redis_url")
     return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5)
 
 

@@ -11,6 +11,7 @@ from types import FrameType
 
 from sqlmodel import Session
 
+from observability.metrics import start_metrics_server
 from service.db import session_scope
 from service.jobs.dispatch import sweep_outbox
 from service.jobs.recovery import recover_lost_runs
@@ -63,7 +64,10 @@ def run_scheduler(stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-    interval = get_settings().scheduler_interval_seconds
+    settings = get_settings()
+    if settings.metrics_port is not None:
+        start_metrics_server(settings.metrics_port)
+    interval = settings.scheduler_interval_seconds
     log.info("scheduler started; sweeping every %.1f s", interval)
     while not stop.is_set():
         try:

@@ -12,7 +12,7 @@ from typing import Any
 import anyio.to_thread
 import strawberry
 from graphql import GraphQLError, GraphQLResolveInfo
-from graphql.validation import MaxIntrospectionDepthRule
+from graphql.validation import MaxIntrospectionDepthRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
@@ -33,6 +33,7 @@ from service.graphql_base import graphql_error
 from service.graphql_cost import CostLimit
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
+from service.settings import get_settings
 from service.tenants.service import check_query_rate
 from service.viewer import TenantQuery
 from service.webhooks.graphql import WebhookMutation, WebhookQuery
@@ -52,6 +53,15 @@ VALIDATION_RULES = [
     *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
     MaxIntrospectionDepthRule,
 ]
+NO_INTROSPECTION_RULES = [*VALIDATION_RULES, NoSchemaIntrospectionCustomRule]
+
+
+def _validation_rules() -> AddValidationRules:
+    """The rules for this request: introspection (`__schema`, `__type`) only when GRAPHQL_INTROSPECTION."""
+    return AddValidationRules(
+        VALIDATION_RULES if get_settings().graphql_introspection else NO_INTROSPECTION_RULES
+    )
+
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
 Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
@@ -194,7 +204,7 @@ schema = ClaimcheckSchema(
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),  # before the cache: its options key it
         lambda: ParserCache(maxsize=CACHED_DOCUMENTS),
         lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
-        lambda: AddValidationRules(VALIDATION_RULES),
+        _validation_rules,
         lambda: CostLimit(MAX_COST),
         QueryRateLimit,  # after the cost limit: a refused query takes no token
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import binascii
 import copy
+import importlib.util
 import json
+import logging
 import os
+import re
 from functools import lru_cache
+from ipaddress import ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from cryptography.fernet import Fernet
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from redis.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from service.errors import ClaimcheckError
 from service.plans import DEFAULT_PLANS, REQUIRED_LIMITS, missing_limits
 
-DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - refused outside development
 DEV_STATE_FILE = "dev.json"
+MIN_SECRET_KEY_CHARS = 16
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+RetrySchedule = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)]
+
+
+class ConfigurationError(ClaimcheckError):
+    """A setting is missing or malformed: the process refuses to start, naming the variable."""
+
+    code = "CONFIGURATION"
 
 
 class Settings(BaseSettings):
@@ -28,8 +47,13 @@ class Settings(BaseSettings):
     redis_url: str = ""
     data_dir: Path = Path(".data")
 
-    secret_key: str = DEV_SECRET_KEY
+    # Required everywhere; `claimcheck dev` generates one in its data dir and hands it on.
+    secret_key: str = Field(default="", validate_default=True)
     public_base_url: str = "http://127.0.0.1:8000"
+    log_level: str = "INFO"  # read by observability.logging too, before the settings load
+    log_format: Literal["json", "text"] | None = None
+    # Where this process serves Prometheus's scrape (/metrics); unset: nowhere. Never the API's port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     storage_backend: Literal["local", "gcs"] = "local"
     storage_dir: Path | None = None
@@ -41,11 +65,15 @@ class Settings(BaseSettings):
     storage_emulator_host: str = ""  # Google's own variable: API calls and signed URLs go there
 
     max_request_bytes: int = Field(default=1_000_000, ge=1_000)
+    # The GraphiQL page at GET /graphql, and schema introspection: off unless enabled (`claimcheck dev`
+    # turns both on); the schema is public in API.md, a production endpoint need not serve it.
+    graphql_ide: bool = False
+    graphql_introspection: bool = False
     download_url_default_expiry: int = Field(default=900, ge=1)
     download_url_max_expiry: int = Field(default=7 * 24 * 3600, ge=1)
 
     speech_max_chars: int = Field(default=5_000, ge=1)
-    progress_milestones: list[float] = [0.25, 0.5, 0.75]
+    progress_milestones: list[Fraction] = [0.25, 0.5, 0.75]
 
     outbox_grace_seconds: float = Field(default=5.0, ge=0)
     scheduler_interval_seconds: float = Field(default=2.0, gt=0)
@@ -88,7 +116,7 @@ class Settings(BaseSettings):
             missing = missing_limits(plan)
             if missing or any(value < 0 for value in plan.values()):
                 raise ValueError(
-                    f"plan {name!r} needs every limit of {REQUIRED_LIMITS} (>= 0); missing {missing}"
+                    f"PLANS: plan {name!r} needs every limit of {REQUIRED_LIMITS} (>= 0); missing {missing}"
                 )
         return self
 
@@ -96,7 +124,7 @@ class Settings(BaseSettings):
     encryption_keys: str = ""
 
     # Webhooks. Delays are seconds after the previous attempt; the scale compresses them (tests, chaos).
-    webhook_retry_schedule: list[float] = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_retry_schedule: RetrySchedule = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
     webhook_retry_scale: float = Field(default=1.0, gt=0)
     webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
     webhook_max_retry_after: float = Field(default=3600, ge=0)
@@ -107,17 +135,125 @@ class Settings(BaseSettings):
     webhook_max_in_flight: int = Field(default=200, ge=1)
     webhook_max_in_flight_per_endpoint: int = Field(default=20, ge=1)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_resolve_timeout_seconds: float = Field(default=5.0, gt=0)
 
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    """Where a worker serves its Prometheus scrape (unset: not served)."""
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: str) -> str:
+        if not value:
+            raise ValueError(
+                "not set: give every process the same random value of 16+ characters (for example from"
+                " `openssl rand -hex 32`); only `claimcheck dev` makes one itself"
+            )
+        if len(value) < MIN_SECRET_KEY_CHARS:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_CHARS} characters")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value:
+            return value  # a running `claimcheck dev` fills it in; commands needing it say so
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("is not a URL (postgresql://user:password@host:5432/name)") from None
+        if backend != "postgresql":
+            raise ValueError(f"must be a postgresql:// URL, not {backend}://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            options = parse_redis_url(value)  # type: ignore[no-untyped-call]
+        except ValueError as error:  # its messages never repeat the URL (it may hold a password)
+            raise ValueError(f"is not a Redis URL: {error}") from None
+        database = urlsplit(value).path.strip("/")
+        if "path" not in options and database and not database.isdigit():
+            raise ValueError(f"the database after the host must be a number, not {database!r}")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - parsing the port checks it
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a URL: {error}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{value!r} must have no query, fragment or credentials")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"{value!r} is not a level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _check_encryption_keys(cls, value: str) -> str:
+        keys = [key.strip() for key in value.split(",") if key.strip()]
+        for number, key in enumerate(keys, start=1):
+            try:
+                Fernet(key)
+            except (ValueError, binascii.Error):  # the message never repeats the key
+                raise ValueError(
+                    f"key {number} of {len(keys)} is not a Fernet key (32 url-safe base64-encoded bytes,"
+                    " as `Fernet.generate_key()` makes)"
+                ) from None
+        return value
+
+    @field_validator("webhook_allowed_cidrs")
+    @classmethod
+    def _check_allowed_cidrs(cls, value: str) -> str:
+        for cidr in value.split(","):
+            if cidr.strip():
+                try:
+                    ip_network(cidr.strip())
+                except ValueError as error:
+                    raise ValueError(f"{cidr.strip()!r} is not a network: {error}") from None
+        return value
+
+    @field_validator("kind_modules")
+    @classmethod
+    def _check_kind_modules(cls, value: list[str]) -> list[str]:
+        for module in value:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ValueError(f"no module named {module!r} can be imported")
+        return value
 
     @model_validator(mode="after")
-    def _refuse_default_secret(self) -> Settings:
-        if self.environment == "production" and self.secret_key == DEV_SECRET_KEY:
-            raise ValueError("SECRET_KEY must be set to a random value outside development")
-        if len(self.secret_key) < 16:
-            raise ValueError("SECRET_KEY must be at least 16 characters")
+    def _check_combinations(self) -> Settings:
+        if self.storage_backend == "gcs" and not self.gcs_bucket:
+            raise ValueError("GCS_BUCKET must be set when STORAGE_BACKEND is gcs")
+        if self.download_url_default_expiry > self.download_url_max_expiry:
+            raise ValueError("DOWNLOAD_URL_DEFAULT_EXPIRY must not exceed DOWNLOAD_URL_MAX_EXPIRY")
+        if self.job_stuck_after_seconds <= self.job_heartbeat_seconds:
+            raise ValueError(
+                "JOB_STUCK_AFTER_SECONDS must exceed JOB_HEARTBEAT_SECONDS, or every running job looks lost"
+            )
         return self
+
+    def required_url(self, name: Literal["database_url", "redis_url"]) -> str:
+        """DATABASE_URL or REDIS_URL; a ConfigurationError when neither it nor a running dev gives one."""
+        value: str = getattr(self, name)
+        if not value:
+            raise ConfigurationError(
+                f"{name.upper()} is not set, and no `claimcheck dev` is running in DATA_DIR ({self.data_dir})"
+            )
+        return value
 
     @property
     def webhook_allowed_networks(self) -> list[str]:
@@ -145,14 +281,35 @@ def read_dev_state(data_dir: Path) -> dict[str, str]:
 
 
 def load_settings(data_dir: Path | None = None) -> Settings:
-    """Settings from the environment; what it leaves unset comes from a running `claimcheck dev`."""
+    """Settings from the environment; what it leaves unset comes from a running `claimcheck dev`.
+
+    Raises `ConfigurationError` naming each bad variable (never repeating a secret's value).
+    """
     data_dir = data_dir or Path(os.environ.get("DATA_DIR", ".data"))
     state = read_dev_state(data_dir)
     overrides: dict[str, Any] = {"data_dir": data_dir}
     for name in ("database_url", "redis_url", "secret_key", "environment"):
         if name.upper() not in os.environ and state.get(name):
             overrides[name] = state[name]
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = [_describe(problem) for problem in error.errors(include_input=False, include_url=False)]
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    except SettingsError as error:  # a value that should be JSON is not
+        field = re.search(r'field "(\w+)"', str(error))
+        name = field.group(1).upper() if field else "a setting"
+        raise ConfigurationError(f"invalid settings: {name}: not valid JSON") from None
+
+
+def _describe(problem: Any) -> str:
+    """`VARIABLE: what is wrong` for one pydantic error (a check of several variables names them)."""
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    location = [str(part) for part in problem["loc"]]
+    if not location:
+        return message
+    name = location[0].upper()
+    return f"{name} ({'.'.join(location[1:])}): {message}" if location[1:] else f"{name}: {message}"
 
 
 @lru_cache(maxsize=1)

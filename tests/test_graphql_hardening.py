@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
+import httpx
 import hypothesis_graphql
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +19,8 @@ from hypothesis_graphql import nodes
 from service.graphql_cost import LIST_SIZE
 from service.jobs.graphql import SIGNED_URL_COST
 from service.schema import MAX_ALIASES, MAX_COST, MAX_TOKENS, schema
-from tests.conftest import GraphQLClient
+from tests.conftest import GraphQLClient, TenantHandle
+from tests.servers import ApiProcess
 
 FUZZ_EXAMPLES = 60
 SDL = schema.as_str()
@@ -76,9 +81,55 @@ def test_the_cost_counts_list_sizes_given_by_variables_and_defaults(gql: GraphQL
     assert refused["errors"][0]["extensions"]["cost"] == 20 * (1 + LIST_SIZE * per_job)
 
 
-def test_introspection_is_allowed(gql: GraphQLClient) -> None:
-    types = gql("{ __schema { types { name } } }")["__schema"]["types"]
-    assert "Job" in {t["name"] for t in types}
+INTROSPECTION = ["{ __schema { types { name } } }", '{ __type(name: "Job") { name } }']
+
+
+@pytest.fixture(scope="module")
+def explorable_api(env: dict[str, str], workdir: Path) -> Iterator[ApiProcess]:
+    """An API with GRAPHQL_IDE and GRAPHQL_INTROSPECTION on, as `claimcheck dev` runs it."""
+    enabled = {**env, "GRAPHQL_IDE": "true", "GRAPHQL_INTROSPECTION": "true"}
+    process = ApiProcess(enabled, workdir / "api-explorable.log")
+    process.env["PUBLIC_BASE_URL"] = process.url
+    yield process.start()
+    process.stop()
+
+
+def _graphiql_page(base_url: str) -> httpx.Response:
+    return httpx.get(f"{base_url}/graphql", headers={"accept": "text/html"})
+
+
+@pytest.mark.parametrize("document", INTROSPECTION)
+def test_introspection_is_refused_by_default(gql: GraphQLClient, document: str) -> None:
+    response = gql.post(document)
+    assert response.status_code == 200
+    body = response.json()
+    assert body.get("data") is None, body
+    assert body["errors"]
+    assert all("introspection has been disabled" in e["message"] for e in body["errors"])
+    assert "errors" not in gql.post("{ __typename viewer { __typename } }").json()
+
+
+def test_the_graphiql_page_is_not_served_by_default(api: ApiProcess) -> None:
+    page = _graphiql_page(api.url)
+    assert page.status_code in (400, 404, 405), page.text
+    assert "graphiql" not in page.text.lower()
+
+
+@pytest.mark.parametrize("document", INTROSPECTION)
+def test_introspection_works_when_enabled(
+    explorable_api: ApiProcess, tenant: TenantHandle, document: str
+) -> None:
+    with GraphQLClient(explorable_api.url, tenant.api_key).http as http:
+        body = http.post("/graphql", json={"query": document}).json()
+    assert "errors" not in body, body
+    assert "Job" in json.dumps(body["data"])
+
+
+def test_the_graphiql_page_is_served_without_a_key_when_enabled(explorable_api: ApiProcess) -> None:
+    page = _graphiql_page(explorable_api.url)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "graphiql" in page.text.lower()
 
 
 def _check(response: Any, document: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from types import TracebackType
 
 from rq.timeouts import JobTimeoutException
@@ -27,7 +28,7 @@ from service.jobs.models import Job, JobStatus
 from service.models import utcnow
 from service.outages import is_outage, log_failure
 from service.settings import get_settings
-from service.storage.base import StoredObject, artifact_key
+from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
 from service.tenants.service import limits_for
 
@@ -173,8 +174,7 @@ def _run(job_id: str) -> None:
     output: ArtifactOutput | None = None
     try:
         with Heartbeat(job_id):
-            params = kind.input_model.model_validate(job.input)
-            output = kind.handler(RunContext(job), params)
+            output = _produce(kind, job)
             stored = _store(job, output) if output is not None else None
     except JobCanceled:
         _finish_canceled(job, output)
@@ -197,6 +197,12 @@ def _run(job_id: str) -> None:
             filename = output.filename if output else ""
             content_type = output.content_type if output else ""
             service.succeed(session, locked, stored, filename=filename, content_type=content_type)
+
+
+def _produce(kind: Kind, job: Job) -> ArtifactOutput | None:
+    """Run the kind's handler; its filename is untrusted, so from here on it is a safe basename."""
+    output = kind.handler(RunContext(job), kind.input_model.model_validate(job.input))
+    return replace(output, filename=safe_filename(output.filename)) if output is not None else None
 
 
 def _store(job: Job, output: ArtifactOutput) -> StoredObject:

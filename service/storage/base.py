@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -48,9 +50,40 @@ def signed_url_seconds(expires_in: int) -> int:
     return min(expires_in, MAX_SIGNED_URL_SECONDS)
 
 
+MAX_FILENAME_BYTES = 128  # of UTF-8: well inside a file system's 255 and the key's column
+MAX_EXTENSION_CHARS = 16
+FALLBACK_FILENAME = "artifact"
+# Control, format (bidi overrides, zero-width), surrogate, private-use, unassigned, line/paragraph
+# separators: nothing a file name needs, and what makes one lie about itself or break a header.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_SEPARATORS = re.compile(r"[/\\]")
+_UNTRIMMED = re.compile(r"^[\s.]+|\s+$")
+
+
+def safe_filename(name: str) -> str:
+    """A kind's filename made safe to store and to name in a download: its last path segment, unsafe
+    characters as "_", no leading dots or surrounding spaces, at most MAX_FILENAME_BYTES of UTF-8
+    (keeping the extension); FALLBACK_FILENAME when nothing is left. Idempotent; odd names that are
+    safe (spaces, accents, quotes) stay as they are."""
+    segments = [part for part in _SEPARATORS.split(unicodedata.normalize("NFC", name)) if part.strip(" .")]
+    cleaned = "".join(
+        "_" if unicodedata.category(char) in _UNSAFE_CATEGORIES else char for char in (segments or [""])[-1]
+    )
+    cleaned = _UNTRIMMED.sub("", cleaned)
+    if len(cleaned.encode()) > MAX_FILENAME_BYTES:
+        stem, dot, extension = cleaned.rpartition(".")
+        if not (dot and stem and len(extension) <= MAX_EXTENSION_CHARS):
+            stem, extension = cleaned, ""
+        room = MAX_FILENAME_BYTES - len(extension.encode()) - len(dot if extension else "")
+        stem = stem.encode()[:room].decode(errors="ignore")
+        cleaned = _UNTRIMMED.sub("", f"{stem}.{extension}" if extension else stem)
+    return cleaned or FALLBACK_FILENAME
+
+
 def artifact_key(tenant_id: str, job_id: str, filename: str) -> str:
-    """Where a job's artifact lives: per tenant, per job, so re-runs overwrite and tenants never collide."""
-    return f"tenants/{tenant_id}/jobs/{job_id}/{filename}"
+    """Where a job's artifact lives: per tenant, per job, so re-runs overwrite and tenants never collide.
+    The filename is made safe first: whatever a kind returns, the key stays under the job's prefix."""
+    return f"tenants/{tenant_id}/jobs/{job_id}/{safe_filename(filename)}"
 
 
 class HashingReader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,6 @@ from redis import Redis
 
 from callbacks.keys import generate_keypair, generate_secret
 from callbacks.signing import build_headers
-from service.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,6 +39,13 @@ class Receiver:
     def events(self) -> list[dict[str, object]]:
         events: list[dict[str, object]] = httpx.get(f"{self.url}/events").json()
         return events
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @pytest.fixture(scope="module", params=["memory+whsec", "redis+whpk"])
@@ -126,3 +133,30 @@ def test_the_receiver_refuses_to_start_with_a_malformed_key() -> None:
     )
     assert result.returncode == 1
     assert b"WEBHOOK_SECRET: a webhook secret must decode to 24-64 bytes" in result.stderr
+
+
+SIGNATURE = b"v1a," + b"A" * 86 + b"=="
+HOSTILE_HEADERS: dict[str, dict[str, bytes]] = {
+    "a 5,000-digit timestamp": {"webhook-timestamp": b"9" * 5_000},
+    "a timestamp in Arabic-Indic digits": {"webhook-timestamp": "\u0661\u0667".encode() * 5},
+    "a timestamp in latin-1 superscripts": {"webhook-timestamp": b"\xb9\xb2\xb3"},
+    "a thousand signatures": {"webhook-signature": b" ".join([SIGNATURE] * 1_000)},
+    "seventeen signatures": {"webhook-signature": b" ".join([SIGNATURE] * 17)},
+    "junk schemes": {"webhook-signature": b"v9,abc ,,, v1, v1a,@@@ \tv1,=="},
+    "non-ASCII base64": {"webhook-signature": b"v1," + "\u00e9".encode() * 40},
+    "an overlong webhook-id": {"webhook-id": b"evt_" + b"x" * 8_000},
+    "a webhook-id of non-ASCII bytes": {"webhook-id": b"evt_\xff\xfe"},
+    "a webhook-id with inner whitespace": {"webhook-id": b"evt_1\tevt_2"},
+}
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_HEADERS.values(), ids=HOSTILE_HEADERS.keys())
+def test_hostile_headers_get_a_4xx_never_a_5xx(receiver: Receiver, hostile: dict[str, bytes]) -> None:
+    body = b'{"type": "webhook.test", "data": {}}'
+    event_id = f"evt_{uuid.uuid4().hex}"
+    genuine = build_headers(event_id, int(time.time()), body, receiver.signing_key)
+    headers = {name.encode(): value.encode() for name, value in genuine.items()}
+    headers |= {name.encode(): value for name, value in hostile.items()}
+    response = httpx.post(f"{receiver.url}/webhooks", content=body, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    assert all(e["webhook_id"] != event_id for e in receiver.events())

@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as ReferenceVerificationError
 
@@ -15,6 +17,7 @@ from callbacks import (
     FutureTimestampError,
     InvalidPayloadError,
     InvalidTimestampError,
+    MalformedHeaderError,
     MalformedKeyError,
     MissingHeaderError,
     NoMatchingSignatureError,
@@ -24,6 +27,7 @@ from callbacks import (
 )
 from callbacks.keys import decode_public_key, decode_secret, generate_keypair, generate_secret, public_key_for
 from callbacks.signing import USER_AGENT, build_headers, sign, signed_content
+from callbacks.verify import MAX_SIGNATURE_HEADER_LENGTH, MAX_SIGNATURES
 
 PAYLOAD = {"type": "job.succeeded", "timestamp": "2026-01-01T00:00:00Z", "data": {"jobId": "job_1", "n": "é"}}
 BODY = json.dumps(PAYLOAD, ensure_ascii=False).encode()
@@ -239,3 +243,120 @@ def test_sign_refuses_what_cannot_sign() -> None:
 def test_secret_length_is_bounded(nbytes: int) -> None:
     with pytest.raises(ValueError, match="24-64"):
         generate_secret(nbytes)
+
+
+HOSTILE_TIMESTAMPS = [
+    "9" * 5_000,
+    "1" * 4_301,
+    "0" * 10_000 + "1",
+    "\u00b9\u00b2\u00b3",
+    "1700000000\x00",
+    "+1700000000",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_TIMESTAMPS)
+def test_a_hostile_timestamp_is_refused_as_invalid(value: str) -> None:
+    secret = generate_secret()
+    headers = build_headers(EVENT_ID, now(), BODY, secret) | {"webhook-timestamp": value}
+    with pytest.raises(InvalidTimestampError) as caught:
+        verify(BODY, headers, secret)
+    assert caught.value.code == "INVALID_TIMESTAMP"
+
+
+def test_thousands_of_signatures_are_refused_without_checking_each() -> None:
+    private, public = generate_keypair()
+    headers = build_headers(EVENT_ID, now(), BODY, private)
+    junk = "v1a," + base64.b64encode(b"\x01" * 64).decode()
+    flood = " ".join([junk] * 20_000 + [headers["webhook-signature"]])
+    started = time.perf_counter()
+    with pytest.raises(MalformedHeaderError) as caught:
+        verify(BODY, headers | {"webhook-signature": flood}, public)
+    assert time.perf_counter() - started < 0.1
+    assert caught.value.header == "webhook-signature"
+    assert caught.value.code == "MALFORMED_HEADER"
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("webhook-id", "evt_" + "x" * 5_000),
+        ("webhook-id", "evt_\u00e9t\u00e9"),
+        ("webhook-id", "evt 1"),
+        ("webhook-id", "evt_\ud800"),
+        ("webhook-signature", "v1," + "A" * 100_000),
+        ("webhook-signature", " ".join(["v1,AAAA"] * (MAX_SIGNATURES + 1))),
+    ],
+)
+def test_an_overlong_or_odd_header_is_refused_as_malformed(header: str, value: str) -> None:
+    secret = generate_secret()
+    headers = build_headers(EVENT_ID, now(), BODY, secret) | {header: value}
+    with pytest.raises(MalformedHeaderError) as caught:
+        verify(BODY, headers, secret)
+    assert caught.value.header == header
+    assert header in str(caught.value)
+
+
+def test_the_signatures_allowed_cover_a_rotation_of_many_keys() -> None:
+    keys = [generate_secret() for _ in range(MAX_SIGNATURES - 1)] + [generate_keypair().private_key]
+    headers = build_headers(EVENT_ID, now(), BODY, keys)
+    assert len(headers["webhook-signature"]) <= MAX_SIGNATURE_HEADER_LENGTH
+    assert verify(BODY, headers, keys[0]) == PAYLOAD
+
+
+def test_a_deeply_nested_signed_body_is_an_invalid_payload() -> None:
+    secret = generate_secret()
+    body = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(InvalidPayloadError):
+        verify(body, build_headers(EVENT_ID, now(), body, secret), secret)
+
+
+def _repeated(entries: st.SearchStrategy[str], most: int) -> st.SearchStrategy[str]:
+    """One entry repeated up to `most` times, joined by a separator: floods without slow generation."""
+    return st.builds(
+        lambda entry, count, separator: separator.join([entry] * count),
+        entries,
+        st.integers(0, most),
+        st.sampled_from([" ", "  ", "\t", ",", "\u00a0", "\u3000"]),
+    )
+
+
+SIGNATURE_ENTRIES = st.one_of(
+    st.text(max_size=40),
+    st.builds(
+        "{},{}".format,
+        st.sampled_from(["v1", "v1a", "v2", "V1", "", "v1,v1a", "\u00e9"]),
+        st.one_of(
+            st.text(max_size=120),
+            st.binary(max_size=96).map(lambda raw: base64.b64encode(raw).decode()),
+            st.binary(min_size=64, max_size=64).map(lambda raw: base64.b64encode(raw).decode()),
+        ),
+    ),
+)
+HEADER_VALUES = st.one_of(
+    st.none(),  # absent
+    st.text(max_size=200),
+    st.text(alphabet="0123456789", min_size=1, max_size=40),
+    _repeated(st.sampled_from(["9", "0", "1", "\u0669", "\u00b2"]), 20_000),
+    _repeated(SIGNATURE_ENTRIES, 20_000),
+)
+HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    hostile=st.dictionaries(st.sampled_from(HEADERS), HEADER_VALUES, min_size=1), body=st.binary(max_size=64)
+)
+def test_hostile_headers_raise_only_verification_errors_and_quickly(
+    hostile: dict[str, str | None], body: bytes
+) -> None:
+    """Some headers hostile (or absent), the others genuine for a body the hostile ones cannot match."""
+    private, public = generate_keypair()
+    secret = generate_secret()
+    headers = build_headers(EVENT_ID, now(), BODY, [secret, private]) | hostile
+    present = {name: value for name, value in headers.items() if value is not None}
+    started = time.perf_counter()
+    with pytest.raises(WebhookVerificationError) as caught:
+        verify(body, present, [public, secret])  # body is never BODY (shorter): nothing can verify
+    assert time.perf_counter() - started < 0.25
+    assert not isinstance(caught.value, MalformedKeyError)

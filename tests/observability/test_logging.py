@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from observability.logging import REDACTED, json_by_default, redact, redact_value, setup_logging
+from observability.logging import json_by_default, redact_value, setup_logging
+from observability.redaction import REDACTED, redact
 from observability.tracing import get_tracer, set_ids
 
 API_KEY = "ck_0a1b2c3d_Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXU"

@@ -1,21 +1,23 @@
-"""Metrics recorded through observability.metrics appear on the Prometheus endpoints."""
+"""Metrics recorded through observability.metrics appear on the Prometheus endpoint each process serves
+on METRICS_PORT, never on the public API port."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from observability import metrics
 from observability.metrics import (
     HISTOGRAMS,
     PROMETHEUS_NAMES,
-    add_metrics_route,
     attempt_outcome,
-    metrics_app,
     record_endpoint_disabled,
     record_job_created,
     record_job_finished,
@@ -27,7 +29,9 @@ from observability.metrics import (
     start_metrics_server,
     status_class,
 )
-from tests.observability.asgi import asgi_get
+from service.embedded import free_port
+from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
+from tests.servers import ApiProcess, ServiceProcess
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -47,23 +51,26 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def api(meter_provider: None) -> Iterator[FastAPI]:
-    app = FastAPI()
-    add_metrics_route(app)
+def endpoint(meter_provider: None) -> Iterator[str]:
+    """The scrape URL of a metrics server in this process, as METRICS_PORT starts one."""
+    server, thread = start_metrics_server(0, addr="127.0.0.1")
     unregister = register_queue_depth(lambda: {"jobs": 7, "webhooks": 2})
-    yield app
+    yield f"http://127.0.0.1:{server.server_port}/metrics"
     unregister()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
 
 
-def scrape(app: FastAPI) -> Samples:
-    response = asgi_get(app, "/metrics")
+def scrape(endpoint: str) -> Samples:
+    response = httpx.get(endpoint, timeout=5)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return samples(response.text)
 
 
-def test_recorded_metrics_appear_on_the_api_endpoint(api: FastAPI) -> None:
-    before = scrape(api)
+def test_recorded_metrics_appear_on_the_endpoint(endpoint: str) -> None:
+    before = scrape(endpoint)
     record_job_created("speech")
     record_job_finished("speech", "SUCCEEDED", duration_seconds=1.5)
     record_job_finished("export", "FAILED")
@@ -73,7 +80,7 @@ def test_recorded_metrics_appear_on_the_api_endpoint(api: FastAPI) -> None:
     record_webhook_delivered("job.succeeded", 0.3)
     record_endpoint_disabled("failing")
     record_rate_limited("rate")
-    after = scrape(api)
+    after = scrape(endpoint)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -98,7 +105,7 @@ def test_recorded_metrics_appear_on_the_api_endpoint(api: FastAPI) -> None:
     assert value(after, "claimcheck_queue_depth", queue="webhooks") == 2
 
 
-def test_every_instrument_has_its_prometheus_name(api: FastAPI) -> None:
+def test_every_instrument_has_its_prometheus_name(endpoint: str) -> None:
     record_job_created("speech")
     record_job_finished("speech", "succeeded", 1.0)
     record_queue_wait("speech", 0.1)
@@ -106,7 +113,7 @@ def test_every_instrument_has_its_prometheus_name(api: FastAPI) -> None:
     record_webhook_delivered("job.queued", 0.01)
     record_endpoint_disabled("gone")
     record_rate_limited("quota")
-    names = {name for name, _ in scrape(api)}
+    names = {name for name, _ in scrape(endpoint)}
     instruments = {
         instrument._name
         for instrument in vars(metrics).values()
@@ -118,63 +125,118 @@ def test_every_instrument_has_its_prometheus_name(api: FastAPI) -> None:
         assert expected in names, instrument
 
 
-def test_a_failing_queue_depth_callback_does_not_break_the_scrape(api: FastAPI) -> None:
+def test_a_failing_queue_depth_callback_does_not_break_the_scrape(endpoint: str) -> None:
     def broken() -> dict[str, float]:
         raise ConnectionError("redis is away")
 
     unregister = register_queue_depth(broken)
     try:
-        found = scrape(api)
+        found = scrape(endpoint)
     finally:
         unregister()
     assert value(found, "claimcheck_queue_depth", queue="jobs") == 7
 
 
-def test_openmetrics_when_asked(api: FastAPI) -> None:
-    response = asgi_get(api, "/metrics", {"accept": "application/openmetrics-text; version=1.0.0"})
+def test_openmetrics_when_asked(endpoint: str) -> None:
+    accept = {"accept": "application/openmetrics-text; version=1.0.0"}
+    response = httpx.get(endpoint, headers=accept, timeout=5)
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.rstrip().endswith("# EOF")
 
 
-def test_mounted_metrics_app(meter_provider: None) -> None:
-    app = FastAPI()
-    app.mount("/metrics", metrics_app())
-    record_rate_limited("concurrency")
-    response = asgi_get(app, "/metrics/")
-    assert value(samples(response.text), "claimcheck_rate_limit_rejections_total", limit="concurrency") >= 1
-
-
-def test_worker_metrics_server(meter_provider: None) -> None:
-    server, thread = start_metrics_server(0, addr="127.0.0.1")
-    try:
-        record_job_finished("speech", "canceled")
-        response = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5)
-        found = samples(response.text)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-    assert value(found, "claimcheck_jobs_finished_total", kind="speech", status="canceled") >= 1
-    assert any(name.startswith("process_") for name, _ in found), "the process collector is there too"
+def test_the_process_collector_is_scraped_too(endpoint: str) -> None:
+    assert any(name.startswith("process_") for name, _ in scrape(endpoint))
 
 
 @pytest.mark.parametrize(
-    ("status_code", "timed_out", "refused", "expected"),
+    ("status_code", "timed_out", "refused", "not_sent", "expected"),
     [
-        (200, False, False, "success"),
-        (299, False, False, "success"),
-        (301, False, False, "http_error"),
-        (500, False, False, "http_error"),
-        (410, False, False, "gone"),
-        (None, True, False, "timeout"),
-        (None, False, False, "network_error"),
-        (None, False, True, "refused"),
+        (200, False, False, False, "success"),
+        (299, False, False, False, "success"),
+        (301, False, False, False, "http_error"),
+        (500, False, False, False, "http_error"),
+        (410, False, False, False, "gone"),
+        (None, True, False, False, "timeout"),
+        (None, False, False, False, "network_error"),
+        (None, False, True, False, "refused"),
+        (None, False, False, True, "not_sent"),
     ],
 )
-def test_attempt_outcome(status_code: int | None, timed_out: bool, refused: bool, expected: str) -> None:
-    assert attempt_outcome(status_code, timed_out=timed_out, refused=refused) == expected
+def test_attempt_outcome(
+    status_code: int | None, timed_out: bool, refused: bool, not_sent: bool, expected: str
+) -> None:
+    assert attempt_outcome(status_code, timed_out=timed_out, refused=refused, not_sent=not_sent) == expected
     assert expected in metrics.OUTCOMES
 
 
 def test_status_class() -> None:
     assert [status_class(code) for code in (None, 204, 302, 404, 503)] == ["none", "2xx", "3xx", "4xx", "5xx"]
+
+
+# The processes: metrics on METRICS_PORT, never on the public API port.
+
+
+def _scrape_when_up(url: str, process: ServiceProcess, timeout: float = 30) -> Samples:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return scrape(url)
+        except httpx.TransportError:
+            assert process.process is not None
+            assert process.process.poll() is None, process.log()
+            assert time.monotonic() < deadline, process.log()
+            time.sleep(0.1)
+
+
+def test_the_public_api_port_serves_no_metrics(api: ApiProcess) -> None:
+    response = httpx.get(f"{api.url}/metrics")
+    assert response.status_code == 404
+    assert "claimcheck_" not in response.text
+    assert "process_" not in response.text
+
+
+def test_the_api_serves_its_metrics_on_metrics_port(
+    env: dict[str, str], workdir: Path, make_tenant: Callable[..., TenantHandle]
+) -> None:
+    metrics_port = free_port()
+    api = ApiProcess({**env, "METRICS_PORT": str(metrics_port)}, workdir / "api-metrics.log")
+    api.env["PUBLIC_BASE_URL"] = api.url
+    api.start()
+    try:
+        client = GraphQLClient(api.url, make_tenant().api_key)
+        job = client(SPEECH_MUTATION, {"input": {"text": "counted"}})["generateSpeech"]["job"]
+        assert job["status"] == "QUEUED"
+        found = _scrape_when_up(f"http://127.0.0.1:{metrics_port}/metrics", api)
+        assert value(found, "claimcheck_jobs_created_total", kind="speech") >= 1
+        assert httpx.get(f"{api.url}/metrics").status_code == 404
+        client.http.close()
+    finally:
+        api.stop()
+
+
+def test_the_scheduler_serves_its_metrics_on_metrics_port(env: dict[str, str], workdir: Path) -> None:
+    metrics_port = free_port()
+    scheduler = ServiceProcess(
+        ["scheduler"], {**env, "METRICS_PORT": str(metrics_port)}, workdir / "scheduler-metrics.log"
+    ).start()
+    try:
+        found = _scrape_when_up(f"http://127.0.0.1:{metrics_port}/metrics", scheduler)
+        assert any(name.startswith("process_") for name, _ in found)
+    finally:
+        scheduler.stop()
+
+
+def test_the_api_refuses_several_workers_with_a_metrics_port(env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "api", "--port", str(free_port()), "--workers", "2"],
+        env={**env, "METRICS_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert (
+        "error (CONFIGURATION): METRICS_PORT is set, so the API runs one worker per process" in result.stderr
+    )
+    assert "--workers 2" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -45,6 +45,8 @@ from observability.tracing import (
     set_ids,
     setup_tracing,
 )
+from service.downloads import router as downloads_router
+from service.storage.tokens import DownloadTokens
 from tests.observability.asgi import asgi_get
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -236,6 +238,34 @@ def test_fastapi_server_span_continues_an_incoming_traceparent(spans: InMemorySp
     assert servers[0].attributes is not None
     assert servers[0].attributes[TENANT_ID] == "ten_7"
     assert trace_id(servers[0]) == client_span.get_span_context().trace_id
+
+
+@pytest.mark.parametrize("suffix", ["", "?attempt=2", "/extra"])
+def test_server_spans_keep_no_download_token(
+    spans: InMemorySpanExporter, env: dict[str, str], suffix: str
+) -> None:
+    """Logs redact /downloads/<token>; the server spans (name and every attribute) must too."""
+    app = FastAPI()
+    app.include_router(downloads_router)
+    assert instrument_fastapi(app)
+    token = DownloadTokens("another-secret-of-sufficient-length").issue(
+        "tenants/ten_1/jobs/job_1/speech.wav", filename="speech.wav", content_type="audio/wav", expires_in=900
+    )
+    response = asgi_get(app, f"/downloads/{token}{suffix}")
+    assert response.status_code in (403, 404)
+    servers = [span for span in spans.get_finished_spans() if span.kind == SpanKind.SERVER]
+    assert servers
+    for span in servers:
+        recorded = [span.name, *(str(value) for value in (span.attributes or {}).values())]
+        assert not [value for value in recorded if token in value or token[:16] in value], recorded
+    paths = [
+        value
+        for span in servers
+        for key, value in (span.attributes or {}).items()
+        if "target" in key or "path" in key
+    ]
+    assert paths
+    assert all("/downloads/[REDACTED]" in str(path) for path in paths), paths
 
 
 def test_exporters_from_the_environment() -> None:

@@ -36,6 +36,7 @@ from tests.gcs import (
 
 KEY = "tenants/ten_1/jobs/job_1/speech.wav"
 CHUNK = 256 * 1024
+SECRET_KEY = "gcs-test-secret-key-" + "x" * 20
 
 
 def _chunks(data: bytes, size: int = 100_000) -> Iterator[bytes]:
@@ -251,6 +252,7 @@ def test_gcs_down_mid_upload_fails_and_serves_no_half_object(
 def test_settings_select_the_gcs_backend(gcs_emulator: GcsEmulator, gcs_key: ServiceAccountKey) -> None:
     settings = Settings(
         environment="test",
+        secret_key=SECRET_KEY,
         storage_backend="gcs",
         gcs_bucket="from-settings",
         gcs_chunk_bytes=512 * 1024,
@@ -264,6 +266,12 @@ def test_settings_select_the_gcs_backend(gcs_emulator: GcsEmulator, gcs_key: Ser
         gcs_emulator.url,
     )
     with pytest.raises(ValueError, match="GCS_BUCKET"):
-        make_storage(Settings(environment="test", storage_backend="gcs"))
+        Settings(environment="test", secret_key=SECRET_KEY, storage_backend="gcs")
     with pytest.raises(ValueError, match="multiple of 262144"):
-        Settings(environment="test", storage_backend="gcs", gcs_bucket="b", gcs_chunk_bytes=300_000)
+        Settings(
+            environment="test",
+            secret_key=SECRET_KEY,
+            storage_backend="gcs",
+            gcs_bucket="b",
+            gcs_chunk_bytes=300_000,
+        )

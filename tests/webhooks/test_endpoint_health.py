@@ -11,16 +11,17 @@ from service.models import utcnow
 from service.settings import get_settings
 from service.webhooks.delivery import Claimed, Outcome, record
 from service.webhooks.models import SigningScheme, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from service.webhooks.service import create_endpoint, publish
+from service.webhooks.service import check_endpoint_url, create_endpoint, publish
 from tests.conftest import TenantHandle
+from tests.webhooks.support import principal_of
 
 
 def _endpoint(tenant: TenantHandle, path: str, event_types: list[str]) -> str:
     with session_scope() as session:
         endpoint = create_endpoint(
             session,
-            tenant.id,
-            url=f"http://127.0.0.1:9/{path}",
+            principal_of(tenant),
+            url=check_endpoint_url(f"http://127.0.0.1:9/{path}"),
             event_types=event_types,
             description=None,
             signing=SigningScheme.V1,
