@@ -105,6 +105,7 @@ def run(stack: Stack, args: argparse.Namespace) -> None:
     from service.principal import Principal
     from service.settings import get_settings
     from service.tenants.models import ALL_SCOPES
+    from service.tenants.service import limits_for
     from service.webhooks.models import SigningScheme
     from service.webhooks.service import check_endpoint_url, create_endpoint
 
@@ -112,8 +113,11 @@ def run(stack: Stack, args: argparse.Namespace) -> None:
     stack.processes.append(receiver)
     receiver.start()
     url = f"{receiver.url}/hook"
-    owner = Principal(tenant_id=stack.tenant_id, key_id="bench", scopes=frozenset(ALL_SCOPES))
     with session_scope() as session:
+        limits = limits_for(session, stack.tenant_id)
+        owner = Principal(
+            tenant_id=stack.tenant_id, key_id="bench", scopes=frozenset(ALL_SCOPES), limits=limits
+        )
         issued = create_endpoint(
             session,
             owner,

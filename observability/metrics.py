@@ -287,5 +287,6 @@ def record_endpoint_disabled(reason: str) -> None:
 
 
 def record_rate_limited(limit: str) -> None:
-    """A request was refused by a per-tenant ``limit`` (``rate``, ``concurrency``, ``quota``)."""
+    """A request was refused by a per-tenant ``limit``: ``rate``, ``query_rate``, ``concurrency``,
+    ``quota``."""
     RATE_LIMIT_REJECTIONS.add(1, {"limit": limit})

@@ -38,6 +38,7 @@ from service.schema import schema
 from service.settings import get_settings
 from service.startup import start_process
 from service.tenants.service import authenticate, note_key_used
+from service.websocket import KeyCheckingTransportWS
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,13 @@ def get_context(request: HTTPConnection) -> Context:
     header = request.headers.get("authorization")
     # A short session of its own: the connection goes back to the pool before any resolver runs
     # (an async resolver that waits must not hold one).
-    context.principal = _authenticate_header(header)
-    if context.principal is None:
+    principal = _authenticate_header(header)
+    if principal is None:
         raise HTTPException(
             status_code=401, detail="invalid or missing API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    context.bind_tenant()  # from here on the request's transaction sees only this tenant's rows
-    set_ids(tenant_id=context.principal.tenant_id)  # on the request's span
+    context.connection.principal = principal  # the operation's transaction sees only its tenant's rows
+    set_ids(tenant_id=principal.tenant_id)  # on the request's span
     return context
 
 
@@ -79,15 +80,21 @@ def _authenticate_header(header: object) -> Principal | None:
 HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
+class TransportWS(CheckedTransportWSHandler, KeyCheckingTransportWS):
+    """graphql-transport-ws: each message's fields checked (service.graphql_decoding), then the key
+    checked again before each operation and while subscriptions are open (service.websocket)."""
+
+
 class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
-    """GraphQL over HTTP and graphql-transport-ws; WebSockets send their key in connection_init.
+    """GraphQL over HTTP and graphql-transport-ws; WebSockets send their key in connection_init, and
+    are closed once it is revoked (service.websocket).
 
     Every request's JSON (body, `variables`/`extensions` parameters, WebSocket messages) is decoded
     by service.graphql_decoding; a refused request gets the GraphQL errors shape with a code.
     """
 
     websocket_adapter_class = CheckedWebSocketAdapter
-    graphql_transport_ws_handler_class = CheckedTransportWSHandler
+    graphql_transport_ws_handler_class = TransportWS
 
     def decode_json(self, data: str | bytes) -> object:
         return decode_json_object(data)
@@ -125,7 +132,7 @@ class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
         principal = await anyio.to_thread.run_sync(_authenticate_header, header)
         if principal is None:
             raise ConnectionRejectionError({"reason": "invalid or missing API key"})  # closed with 4403
-        context.principal = principal
+        context.connection.principal = principal
         return cast(UnsetType, UNSET)
 
 

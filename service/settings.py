@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from service.errors import ClaimcheckError
-from service.plans import DEFAULT_PLANS, LIMIT_NAMES, missing_limits
+from service.plans import DEFAULT_PLANS, REQUIRED_LIMITS, missing_limits
 
 DEV_STATE_FILE = "dev.json"
 MIN_SECRET_KEY_CHARS = 16
@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     """How long a job waits before another try when its tenant already runs its max_running jobs."""
     key_last_used_resolution_seconds: int = Field(default=60, ge=1)
     """API keys' last-used time is recorded (in Redis, flushed by the scheduler) at most this often."""
+    key_recheck_seconds: float = Field(default=5.0, gt=0)
+    """A WebSocket's API key is checked again this often: at most this long after its revocation,
+    the socket runs no further operation and is closed (4403)."""
 
     @model_validator(mode="after")
     def _check_plans(self) -> Settings:
@@ -116,7 +119,7 @@ class Settings(BaseSettings):
             missing = missing_limits(plan)
             if missing or any(value < 0 for value in plan.values()):
                 raise ValueError(
-                    f"PLANS: plan {name!r} needs every limit of {LIMIT_NAMES} (>= 0); missing {missing}"
+                    f"PLANS: plan {name!r} needs every limit of {REQUIRED_LIMITS} (>= 0); missing {missing}"
                 )
         return self
 

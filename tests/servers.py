@@ -132,6 +132,7 @@ def service_env(database_url: str, redis_url: str, storage_dir: Path, public_bas
         # Plans roomy enough for every test; tests of limits set a tenant's own (tenants.limits).
         "PLANS": json.dumps({"free": ROOMY_PLAN, "pro": ROOMY_PLAN}),
         "JOB_DEFER_SECONDS": "0.3",
+        "KEY_RECHECK_SECONDS": "1",
     }
 
 

@@ -63,10 +63,11 @@ class JobRepository(TenantRepository[Job]):
             statement.order_by(col(Job.id)).execution_options(yield_per=HISTORY_BATCH_ROWS)
         )
 
-    def events(self, job_id: str) -> list[JobEvent]:
+    def events(self, job_ids: Sequence[str]) -> list[JobEvent]:
+        """The events of these jobs, oldest first."""
         statement = (
             select(JobEvent)
-            .where(JobEvent.tenant_id == self.tenant_id, JobEvent.job_id == job_id)
+            .where(JobEvent.tenant_id == self.tenant_id, col(JobEvent.job_id).in_(job_ids))
             .order_by(col(JobEvent.id))
         )
         return list(self.session.exec(statement))

@@ -368,9 +368,12 @@ def list_jobs(
     return rows[:first], len(rows) > first
 
 
-def job_events(session: Session, tenant_id: str, job_id: str) -> list[JobEvent]:
-    """The job's audit trail, oldest first."""
-    return JobRepository(session, tenant_id).events(job_id)
+def job_events(session: Session, tenant_id: str, job_ids: list[str]) -> list[list[JobEvent]]:
+    """Each job's audit trail, oldest first, in the order of job_ids: one query for them all."""
+    trails: dict[str, list[JobEvent]] = {job_id: [] for job_id in job_ids}
+    for event in JobRepository(session, tenant_id).events(job_ids):
+        trails[event.job_id].append(event)
+    return [trails[job_id] for job_id in job_ids]
 
 
 def count_by_status(session: Session, tenant_id: str) -> dict[str, int]:

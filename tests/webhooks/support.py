@@ -6,8 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from service.db import session_scope
 from service.principal import Principal
 from service.tenants.models import ALL_SCOPES
+from service.tenants.service import limits_for
 from tests.conftest import GraphQLClient, TenantHandle
 
 CREATE = """
@@ -49,7 +51,9 @@ DELETE = "mutation Delete($id: ID!) { deleteWebhookEndpoint(id: $id) { id userEr
 
 def principal_of(tenant: TenantHandle) -> Principal:
     """The tenant calling with its all-scopes key, for tests that call the service in-process."""
-    return Principal(tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset(ALL_SCOPES))
+    with session_scope() as session:
+        limits = limits_for(session, tenant.id)
+    return Principal(tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset(ALL_SCOPES), limits=limits)
 
 
 def create_endpoint(gql: GraphQLClient, url: str, **fields: Any) -> dict[str, Any]:
