@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     job_retry_max_seconds: float = Field(default=600.0, ge=0)
     job_heartbeat_seconds: float = Field(default=10.0, gt=0)
     job_stuck_after_seconds: float = Field(default=60.0, gt=0)
+    job_kill_grace_seconds: float = Field(default=30.0, ge=0)
+    """A job still running this long past its kind's limit (RQ's SIGALRM did not stop it) is killed
+    with its work horse."""
+    worker_concurrency: int = Field(default=1, ge=1, le=256)
+    """Work horses per worker process: jobs it runs at once."""
+    worker_max_jobs_per_horse: int = Field(default=1000, ge=0)
+    """A horse is replaced by a fresh one after this many jobs (0: never), bounding what a kind's
+    library may leak."""
     # Retention: finished jobs (and their files) are deleted after these many days; a succeeded
     # job's file may go sooner (the job then reads EXPIRED until its row goes too).
     retention_succeeded_days: float = Field(default=14, gt=0)
