@@ -71,8 +71,14 @@ def record_event(session: Session, job: Job, event_type: str, data: dict[str, An
     session.add(JobEvent(job_id=job.id, tenant_id=job.tenant_id, type=event_type, data=data))
     if event_type in JOB_EVENT_TYPES:
         artifact_key = job.artifact_key if event_type == STATUS_EVENTS[JobStatus.SUCCEEDED] else None
-        body = {**job_data(job), **(data or {})}
-        publish(session, job.tenant_id, event_type, body, job_id=job.id, artifact_key=artifact_key)
+        publish(
+            session,
+            job.tenant_id,
+            event_type,
+            lambda: {**job_data(job), **(data or {})},
+            job_id=job.id,
+            artifact_key=artifact_key,
+        )
 
 
 def create_job(
@@ -181,7 +187,7 @@ def transition(
     record_event(session, job, STATUS_EVENTS[target], data)
     session.flush()
     job_id = job.id
-    after_commit(session, lambda: announce(job_id))
+    after_commit(session, lambda: announce(job_id), once=("announce", job_id))
 
 
 def report_progress(session: Session, job: Job, fraction: float, message: str | None) -> None:
@@ -197,7 +203,7 @@ def report_progress(session: Session, job: Job, fraction: float, message: str | 
     job.heartbeat_at = utcnow()
     session.flush()
     job_id = job.id
-    after_commit(session, lambda: announce(job_id))
+    after_commit(session, lambda: announce(job_id), once=("announce", job_id))
 
 
 def succeed(

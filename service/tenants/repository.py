@@ -51,9 +51,15 @@ def key_is_active(session: Session, key_id: str) -> bool:
     return session.exec(statement).first() is not None
 
 
-def plan_of(session: Session, tenant_id: str) -> tuple[str, dict[str, Any] | None] | None:
-    """The tenant's plan name and limit overrides, or None when the row is not visible."""
-    row = session.exec(select(Tenant.plan, Tenant.limits).where(Tenant.id == tenant_id)).first()
+def plan_of(
+    session: Session, tenant_id: str, *, lock: bool = False
+) -> tuple[str, dict[str, Any] | None] | None:
+    """The tenant's plan name and limit overrides, or None when the row is not visible; with `lock`,
+    the row stays locked (FOR NO KEY UPDATE: inserts referring to it go on) until the transaction ends."""
+    statement = select(Tenant.plan, Tenant.limits).where(Tenant.id == tenant_id)
+    if lock:
+        statement = statement.with_for_update(key_share=True)
+    row = session.exec(statement).first()
     return None if row is None else (row[0], dict(row[1]) if row[1] is not None else None)
 
 

@@ -106,7 +106,7 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
         tenant_id=key.tenant_id,
         key_id=key.id,
         scopes=frozenset(key.scopes),
-        limits=_resolve(key.plan, key.limits),
+        limits=_resolve((key.plan, key.limits)),
     )
 
 
@@ -152,11 +152,17 @@ def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
 
 def limits_for(session: Session, tenant_id: str) -> Limits:
     """The effective limits of a tenant (the default plan's if the row is not visible)."""
-    plan, overrides = repository.plan_of(session, tenant_id) or ("", None)
-    return _resolve(plan, overrides)
+    return _resolve(repository.plan_of(session, tenant_id))
 
 
-def _resolve(plan: str, overrides: dict[str, Any] | None) -> Limits:
+def lock_for_start(session: Session, tenant_id: str) -> Limits:
+    """The tenant's limits, its row locked until the transaction ends: job starts of one tenant take
+    turns, so two workers never both take its last max_running slot."""
+    return _resolve(repository.plan_of(session, tenant_id, lock=True))
+
+
+def _resolve(row: tuple[str, dict[str, Any] | None] | None) -> Limits:
+    plan, overrides = row or ("", None)
     settings = get_settings()
     return resolve_limits(settings.plans, settings.default_plan, plan, overrides)
 
