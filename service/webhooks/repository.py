@@ -3,11 +3,12 @@ and the deliverer's cross-tenant claims and updates."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, text, update
+from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
@@ -30,21 +31,15 @@ class EndpointRepository(TenantRepository[WebhookEndpoint]):
         statement = select(func.count()).where(WebhookEndpoint.tenant_id == self.tenant_id)
         return int(self.session.exec(statement).one())
 
-    def subscribers(self, event_type: str, endpoint_ids: list[str] | None = None) -> list[str]:
-        """Ids of the enabled endpoints that want this event type (or of the given ones)."""
-        endpoints = select(WebhookEndpoint.id).where(
-            WebhookEndpoint.tenant_id == self.tenant_id, col(WebhookEndpoint.enabled).is_(True)
+    def enabled_filters(self) -> list[tuple[str, list[str]]]:
+        """(id, event types) of the tenant's enabled endpoints, by id; no types: every type."""
+        statement = (
+            select(WebhookEndpoint.id, WebhookEndpoint.event_types)
+            .where(WebhookEndpoint.tenant_id == self.tenant_id, col(WebhookEndpoint.enabled).is_(True))
+            .order_by(col(WebhookEndpoint.id))
         )
-        if endpoint_ids is not None:
-            endpoints = endpoints.where(col(WebhookEndpoint.id).in_(endpoint_ids))
-        else:
-            subscribed = or_(
-                text("webhook_endpoints.event_types = '[]'::jsonb"),
-                text("webhook_endpoints.event_types ? :event_type").bindparams(event_type=event_type),
-            )
-            endpoints = endpoints.where(subscribed)
         with self.session.no_autoflush:  # a lookup; the caller's pending rows are flushed with its writes
-            return list(self.session.exec(endpoints).all())
+            return [(endpoint_id, list(types)) for endpoint_id, types in self.session.exec(statement)]
 
 
 class EventRepository(TenantRepository[WebhookEvent]):
@@ -57,6 +52,9 @@ class DeliveryRepository(TenantRepository[WebhookDelivery]):
     """One tenant's deliveries and their attempts."""
 
     model = WebhookDelivery
+
+    def by_ids(self, delivery_ids: Sequence[str]) -> Sequence[WebhookDelivery]:
+        return self.session.exec(self.base_statement().where(col(WebhookDelivery.id).in_(delivery_ids))).all()
 
     def for_event(self, event_id: str, endpoint_id: str) -> WebhookDelivery | None:
         statement = self.base_statement().where(
@@ -115,6 +113,42 @@ class DeliveryRepository(TenantRepository[WebhookDelivery]):
             statement.order_by(col(WebhookDelivery.id)).execution_options(yield_per=HISTORY_BATCH_ROWS)
         )
         yield from rows.tuples()
+
+
+_INSERT_EVENT = text(
+    """
+    WITH event AS (
+        INSERT INTO webhook_events
+            (id, tenant_id, type, data, job_id, artifact_key, trace_context, created_at)
+        VALUES (:event_id, :tenant_id, :type, CAST(:data AS jsonb), :job_id, :artifact_key,
+                CAST(:trace_context AS jsonb), :now)
+    )
+    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, attempt_count,
+                                    next_attempt_at, next_trigger, created_at, updated_at)
+    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id,
+           'PENDING', 0, :now, 'scheduled', :now, :now
+    FROM unnest(CAST(:delivery_ids AS text[]), CAST(:endpoint_ids AS text[])) AS delivery(id, endpoint_id)
+    """
+)
+
+
+def insert_event(session: Session, event: WebhookEvent, deliveries: Sequence[tuple[str, str]]) -> None:
+    """The event and a pending delivery (id, endpoint id) of it for each endpoint, in one statement."""
+    session.execute(
+        _INSERT_EVENT,
+        {
+            "event_id": event.id,
+            "tenant_id": event.tenant_id,
+            "type": event.type,
+            "data": json.dumps(event.data),
+            "job_id": event.job_id,
+            "artifact_key": event.artifact_key,
+            "trace_context": json.dumps(event.trace_context) if event.trace_context is not None else None,
+            "now": event.created_at,
+            "delivery_ids": [delivery_id for delivery_id, _ in deliveries],
+            "endpoint_ids": [endpoint_id for _, endpoint_id in deliveries],
+        },
+    )
 
 
 def wake_deliverers(session: Session) -> None:

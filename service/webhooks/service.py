@@ -4,7 +4,7 @@ delete, rotate keys, test, redeliver, recover); and the reads the API and export
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from service.errors import (
     QuotaExceededError,
     ValidationError,
 )
-from service.ids import has_prefix
+from service.ids import has_prefix, new_id
 from service.models import utcnow
 from service.principal import Principal
 from service.settings import get_settings
@@ -71,39 +71,80 @@ class DeliveryView:
 # --- publishing ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Published:
+    """An event written for some endpoints, and its deliveries' ids (in the endpoints' id order)."""
+
+    event_id: str
+    delivery_ids: list[str]
+
+
 def publish(
     session: Session,
     tenant_id: str,
     event_type: str,
-    data: dict[str, Any],
+    data: dict[str, Any] | Callable[[], dict[str, Any]],
     *,
     job_id: str | None = None,
     artifact_key: str | None = None,
     endpoint_ids: list[str] | None = None,
-) -> tuple[WebhookEvent | None, list[WebhookDelivery]]:
+) -> Published | None:
     """Write the event and one pending delivery per enabled endpoint that wants it (or the given ones),
-    in the caller's transaction; nothing when no endpoint wants it. `artifact_key` names the file each
-    attempt signs a fresh downloadUrl for. Deliverers are woken once the transaction commits."""
-    targets = EndpointRepository(session, tenant_id).subscribers(event_type, endpoint_ids)
+    in the caller's transaction; None when no endpoint wants it. `artifact_key` names the file each
+    attempt signs a fresh downloadUrl for; `data` may be a function, called only when some endpoint
+    wants the event. Deliverers are woken once the transaction commits.
+
+    A transaction reads the tenant's endpoints once however many events it publishes (a job's
+    transition records several), and writes each event with its deliveries in one statement."""
+    targets = [
+        endpoint_id
+        for endpoint_id, types in _enabled_endpoints(session, tenant_id)
+        if (endpoint_id in endpoint_ids if endpoint_ids is not None else not types or event_type in types)
+    ]
     if not targets:
-        return None, []
+        return None
     event = WebhookEvent(
         tenant_id=tenant_id,
         type=event_type,
-        data=data,
+        data=data() if callable(data) else data,
         job_id=job_id,
         artifact_key=artifact_key,
         trace_context=inject(),
     )
-    EventRepository(session, tenant_id).stage(event)
-    session.flush()  # the deliveries refer to it (and unit-of-work order follows relationships, not keys)
-    deliveries = [
-        WebhookDelivery(tenant_id=tenant_id, event_id=event.id, endpoint_id=endpoint_id)
-        for endpoint_id in targets
-    ]
-    session.add_all(deliveries)
-    repository.wake_deliverers(session)
-    return event, deliveries
+    deliveries = [(new_id("whd"), endpoint_id) for endpoint_id in targets]
+    repository.insert_event(session, event, deliveries)
+    _wake_deliverers_once(session)
+    return Published(event.id, [delivery_id for delivery_id, _ in deliveries])
+
+
+_ENDPOINTS = "webhooks.enabled_endpoints"
+_WOKEN = "webhooks.woken"
+
+
+def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list[str]]]:
+    """The tenant's enabled endpoints and their filters, read once per transaction."""
+    transaction = session.get_transaction()
+    cache: tuple[object, dict[str, list[tuple[str, list[str]]]]] | None = session.info.get(_ENDPOINTS)
+    if cache is None or cache[0] is not transaction:
+        cache = (transaction, {})
+        session.info[_ENDPOINTS] = cache
+    by_tenant = cache[1]
+    if tenant_id not in by_tenant:
+        by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
+    return by_tenant[tenant_id]
+
+
+def _forget_endpoints(session: Session) -> None:
+    """Endpoints changed in this transaction: the next publish reads them again."""
+    session.info.pop(_ENDPOINTS, None)
+
+
+def _wake_deliverers_once(session: Session) -> None:
+    """One NOTIFY per transaction (or savepoint, which may be rolled back with its NOTIFY)."""
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if session.info.get(_WOKEN) is not transaction:
+        repository.wake_deliverers(session)
+        session.info[_WOKEN] = transaction
 
 
 def forget_artifact(session: Session, job_id: str) -> None:
@@ -120,6 +161,7 @@ def disable(session: Session, endpoint: WebhookEndpoint, reason: str, *, gone: b
     endpoint.updated_at = utcnow()
     session.add(endpoint)
     session.flush()
+    _forget_endpoints(session)
     data = {"endpoint": {"id": endpoint.id, "url": endpoint.url, "disabledReason": reason}}
     publish(session, endpoint.tenant_id, ENDPOINT_DISABLED, data)
 
@@ -233,6 +275,7 @@ def create_endpoint(
     )
     endpoints.stage(endpoint)
     session.flush()
+    _forget_endpoints(session)
     return IssuedEndpoint(endpoint, key if signing is SigningScheme.V1 else None)
 
 
@@ -312,6 +355,7 @@ def update_endpoint(
     endpoint.updated_at = utcnow()
     session.add(endpoint)
     session.flush()
+    _forget_endpoints(session)
     return endpoint
 
 
@@ -321,6 +365,7 @@ def delete_endpoint(session: Session, principal: Principal, endpoint_id: str) ->
     endpoint = get_endpoint(session, principal.tenant_id, endpoint_id, for_update=True)
     session.delete(endpoint)
     session.flush()
+    _forget_endpoints(session)
     return endpoint_id
 
 
@@ -363,9 +408,10 @@ def send_test(session: Session, principal: Principal, endpoint_id: str) -> Deliv
     check_rate(session, principal.tenant_id)
     endpoint = _enabled_endpoint(session, principal.tenant_id, endpoint_id)
     data = {"endpoint": {"id": endpoint.id, "url": endpoint.url}, "message": "a test event from Claimcheck"}
-    _, deliveries = publish(session, principal.tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
-    session.flush()
-    return delivery_views(session, principal.tenant_id, deliveries)[0]
+    published = publish(session, principal.tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
+    assert published is not None  # the endpoint is enabled
+    rows = DeliveryRepository(session, principal.tenant_id).by_ids(published.delivery_ids)
+    return delivery_views(session, principal.tenant_id, list(rows))[0]
 
 
 def redeliver(session: Session, principal: Principal, event_id: str, endpoint_id: str) -> DeliveryView:

@@ -32,8 +32,12 @@ def _endpoint(tenant: TenantHandle, path: str, event_types: list[str]) -> str:
 def _answer(tenant: TenantHandle, endpoint_id: str, status_code: int) -> None:
     """One event for the endpoint, answered with status_code (recorded as a deliverer would; no network)."""
     with session_scope() as session:
-        event, (delivery,) = publish(session, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+        published = publish(session, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+        assert published is not None
+        event = session.get(WebhookEvent, published.event_id)
+        delivery = session.get(WebhookDelivery, published.delivery_ids[0])
         assert event is not None
+        assert delivery is not None
         delivery.next_attempt_at = utcnow() + timedelta(days=1)  # keep running deliverers away from it
         session.flush()
         claimed = Claimed(

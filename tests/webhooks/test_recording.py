@@ -15,7 +15,7 @@ from service.models import utcnow
 from service.settings import get_settings
 from service.webhooks.deliverer import store
 from service.webhooks.delivery import Claimed, Outcome
-from service.webhooks.models import WebhookAttempt, WebhookDelivery
+from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEvent
 from service.webhooks.service import publish
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.receiver import Answer, Receiver
@@ -62,8 +62,12 @@ def test_an_endpoint_deleted_mid_attempt_does_not_stop_another_tenants_deliverie
 def _claimed(tenant: TenantHandle, endpoint_id: str) -> Claimed:
     """A delivery of a new event to the endpoint, as a deliverer holds it (kept from running deliverers)."""
     with session_scope() as session:
-        event, (delivery,) = publish(session, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+        published = publish(session, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+        assert published is not None
+        event = session.get(WebhookEvent, published.event_id)
+        delivery = session.get(WebhookDelivery, published.delivery_ids[0])
         assert event is not None
+        assert delivery is not None
         delivery.next_attempt_at = utcnow() + timedelta(days=1)
         session.flush()
         return Claimed(
