@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -98,13 +99,20 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
     parsed = parse_key(token.strip())
     if parsed is None:
         return None
-    row = repository.active_key_by_prefix(session, parsed.prefix)
-    if row is None:
+    key = repository.active_key_by_prefix(session, parsed.prefix)
+    if key is None or not key_matches(parsed.full, key.key_hash, server_secret):
         return None
-    key_id, tenant_id, key_hash, scopes = row
-    if not key_matches(parsed.full, key_hash, server_secret):
-        return None
-    return Principal(tenant_id=tenant_id, key_id=key_id, scopes=frozenset(scopes))
+    return Principal(
+        tenant_id=key.tenant_id,
+        key_id=key.id,
+        scopes=frozenset(key.scopes),
+        limits=_resolve((key.plan, key.limits)),
+    )
+
+
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether the key exists and is not revoked (sockets authenticated earlier check it again)."""
+    return repository.key_is_active(session, key_id)
 
 
 def note_key_used(key_id: str) -> None:
@@ -144,7 +152,17 @@ def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
 
 def limits_for(session: Session, tenant_id: str) -> Limits:
     """The effective limits of a tenant (the default plan's if the row is not visible)."""
-    plan, overrides = repository.plan_of(session, tenant_id) or ("", None)
+    return _resolve(repository.plan_of(session, tenant_id))
+
+
+def lock_for_start(session: Session, tenant_id: str) -> Limits:
+    """The tenant's limits, its row locked until the transaction ends: job starts of one tenant take
+    turns, so two workers never both take its last max_running slot."""
+    return _resolve(repository.plan_of(session, tenant_id, lock=True))
+
+
+def _resolve(row: tuple[str, dict[str, Any] | None] | None) -> Limits:
+    plan, overrides = row or ("", None)
     settings = get_settings()
     return resolve_limits(settings.plans, settings.default_plan, plan, overrides)
 
@@ -159,3 +177,15 @@ def check_rate(session: Session, tenant_id: str) -> Limits:
             record_rate_limited("rate")
             raise
     return limits
+
+
+def check_query_rate(principal: Principal) -> None:
+    """Take a token from the tenant's query bucket (RATE_LIMITED when empty), at the limits it
+    authenticated with: a query costs no database read for it."""
+    if not get_settings().rate_limits_enabled:
+        return
+    try:
+        get_rate_limiter().check_query(principal.tenant_id, principal.limits)
+    except RateLimitedError:
+        record_rate_limited("query_rate")
+        raise

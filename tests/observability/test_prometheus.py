@@ -204,7 +204,8 @@ def run(isolated_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     api = ApiProcess({**isolated_env, "METRICS_PORT": str(ports["claimcheck-api"])}, workdir / "api.log")
     base = {**isolated_env, "PUBLIC_BASE_URL": api.url}
     api.env["PUBLIC_BASE_URL"] = os.environ["PUBLIC_BASE_URL"] = api.url
-    worker_env = {**base, "METRICS_PORT": str(ports["claimcheck-worker"])}
+    # One job slot: the slow job holds it while the others queue behind.
+    worker_env = {**base, "METRICS_PORT": str(ports["claimcheck-worker"]), "WORKER_CONCURRENCY": "1"}
     # A longer grace than the session's: the job whose enqueue is lost stays out of RQ for a few scrapes.
     scheduler_env = {**base, "METRICS_PORT": str(ports["claimcheck-scheduler"]), "OUTBOX_GRACE_SECONDS": "3"}
     processes = [

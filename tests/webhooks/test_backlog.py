@@ -12,8 +12,9 @@ from sqlmodel import Session
 from observability.metrics import OVERDUE_SECONDS
 from service.webhooks.delivery import backlog
 from service.webhooks.models import SigningScheme, WebhookDelivery
-from service.webhooks.service import create_endpoint, publish
+from service.webhooks.service import check_endpoint_url, create_endpoint, publish
 from tests.conftest import TenantHandle
+from tests.webhooks.support import principal_of
 
 # now() is the transaction's start in Postgres: times are set relative to it.
 NOW = text("SELECT now()")
@@ -22,7 +23,10 @@ NOW = text("SELECT now()")
 def _delivery(
     db: Session, tenant: TenantHandle, endpoint_id: str, *, due_seconds_ago: float
 ) -> WebhookDelivery:
-    _, (delivery,) = publish(db, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+    published = publish(db, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+    assert published is not None
+    delivery = db.get(WebhookDelivery, published.delivery_ids[0])
+    assert delivery is not None
     delivery.next_attempt_at = db.execute(NOW).scalar_one() - timedelta(seconds=due_seconds_ago)
     db.add(delivery)
     db.flush()
@@ -34,7 +38,12 @@ def test_due_deliveries_count_until_a_deliverer_leases_them_and_overdue_ones_pas
 ) -> None:
     db.execute(text("DELETE FROM webhook_deliveries WHERE status = 'PENDING'"))
     endpoint = create_endpoint(
-        db, tenant.id, url="http://127.0.0.1:9/", event_types=[], description=None, signing=SigningScheme.V1
+        db,
+        principal_of(tenant),
+        url=check_endpoint_url("http://127.0.0.1:9/"),
+        event_types=[],
+        description=None,
+        signing=SigningScheme.V1,
     ).endpoint
     assert (backlog(db).due, backlog(db).overdue) == (0, 0)
 
