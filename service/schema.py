@@ -30,6 +30,7 @@ from service import outages
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
 from service.settings import get_settings
+from service.tenants.graphql import TenantMutation
 from service.viewer import TenantQuery
 from service.webhooks.graphql import WebhookMutation, WebhookQuery
 
@@ -58,7 +59,7 @@ def _validation_rules() -> AddValidationRules:
 
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
-Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
+Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation, TenantMutation))
 
 
 class UnitOfWork(SchemaExtension):
