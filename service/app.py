@@ -21,6 +21,7 @@ from service import outages
 from service.db import session_scope
 from service.downloads import router as downloads_router
 from service.graphql_base import Context
+from service.portal.routes import install_portal
 from service.principal import Principal
 from service.schema import schema
 from service.settings import get_settings
@@ -148,6 +149,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(graphql, prefix="/graphql")
     app.include_router(downloads_router)
+    install_portal(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -26,7 +26,7 @@ from service.errors import (
 from service.ids import has_prefix
 from service.jobs import repository
 from service.jobs.dispatch import dequeue_job, enqueue_job
-from service.jobs.kinds import get_kind
+from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
 from service.jobs.payloads import job_data
 from service.jobs.repository import JobRepository
@@ -371,6 +371,11 @@ def list_jobs(
 def job_events(session: Session, tenant_id: str, job_id: str) -> list[JobEvent]:
     """The job's audit trail, oldest first."""
     return JobRepository(session, tenant_id).events(job_id)
+
+
+def known_kinds() -> list[str]:
+    """Every job kind this process knows (built-in and KIND_MODULES), by name."""
+    return kind_names()
 
 
 def count_by_status(session: Session, tenant_id: str) -> dict[str, int]:
