@@ -31,10 +31,10 @@ def login(request: Request, token: str) -> Response:
     gets one answer (410) that does not say which."""
     secret = get_settings().secret_key
     with session_scope() as session:
-        earlier = request.cookies.get(COOKIE)
-        if earlier:
-            end_portal_session(session, earlier, server_secret=secret)  # one browser, one session
         opened = open_portal_session(session, token, server_secret=secret)
+        earlier = request.cookies.get(COOKIE)
+        if opened is not None and earlier:
+            end_portal_session(session, earlier, server_secret=secret)  # one browser, one session
     if opened is None:
         return render(request, None, "link_invalid.html", status=410)
     response = RedirectResponse(HOME, status_code=303)

@@ -225,7 +225,8 @@ def failed(
 def see_other(path: str, done: str | None = None, **query: str) -> RedirectResponse:
     """After an action: go (303) to the page that shows its result."""
     parameters = {**query, **({"done": done} if done else {})}
-    return RedirectResponse(f"{path}?{urlencode(parameters)}" if parameters else path, status_code=303)
+    joiner = "&" if "?" in path else "?"
+    return RedirectResponse(f"{path}{joiner}{urlencode(parameters)}" if parameters else path, status_code=303)
 
 
 def is_htmx(request: Request) -> bool:
