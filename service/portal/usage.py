@@ -37,11 +37,12 @@ def usage_page(request: Request, viewer: Annotated[Viewer, Depends(signed_in)]) 
     for hour, count in hours:
         per_day[hour.date()] += count
     chart = {"t": [int(hour.timestamp()) for hour, _ in hours], "jobs": [count for _, count in hours]}
+    settings = get_settings()
     context = {
         "section": "usage",
-        "plan": plan,
+        "plan": plan if plan in settings.plans else settings.default_plan,  # unknown names get the default
         "limits": limits,
-        "max_text_chars": min(limits.max_text_chars, get_settings().speech_max_chars),
+        "max_text_chars": min(limits.max_text_chars, settings.speech_max_chars),
         "running": counts.get("RUNNING", 0) + counts.get("CANCELING", 0),
         "queued": counts.get("QUEUED", 0),
         "total": sum(counts.values()),

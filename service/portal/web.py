@@ -189,7 +189,9 @@ def _link(path: str, **parameters: str) -> str:
     return f"{path}?{urlencode(kept)}" if kept else path
 
 
-TEMPLATES.filters.update(when=_when, iso=_iso, size=_size, percent=lambda fraction: round(fraction * 100))
+TEMPLATES.filters.update(
+    when=_when, iso=_iso, size=_size, percent=lambda fraction: round(fraction * 100), number="{:,}".format
+)
 TEMPLATES.globals.update(link=_link)
 
 
