@@ -9,17 +9,19 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, expect
 
 from callbacks import verify
 from service.db import session_scope
 from service.jobs.service import create_job
-from tests.conftest import SPEECH_MUTATION
-from tests.portal.conftest import PHONE, Portal
+from tests.conftest import SPEECH_MUTATION, GraphQLClient
+from tests.portal.conftest import LINK, PHONE, Portal
 from tests.receiver import Answer, Receiver
+from tests.servers import ApiProcess
 
 README_SCREENSHOT = Path(__file__).parents[2] / "service" / "portal" / "static" / "img" / "portal-jobs.png"
 PAGES = ["/portal/jobs", "/portal/webhooks", "/portal/deliveries", "/portal/keys", "/portal/usage"]
@@ -279,14 +281,41 @@ def test_usage_shows_limits_and_a_chart_of_jobs_per_hour(signed_in: Portal) -> N
 
 def test_the_jobs_page_as_shown_in_the_readme(signed_in: Portal, tmp_path: Path) -> None:
     """A screenshot for README; UPDATE_SCREENSHOTS=1 writes it to service/portal/static/img/."""
-    for seconds in (0.1, 0.2):
-        signed_in.gql.wait_for_job(_slow_job(signed_in, seconds, 1))
-    _speech_job(signed_in, "A portal screenshot.")
-    _slow_job(signed_in, seconds=30, steps=30)
-    signed_in.page.wait_for_timeout(1500)
+    for text in ("Your order has shipped.", "Welcome aboard.", "Quarterly report, read aloud."):
+        signed_in.gql.wait_for_job(_speech_job(signed_in, text))
+    export = signed_in.gql("mutation { startExport(input: {}) { job { id } } }")["startExport"]["job"]["id"]
+    signed_in.gql.wait_for_job(export)
+    running = _slow_job(signed_in, seconds=40, steps=40)
     signed_in.open("/portal/jobs")
+    expect(signed_in.page.locator(f'tr[data-job="{running}"] [data-field="percent"]')).to_have_text(
+        re.compile(r"^[1-3]\d%$"), timeout=20_000
+    )
     shot = tmp_path / "portal-jobs.png"
     signed_in.page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOTS"):
         shutil.copyfile(shot, README_SCREENSHOT)
+
+
+def test_a_link_followed_from_another_site_signs_in(
+    browser: Browser, api: ApiProcess, gql: GraphQLClient
+) -> None:
+    """A link clicked in a web mail client: the redirect after it is a cross-site navigation, which
+    carries no SameSite=Strict cookie; the portal reloads that page once from its own site."""
+    link = gql(LINK)["createPortalSession"]["url"]
+    other_site = f"http://localhost:{urlsplit(api.url).port}"  # another site than 127.0.0.1
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.route(
+            f"{other_site}/mail",
+            lambda route: route.fulfill(
+                content_type="text/html", body=f'<a href="{link}">Open the portal</a>'
+            ),
+        )
+        page.goto(f"{other_site}/mail")
+        page.get_by_role("link", name="Open the portal").click()
+        expect(page).to_have_url(f"{api.url}/portal/jobs")
+        expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+    finally:
+        context.close()
