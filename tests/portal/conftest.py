@@ -37,9 +37,12 @@ BLOCKING_IMPACTS = {"serious", "critical"}
 LINK = "mutation { createPortalSession { url expiresAt } }"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Debian's chromium (Playwright cannot download its own browser here): `apt-get install chromium`."""
+    """Debian's chromium (Playwright cannot download its own browser here): `apt-get install chromium`.
+
+    One for this package's tests, closed after them: Playwright's sync API runs an event loop in this
+    thread while it is open, and tests elsewhere start their own with asyncio.run."""
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"no Chromium at {CHROMIUM}: install it with `apt-get install chromium` (see README)")
     with sync_playwright() as playwright:

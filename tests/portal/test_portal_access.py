@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -260,3 +261,46 @@ def test_expired_links_and_sessions_are_purged(env: dict[str, str], tenant: Tena
     with session_scope() as session:
         left = session.exec(select(PortalLink).where(PortalLink.tenant_id == tenant.id)).all()
     assert left == []
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_jobs_trace_id_links_to_the_trace_url_template(
+    env: dict[str, str],
+    workdir: Path,
+    api: ApiProcess,
+    tenant: TenantHandle,
+    browser_of: Callable[[], httpx.Client],
+) -> None:
+    job_id = _queued_job(tenant.id)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.trace_context = {"traceparent": TRACEPARENT}  # what the mutation's span stored
+        session.add(job)
+    trace_id = TRACEPARENT.split("-")[1]
+    plain = browser_of().get(f"/portal/jobs/{job_id}").text
+    assert f"<code>{trace_id}</code>" in plain
+    assert "/trace/" not in plain  # no TRACE_URL_TEMPLATE: the id alone
+
+    traced = ApiProcess(
+        {**env, "TRACE_URL_TEMPLATE": "http://jaeger.example/trace/{trace_id}"}, workdir / "api-trace.log"
+    )
+    traced.env["PUBLIC_BASE_URL"] = traced.url
+    traced.start()
+    try:
+        with session_scope() as session:
+            link = create_portal_link(
+                session,
+                tenant.id,
+                created_by="operator",
+                ttl_seconds=None,
+                server_secret=get_settings().secret_key,
+            )
+        client = portal_client(traced, traced.url + link.url.removeprefix(api.url))
+        page = client.get(f"/portal/jobs/{job_id}").text
+        client.close()
+    finally:
+        traced.stop()
+    assert f'href="http://jaeger.example/trace/{trace_id}"' in page
