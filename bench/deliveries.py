@@ -102,17 +102,29 @@ def main() -> None:
 
 def run(stack: Stack, args: argparse.Namespace) -> None:
     from service.db import session_scope
+    from service.principal import Principal
     from service.settings import get_settings
+    from service.tenants.models import ALL_SCOPES
+    from service.tenants.service import limits_for
     from service.webhooks.models import SigningScheme
-    from service.webhooks.service import create_endpoint
+    from service.webhooks.service import check_endpoint_url, create_endpoint
 
     receiver = UvicornApi("bench.fast_receiver:create", stack.env, stack.workdir / "receiver.log")
     stack.processes.append(receiver)
     receiver.start()
     url = f"{receiver.url}/hook"
     with session_scope() as session:
+        limits = limits_for(session, stack.tenant_id)
+        owner = Principal(
+            tenant_id=stack.tenant_id, key_id="bench", scopes=frozenset(ALL_SCOPES), limits=limits
+        )
         issued = create_endpoint(
-            session, stack.tenant_id, url=url, event_types=[], description="bench", signing=SigningScheme.V1
+            session,
+            owner,
+            url=check_endpoint_url(url),
+            event_types=[],
+            description="bench",
+            signing=SigningScheme.V1,
         )
     endpoint_id, secret = issued.endpoint.id, issued.secret
     assert secret is not None

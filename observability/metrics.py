@@ -46,6 +46,7 @@ OUTCOME_GONE = "gone"  # 410: the endpoint is disabled
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_NETWORK_ERROR = "network_error"  # connect, TLS, reset...
 OUTCOME_REFUSED = "refused"  # the SSRF guard refused the address
+OUTCOME_NOT_SENT = "not_sent"  # the request could not be prepared (a key that cannot sign, a setting)
 OUTCOMES = (
     OUTCOME_SUCCESS,
     OUTCOME_HTTP_ERROR,
@@ -53,6 +54,7 @@ OUTCOMES = (
     OUTCOME_TIMEOUT,
     OUTCOME_NETWORK_ERROR,
     OUTCOME_REFUSED,
+    OUTCOME_NOT_SENT,
 )
 
 _meter = metrics.get_meter(METER_NAME)
@@ -243,8 +245,12 @@ def status_class(status_code: int | None) -> str:
     return f"{status_code // 100}xx" if status_code else "none"
 
 
-def attempt_outcome(status_code: int | None, *, timed_out: bool = False, refused: bool = False) -> str:
+def attempt_outcome(
+    status_code: int | None, *, timed_out: bool = False, refused: bool = False, not_sent: bool = False
+) -> str:
     """The ``outcome`` of one attempt from what happened (see ``OUTCOMES``)."""
+    if not_sent:
+        return OUTCOME_NOT_SENT
     if refused:
         return OUTCOME_REFUSED
     if timed_out:
@@ -281,5 +287,6 @@ def record_endpoint_disabled(reason: str) -> None:
 
 
 def record_rate_limited(limit: str) -> None:
-    """A request was refused by a per-tenant ``limit`` (``rate``, ``concurrency``, ``quota``)."""
+    """A request was refused by a per-tenant ``limit``: ``rate``, ``query_rate``, ``concurrency``,
+    ``quota``."""
     RATE_LIMIT_REJECTIONS.add(1, {"limit": limit})

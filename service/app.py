@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import cast, overload
 
 import anyio.to_thread
+import cross_web
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -21,12 +25,21 @@ from service import outages
 from service.db import session_scope
 from service.downloads import router as downloads_router
 from service.graphql_base import Context
+from service.graphql_decoding import (
+    CheckedTransportWSHandler,
+    CheckedWebSocketAdapter,
+    RefusedRequest,
+    check_query_size,
+    decode_json_object,
+    error_response,
+)
 from service.portal.routes import install_portal
 from service.principal import Principal
 from service.schema import schema
 from service.settings import get_settings
 from service.startup import start_process
 from service.tenants.service import authenticate, note_key_used
+from service.websocket import KeyCheckingTransportWS
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +58,13 @@ def get_context(request: HTTPConnection) -> Context:
     header = request.headers.get("authorization")
     # A short session of its own: the connection goes back to the pool before any resolver runs
     # (an async resolver that waits must not hold one).
-    context.principal = _authenticate_header(header)
-    if context.principal is None:
+    principal = _authenticate_header(header)
+    if principal is None:
         raise HTTPException(
             status_code=401, detail="invalid or missing API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    context.bind_tenant()  # from here on the request's transaction sees only this tenant's rows
-    set_ids(tenant_id=context.principal.tenant_id)  # on the request's span
+    context.connection.principal = principal  # the operation's transaction sees only its tenant's rows
+    set_ids(tenant_id=principal.tenant_id)  # on the request's span
     return context
 
 
@@ -65,8 +78,54 @@ def _authenticate_header(header: object) -> Principal | None:
     return principal
 
 
+HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+class TransportWS(CheckedTransportWSHandler, KeyCheckingTransportWS):
+    """graphql-transport-ws: each message's fields checked (service.graphql_decoding), then the key
+    checked again before each operation and while subscriptions are open (service.websocket)."""
+
+
 class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
-    """GraphQL over HTTP and graphql-transport-ws; WebSockets send their key in connection_init."""
+    """GraphQL over HTTP and graphql-transport-ws; WebSockets send their key in connection_init, and
+    are closed once it is revoked (service.websocket).
+
+    Every request's JSON (body, `variables`/`extensions` parameters, WebSocket messages) is decoded
+    by service.graphql_decoding; a refused request gets the GraphQL errors shape with a code.
+    """
+
+    websocket_adapter_class = CheckedWebSocketAdapter
+    graphql_transport_ws_handler_class = TransportWS
+
+    def decode_json(self, data: str | bytes) -> object:
+        return decode_json_object(data)
+
+    async def parse_http_body(
+        self, request: cross_web.AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        for operation in data if isinstance(data, list) else [data]:
+            check_query_size(operation.query, get_settings().max_query_bytes)
+        return data
+
+    @overload
+    async def run(self, request: Request, context: Context = ..., root_value: None = ...) -> Response: ...
+
+    @overload
+    async def run(self, request: WebSocket, context: Context = ..., root_value: None = ...) -> WebSocket: ...
+
+    async def run(
+        self, request: Request | WebSocket, context: Context = UNSET, root_value: None = UNSET
+    ) -> Response | WebSocket:
+        try:
+            return await super().run(request, context, root_value)
+        except RefusedRequest as error:
+            return error_response(error)
+        except cross_web.HTTPException as error:  # strawberry's own refusals (no query, GET mutation...)
+            code = HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST")
+            return error_response(RefusedRequest(code, error.reason, status_code=error.status_code))
+        except ClientDisconnect:  # gone before the whole body came (or its framing broke): nobody listens
+            return error_response(RefusedRequest("INCOMPLETE_BODY", "the request body ended early"))
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params or {}
@@ -74,7 +133,7 @@ class ClaimcheckGraphQL(GraphQLRouter[Context, None]):
         principal = await anyio.to_thread.run_sync(_authenticate_header, header)
         if principal is None:
             raise ConnectionRejectionError({"reason": "invalid or missing API key"})  # closed with 4403
-        context.principal = principal
+        context.connection.principal = principal
         return cast(UnsetType, UNSET)
 
 
@@ -114,8 +173,8 @@ class BodySizeLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body over {self.max_bytes} bytes"
-        error = {"message": message, "extensions": {"code": "PAYLOAD_TOO_LARGE"}}
-        await JSONResponse({"errors": [error]}, status_code=413)(scope, receive, send)
+        refused = RefusedRequest("PAYLOAD_TOO_LARGE", message, status_code=413)
+        await error_response(refused)(scope, receive, send)
 
 
 def _add_outage_handlers(app: FastAPI) -> None:

@@ -37,6 +37,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
+        ws_max_size=get_settings().max_request_bytes,  # a WebSocket message is a request too (1009 over)
         log_level=get_settings().log_level.lower(),
         log_config=None,  # uvicorn's lines go through our (structured, redacting) logging
     )
@@ -46,7 +47,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.worker import run_worker
 
-    run_worker(args.queues or None, burst=args.burst)
+    run_worker(args.queues or None, burst=args.burst, concurrency=args.concurrency)
     return 0
 
 
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = command(commands, "worker", "run jobs from the queues")
     worker.add_argument("--queues", nargs="*", help="what to work on: jobs, webhooks (default: both)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument(
+        "--concurrency", type=int, help="work horses: jobs run at once (default WORKER_CONCURRENCY, 1)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     command(commands, "scheduler", "run the periodic sweeps").set_defaults(func=cmd_scheduler)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session as SASession
 from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
 
 from service.outages import log_failure
@@ -29,9 +33,33 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+IDLE_PING_SECONDS = 5.0
+"""A pooled connection idle longer than this is pinged before use (a restarted Postgres closed it)."""
+IDLE_SINCE = "idle_since"
+
+
 def make_engine(url: str) -> Engine:
-    """A pooled engine; forked children (RQ work horses) never reuse the parent's connections."""
-    engine = create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=10)
+    """A pooled engine; forked children (work horses) never reuse the parent's connections.
+
+    Pessimistic disconnect handling without a round trip per checkout: a connection used moments
+    ago is live (one that died since fails its statement, which invalidates the pool), one that sat
+    idle for IDLE_PING_SECONDS is pinged first and replaced when the ping fails."""
+    engine = create_engine(sqlalchemy_url(url), pool_size=5, max_overflow=10)
+
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.get(IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise DisconnectionError("an idle pooled connection failed its ping") from error
+
+    def note_idle(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[IDLE_SINCE] = time.monotonic()
+
+    event.listen(engine, "checkout", ping_if_idle)
+    event.listen(engine, "checkin", note_idle)
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     return engine
 
@@ -76,20 +104,24 @@ def tenant_session_scope(tenant_id: str) -> Iterator[Session]:
         yield session
 
 
-def after_commit(session: Session, callback: Callable[[], object]) -> None:
+def after_commit(session: Session, callback: Callable[[], object], *, once: object = None) -> None:
     """Run callback once the session's outermost transaction commits.
 
-    Dropped if the transaction it was registered in (a savepoint or the outer one) rolls back.
+    Dropped if the transaction it was registered in (a savepoint or the outer one) rolls back. With
+    `once`, a key: a second callback with the same key in the same transaction is not added.
     """
     registered_in = session.get_nested_transaction() or session.get_transaction()
-    session.info.setdefault(AFTER_COMMIT, []).append((registered_in, callback))
+    pending = session.info.setdefault(AFTER_COMMIT, [])
+    if once is not None and any(tx is registered_in and key == once for tx, key, _ in pending):
+        return
+    pending.append((registered_in, once, callback))
 
 
 @event.listens_for(SASession, "after_commit")
 def _run_after_commit(session: SASession) -> None:
     if session.in_nested_transaction():
         return  # a savepoint was released; its callbacks wait for the outer commit
-    for _, callback in session.info.pop(AFTER_COMMIT, []):
+    for _, _, callback in session.info.pop(AFTER_COMMIT, []):
         try:
             callback()
         except Exception:
@@ -107,4 +139,4 @@ def _drop_after_commit(session: SASession, rolled_back: SessionTransaction) -> N
         return False
 
     pending = session.info.get(AFTER_COMMIT, [])
-    session.info[AFTER_COMMIT] = [(tx, callback) for tx, callback in pending if not inside(tx)]
+    session.info[AFTER_COMMIT] = [entry for entry in pending if not inside(entry[0])]

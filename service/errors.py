@@ -22,6 +22,12 @@ class NotFoundError(ClaimcheckError):
     code = "NOT_FOUND"
 
 
+class ForbiddenError(ClaimcheckError):
+    """The caller's API key lacks a scope this needs."""
+
+    code = "FORBIDDEN"
+
+
 class InvalidStateError(ClaimcheckError):
     code = "INVALID_STATE"
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import anyio.to_thread
 import strawberry
 from graphql import GraphQLError
 from sqlmodel import Session
+from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 from strawberry.scalars import JSON
 from strawberry.types import Info
@@ -19,23 +21,52 @@ from service.errors import ClaimcheckError, RateLimitedError
 from service.principal import Principal
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+Batch = Callable[[Session, str, list[K]], Sequence[V]]
+"""(session, tenant id, keys) -> one value per key, in the keys' order: what a dataloader loads."""
+
+
+@dataclass
+class Connection:
+    """What the operations of one connection share: the caller, and the subscriptions open on it.
+
+    An HTTP request carries one operation; a graphql-transport-ws socket carries many, at once."""
+
+    principal: Principal | None = None
+    subscriptions: int = 0
 
 
 @dataclass
 class Context(BaseContext):
-    """Per request: the caller and a lazily opened session that the request commits once."""
+    """One operation's: its connection, a lazily opened session it commits once, and its loaders.
 
-    principal: Principal | None = None
+    The router makes one per connection; service.schema.UnitOfWork gives each operation its own
+    (for_operation), so operations pipelined on one socket never share a session or a transaction.
+    """
+
+    connection: Connection = field(default_factory=Connection)
     connection_params: dict[str, Any] | None = None
     """The WebSocket connection_init payload (graphql-transport-ws)."""
-    subscriptions: int = 0
-    """Subscriptions open on this WebSocket connection."""
     _session: Session | None = field(default=None, repr=False)
     db_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """Resolvers using the session take turns (service.schema.UnitOfWork)."""
+    _loaders: dict[Batch[Any, Any], DataLoader[Any, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         super().__init__()
+
+    @property
+    def principal(self) -> Principal | None:
+        return self.connection.principal
+
+    def for_operation(self) -> Context:
+        """A context for one operation on this connection: same caller and transport, own session."""
+        context = Context(connection=self.connection, connection_params=self.connection_params)
+        context.request, context.response = self.request, self.response
+        context.background_tasks = self.background_tasks
+        return context
 
     @property
     def session(self) -> Session:
@@ -46,13 +77,31 @@ class Context(BaseContext):
                 enter_tenant(self._session, self.principal.tenant_id)
         return self._session
 
-    def bind_tenant(self) -> None:
-        """Confine the already open session to the authenticated tenant (after authentication)."""
-        if self._session is not None and self.principal is not None:
-            enter_tenant(self._session, self.principal.tenant_id)
+    def loader(self, batch: Batch[K, V]) -> DataLoader[K, V]:
+        """This operation's loader for batch: the keys its resolvers ask for while the event loop is
+        busy with them are loaded by one call, in a thread, on the operation's session."""
+        found = self._loaders.get(batch)
+        if found is None:
+
+            async def load(keys: list[K]) -> list[V]:
+                principal = self.principal
+                assert principal is not None, "loaders serve authenticated operations"
+                async with self.db_lock:
+                    return await anyio.to_thread.run_sync(
+                        lambda: list(batch(self.session, principal.tenant_id, keys))
+                    )
+
+            # no cache: a mutation later in the operation may change what an earlier field read
+            found = self._loaders[batch] = DataLoader(load_fn=load, cache=False)
+        return found
+
+    @property
+    def has_session(self) -> bool:
+        """Whether the operation opened its session (and finish has something to do)."""
+        return self._session is not None
 
     def finish(self, *, commit: bool) -> None:
-        """Commit (or roll back) and close the request's session, if one was opened."""
+        """Commit (or roll back) and close the operation's session, if one was opened."""
         if self._session is None:
             return
         try:

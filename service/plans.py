@@ -16,7 +16,14 @@ LIMIT_NAMES = (
     "max_queued",
     "max_text_chars",
     "max_webhook_endpoints",
+    "queries_per_minute",
+    "query_burst",
 )
+QUERY_RATE_FACTOR = 10
+"""A plan that names no query rate gets ten times its mutation rate and burst (0 stays unlimited), so
+PLANS written before queries were limited keep working."""
+DERIVED_LIMITS = {"queries_per_minute": "mutations_per_minute", "query_burst": "burst"}
+REQUIRED_LIMITS = tuple(name for name in LIMIT_NAMES if name not in DERIVED_LIMITS)
 
 DEFAULT_PLANS: dict[str, dict[str, int]] = {
     "free": {
@@ -26,6 +33,8 @@ DEFAULT_PLANS: dict[str, dict[str, int]] = {
         "max_queued": 100,
         "max_text_chars": 5_000,
         "max_webhook_endpoints": 5,
+        "queries_per_minute": 600,
+        "query_burst": 200,
     },
     "pro": {
         "mutations_per_minute": 600,
@@ -34,13 +43,15 @@ DEFAULT_PLANS: dict[str, dict[str, int]] = {
         "max_queued": 10_000,
         "max_text_chars": 5_000,
         "max_webhook_endpoints": 50,
+        "queries_per_minute": 6_000,
+        "query_burst": 1_000,
     },
 }
 
 
 @dataclass(frozen=True)
 class Limits:
-    """One tenant's effective limits (mutations_per_minute 0: no rate limit)."""
+    """One tenant's effective limits (mutations_per_minute or queries_per_minute 0: no rate limit)."""
 
     mutations_per_minute: int
     burst: int
@@ -48,14 +59,16 @@ class Limits:
     max_queued: int
     max_text_chars: int
     max_webhook_endpoints: int
+    queries_per_minute: int
+    query_burst: int
 
 
 assert tuple(f.name for f in fields(Limits)) == LIMIT_NAMES
 
 
 def missing_limits(plan: Mapping[str, int]) -> list[str]:
-    """The limit names a plan from PLANS lacks."""
-    return [name for name in LIMIT_NAMES if name not in plan]
+    """The limit names a plan from PLANS lacks (a derived one may be left out)."""
+    return [name for name in REQUIRED_LIMITS if name not in plan]
 
 
 def resolve_limits(
@@ -63,6 +76,8 @@ def resolve_limits(
 ) -> Limits:
     """The plan's limits (the default plan's for an unknown name) with a tenant's overrides on top."""
     values = dict(plans.get(plan) or plans[default_plan])
+    for name, source in DERIVED_LIMITS.items():
+        values.setdefault(name, values[source] * QUERY_RATE_FACTOR)
     for name, value in (overrides or {}).items():
         if name in LIMIT_NAMES and isinstance(value, int) and value >= 0:
             values[name] = value

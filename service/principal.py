@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.plans import Limits
+
 
 @dataclass(frozen=True)
 class Principal:
-    """A tenant, the API key it called with, and that key's scopes."""
+    """A tenant, the API key it called with, that key's scopes, and the tenant's limits when it
+    authenticated (its queries' rate limit reads them there)."""
 
     tenant_id: str
     key_id: str
     scopes: frozenset[str]
+    limits: Limits

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import anyio.to_thread
@@ -18,19 +18,23 @@ from strawberry.extensions import (
     MaskErrors,
     MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.tools import merge_types
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from service import outages
+from service.errors import RateLimitedError
+from service.graphql_base import graphql_error
+from service.graphql_cost import CostLimit
+from service.graphql_documents import CachedDocuments, DocumentCache
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
 from service.settings import get_settings
 from service.tenants.graphql import TenantMutation
+from service.tenants.service import check_query_rate
 from service.viewer import TenantQuery
 from service.webhooks.graphql import WebhookMutation, WebhookQuery
 
@@ -40,7 +44,8 @@ STRAWBERRY_DEFINITION = "strawberry-definition"
 MAX_DEPTH = 10
 MAX_ALIASES = 30  # aliases multiply work: `a1: job(id:..) a2: job(id:..) ...` in one request
 MAX_TOKENS = 2000  # the parser stops at this many tokens, before building a huge document
-CACHED_DOCUMENTS = 1000  # clients send the same few documents: parse and validate each once
+MAX_COST = 5000  # objects an operation may return, and expensive fields by weight (service.graphql_cost)
+DOCUMENT_CACHE_BYTES = 32 * 1024 * 1024  # parsed and validated documents kept per process
 
 # Built once: rule classes made per request would never hit the validation cache.
 VALIDATION_RULES = [
@@ -60,20 +65,37 @@ def _validation_rules() -> AddValidationRules:
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
 Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation, TenantMutation))
+DOCUMENTS = DocumentCache(max_bytes=DOCUMENT_CACHE_BYTES)  # clients send the same few documents
 
 
 class UnitOfWork(SchemaExtension):
-    """The request commits once, after the whole operation, unless it raised an error.
+    """Each operation is one unit of work: its own context and session, even beside others on one
+    WebSocket. It commits once, when its execution ends and before its result is sent, unless it
+    raised an error; whatever it opens after that (a subscription's stream) ends with the operation.
 
     Database work blocks, so it runs in worker threads: every resolver that takes `info` (the way to
-    the session) and the final commit. The event loop stays free for other requests.
+    the session) and the commit. The event loop stays free for other requests.
     """
 
     async def on_operation(self) -> AsyncIterator[None]:
+        context = self.execution_context.context.for_operation()
+        self.execution_context.context = context  # what execution hands resolvers as info.context
+        try:
+            yield
+        finally:
+            await self._finish()
+
+    async def on_execute(self) -> AsyncIterator[None]:
         yield
+        await self._finish()  # over a WebSocket the result goes out before on_operation ends
+
+    async def _finish(self) -> None:
+        context = self.execution_context.context
+        if not context.has_session:
+            return  # nothing to commit: no thread needed
         result = self.execution_context.result
         ok = result is not None and not getattr(result, "errors", None)
-        await anyio.to_thread.run_sync(functools.partial(self.execution_context.context.finish, commit=ok))
+        await anyio.to_thread.run_sync(functools.partial(context.finish, commit=ok))
 
     def resolve(
         self,
@@ -86,6 +108,26 @@ class UnitOfWork(SchemaExtension):
         if not _uses_context(info):
             return _next(root, info, *args, **kwargs)
         return _in_thread(info.context.db_lock, functools.partial(_next, root, info, *args, **kwargs))
+
+
+class QueryRateLimit(SchemaExtension):
+    """A query takes a token from its tenant's query bucket before it runs (a mutation that starts a
+    job takes one from the mutation bucket, in the service). Over the rate it is refused with
+    RATE_LIMITED and retryAfter; over HTTP the answer is a 429 with Retry-After."""
+
+    async def on_execute(self) -> AsyncIterator[None]:
+        execution = self.execution_context
+        principal = execution.context.principal
+        if principal is not None and execution.operation_type is OperationType.QUERY:
+            try:
+                await anyio.to_thread.run_sync(check_query_rate, principal)
+            except RateLimitedError as error:
+                response = execution.context.response
+                if response is not None:  # HTTP (a WebSocket has no response to mark)
+                    response.status_code = 429
+                    response.headers["Retry-After"] = str(error.retry_after)
+                raise graphql_error(error) from error
+        yield
 
 
 class OutageErrors(SchemaExtension):
@@ -141,7 +183,25 @@ def _should_mask(error: GraphQLError) -> bool:
 
 class ClaimcheckSchema(strawberry.Schema):
     """Logs only unexpected errors: a caller's mistake (a coded or a syntax error) is not a server fault;
-    an outage of Postgres or Redis gets one line, not a traceback per request."""
+    an outage of Postgres or Redis gets one line, not a traceback per request. Subscriptions run only
+    as streams (graphql-transport-ws)."""
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """One result: a subscription is refused (over HTTP, 400), not run once as if it were a query,
+        which fails inside graphql-core on the resolver's stream."""
+        allowed = set(allowed_operation_types or OperationType) - {OperationType.SUBSCRIPTION}
+        return await super().execute(
+            query, variable_values, context_value, root_value, operation_name, allowed, operation_extensions
+        )
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -161,9 +221,10 @@ schema = ClaimcheckSchema(
     extensions=[
         UnitOfWork,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),  # before the cache: its options key it
-        lambda: ParserCache(maxsize=CACHED_DOCUMENTS),
-        lambda: ValidationCache(maxsize=CACHED_DOCUMENTS),
+        lambda: CachedDocuments(DOCUMENTS),
         _validation_rules,
+        lambda: CostLimit(MAX_COST),
+        QueryRateLimit,  # after the cost limit: a refused query takes no token
         lambda: MaskErrors(should_mask_error=_should_mask, error_message="Unexpected error."),
         OutageErrors,  # after MaskErrors: it sees the errors before they are masked
     ],

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from service.errors import ClaimcheckError
-from service.plans import DEFAULT_PLANS, LIMIT_NAMES, missing_limits
+from service.plans import DEFAULT_PLANS, REQUIRED_LIMITS, missing_limits
 
 DEV_STATE_FILE = "dev.json"
 MIN_SECRET_KEY_CHARS = 16
@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     storage_emulator_host: str = ""  # Google's own variable: API calls and signed URLs go there
 
     max_request_bytes: int = Field(default=1_000_000, ge=1_000)
+    """HTTP bodies and WebSocket messages over this are refused (413; the socket closed with 1009)."""
+    max_query_bytes: int = Field(default=100_000, ge=1_000)
+    """GraphQL documents over this (UTF-8) are refused before parsing (QUERY_TOO_LARGE)."""
     # The GraphiQL page at GET /graphql, and schema introspection: off unless enabled (`claimcheck dev`
     # turns both on); the schema is public in API.md, a production endpoint need not serve it.
     graphql_ide: bool = False
@@ -84,6 +87,14 @@ class Settings(BaseSettings):
     job_retry_max_seconds: float = Field(default=600.0, ge=0)
     job_heartbeat_seconds: float = Field(default=10.0, gt=0)
     job_stuck_after_seconds: float = Field(default=60.0, gt=0)
+    job_kill_grace_seconds: float = Field(default=30.0, ge=0)
+    """A job still running this long past its kind's limit (RQ's SIGALRM did not stop it) is killed
+    with its work horse."""
+    worker_concurrency: int = Field(default=1, ge=1, le=256)
+    """Work horses per worker process: jobs it runs at once."""
+    worker_max_jobs_per_horse: int = Field(default=1000, ge=0)
+    """A horse is replaced by a fresh one after this many jobs (0: never), bounding what a kind's
+    library may leak."""
     # Retention: finished jobs (and their files) are deleted after these many days; a succeeded
     # job's file may go sooner (the job then reads EXPIRED until its row goes too).
     retention_succeeded_days: float = Field(default=14, gt=0)
@@ -104,6 +115,9 @@ class Settings(BaseSettings):
     """How long a job waits before another try when its tenant already runs its max_running jobs."""
     key_last_used_resolution_seconds: int = Field(default=60, ge=1)
     """API keys' last-used time is recorded (in Redis, flushed by the scheduler) at most this often."""
+    key_recheck_seconds: float = Field(default=5.0, gt=0)
+    """A WebSocket's API key is checked again this often: at most this long after its revocation,
+    the socket runs no further operation and is closed (4403)."""
 
     # The tenant portal (/portal): how long a browser stays signed in, and where a job's trace id links.
     portal_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
@@ -118,7 +132,7 @@ class Settings(BaseSettings):
             missing = missing_limits(plan)
             if missing or any(value < 0 for value in plan.values()):
                 raise ValueError(
-                    f"PLANS: plan {name!r} needs every limit of {LIMIT_NAMES} (>= 0); missing {missing}"
+                    f"PLANS: plan {name!r} needs every limit of {REQUIRED_LIMITS} (>= 0); missing {missing}"
                 )
         return self
 
@@ -137,6 +151,7 @@ class Settings(BaseSettings):
     webhook_max_in_flight: int = Field(default=200, ge=1)
     webhook_max_in_flight_per_endpoint: int = Field(default=20, ge=1)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_resolve_timeout_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("secret_key")
     @classmethod

@@ -21,6 +21,8 @@ class TenantLimits:
     max_running: int = strawberry.field(description="Jobs running at once; more wait in the queue.")
     max_queued: int = strawberry.field(description="Jobs waiting at once; more: QUOTA_EXCEEDED.")
     max_webhook_endpoints: int
+    queries_per_minute: int = strawberry.field(description="Queries; 0: unlimited.")
+    query_burst: int = strawberry.field(description="Queries allowed at once above the steady rate.")
 
 
 @strawberry.type
@@ -49,6 +51,8 @@ class Tenant:
             max_running=limits.max_running,
             max_queued=limits.max_queued,
             max_webhook_endpoints=limits.max_webhook_endpoints,
+            queries_per_minute=limits.queries_per_minute,
+            query_burst=limits.query_burst,
         )
 
     @strawberry.field

@@ -1,32 +1,22 @@
-"""The worker process: RQ jobs (a forked child per job) and/or webhook deliveries (an asyncio loop).
+"""The worker process: jobs (run by work horses that a supervisor forks and watches) and/or webhook
+deliveries (an asyncio loop).
 
 `webhooks` is not an RQ queue: deliveries are claimed from Postgres by the deliverer, which runs
-beside the RQ worker in a thread of the same process, or alone with `--queues webhooks`.
+beside the supervisor in a thread of the same process, or alone with `--queues webhooks`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
-import time
-from types import FrameType
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import Queue, Worker
-from rq.job import Job as RQJob
-
-import service.jobs.tasks  # noqa: F401  (imported once here, not in every forked child)
+import service.jobs.tasks  # noqa: F401  (imported before the horses are forked, not in each)
 from observability.metrics import register_queue_depth, start_metrics_server
 from service.db import get_engine
-from service.jobs.dispatch import RUN_JOB
 from service.jobs.kinds import prepare_kinds
-from service.jobs.runner import defer_if_tenant_busy, record_run_metrics
-from service.outages import describe, is_outage
-from service.redis import JOBS_QUEUE, get_queue, get_redis
+from service.jobs.supervisor import Supervisor
+from service.redis import JOBS_QUEUE, get_queue
 from service.settings import get_settings
 from service.startup import start_process
 from service.storage.factory import get_storage
@@ -34,116 +24,42 @@ from service.webhooks.deliverer import DelivererThread, run_until
 
 WEBHOOKS = "webhooks"
 DEFAULT_QUEUES = (JOBS_QUEUE, WEBHOOKS)
-REDIS_RETRY_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(queues: list[str] | None = None, *, burst: bool = False, name: str | None = None) -> bool:
-    """Work until SIGTERM (the current job and in-flight deliveries finish first), or burst until empty."""
+def run_worker(
+    queues: list[str] | None = None, *, burst: bool = False, concurrency: int | None = None
+) -> None:
+    """Work until SIGTERM (current jobs and in-flight deliveries finish first), or burst until empty."""
+    settings = get_settings()
     wanted = list(queues or DEFAULT_QUEUES)
-    rq_queues = [queue for queue in wanted if queue != WEBHOOKS]
+    job_queues = [queue for queue in wanted if queue != WEBHOOKS]
     start_process("claimcheck-worker")
-    metrics_port = get_settings().metrics_port
-    if metrics_port is not None:
-        start_metrics_server(metrics_port)
+    if settings.metrics_port is not None:
+        start_metrics_server(settings.metrics_port)
     get_engine()
     get_storage()
-    if not rq_queues:
+    if not job_queues:
         asyncio.run(_deliver_until_signalled())
-        return True
+        return
     prepare_kinds()
+    register_queue_depth(lambda: {name: get_queue(name).count for name in job_queues})
     deliverer = DelivererThread() if WEBHOOKS in wanted and not burst else None
     if deliverer is not None:
         deliverer.start()
+    supervisor = Supervisor(
+        job_queues,
+        concurrency=concurrency or settings.worker_concurrency,
+        burst=burst,
+        max_jobs_per_horse=settings.worker_max_jobs_per_horse or None,
+        kill_grace_seconds=settings.job_kill_grace_seconds,
+    )
     try:
-        job_queues = [get_queue(queue) for queue in rq_queues]
-        register_queue_depth(lambda: {queue.name: queue.count for queue in job_queues})
-        return _work_through_redis_outages(job_queues, burst=burst, name=name)
+        supervisor.run()
     finally:
         if deliverer is not None:
             deliverer.stop()
-
-
-def _work_through_redis_outages(queues: list[Queue], *, burst: bool, name: str | None) -> bool:
-    """Run the RQ worker; when it quits because Redis went away (RQ's own choice), start a fresh one
-    once Redis answers again. Only a stop request (SIGTERM) or the end of a burst ends the loop."""
-    worked = False
-    while True:
-        worker: MeasuredWorker | None = None
-        try:
-            worker = MeasuredWorker(queues, connection=get_redis(), name=name)  # talks to Redis already
-            worked = bool(worker.work(burst=burst, with_scheduler=False, logging_level="INFO")) or worked
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            log.warning("the RQ worker lost Redis: %s", describe(error))
-        if burst or (worker is not None and worker.stop_requested):
-            return worked
-        log.warning("the RQ worker quit; starting it again once Redis answers")
-        _wait_for_redis()
-
-
-def _wait_for_redis() -> None:
-    """Sleep until Redis answers a PING; SIGTERM meanwhile ends the process (nothing is running)."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_now)  # RQ's handlers belong to the worker that quit
-    while True:
-        time.sleep(REDIS_RETRY_SECONDS)
-        try:
-            get_redis().ping()
-            return
-        except (RedisConnectionError, RedisTimeoutError):
-            continue
-
-
-def _exit_now(_signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(0)
-
-
-class MeasuredWorker(Worker):
-    """An RQ worker that records each finished job's metrics here, in the long-lived parent process
-    (what a forked work horse records dies with it), and outlives a Redis outage in the middle of a job."""
-
-    stop_requested = False
-
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stop_requested = True  # RQ quits on a lost Redis too: this tells the two apart
-        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
-
-    def execute_job(self, job: RQJob, queue: Queue) -> None:
-        try:
-            if job.func_name == RUN_JOB and _deferred(job.id):
-                job.delete()  # back in the Postgres outbox until its delay passes; the sweep re-enqueues it
-                return
-            super().execute_job(job, queue)
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            # Redis went away mid-job (a restart may have lost the RQ job too). The work horse reports
-            # its outcome to Postgres and the sweeps re-enqueue what RQ lost: keep the worker alive.
-            log.warning(
-                "lost Redis while handling job %s (%s); waiting for its work horse", job.id, describe(error)
-            )
-            self._reap_horse()
-        record_run_metrics(job.id)
-
-    def _reap_horse(self) -> None:
-        if self._horse_pid:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._horse_pid, 0)
-            self._horse_pid = 0
-
-
-def _deferred(job_id: str) -> bool:
-    """Whether the job's tenant is at max_running (the job was deferred); on any doubt, False: the work
-    horse's start() decides."""
-    try:
-        return defer_if_tenant_busy(job_id)
-    except Exception as error:
-        log.warning(
-            "could not check the tenant of job %s before running it: %s",
-            job_id,
-            error,
-            exc_info=not is_outage(error),
-        )
-        return False
 
 
 async def _deliver_until_signalled() -> None:

@@ -3,6 +3,8 @@ kind that names its file whatever the test asks (hostile names)."""
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import time
 from collections.abc import Iterator
 
@@ -40,7 +42,42 @@ register(
         input_model=SlowInput,
         handler=slow,
         content_type="text/plain",
-        timeout_seconds=1,  # RQ's own limit is 61 s: only the scheduler can catch this overrun
+        timeout_seconds=1,  # the horse's SIGALRM interrupts it at 1 s
+        max_attempts=1,
+    )
+)
+
+
+class DoomedInput(BaseModel):
+    """Kinds that take their work horse down: the supervisor must contain the damage."""
+
+    note: str = "doomed"
+
+
+def crash(ctx: JobContext, params: DoomedInput) -> None:
+    """Dies of a segfault, as a buggy C library would."""
+    ctx.progress(0.1, "about to crash")
+    ctypes.string_at(0)
+
+
+def hang(ctx: JobContext, params: DoomedInput) -> None:
+    """Never returns, deaf to RQ's SIGALRM, as code stuck inside a C call would be."""
+    ctx.progress(0.1, "about to hang")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    while True:
+        time.sleep(60)
+
+
+register(
+    Kind(name="test-segfault", input_model=DoomedInput, handler=crash, content_type="x/y", max_attempts=2)
+)
+register(
+    Kind(
+        name="test-deaf-hang",
+        input_model=DoomedInput,
+        handler=hang,
+        content_type="x/y",
+        timeout_seconds=1,
         max_attempts=1,
     )
 )

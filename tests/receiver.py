@@ -26,6 +26,11 @@ class Answer:
     delay: float = 0.0
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # a deliverer opens up to WEBHOOK_MAX_IN_FLIGHT connections at once
+
+
 class Receiver:
     """Records every POST; `script(path, answers...)` sets the answers for the next requests to a path."""
 
@@ -59,8 +64,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

@@ -129,9 +129,11 @@ def service_env(database_url: str, redis_url: str, storage_dir: Path, public_bas
         "JOB_RETRY_BASE_SECONDS": "0.2",
         "JOB_HEARTBEAT_SECONDS": "0.5",
         "JOB_STUCK_AFTER_SECONDS": "3",
+        "JOB_KILL_GRACE_SECONDS": "1",
         # Plans roomy enough for every test; tests of limits set a tenant's own (tenants.limits).
         "PLANS": json.dumps({"free": ROOMY_PLAN, "pro": ROOMY_PLAN}),
         "JOB_DEFER_SECONDS": "0.3",
+        "KEY_RECHECK_SECONDS": "1",
     }
 
 

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import nodes
 
-from service.schema import MAX_ALIASES, MAX_TOKENS, schema
+from service.graphql_cost import LIST_SIZE
+from service.jobs.graphql import SIGNED_URL_COST
+from service.schema import MAX_ALIASES, MAX_COST, MAX_TOKENS, schema
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.servers import ApiProcess
 
@@ -46,6 +48,37 @@ def test_too_many_tokens_are_refused_before_parsing_the_rest(gql: GraphQLClient)
     [error] = response.json()["errors"]
     assert "more than 2000 tokens" in error["message"]
     assert "errors" not in gql.post("{ " + " ".join(["__typename"] * 100) + " }").json()
+
+
+def test_a_costly_aliased_query_is_refused_before_it_runs_with_its_cost_and_the_limit(
+    gql: GraphQLClient,
+) -> None:
+    page = "jobs(first: 100) { edges { node { id artifact { downloadUrl } } } }"
+    one_page = 1 + 100 * (1 + 1 + 1 + SIGNED_URL_COST)  # connection, then per job: edge, node, artifact, URL
+    costly = "{ " + " ".join(f"a{n}: {page}" for n in range(MAX_ALIASES)) + " }"
+    response = gql.post(costly)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["data"] is None  # refused before execution: no field ran
+    [error] = body["errors"]
+    cost = MAX_ALIASES * one_page
+    assert error["extensions"] == {"code": "QUERY_TOO_COSTLY", "cost": cost, "maxCost": MAX_COST}
+    assert f"may cost {cost}, over the limit of {MAX_COST}" in error["message"]
+    assert "path" not in error
+    assert "errors" not in gql.post("{ " + page + " }").json()  # one page of it is fine
+
+
+def test_the_cost_counts_list_sizes_given_by_variables_and_defaults(gql: GraphQLClient) -> None:
+    query = "query Q($n: Int) { jobs(first: $n) { nodes { id events { type } } } }"
+    per_job = 1 + LIST_SIZE  # the node and its events (a list without `first`)
+    fits = (MAX_COST - 1) // per_job
+    assert "errors" not in gql.post(query, {"n": 0}).json()
+    over = gql.post(query, {"n": fits + 1}).json()
+    assert over["errors"][0]["extensions"]["cost"] == 1 + (fits + 1) * per_job
+    assert over["errors"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
+    aliased = "{ " + " ".join(f"a{n}: jobs {{ nodes {{ events {{ type }} }} }}" for n in range(20)) + " }"
+    refused = gql.post(aliased).json()  # no `first`: the default page of 20, each with 20 events
+    assert refused["errors"][0]["extensions"]["cost"] == 20 * (1 + LIST_SIZE * per_job)
 
 
 INTROSPECTION = ["{ __schema { types { name } } }", '{ __type(name: "Job") { name } }']

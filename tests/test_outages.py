@@ -16,8 +16,9 @@ from starlette.responses import Response
 
 from service import outages
 from service.embedded import EmbeddedRedis, free_port
-from service.graphql_base import Context
+from service.graphql_base import Connection, Context
 from service.jobs.dispatch import RUN_JOB
+from service.plans import DEFAULT_PLANS, Limits
 from service.principal import Principal
 from service.redis import JOBS_QUEUE
 from service.scheduler import run_once
@@ -108,8 +109,18 @@ def test_without_postgres_requests_get_503_unavailable_and_a_retry_after(
 
 def test_an_outage_inside_a_resolver_is_unavailable_not_masked(tenant: TenantHandle) -> None:
     dead = create_engine(DEAD_POSTGRES.format(port=free_port()))
-    principal = Principal(tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset({"jobs:read"}))
-    context = Context(principal=principal, _session=Session(dead))
+    limits = Limits(**DEFAULT_PLANS["free"])
+    principal = Principal(
+        tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset({"jobs:read"}), limits=limits
+    )
+
+    class OnDeadPostgres(Context):
+        def for_operation(self) -> Context:
+            operation = super().for_operation()
+            operation._session = Session(dead)
+            return operation
+
+    context = OnDeadPostgres(connection=Connection(principal=principal))
     context.response = Response()
     result = asyncio.run(
         schema.execute("{ jobs(first: 1) { edges { node { id } } } }", context_value=context)

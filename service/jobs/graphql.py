@@ -6,12 +6,17 @@ mutations that start jobs belong to the kinds (service/kinds/graphql.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
+import weakref
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import cast
 
+import anyio
+import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
@@ -25,6 +30,7 @@ from service.graphql_base import (
     require,
     run_mutation,
 )
+from service.graphql_cost import COST
 from service.ids import has_prefix
 from service.jobs import service, updates
 from service.jobs.models import TERMINAL_STATUSES
@@ -37,6 +43,23 @@ JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
 
 POLL_ADVICE_SECONDS = 2
 DEFAULT_PAGE = 20
+SIGNED_URL_COST = 10
+"""A signature (RSA, or an IAM signBlob call for GCS) weighs as much as ten objects read."""
+SIGNING_THREADS = 8
+"""Download URLs an API process signs at once: a page of them waits its turn in these threads without
+taking the ones that database work needs."""
+_signing_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def signing_threads() -> anyio.CapacityLimiter:
+    """The running event loop's limiter of SIGNING_THREADS."""
+    loop = asyncio.get_running_loop()
+    limiter = _signing_threads.get(loop)
+    if limiter is None:
+        limiter = _signing_threads[loop] = anyio.CapacityLimiter(SIGNING_THREADS)
+    return limiter
 
 
 @strawberry.type
@@ -61,9 +84,16 @@ class Artifact:
     sha256: str
     row: strawberry.Private[JobRow]
 
-    @strawberry.field(description="A plain HTTP GET URL for the file, valid for expiresIn seconds (clamped).")
-    def download_url(self, expires_in: int = 900) -> str:
-        return or_graphql_error(lambda: service.download_url(self.row, expires_in))
+    @strawberry.field(
+        description="A plain HTTP GET URL for the file, valid for expiresIn seconds (clamped).",
+        metadata={COST: SIGNED_URL_COST},
+    )
+    async def download_url(self, expires_in: int = 900) -> str:
+        sign = functools.partial(service.download_url, self.row, expires_in)
+        try:  # signing blocks (RSA, or an IAM call per URL for gcs): never on the event loop
+            return await anyio.to_thread.run_sync(sign, limiter=signing_threads())
+        except ClaimcheckError as error:
+            raise graphql_error(error) from error
 
 
 @strawberry.type
@@ -109,8 +139,8 @@ class Job:
         )
 
     @strawberry.field(description="The audit trail, oldest first.")
-    def events(self, info: GraphQLInfo) -> list[JobEvent]:
-        rows = service.job_events(info.context.session, self.tenant_id, str(self.id))
+    async def events(self, info: GraphQLInfo) -> list[JobEvent]:
+        rows = await info.context.loader(service.job_events).load(str(self.id))  # one query per page
         return [JobEvent(type=row.type, at=row.at, data=cast(JSON, row.data)) for row in rows]
 
     @classmethod
@@ -232,17 +262,17 @@ class JobSubscription:
     )
     async def job_updates(self, info: GraphQLInfo, id: strawberry.ID) -> AsyncGenerator[Job, None]:
         principal = require(info, "jobs:read")
-        context = info.context
-        if context.subscriptions >= get_settings().max_subscriptions_per_connection:
+        connection = info.context.connection
+        if connection.subscriptions >= get_settings().max_subscriptions_per_connection:
             raise graphql_error(QuotaExceededError("too many subscriptions on this connection"))
-        context.subscriptions += 1
+        connection.subscriptions += 1
         try:
             async for row in updates.follow(principal.tenant_id, str(id)):
                 yield Job.from_row(row)
         except ClaimcheckError as error:
             raise graphql_error(error) from error
         finally:
-            context.subscriptions -= 1
+            connection.subscriptions -= 1
 
 
 @strawberry.type

@@ -1,10 +1,12 @@
 """Recovering jobs whose worker vanished (SIGKILL, a lost machine): no job stays non-terminal forever.
 
-A running job's heartbeat is refreshed every JOB_HEARTBEAT_SECONDS by the process running it. When
-it is older than JOB_STUCK_AFTER_SECONDS the run is presumed lost: the job is retried (while the
-kind allows more attempts) or failed with WORKER_LOST; a job being canceled becomes CANCELED. A
-live run past its kind's timeout (plus the same margin) is stopped in RQ and retried or failed
-with TIMEOUT; a late result from it is ignored, since only a RUNNING job can succeed.
+A worker's supervisor recovers a job at once when the horse running it dies (CRASHED) or overruns
+its limit (TIMEOUT): recover_dead_run. When the whole worker is gone, the scheduler notices: a running
+job's heartbeat is refreshed every JOB_HEARTBEAT_SECONDS by the process running it, and when it is
+older than JOB_STUCK_AFTER_SECONDS the run is presumed lost: the job is retried (while the kind allows
+more attempts) or failed with WORKER_LOST; a job being canceled becomes CANCELED. A run still going
+past its kind's timeout (plus the same margin) is retried or failed with TIMEOUT; a late result from
+it is ignored, since only a RUNNING job can succeed.
 """
 
 from __future__ import annotations
@@ -12,20 +14,19 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from rq.command import send_stop_job_command
 from sqlmodel import Session
 
 from service.jobs import repository, service
 from service.jobs.kinds import all_kinds, get_kind
 from service.jobs.models import Job, JobStatus
 from service.models import utcnow
-from service.redis import get_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 LOST = "WORKER_LOST"
 TIMEOUT = "TIMEOUT"
+CRASHED = "CRASHED"
 
 
 def recover_lost_runs(session: Session, *, limit: int = 100) -> int:
@@ -47,11 +48,23 @@ def recover_lost_runs(session: Session, *, limit: int = 100) -> int:
         assert job.started_at is not None
         if timeout is None or utcnow() - job.started_at < timedelta(seconds=timeout) + margin:
             continue
-        log.warning("job %s ran past its %s s timeout; stopping it", job.id, timeout)
-        _stop_in_rq(job.id)
+        log.warning("job %s ran past its %s s timeout", job.id, timeout)
         _retry_or_fail(session, job, TIMEOUT, f"the job ran past its {timeout} s limit")
         overran += 1
     return len(lost) + overran
+
+
+def recover_dead_run(session: Session, job_id: str, *, code: str, message: str) -> Job | None:
+    """The process running the job died or was killed: retry or fail it now (CANCELING: CANCELED);
+    the job as it is afterwards, or None when it is gone."""
+    job = repository.lock_job(session, job_id)
+    if job is None:
+        return None
+    if job.status == JobStatus.CANCELING:
+        service.transition(session, job, JobStatus.CANCELED, message="canceled")
+    elif job.status == JobStatus.RUNNING:
+        _retry_or_fail(session, job, code, message)
+    return job
 
 
 def _kind_timeout(name: str) -> int | None:
@@ -70,11 +83,3 @@ def _retry_or_fail(session: Session, job: Job, code: str, message: str) -> None:
         service.retry_later(session, job, code=code, message=message, delay=service.retry_delay(job.attempt))
     else:
         service.fail(session, job, code=code, message=message, retryable=True)
-
-
-def _stop_in_rq(job_id: str) -> None:
-    """Ask the RQ worker running it to kill its work horse (its late result is ignored anyway)."""
-    try:
-        send_stop_job_command(get_redis(), job_id)
-    except Exception as error:
-        log.info("could not stop job %s in RQ: %s", job_id, error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, text, update
+from sqlalchemy import delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from service.ids import first_id_at
@@ -84,10 +84,11 @@ class JobRepository(TenantRepository[Job]):
             statement.order_by(col(Job.id)).execution_options(yield_per=HISTORY_BATCH_ROWS)
         )
 
-    def events(self, job_id: str) -> list[JobEvent]:
+    def events(self, job_ids: Sequence[str]) -> list[JobEvent]:
+        """The events of these jobs, oldest first."""
         statement = (
             select(JobEvent)
-            .where(JobEvent.tenant_id == self.tenant_id, JobEvent.job_id == job_id)
+            .where(JobEvent.tenant_id == self.tenant_id, col(JobEvent.job_id).in_(job_ids))
             .order_by(col(JobEvent.id))
         )
         return list(self.session.exec(statement))
@@ -157,13 +158,6 @@ def mark_outbox_checked(session: Session, job_ids: Sequence[str], at: datetime) 
 def trace_context(session: Session, job_id: str) -> Mapping[str, str] | None:
     """The job's stored W3C carrier."""
     return session.exec(select(Job.trace_context).where(Job.id == job_id)).first()
-
-
-def lock_tenant_starts(session: Session, tenant_id: str) -> None:
-    """Serialise job starts of one tenant until this transaction ends (the max_running check)."""
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:tenant_id, 0))"), {"tenant_id": tenant_id}
-    )
 
 
 def running_count(session: Session, tenant_id: str) -> int:

@@ -1,9 +1,12 @@
-"""Running one job in a worker: start it, call its kind's handler, store the artifact, finish it.
+"""Running one job: start it, call its kind's handler, store the artifact, finish it.
 
 Execution is at-least-once: a job that is not QUEUED when a worker picks it up is left alone, and
-the artifact's key is derived from the job id so a second run overwrites the first. While it runs,
-a heartbeat keeps the job's row fresh so the scheduler can tell a live run from a lost one; a
-cancel request is noticed at each progress report.
+the artifact's key is derived from the job id so a second run overwrites the first. A short job
+costs two transactions: the start, and the finish, which also writes the progress the handler
+reported on the way. Progress reaches Postgres at most every PROGRESS_MIN_INTERVAL (immediately when
+that long has passed since the last write, else a little later), which is also when a cancel request
+is noticed. While the handler runs, a heartbeat keeps the job's row fresh so the scheduler can tell a
+live run from a lost one.
 """
 
 from __future__ import annotations
@@ -12,14 +15,13 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 from rq.timeouts import JobTimeoutException
 from sqlmodel import Session
 
-from observability.metrics import record_job_finished, record_queue_wait
-from observability.tracing import continue_trace, flush, get_tracer, set_ids
+from observability.tracing import continue_trace, get_tracer, set_ids
 from service.db import session_scope
 from service.jobs import repository, service
 from service.jobs.dispatch import drop_waiting
@@ -30,7 +32,7 @@ from service.outages import is_outage, log_failure
 from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
-from service.tenants.service import limits_for
+from service.tenants.service import lock_for_start
 
 log = logging.getLogger(__name__)
 
@@ -38,46 +40,79 @@ PROGRESS_MIN_INTERVAL = 0.25
 
 
 class JobCanceled(Exception):
-    """The tenant canceled the job while it ran; the handler is unwound."""
+    """The tenant canceled the job while it ran (or it is no longer this run's); the handler is unwound."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended, for the worker's metrics: None when the job did not run here."""
+
+    kind: str
+    status: str
+    queue_wait_seconds: float
+    run_seconds: float | None
 
 
 class RunContext:
-    """The JobContext a handler gets: progress goes to Postgres in short transactions of its own."""
+    """The JobContext a handler gets. Progress is kept here and written at most every
+    PROGRESS_MIN_INTERVAL, in a short transaction of its own, or with the job's final transition."""
 
     def __init__(self, job: Job) -> None:
         self.job_id = job.id
         self.tenant_id = job.tenant_id
         self.attempt = job.attempt
-        self._last_write = 0.0
-        self._last_fraction = 0.0
-        self._last_message: str | None = None
+        self._lock = threading.Lock()
+        self._last_write = time.monotonic()  # the start just wrote the row
+        self._pending: tuple[float, str | None] | None = None
+        self._canceled = False
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Write progress at most every PROGRESS_MIN_INTERVAL, unless the stage or a milestone changes.
-
-        Raises JobCanceled when the tenant canceled the job (checked at each write).
-        """
-        now = time.monotonic()
-        changed = message != self._last_message or fraction - self._last_fraction >= 0.25
-        if not changed and now - self._last_write < PROGRESS_MIN_INTERVAL:
-            return
-        self._last_write, self._last_fraction, self._last_message = now, fraction, message
-        with session_scope() as session:
-            job = repository.lock_job(session, self.job_id)
-            if job is None or job.status == JobStatus.CANCELING:
+        """Report progress (0..1) and a stage; raises JobCanceled once the tenant canceled the job."""
+        with self._lock:
+            if self._canceled:
                 raise JobCanceled
-            if job.status == JobStatus.RUNNING:
-                service.report_progress(session, job, fraction, message)
+            previous = self._pending[0] if self._pending else 0.0
+            self._pending = (max(previous, fraction), message)
+        if time.monotonic() - self._last_write >= PROGRESS_MIN_INTERVAL:
+            self.flush()
+        if self._canceled:
+            raise JobCanceled
+
+    def flush(self) -> None:
+        """Write pending progress now (the heartbeat calls it for progress reported too recently to write)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            self._last_write = time.monotonic()
+            if pending is None or self._canceled:
+                return
+            with session_scope() as session:
+                job = repository.lock_job(session, self.job_id)
+                if job is None or job.status != JobStatus.RUNNING:
+                    self._canceled = True  # CANCELING, or the scheduler took the run away
+                    return
+                service.report_progress(session, job, pending[0], pending[1])
+
+    def take_pending(self) -> tuple[float, str | None] | None:
+        """The progress not written yet, for the final transition (which then writes it)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            return pending
+
+    @property
+    def due(self) -> bool:
+        """Whether pending progress has waited long enough to be written."""
+        return self._pending is not None and time.monotonic() - self._last_write >= PROGRESS_MIN_INTERVAL
 
 
 class Heartbeat:
-    """Refreshes the job's heartbeat_at every JOB_HEARTBEAT_SECONDS while the handler runs."""
+    """While a handler runs: refreshes the job's heartbeat_at every JOB_HEARTBEAT_SECONDS and writes
+    progress the handler reported too soon after the previous write, once it is due."""
 
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
         self.interval = get_settings().job_heartbeat_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {context.job_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -88,120 +123,114 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
+        last_beat = time.monotonic()
+        while not self._stop.wait(PROGRESS_MIN_INTERVAL):
             try:
-                with session_scope() as session:
-                    repository.touch(session, self.job_id, utcnow())
+                if self.context.due:
+                    self.context.flush()
+                if time.monotonic() - last_beat >= self.interval:
+                    last_beat = time.monotonic()
+                    with session_scope() as session:
+                        repository.touch(session, self.context.job_id, utcnow())
             except Exception:
-                log_failure(log, "heartbeat of job %s failed", self.job_id)
+                log_failure(log, "heartbeat of job %s failed", self.context.job_id)
 
 
 def start(job_id: str) -> Job | None:
-    """QUEUED → RUNNING and out of the outbox, or None when the job is not QUEUED (a duplicate run)
-    or its tenant already runs its plan's max_running jobs: then the job stays QUEUED, goes back to
-    the outbox for JOB_DEFER_SECONDS, and this worker moves on to the next job (another tenant's)."""
+    """QUEUED → RUNNING and out of the outbox, in one transaction; None when the job is not QUEUED (a
+    duplicate run) or its tenant already runs its plan's max_running jobs. Then the job and all the
+    tenant's other QUEUED jobs wait in the outbox for JOB_DEFER_SECONDS and leave RQ, so the next job a
+    worker finds is another tenant's, however many this one queued (fairness)."""
+    parked: list[str] = []
     with session_scope() as session:
         job = repository.lock_job(session, job_id)
         if job is None or job.status != JobStatus.QUEUED:
             log.info("job %s is not queued (%s); skipping", job_id, job.status if job else "deleted")
             return None
-        if _defer_if_tenant_busy(session, job):
-            return None
-        service.transition(session, job, JobStatus.RUNNING, message="starting")
-        repository.remove_from_outbox(session, job_id)
+        if _tenant_busy(session, job):
+            parked = service.park_tenant_queue(session, job.tenant_id, delay=get_settings().job_defer_seconds)
+        else:
+            service.transition(session, job, JobStatus.RUNNING, message="starting")
+            repository.remove_from_outbox(session, job_id)
+    if not parked:
         return job
-
-
-def _defer_if_tenant_busy(session: Session, job: Job) -> bool:
-    """Whether the (locked, QUEUED) job's tenant runs its max_running jobs already; if so the job is
-    deferred. Starts of one tenant are serialised, so two workers cannot both take the last slot."""
-    repository.lock_tenant_starts(session, job.tenant_id)
-    max_running = limits_for(session, job.tenant_id).max_running
-    if repository.running_count(session, job.tenant_id) < max_running:
-        return False
-    delay = get_settings().job_defer_seconds
-    log.info("tenant %s runs its %d jobs; job %s waits %.1f s", job.tenant_id, max_running, job.id, delay)
-    service.defer(session, job, delay=delay)
-    return True
-
-
-def defer_if_tenant_busy(job_id: str) -> bool:
-    """The worker's check before it forks for a job: True when the job was deferred (its tenant is at
-    max_running), so the worker drops it from RQ and takes the next one without a fork. Then all the
-    tenant's other QUEUED jobs are deferred too and taken out of RQ at once: the next job a worker
-    finds is another tenant's, however many this one queued (fairness). The sweep brings them back
-    after JOB_DEFER_SECONDS. start() checks again in the work horse; this is the cheap early exit."""
-    with session_scope() as session:
-        job = repository.lock_job(session, job_id)
-        if job is None or job.status != JobStatus.QUEUED or not _defer_if_tenant_busy(session, job):
-            return False
-        parked = service.park_tenant_queue(session, job.tenant_id, delay=get_settings().job_defer_seconds)
     dropped = drop_waiting([other for other in parked if other != job_id])
     log.info(
-        "tenant %s at max_running: %d queued job(s) wait, %d taken out of RQ",
-        job.tenant_id,
-        len(parked),
-        dropped,
+        "tenant %s at max_running: %d job(s) wait, %d taken out of RQ", job.tenant_id, len(parked), dropped
     )
+    return None
+
+
+def _tenant_busy(session: Session, job: Job) -> bool:
+    """Whether the (locked, QUEUED) job's tenant runs its max_running jobs already. Starts of one
+    tenant are serialised, so two workers cannot both take the last slot."""
+    max_running = lock_for_start(session, job.tenant_id).max_running
+    if repository.running_count(session, job.tenant_id) < max_running:
+        return False
+    log.info("tenant %s runs its %d jobs; job %s waits", job.tenant_id, max_running, job.id)
+    service.defer(session, job, delay=get_settings().job_defer_seconds)
     return True
 
 
-def run_job(job_id: str, carrier: Mapping[str, str] | None = None) -> None:
+def run_job(job_id: str, carrier: Mapping[str, str] | None = None) -> RunResult | None:
     """The whole run of one job, in a span continuing the trace that enqueued it (`carrier`, else the
     one stored with the job); every outcome ends in a terminal status or a scheduled retry."""
     if carrier is None:
         with session_scope() as session:
             carrier = repository.trace_context(session, job_id)
-    try:
-        with continue_trace("job.run", carrier, job_id=job_id):
-            _run(job_id)
-    finally:
-        flush()  # an RQ work horse leaves through os._exit: export its spans first
+    with continue_trace("job.run", carrier, job_id=job_id):
+        return _run(job_id)
 
 
-def _run(job_id: str) -> None:
+def _run(job_id: str) -> RunResult | None:
     job = start(job_id)
     if job is None:
-        return
+        return None
     set_ids(tenant_id=job.tenant_id)
+    started = time.monotonic()
     try:
         kind = get_kind(job.kind)
     except KeyError:
         # E.g. an older worker during a deploy that added the kind: another attempt may know it.
-        _finish_failed(job_id, "UNKNOWN_KIND", f"this worker does not know the kind {job.kind!r}", True, None)
-        return
+        ended = _finish_failed(
+            job_id, "UNKNOWN_KIND", f"this worker does not know the kind {job.kind!r}", True
+        )
+        return _result(job, ended, started)
+    context = RunContext(job)
     stored: StoredObject | None = None
     output: ArtifactOutput | None = None
     try:
-        with Heartbeat(job_id):
-            output = _produce(kind, job)
+        with Heartbeat(context):
+            output = _produce(kind, job, context)
             stored = _store(job, output) if output is not None else None
     except JobCanceled:
-        _finish_canceled(job, output)
+        ended = _finish_canceled(job, output)
     except JobFailure as failure:
-        _finish_failed(job_id, failure.code, failure.message, failure.retryable, kind)
+        ended = _finish_failed(job_id, failure.code, failure.message, failure.retryable, kind, context)
     except JobTimeoutException:
         message = f"the job ran past its {kind.timeout_seconds} s limit"
-        _finish_failed(job_id, "TIMEOUT", message, True, kind)
+        ended = _finish_failed(job_id, "TIMEOUT", message, True, kind, context)
     except Exception as error:
         log_failure(log, "job %s failed unexpectedly", job_id)
-        if is_outage(error):
-            _finish_failed(job_id, "UNAVAILABLE", "a backing service was briefly unavailable", True, kind)
-        else:
-            _finish_failed(job_id, "INTERNAL", "the job failed unexpectedly", True, kind)
+        code, message = (
+            ("UNAVAILABLE", "a backing service was briefly unavailable")
+            if is_outage(error)
+            else ("INTERNAL", "the job failed unexpectedly")
+        )
+        ended = _finish_failed(job_id, code, message, True, kind, context)
     else:
-        with session_scope() as session:
-            locked = repository.lock_job(session, job_id)
-            if locked is None or locked.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
-                return
-            filename = output.filename if output else ""
-            content_type = output.content_type if output else ""
-            service.succeed(session, locked, stored, filename=filename, content_type=content_type)
+        ended = _finish_succeeded(job_id, stored, output, context)
+    return _result(job, ended, started)
 
 
-def _produce(kind: Kind, job: Job) -> ArtifactOutput | None:
+def _result(job: Job, status: str | None, started: float) -> RunResult:
+    wait = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+    return RunResult(job.kind, status or job.status, wait, time.monotonic() - started if status else None)
+
+
+def _produce(kind: Kind, job: Job, context: RunContext) -> ArtifactOutput | None:
     """Run the kind's handler; its filename is untrusted, so from here on it is a safe basename."""
-    output = kind.handler(RunContext(job), kind.input_model.model_validate(job.input))
+    output = kind.handler(context, kind.input_model.model_validate(job.input))
     return replace(output, filename=safe_filename(output.filename)) if output is not None else None
 
 
@@ -215,43 +244,61 @@ def _store(job: Job, output: ArtifactOutput) -> StoredObject:
         return stored
 
 
-def _finish_canceled(job: Job, output: ArtifactOutput | None) -> None:
+def _catch_up(session: Session, job: Job, context: RunContext | None) -> None:
+    """Write the progress the handler reported since the last write, before the final transition."""
+    pending = context.take_pending() if context is not None else None
+    if pending is not None and job.status == JobStatus.RUNNING:
+        service.report_progress(session, job, pending[0], pending[1])
+
+
+def _finish_succeeded(
+    job_id: str, stored: StoredObject | None, output: ArtifactOutput | None, context: RunContext
+) -> str | None:
+    with session_scope() as session:
+        job = repository.lock_job(session, job_id)
+        if job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
+            return None
+        _catch_up(session, job, context)
+        filename = output.filename if output else ""
+        content_type = output.content_type if output else ""
+        service.succeed(session, job, stored, filename=filename, content_type=content_type)
+        return job.status
+
+
+def _finish_canceled(job: Job, output: ArtifactOutput | None) -> str | None:
     if output is not None:
         get_storage().delete(artifact_key(job.tenant_id, job.id, output.filename))  # a partial upload
     with session_scope() as session:
         locked = repository.lock_job(session, job.id)
-        if locked is not None and locked.status == JobStatus.CANCELING:
-            service.transition(session, locked, JobStatus.CANCELED, message="canceled")
+        if locked is None or locked.status != JobStatus.CANCELING:
+            return None
+        service.transition(session, locked, JobStatus.CANCELED, message="canceled")
+        return locked.status
 
 
-def _finish_failed(job_id: str, code: str, message: str, retryable: bool, kind: Kind | None) -> None:
+def _finish_failed(
+    job_id: str,
+    code: str,
+    message: str,
+    retryable: bool,
+    kind: Kind | None = None,
+    context: RunContext | None = None,
+) -> str | None:
     """Retry a transient failure with backoff while attempts remain; otherwise FAILED."""
     with session_scope() as session:
         job = repository.lock_job(session, job_id)
         if job is None:
-            return
+            return None
         if job.status == JobStatus.CANCELING:
             service.transition(session, job, JobStatus.CANCELED, message="canceled")
         elif job.status != JobStatus.RUNNING:
-            return
+            return None
         elif retryable and kind is not None and job.attempt < kind.max_attempts:
+            _catch_up(session, job, context)
             service.retry_later(
                 session, job, code=code, message=message, delay=service.retry_delay(job.attempt)
             )
         else:
+            _catch_up(session, job, context)
             service.fail(session, job, code=code, message=message, retryable=retryable)
-
-
-def record_run_metrics(job_id: str) -> None:
-    """Record the job's queue wait and, once finished, its duration (in the worker's long-lived parent:
-    what a forked work horse records dies with it)."""
-    try:
-        with session_scope() as session:
-            row = repository.get_by_id(session, job_id)
-            if row is None or row.started_at is None:
-                return
-            record_queue_wait(row.kind, (row.started_at - row.created_at).total_seconds())
-            if row.finished_at is not None:
-                record_job_finished(row.kind, row.status, (row.finished_at - row.started_at).total_seconds())
-    except Exception as error:
-        log.warning("could not record metrics of job %s: %s", job_id, error, exc_info=not is_outage(error))
+        return job.status

@@ -71,8 +71,14 @@ def record_event(session: Session, job: Job, event_type: str, data: dict[str, An
     session.add(JobEvent(job_id=job.id, tenant_id=job.tenant_id, type=event_type, data=data))
     if event_type in JOB_EVENT_TYPES:
         artifact_key = job.artifact_key if event_type == STATUS_EVENTS[JobStatus.SUCCEEDED] else None
-        body = {**job_data(job), **(data or {})}
-        publish(session, job.tenant_id, event_type, body, job_id=job.id, artifact_key=artifact_key)
+        publish(
+            session,
+            job.tenant_id,
+            event_type,
+            lambda: {**job_data(job), **(data or {})},
+            job_id=job.id,
+            artifact_key=artifact_key,
+        )
 
 
 def create_job(
@@ -181,7 +187,7 @@ def transition(
     record_event(session, job, STATUS_EVENTS[target], data)
     session.flush()
     job_id = job.id
-    after_commit(session, lambda: announce(job_id))
+    after_commit(session, lambda: announce(job_id), once=("announce", job_id))
 
 
 def report_progress(session: Session, job: Job, fraction: float, message: str | None) -> None:
@@ -197,7 +203,7 @@ def report_progress(session: Session, job: Job, fraction: float, message: str | 
     job.heartbeat_at = utcnow()
     session.flush()
     job_id = job.id
-    after_commit(session, lambda: announce(job_id))
+    after_commit(session, lambda: announce(job_id), once=("announce", job_id))
 
 
 def succeed(
@@ -368,9 +374,12 @@ def list_jobs(
     return rows[:first], len(rows) > first
 
 
-def job_events(session: Session, tenant_id: str, job_id: str) -> list[JobEvent]:
-    """The job's audit trail, oldest first."""
-    return JobRepository(session, tenant_id).events(job_id)
+def job_events(session: Session, tenant_id: str, job_ids: list[str]) -> list[list[JobEvent]]:
+    """Each job's audit trail, oldest first, in the order of job_ids: one query for them all."""
+    trails: dict[str, list[JobEvent]] = {job_id: [] for job_id in job_ids}
+    for event in JobRepository(session, tenant_id).events(job_ids):
+        trails[event.job_id].append(event)
+    return [trails[job_id] for job_id in job_ids]
 
 
 def known_kinds() -> list[str]:

@@ -130,7 +130,7 @@ def redeliver_one(
     endpoint_id = form.get("endpoint_id")
     try:
         with tenant_session_scope(viewer.tenant_id) as session:
-            redeliver(session, viewer.tenant_id, form.get("event_id"), endpoint_id)
+            redeliver(session, viewer.principal, form.get("event_id"), endpoint_id)
     except ClaimcheckError as error:
         return _failed_action(request, viewer, error)
     return see_other("/portal/deliveries", "redelivered", endpoint=endpoint_id)
@@ -149,7 +149,7 @@ def recover_failed(
         if since is None:
             raise ValidationError("since: say from when to recover failed deliveries", field=["since"])
         with tenant_session_scope(viewer.tenant_id) as session:
-            count = recover(session, viewer.tenant_id, endpoint_id, since)
+            count = recover(session, viewer.principal, endpoint_id, since)
     except ClaimcheckError as error:
         return _failed_action(request, viewer, error)
     return see_other("/portal/deliveries", "recovered", endpoint=endpoint_id, recovered=str(count))

@@ -178,7 +178,7 @@ def _job_context(viewer: Viewer, job_id: str) -> dict[str, object]:
         job = find_job(session, viewer.tenant_id, job_id)
         if job is None:
             raise PageNotFound
-        events = job_events(session, viewer.tenant_id, job.id)
+        (events,) = job_events(session, viewer.tenant_id, [job.id])
     trace = trace_id(job)
     template = get_settings().trace_url_template
     return {

@@ -13,10 +13,12 @@ from sqlmodel import Session
 from service.db import tenant_session_scope
 from service.errors import ClaimcheckError, ValidationError
 from service.portal.web import Form, PageNotFound, Viewer, failed, posted_form, render, see_other, signed_in
+from service.principal import Principal
 from service.webhooks.events import EVENT_TYPES
 from service.webhooks.models import SigningScheme, WebhookEndpoint
 from service.webhooks.service import (
     IssuedEndpoint,
+    check_endpoint_url,
     create_endpoint,
     current_public_key,
     delete_endpoint,
@@ -33,8 +35,8 @@ router = APIRouter()
 KEEP_OLD_CHOICES = {"0": "no overlap", "3600": "1 hour", "86400": "24 hours", "604800": "7 days"}
 """How long the old secret keeps signing beside a rotated one (the rotate form's choices)."""
 
-EndpointChange = Callable[[Session, str, str], object]
-"""An action on one endpoint: (session, tenant id, endpoint id)."""
+EndpointChange = Callable[[Session, Principal, str], object]
+"""An action on one endpoint: (session, who acts, endpoint id)."""
 
 
 def _endpoints_context(viewer: Viewer) -> dict[str, object]:
@@ -71,11 +73,12 @@ def add_endpoint(
 ) -> Response:
     """Add an endpoint and show its secret (V1) or public key (V1A), this once."""
     try:
+        url = check_endpoint_url(form.get("url"))  # resolved before the transaction: DNS may be slow
         with tenant_session_scope(viewer.tenant_id) as session:
             issued = create_endpoint(
                 session,
-                viewer.tenant_id,
-                url=form.get("url"),
+                viewer.principal,
+                url=url,
                 event_types=form.all("event_types"),
                 description=form.get("description") or None,
                 signing=_signing(form),
@@ -128,7 +131,7 @@ def _act(
     """Run one change to the endpoint; back to its page with a notice, or with the error."""
     try:
         with tenant_session_scope(viewer.tenant_id) as session:
-            change(session, viewer.tenant_id, endpoint_id)
+            change(session, viewer.principal, endpoint_id)
     except ClaimcheckError as error:
         if error.code == "NOT_FOUND":
             raise PageNotFound from error
@@ -143,12 +146,17 @@ def edit_endpoint(
     form: Annotated[Form, Depends(posted_form)],
     endpoint_id: str,
 ) -> Response:
-    def change(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
+    try:
+        url = check_endpoint_url(form.get("url"))  # resolved before the transaction: DNS may be slow
+    except ClaimcheckError as error:
+        return failed(request, viewer, "endpoint.html", error, _endpoint_context(viewer, endpoint_id))
+
+    def change(session: Session, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
         return update_endpoint(
             session,
-            tenant_id,
+            principal,
             endpoint_id,
-            url=form.get("url"),
+            url=url,
             event_types=form.all("event_types"),
             description=form.get("description"),
             enabled=None,
@@ -166,9 +174,9 @@ def set_enabled(
 ) -> Response:
     enabled = form.get("enabled") == "true"
 
-    def change(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
+    def change(session: Session, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
         return update_endpoint(
-            session, tenant_id, endpoint_id, url=None, event_types=None, description=None, enabled=enabled
+            session, principal, endpoint_id, url=None, event_types=None, description=None, enabled=enabled
         )
 
     done = "endpoint-enabled" if enabled else "endpoint-disabled"
@@ -201,7 +209,7 @@ def rotate(
         if keep not in KEEP_OLD_CHOICES:
             raise ValidationError("choose how long the old secret keeps working", field=["keep_old_for"])
         with tenant_session_scope(viewer.tenant_id) as session:
-            issued = rotate_key(session, viewer.tenant_id, endpoint_id, int(keep))
+            issued = rotate_key(session, viewer.principal, endpoint_id, int(keep))
     except ClaimcheckError as error:
         if error.code == "NOT_FOUND":
             raise PageNotFound from error

@@ -37,21 +37,27 @@ return {1, 0}
 
 
 class RateLimiter:
-    """Job-creating mutations per tenant per minute, with a burst."""
+    """Per tenant and minute, with a burst: job-creating mutations, and queries, each in a bucket."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.script = redis.register_script(GCRA_SCRIPT)
 
     def check(self, tenant_id: str, limits: Limits) -> None:
-        """Take one token for the tenant, or raise RateLimitedError with the seconds to wait."""
-        if limits.mutations_per_minute <= 0:
+        """Take one token from the tenant's mutation bucket, or raise RateLimitedError."""
+        self._take(f"ratelimit:mutations:{tenant_id}", limits.mutations_per_minute, limits.burst)
+
+    def check_query(self, tenant_id: str, limits: Limits) -> None:
+        """Take one token from the tenant's query bucket, or raise RateLimitedError."""
+        self._take(f"ratelimit:queries:{tenant_id}", limits.queries_per_minute, limits.query_burst)
+
+    def _take(self, bucket: str, per_minute: int, burst: int) -> None:
+        """Take one token from bucket (per_minute 0: unlimited), or raise RateLimitedError with the
+        seconds to wait."""
+        if per_minute <= 0:
             return
-        interval_ms = 60_000 / limits.mutations_per_minute
         try:
-            allowed, retry_ms = self.script(
-                keys=[f"ratelimit:mutations:{tenant_id}"], args=[interval_ms, max(limits.burst, 1)]
-            )
+            allowed, retry_ms = self.script(keys=[bucket], args=[60_000 / per_minute, max(burst, 1)])
         except (RedisConnectionError, RedisTimeoutError) as error:
             # Fail open: jobs are committed to Postgres and enqueued once Redis is back, and the
             # queued-jobs quota (counted in Postgres) still bounds what one tenant can pile up.
@@ -61,7 +67,7 @@ class RateLimiter:
             raise RateLimitedError(max(1, math.ceil(float(retry_ms) / 1000)))
 
     def reset(self, tenant_id: str) -> None:
-        self.redis.delete(f"ratelimit:mutations:{tenant_id}")
+        self.redis.delete(f"ratelimit:mutations:{tenant_id}", f"ratelimit:queries:{tenant_id}")
 
 
 _limiter: RateLimiter | None = None

@@ -4,23 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, func, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from service.tenants.models import ApiKey, PortalLink, PortalSession, Tenant
 
-KeyRow = tuple[str, str, str, list[str]]
-"""(key id, tenant id, key hash, scopes) of an active key."""
+
+class ActiveKey(NamedTuple):
+    """An unrevoked key's columns, with its tenant's plan and limit overrides."""
+
+    id: str
+    tenant_id: str
+    key_hash: str
+    scopes: list[str]
+    plan: str
+    limits: dict[str, Any] | None
 
 
-def active_key_by_prefix(session: Session, prefix: str) -> KeyRow | None:
-    """The unrevoked key with this prefix, as plain columns (this runs on every request)."""
-    columns = (ApiKey.id, ApiKey.tenant_id, ApiKey.key_hash, ApiKey.scopes)
-    statement = select(*columns).where(ApiKey.prefix == prefix, col(ApiKey.revoked_at).is_(None))
-    row = session.exec(statement).first()
-    return None if row is None else (row[0], row[1], row[2], list(row[3]))
+def active_key_by_prefix(session: Session, prefix: str) -> ActiveKey | None:
+    """The unrevoked key with this prefix and its tenant's plan, in one query (it runs on every request)."""
+    statement = (
+        sql_select(  # sqlmodel's select types at most four columns
+            col(ApiKey.id),
+            col(ApiKey.tenant_id),
+            col(ApiKey.key_hash),
+            col(ApiKey.scopes),
+            col(Tenant.plan),
+            col(Tenant.limits),
+        )
+        .join(Tenant, col(Tenant.id) == col(ApiKey.tenant_id))
+        .where(col(ApiKey.prefix) == prefix, col(ApiKey.revoked_at).is_(None))
+    )
+    row = session.execute(statement).first()
+    if row is None:
+        return None
+    key_id, tenant_id, key_hash, scopes, plan, limits = row
+    return ActiveKey(key_id, tenant_id, key_hash, list(scopes), plan, dict(limits) if limits else None)
 
 
 def key_is_active(session: Session, key_id: str) -> bool:
@@ -29,9 +51,15 @@ def key_is_active(session: Session, key_id: str) -> bool:
     return session.exec(statement).first() is not None
 
 
-def plan_of(session: Session, tenant_id: str) -> tuple[str, dict[str, Any] | None] | None:
-    """The tenant's plan name and limit overrides, or None when the row is not visible."""
-    row = session.exec(select(Tenant.plan, Tenant.limits).where(Tenant.id == tenant_id)).first()
+def plan_of(
+    session: Session, tenant_id: str, *, lock: bool = False
+) -> tuple[str, dict[str, Any] | None] | None:
+    """The tenant's plan name and limit overrides, or None when the row is not visible; with `lock`,
+    the row stays locked (FOR NO KEY UPDATE: inserts referring to it go on) until the transaction ends."""
+    statement = select(Tenant.plan, Tenant.limits).where(Tenant.id == tenant_id)
+    if lock:
+        statement = statement.with_for_update(key_share=True)
+    row = session.exec(statement).first()
     return None if row is None else (row[0], dict(row[1]) if row[1] is not None else None)
 
 

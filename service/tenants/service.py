@@ -8,6 +8,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session
 
@@ -117,13 +118,20 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
     parsed = parse_key(token.strip())
     if parsed is None:
         return None
-    row = repository.active_key_by_prefix(session, parsed.prefix)
-    if row is None:
+    key = repository.active_key_by_prefix(session, parsed.prefix)
+    if key is None or not key_matches(parsed.full, key.key_hash, server_secret):
         return None
-    key_id, tenant_id, key_hash, scopes = row
-    if not key_matches(parsed.full, key_hash, server_secret):
-        return None
-    return Principal(tenant_id=tenant_id, key_id=key_id, scopes=frozenset(scopes))
+    return Principal(
+        tenant_id=key.tenant_id,
+        key_id=key.id,
+        scopes=frozenset(key.scopes),
+        limits=_resolve((key.plan, key.limits)),
+    )
+
+
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether the key exists and is not revoked (sockets authenticated earlier check it again)."""
+    return repository.key_is_active(session, key_id)
 
 
 def note_key_used(key_id: str) -> None:
@@ -181,7 +189,17 @@ def last_used(keys: list[ApiKey]) -> dict[str, datetime | None]:
 
 def limits_for(session: Session, tenant_id: str) -> Limits:
     """The effective limits of a tenant (the default plan's if the row is not visible)."""
-    plan, overrides = repository.plan_of(session, tenant_id) or ("", None)
+    return _resolve(repository.plan_of(session, tenant_id))
+
+
+def lock_for_start(session: Session, tenant_id: str) -> Limits:
+    """The tenant's limits, its row locked until the transaction ends: job starts of one tenant take
+    turns, so two workers never both take its last max_running slot."""
+    return _resolve(repository.plan_of(session, tenant_id, lock=True))
+
+
+def _resolve(row: tuple[str, dict[str, Any] | None] | None) -> Limits:
+    plan, overrides = row or ("", None)
     settings = get_settings()
     return resolve_limits(settings.plans, settings.default_plan, plan, overrides)
 
@@ -196,6 +214,18 @@ def check_rate(session: Session, tenant_id: str) -> Limits:
             record_rate_limited("rate")
             raise
     return limits
+
+
+def check_query_rate(principal: Principal) -> None:
+    """Take a token from the tenant's query bucket (RATE_LIMITED when empty), at the limits it
+    authenticated with: a query costs no database read for it."""
+    if not get_settings().rate_limits_enabled:
+        return
+    try:
+        get_rate_limiter().check_query(principal.tenant_id, principal.limits)
+    except RateLimitedError:
+        record_rate_limited("query_rate")
+        raise
 
 
 # --- the portal's sign-in ------------------------------------------------------------------------
@@ -267,7 +297,7 @@ def open_portal_session(session: Session, link_token: str, *, server_secret: str
     )
     session.add(row)
     session.flush()
-    return OpenedSession(token=token, signed_in=_signed_in(row.id, tenant_id, row.expires_at))
+    return OpenedSession(token=token, signed_in=_signed_in(session, row.id, tenant_id, row.expires_at))
 
 
 def portal_session(session: Session, token: str, *, server_secret: str) -> SignedIn | None:
@@ -275,7 +305,7 @@ def portal_session(session: Session, token: str, *, server_secret: str) -> Signe
     if not token or len(token) > 200:
         return None
     found = repository.live_session(session, hash_key(token, server_secret), utcnow())
-    return None if found is None else _signed_in(*found)
+    return None if found is None else _signed_in(session, *found)
 
 
 def end_portal_session(session: Session, token: str, *, server_secret: str) -> None:
@@ -288,6 +318,11 @@ def purge_portal_access(session: Session) -> int:
     return repository.purge_portal_access(session, utcnow())
 
 
-def _signed_in(session_id: str, tenant_id: str, expires_at: datetime) -> SignedIn:
-    principal = Principal(tenant_id=tenant_id, key_id=session_id, scopes=frozenset(ALL_SCOPES))
+def _signed_in(session: Session, session_id: str, tenant_id: str, expires_at: datetime) -> SignedIn:
+    principal = Principal(
+        tenant_id=tenant_id,
+        key_id=session_id,
+        scopes=frozenset(ALL_SCOPES),
+        limits=limits_for(session, tenant_id),
+    )
     return SignedIn(principal=principal, expires_at=expires_at)

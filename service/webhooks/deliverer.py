@@ -2,8 +2,9 @@
 
 Woken at once by a NOTIFY from the transaction that created a delivery, and by a poll every
 WEBHOOK_POLL_SECONDS for retries coming due (or a NOTIFY missed while Postgres was away). Claims are
-bounded by WEBHOOK_MAX_IN_FLIGHT overall and WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, so one
-slow receiver cannot hold up the others. Outcomes are written back in small batches.
+bounded by WEBHOOK_MAX_IN_FLIGHT overall, WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint and a fair
+share per tenant (delivery.claim_due), so neither one slow receiver nor one tenant's backlog holds
+up the others. Outcomes are written back in small batches.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from service.db import session_scope
-from service.outages import log_failure
+from service.outages import describe, is_outage, log_failure
 from service.settings import Settings, get_settings
-from service.webhooks.delivery import Claimed, Outcome, claim_due, record, release
+from service.webhooks.delivery import Claimed, Outcome, claim_due, record
 from service.webhooks.repository import NOTIFY_CHANNEL
 from service.webhooks.sending import Sender
 
@@ -40,6 +41,8 @@ class Deliverer:
         self.sender = Sender(settings)
         self.wake = asyncio.Event()
         self.in_flight: Counter[str] = Counter()
+        """Attempts in flight by endpoint, and by tenant below: the claim shares slots by them."""
+        self.tenants_in_flight: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self.outcomes: list[Outcome] = []
 
@@ -73,20 +76,14 @@ class Deliverer:
         capacity = self.settings.webhook_max_in_flight - len(self.tasks)
         if capacity <= 0:
             return False
-        per_endpoint = self.settings.webhook_max_in_flight_per_endpoint
-        busy = [endpoint for endpoint, count in self.in_flight.items() if count >= per_endpoint]
-        lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
-        claimed = await anyio.to_thread.run_sync(self._claim, capacity, per_endpoint, lease, busy)
-        surplus = []
+        # Copies: tasks ending while the claim runs lower the counts, and the claim may only count high.
+        endpoints, tenants = dict(self.in_flight), dict(self.tenants_in_flight)
+        claimed = await anyio.to_thread.run_sync(self._claim, capacity, endpoints, tenants)
         for item in claimed:
-            if self.in_flight[item.endpoint_id] >= per_endpoint:
-                surplus.append(item.delivery_id)
-                continue
             self.in_flight[item.endpoint_id] += 1
+            self.tenants_in_flight[item.tenant_id] += 1
             task = asyncio.create_task(self._send(item))
             self.tasks.add(task)
-        if surplus:
-            await anyio.to_thread.run_sync(self._release, surplus)
         return len(claimed) == capacity
 
     async def _send(self, claimed: Claimed) -> None:
@@ -97,10 +94,8 @@ class Deliverer:
             # The lease lapses and the delivery is tried again; nothing is lost.
             log.exception("sending delivery %s failed unexpectedly", claimed.delivery_id)
         finally:
-            left = self.in_flight[claimed.endpoint_id] - 1
-            self.in_flight[claimed.endpoint_id] = left
-            if left <= 0:
-                del self.in_flight[claimed.endpoint_id]
+            _release_slot(self.tenants_in_flight, claimed.tenant_id)
+            left = _release_slot(self.in_flight, claimed.endpoint_id)
             task = asyncio.current_task()
             if task is not None:
                 self.tasks.discard(task)
@@ -142,17 +137,63 @@ class Deliverer:
                 log.warning("webhook listener lost its connection (%s); polling until it is back", error)
                 await asyncio.sleep(1)
 
-    def _claim(self, limit: int, per_endpoint: int, lease: float, busy: list[str]) -> list[Claimed]:
+    def _claim(self, limit: int, endpoints: dict[str, int], tenants: dict[str, int]) -> list[Claimed]:
+        lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
         with session_scope() as session:
-            return claim_due(session, limit, per_endpoint, lease, busy)
-
-    def _release(self, delivery_ids: list[str]) -> None:
-        with session_scope() as session:
-            release(session, delivery_ids)
+            return claim_due(session, limit, self.settings, lease, endpoints, tenants)
 
     def _record(self, outcomes: list[Outcome]) -> None:
+        store(outcomes, self.settings)
+
+
+def _release_slot(in_flight: Counter[str], key: str) -> int:
+    """One attempt of key's ended; how many it still has in flight."""
+    left = in_flight[key] - 1
+    if left > 0:
+        in_flight[key] = left
+    else:
+        del in_flight[key]
+    return left
+
+
+def store(outcomes: list[Outcome], settings: Settings) -> None:
+    """Record outcomes in one transaction. If the database refuses the batch for anything but an
+    outage, record them one by one, each in a savepoint, and drop (logging it) only what it refuses:
+    one bad row never holds up the others. An outage raises: the caller keeps them and retries."""
+    try:
         with session_scope() as session:
-            record(session, outcomes, self.settings)
+            vanished = record(session, outcomes, settings)
+    except Exception as error:
+        if is_outage(error):
+            raise
+        log.warning(
+            "recording %d webhook attempts at once failed (%s); recording them one by one",
+            len(outcomes),
+            describe(error),
+        )
+        vanished = _store_each(outcomes, settings)
+    if vanished:
+        log.info(
+            "dropped the outcomes of %d deliveries deleted while in flight: %s",
+            len(vanished),
+            ", ".join(outcome.claimed.delivery_id for outcome in vanished),
+        )
+
+
+def _store_each(outcomes: list[Outcome], settings: Settings) -> list[Outcome]:
+    vanished: list[Outcome] = []
+    with session_scope() as session:
+        for outcome in outcomes:
+            try:
+                with session.begin_nested():
+                    vanished += record(session, [outcome], settings)
+            except Exception as error:
+                if is_outage(error):
+                    raise
+                log.exception(
+                    "dropping the outcome of delivery %s: it cannot be recorded", outcome.claimed.delivery_id
+                )
+    return vanished
 
 
 async def _first(*waits: object) -> None:

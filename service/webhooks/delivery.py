@@ -9,6 +9,8 @@ due again (at-least-once; receivers dedupe by ``webhook-id``).
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +48,14 @@ class Claimed:
     trace_context: dict[str, str] | None = None
 
 
+class Failure(enum.StrEnum):
+    """Why an attempt got no response, when it was not the network."""
+
+    TIMEOUT = "timeout"  # no answer within WEBHOOK_TIMEOUT_SECONDS
+    REFUSED = "refused"  # the SSRF guard refused the URL or its address
+    NOT_SENT = "not_sent"  # the request could not be prepared (the key, the body, a setting)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one attempt got: a status code, or an error before any response."""
@@ -57,6 +67,7 @@ class Outcome:
     error: str | None = None
     response_body: str | None = None
     retry_after: float | None = None
+    failure: Failure | None = None
     attempted: bool = True
     """False when nothing was sent (the endpoint was disabled): no attempt row, the delivery fails."""
 
@@ -66,16 +77,25 @@ class Outcome:
 
 
 def claim_due(
-    session: Session, limit: int, per_endpoint: int, lease_seconds: float, busy_endpoints: list[str]
+    session: Session,
+    limit: int,
+    settings: Settings,
+    lease_seconds: float,
+    endpoints_in_flight: Mapping[str, int],
+    tenants_in_flight: Mapping[str, int],
 ) -> list[Claimed]:
-    """Lease up to `limit` due deliveries (`per_endpoint` at most for each endpoint), oldest due first,
-    skipping the busy endpoints."""
+    """Lease up to `limit` due deliveries, sharing the caller's slots fairly: counting what it has in
+    flight, at most WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint, and for each tenant with work an
+    equal share of WEBHOOK_MAX_IN_FLIGHT (less one endpoint's worth kept for a tenant that starts
+    sending, so it never waits for another tenant's slow receivers); least loaded tenants first."""
     rows = repository.claim_due(
         session,
         limit=limit,
-        per_endpoint=per_endpoint,
+        per_endpoint=settings.webhook_max_in_flight_per_endpoint,
+        max_in_flight=settings.webhook_max_in_flight,
         lease_seconds=lease_seconds,
-        busy_endpoints=busy_endpoints,
+        endpoints_in_flight=endpoints_in_flight,
+        tenants_in_flight=tenants_in_flight,
     )
     return [
         Claimed(
@@ -99,20 +119,23 @@ def claim_due(
     ]
 
 
-def release(session: Session, delivery_ids: list[str]) -> None:
-    """Give leases back unsent (another round, or another deliverer, takes them)."""
-    repository.release(session, delivery_ids)
-
-
 def clean_body(raw: bytes) -> str:
     """A response body fit to store: at most RESPONSE_BODY_LIMIT bytes, decoded, without NUL bytes."""
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="replace").replace("\x00", "")
 
 
-def record(session: Session, outcomes: list[Outcome], settings: Settings) -> None:
-    """Store each attempt and move its delivery on: done, failed, or due again later."""
+def record(session: Session, outcomes: list[Outcome], settings: Settings) -> list[Outcome]:
+    """Store each attempt and move its delivery on: done, failed, or due again later.
+
+    Returns the outcomes whose delivery no longer exists (its endpoint was deleted while the attempt
+    was in flight): they are dropped. The endpoints and then the deliveries are locked first, in the
+    order an endpoint's deletion locks them, so a deletion waits for this or this sees it done.
+    """
     if not outcomes:
-        return
+        return []
+    endpoint_ids = sorted({o.claimed.endpoint_id for o in outcomes})
+    present = repository.lock_for_recording(session, endpoint_ids, [o.claimed.delivery_id for o in outcomes])
+    kept = [o for o in outcomes if o.claimed.delivery_id in present]
     repository.add_attempts(
         session,
         [
@@ -126,12 +149,13 @@ def record(session: Session, outcomes: list[Outcome], settings: Settings) -> Non
                 response_body=o.response_body,
                 trigger=o.claimed.trigger,
             )
-            for o in outcomes
+            for o in kept
             if o.attempted
         ],
     )
-    repository.update_deliveries(session, [_delivery_update(o, settings) for o in outcomes])
-    _track_endpoint_health(session, outcomes, settings)
+    repository.update_deliveries(session, [_delivery_update(o, settings) for o in kept])
+    _track_endpoint_health(session, kept, settings)
+    return [o for o in outcomes if o.claimed.delivery_id not in present]
 
 
 def _delivery_update(outcome: Outcome, settings: Settings) -> dict[str, Any]:

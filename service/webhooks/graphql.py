@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 import strawberry
 
+from service.errors import ClaimcheckError
 from service.graphql_base import (
     DeletePayload,
     GraphQLInfo,
@@ -18,6 +21,8 @@ from service.webhooks import service
 from service.webhooks.models import DeliveryStatus as DeliveryStatusValue
 from service.webhooks.models import SigningScheme as SigningSchemeValue
 from service.webhooks.models import WebhookEndpoint as EndpointRow
+
+T = TypeVar("T")
 
 SCOPE = "webhooks:manage"
 DEFAULT_DELIVERIES = 20
@@ -181,61 +186,73 @@ def _delivery_errors(errors: list[UserError]) -> WebhookDeliveryPayload:
     return WebhookDeliveryPayload(delivery=None, user_errors=errors)
 
 
+def _with_checked_url(
+    info: GraphQLInfo,
+    url: str | None,
+    action: Callable[[service.CheckedURL | None], T],
+    on_error: Callable[[list[UserError]], T],
+) -> T:
+    """Check (and resolve) a URL before the mutation uses the session, so no connection waits on DNS;
+    a refused URL is a userError like the mutation's own."""
+    try:
+        checked = service.check_endpoint_url(url) if url is not None else None
+    except ClaimcheckError as error:
+        return on_error([UserError.from_error(error)])
+    return run_mutation(info, lambda: action(checked), on_error)
+
+
 @strawberry.type
 class WebhookMutation:
     @strawberry.mutation(description="Add an endpoint; the whsec_ secret is in this answer only.")
     def create_webhook_endpoint(
         self, info: GraphQLInfo, input: CreateWebhookEndpointInput
     ) -> WebhookEndpointPayload:
-        tenant_id = require(info, SCOPE).tenant_id
+        principal = require(info, SCOPE)
         signing = SigningSchemeValue(input.signing.value) if input.signing else SigningSchemeValue.V1
-        return run_mutation(
-            info,
-            lambda: _endpoint_payload(
-                service.create_endpoint(
-                    info.context.session,
-                    tenant_id,
-                    url=input.url,
-                    event_types=input.event_types,
-                    description=input.description,
-                    signing=signing,
-                )
-            ),
-            _endpoint_errors,
-        )
+
+        def create(url: service.CheckedURL | None) -> WebhookEndpointPayload:
+            assert url is not None
+            issued = service.create_endpoint(
+                info.context.session,
+                principal,
+                url=url,
+                event_types=input.event_types,
+                description=input.description,
+                signing=signing,
+            )
+            return _endpoint_payload(issued)
+
+        return _with_checked_url(info, input.url, create, _endpoint_errors)
 
     @strawberry.mutation
     def update_webhook_endpoint(
         self, info: GraphQLInfo, id: strawberry.ID, input: UpdateWebhookEndpointInput
     ) -> WebhookEndpointPayload:
-        tenant_id = require(info, SCOPE).tenant_id
-        return run_mutation(
-            info,
-            lambda: WebhookEndpointPayload(
-                endpoint=WebhookEndpoint.from_row(
-                    service.update_endpoint(
-                        info.context.session,
-                        tenant_id,
-                        str(id),
-                        url=input.url,
-                        event_types=input.event_types,
-                        description=input.description,
-                        enabled=input.enabled,
-                    )
-                ),
-                secret=None,
-                user_errors=[],
-            ),
-            _endpoint_errors,
-        )
+        principal = require(info, SCOPE)
+
+        def update(url: service.CheckedURL | None) -> WebhookEndpointPayload:
+            endpoint = service.update_endpoint(
+                info.context.session,
+                principal,
+                str(id),
+                url=url,
+                event_types=input.event_types,
+                description=input.description,
+                enabled=input.enabled,
+            )
+            return WebhookEndpointPayload(
+                endpoint=WebhookEndpoint.from_row(endpoint), secret=None, user_errors=[]
+            )
+
+        return _with_checked_url(info, input.url, update, _endpoint_errors)
 
     @strawberry.mutation
     def delete_webhook_endpoint(self, info: GraphQLInfo, id: strawberry.ID) -> DeletePayload:
-        tenant_id = require(info, SCOPE).tenant_id
+        principal = require(info, SCOPE)
         return run_mutation(
             info,
             lambda: DeletePayload(
-                id=strawberry.ID(service.delete_endpoint(info.context.session, tenant_id, str(id))),
+                id=strawberry.ID(service.delete_endpoint(info.context.session, principal, str(id))),
                 user_errors=[],
             ),
             lambda errors: DeletePayload(id=None, user_errors=errors),
@@ -245,54 +262,60 @@ class WebhookMutation:
     def rotate_webhook_secret(
         self, info: GraphQLInfo, id: strawberry.ID, keep_old_for_seconds: int | None = None
     ) -> WebhookEndpointPayload:
-        tenant_id = require(info, SCOPE).tenant_id
+        principal = require(info, SCOPE)
         return run_mutation(
             info,
             lambda: _endpoint_payload(
-                service.rotate_key(info.context.session, tenant_id, str(id), keep_old_for_seconds)
+                service.rotate_key(info.context.session, principal, str(id), keep_old_for_seconds)
             ),
             _endpoint_errors,
         )
 
     @strawberry.mutation(description="Send a webhook.test event to this endpoint.")
     def send_test_webhook(self, info: GraphQLInfo, endpoint_id: strawberry.ID) -> WebhookDeliveryPayload:
-        tenant_id = require(info, SCOPE).tenant_id
-        session = info.context.session
-        return run_mutation(
-            info,
-            lambda: WebhookDeliveryPayload(
-                delivery=WebhookDelivery.from_view(service.send_test(session, tenant_id, str(endpoint_id))),
-                user_errors=[],
-            ),
-            _delivery_errors,
-        )
-
-    @strawberry.mutation(description="Send an event to an endpoint again now, with the same webhook-id.")
-    def redeliver_webhook(
-        self, info: GraphQLInfo, event_id: strawberry.ID, endpoint_id: strawberry.ID
-    ) -> WebhookDeliveryPayload:
-        tenant_id = require(info, SCOPE).tenant_id
-        session = info.context.session
+        principal = require(info, SCOPE)
         return run_mutation(
             info,
             lambda: WebhookDeliveryPayload(
                 delivery=WebhookDelivery.from_view(
-                    service.redeliver(session, tenant_id, str(event_id), str(endpoint_id))
+                    service.send_test(info.context.session, principal, str(endpoint_id))
                 ),
                 user_errors=[],
             ),
             _delivery_errors,
         )
 
-    @strawberry.mutation(description="Send again every delivery to this endpoint that failed since a time.")
+    @strawberry.mutation(
+        description="Send an event to an endpoint again now, with the same webhook-id (job events: the key"
+        " needs jobs:read as well)."
+    )
+    def redeliver_webhook(
+        self, info: GraphQLInfo, event_id: strawberry.ID, endpoint_id: strawberry.ID
+    ) -> WebhookDeliveryPayload:
+        principal = require(info, SCOPE)
+        return run_mutation(
+            info,
+            lambda: WebhookDeliveryPayload(
+                delivery=WebhookDelivery.from_view(
+                    service.redeliver(info.context.session, principal, str(event_id), str(endpoint_id))
+                ),
+                user_errors=[],
+            ),
+            _delivery_errors,
+        )
+
+    @strawberry.mutation(
+        description="Send again every delivery to this endpoint that failed since a time (job events: the"
+        " key needs jobs:read as well)."
+    )
     def recover_webhooks(
         self, info: GraphQLInfo, endpoint_id: strawberry.ID, since: datetime
     ) -> RecoverPayload:
-        tenant_id = require(info, SCOPE).tenant_id
+        principal = require(info, SCOPE)
         return run_mutation(
             info,
             lambda: RecoverPayload(
-                count=service.recover(info.context.session, tenant_id, str(endpoint_id), since),
+                count=service.recover(info.context.session, principal, str(endpoint_id), since),
                 user_errors=[],
             ),
             lambda errors: RecoverPayload(count=0, user_errors=errors),

@@ -3,12 +3,13 @@ and the deliverer's cross-tenant claims and updates."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, text, update
+from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
@@ -32,21 +33,15 @@ class EndpointRepository(TenantRepository[WebhookEndpoint]):
         statement = select(func.count()).where(WebhookEndpoint.tenant_id == self.tenant_id)
         return int(self.session.exec(statement).one())
 
-    def subscribers(self, event_type: str, endpoint_ids: list[str] | None = None) -> list[str]:
-        """Ids of the enabled endpoints that want this event type (or of the given ones)."""
-        endpoints = select(WebhookEndpoint.id).where(
-            WebhookEndpoint.tenant_id == self.tenant_id, col(WebhookEndpoint.enabled).is_(True)
+    def enabled_filters(self) -> list[tuple[str, list[str]]]:
+        """(id, event types) of the tenant's enabled endpoints, by id; no types: every type."""
+        statement = (
+            select(WebhookEndpoint.id, WebhookEndpoint.event_types)
+            .where(WebhookEndpoint.tenant_id == self.tenant_id, col(WebhookEndpoint.enabled).is_(True))
+            .order_by(col(WebhookEndpoint.id))
         )
-        if endpoint_ids is not None:
-            endpoints = endpoints.where(col(WebhookEndpoint.id).in_(endpoint_ids))
-        else:
-            subscribed = or_(
-                text("webhook_endpoints.event_types = '[]'::jsonb"),
-                text("webhook_endpoints.event_types ? :event_type").bindparams(event_type=event_type),
-            )
-            endpoints = endpoints.where(subscribed)
         with self.session.no_autoflush:  # a lookup; the caller's pending rows are flushed with its writes
-            return list(self.session.exec(endpoints).all())
+            return [(endpoint_id, list(types)) for endpoint_id, types in self.session.exec(statement)]
 
 
 class EventRepository(TenantRepository[WebhookEvent]):
@@ -59,6 +54,9 @@ class DeliveryRepository(TenantRepository[WebhookDelivery]):
     """One tenant's deliveries and their attempts."""
 
     model = WebhookDelivery
+
+    def by_ids(self, delivery_ids: Sequence[str]) -> Sequence[WebhookDelivery]:
+        return self.session.exec(self.base_statement().where(col(WebhookDelivery.id).in_(delivery_ids))).all()
 
     def for_event(self, event_id: str, endpoint_id: str) -> WebhookDelivery | None:
         statement = self.base_statement().where(
@@ -188,6 +186,42 @@ class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
         return {endpoint_id: at for endpoint_id, at in rows if at is not None}
 
 
+_INSERT_EVENT = text(
+    """
+    WITH event AS (
+        INSERT INTO webhook_events
+            (id, tenant_id, type, data, job_id, artifact_key, trace_context, created_at)
+        VALUES (:event_id, :tenant_id, :type, CAST(:data AS jsonb), :job_id, :artifact_key,
+                CAST(:trace_context AS jsonb), :now)
+    )
+    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, attempt_count,
+                                    next_attempt_at, next_trigger, created_at, updated_at)
+    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id,
+           'PENDING', 0, :now, 'scheduled', :now, :now
+    FROM unnest(CAST(:delivery_ids AS text[]), CAST(:endpoint_ids AS text[])) AS delivery(id, endpoint_id)
+    """
+)
+
+
+def insert_event(session: Session, event: WebhookEvent, deliveries: Sequence[tuple[str, str]]) -> None:
+    """The event and a pending delivery (id, endpoint id) of it for each endpoint, in one statement."""
+    session.execute(
+        _INSERT_EVENT,
+        {
+            "event_id": event.id,
+            "tenant_id": event.tenant_id,
+            "type": event.type,
+            "data": json.dumps(event.data),
+            "job_id": event.job_id,
+            "artifact_key": event.artifact_key,
+            "trace_context": json.dumps(event.trace_context) if event.trace_context is not None else None,
+            "now": event.created_at,
+            "delivery_ids": [delivery_id for delivery_id, _ in deliveries],
+            "endpoint_ids": [endpoint_id for _, endpoint_id in deliveries],
+        },
+    )
+
+
 def wake_deliverers(session: Session) -> None:
     """Ask the deliverers to look for due deliveries once this transaction commits (NOTIFY is
     transactional: Postgres sends it only if the transaction commits)."""
@@ -208,32 +242,55 @@ def forget_artifact(session: Session, job_id: str) -> None:
 
 _CLAIM = text(
     """
-    WITH ranked AS (
-        SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS place
-        FROM webhook_deliveries
-        WHERE status = 'PENDING' AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until < now())
-          AND NOT (endpoint_id = ANY(:busy))
+    WITH endpoint_load AS (
+        SELECT * FROM unnest(CAST(:endpoint_ids AS text[]), CAST(:endpoint_counts AS int[]))
+            AS l(endpoint_id, n)
+    ), tenant_load AS (
+        SELECT * FROM unnest(CAST(:tenant_ids AS text[]), CAST(:tenant_counts AS int[]))
+            AS l(tenant_id, n)
     ), due AS (
-        SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id
-        WHERE r.place <= :per_endpoint
+        -- place: where the delivery would stand among its endpoint's attempts in flight here
+        SELECT d.id, d.tenant_id, d.next_attempt_at,
+               coalesce(el.n, 0)
+                   + row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
+                   AS endpoint_place
+        FROM webhook_deliveries d LEFT JOIN endpoint_load el ON el.endpoint_id = d.endpoint_id
+        WHERE d.status = 'PENDING' AND d.next_attempt_at <= now()
+          AND (d.lease_until IS NULL OR d.lease_until < now())
+          AND coalesce(el.n, 0) < :per_endpoint
+    ), sendable AS (
+        SELECT due.id, due.next_attempt_at,
+               coalesce(tl.n, 0)
+                   + row_number() OVER (PARTITION BY due.tenant_id ORDER BY due.next_attempt_at, due.id)
+                   AS tenant_place
+        FROM due LEFT JOIN tenant_load tl ON tl.tenant_id = due.tenant_id
+        WHERE due.endpoint_place <= :per_endpoint
+    ), share AS (
+        -- each tenant with work (due here, or in flight here) gets an equal share of the slots but
+        -- one endpoint's worth, kept free for a tenant that starts sending; at least one endpoint's worth
+        SELECT GREATEST(:per_endpoint, (:max_in_flight - :per_endpoint) / NULLIF(count(*), 0)) AS slots
+        FROM (SELECT tenant_id FROM due UNION SELECT tenant_id FROM tenant_load) AS working
+    ), picked AS (
+        SELECT d.id FROM webhook_deliveries d JOIN sendable s ON s.id = d.id, share
+        WHERE s.tenant_place <= share.slots
           -- again here: the row lock re-checks these on the newest row version, so a delivery that
           -- another deliverer leased after this statement's snapshot is skipped, not sent twice
           AND d.status = 'PENDING' AND d.next_attempt_at <= now()
           AND (d.lease_until IS NULL OR d.lease_until < now())
-        ORDER BY d.next_attempt_at
+        -- the least loaded tenants first: round robin between tenants, oldest due first within each
+        ORDER BY s.tenant_place, s.next_attempt_at
         LIMIT :limit
         FOR UPDATE OF d SKIP LOCKED
     )
     UPDATE webhook_deliveries d
     SET lease_until = now() + make_interval(secs => :lease)
-    FROM due, webhook_events e, webhook_endpoints ep
-    WHERE d.id = due.id AND e.id = d.event_id AND ep.id = d.endpoint_id
+    FROM picked, webhook_events e, webhook_endpoints ep
+    WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
     RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
               e.id AS event_id, e.type, e.data, e.created_at, e.job_id, e.trace_context, e.artifact_key,
               ep.url, ep.enabled, ep.signing_keys
     """
-).bindparams(bindparam("busy", expanding=False))
+)
 
 _UPDATE_DELIVERY = text(
     """
@@ -249,31 +306,53 @@ _UPDATE_DELIVERY = text(
 )
 
 
+# FOR NO KEY UPDATE: publishing (which only references endpoints) goes on; a deletion waits.
+_LOCK_ENDPOINTS = text("SELECT id FROM webhook_endpoints WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE")
+_LOCK_DELIVERIES = text("SELECT id FROM webhook_deliveries WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
+
+
 def claim_due(
-    session: Session, *, limit: int, per_endpoint: int, lease_seconds: float, busy_endpoints: list[str]
+    session: Session,
+    *,
+    limit: int,
+    per_endpoint: int,
+    max_in_flight: int,
+    lease_seconds: float,
+    endpoints_in_flight: Mapping[str, int],
+    tenants_in_flight: Mapping[str, int],
 ) -> Sequence[Row[Any]]:
-    """Lease up to `limit` due deliveries (`per_endpoint` at most for each endpoint), oldest due first,
-    skipping the busy endpoints; each row carries its event and endpoint."""
+    """Lease up to `limit` due deliveries; each row carries its event and endpoint.
+
+    Counting what the caller already has in flight, no endpoint gets more than `per_endpoint` and no
+    tenant more than its share of `max_in_flight` (see _CLAIM); the least loaded tenants come first,
+    and within a tenant the oldest due.
+    """
     parameters = {
         "limit": limit,
         "per_endpoint": per_endpoint,
+        "max_in_flight": max_in_flight,
         "lease": lease_seconds,
-        "busy": busy_endpoints,
+        "endpoint_ids": list(endpoints_in_flight),
+        "endpoint_counts": list(endpoints_in_flight.values()),
+        "tenant_ids": list(tenants_in_flight),
+        "tenant_counts": list(tenants_in_flight.values()),
     }
     return session.execute(_CLAIM, parameters).all()
 
 
-def release(session: Session, delivery_ids: list[str]) -> None:
-    """Give leases back unsent (another round, or another deliverer, takes them)."""
-    if delivery_ids:
-        session.execute(
-            text("UPDATE webhook_deliveries SET lease_until = NULL WHERE id = ANY(:ids)"),
-            {"ids": delivery_ids},
-        )
+def lock_for_recording(
+    session: Session, endpoint_ids: Sequence[str], delivery_ids: Sequence[str]
+) -> set[str]:
+    """Lock these endpoints, then these deliveries (each in id order, so deliverers recording at once
+    never deadlock); the ids of the deliveries that still exist."""
+    session.execute(_LOCK_ENDPOINTS, {"ids": list(endpoint_ids)})
+    return set(session.execute(_LOCK_DELIVERIES, {"ids": list(delivery_ids)}).scalars())
 
 
 def add_attempts(session: Session, attempts: Sequence[WebhookAttempt]) -> None:
+    """Insert them now, so a row the database refuses fails here (inside the caller's savepoint)."""
     session.add_all(attempts)
+    session.flush()
 
 
 def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> None:
@@ -291,7 +370,12 @@ def clear_failing(session: Session, endpoint_ids: Sequence[str]) -> None:
 
 
 def lock_endpoints(session: Session, endpoint_ids: Sequence[str]) -> Sequence[WebhookEndpoint]:
-    statement = select(WebhookEndpoint).where(col(WebhookEndpoint.id).in_(endpoint_ids)).with_for_update()
+    statement = (
+        select(WebhookEndpoint)
+        .where(col(WebhookEndpoint.id).in_(endpoint_ids))
+        .order_by(col(WebhookEndpoint.id))
+        .with_for_update(key_share=True)
+    )
     return session.exec(statement).all()
 
 

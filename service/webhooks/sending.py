@@ -8,30 +8,40 @@ address between the check and the connection (DNS rebinding).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-import anyio.to_thread
 import httpx
+from cryptography.fernet import InvalidToken
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from callbacks.errors import MalformedKeyError
 from callbacks.signing import build_headers
 from observability.metrics import attempt_outcome, record_webhook_attempt, record_webhook_delivered
 from observability.tracing import continue_trace, get_tracer, inject
 from service.crypto import decrypt
 from service.models import utcnow
+from service.outages import describe
 from service.settings import Settings
 from service.storage.factory import get_storage
-from service.webhooks.delivery import RESPONSE_BODY_LIMIT, Claimed, Outcome, clean_body
+from service.webhooks.delivery import RESPONSE_BODY_LIMIT, Claimed, Failure, Outcome, clean_body
 from service.webhooks.retry import parse_retry_after
 from service.webhooks.service import keys_in_use
-from service.webhooks.ssrf import UnsafeURLError, check_url, pinned_url, resolve_public
+from service.webhooks.ssrf import UnsafeURLError, check_url, pinned_url, resolve_within_async
+
+log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 256
+MAX_RESOLVED = 1024
 RESOLVE_TTL_SECONDS = 60.0
+SIGNING_THREADS = 16
 
 
 def active_keys(signing_keys: list[dict[str, Any]], now: datetime) -> list[str]:
@@ -39,11 +49,21 @@ def active_keys(signing_keys: list[dict[str, Any]], now: datetime) -> list[str]:
     return [decrypt(entry["key"]) for entry in keys_in_use(signing_keys, now)]
 
 
+def signs_a_download_url(claimed: Claimed) -> bool:
+    """Whether the body carries a download URL signed for this attempt (a job.succeeded with a file)."""
+    if claimed.event_type != "job.succeeded" or not claimed.artifact_key:
+        return False
+    return bool((claimed.event_data.get("job") or {}).get("artifact"))
+
+
 def payload(claimed: Claimed, settings: Settings) -> bytes:
-    """The JSON body; a job.succeeded event gets a download URL fresh for this attempt."""
+    """The JSON body; a job.succeeded event gets a download URL fresh for this attempt. Signing it may
+    block (an RSA signature, or an IAM signBlob call): call this off the event loop when
+    `signs_a_download_url`."""
     data = claimed.event_data
-    artifact = (data.get("job") or {}).get("artifact") if claimed.event_type == "job.succeeded" else None
-    if artifact and claimed.artifact_key:
+    if signs_a_download_url(claimed):
+        assert claimed.artifact_key is not None
+        artifact = data["job"]["artifact"]
         with get_tracer().start_as_current_span("storage.sign_url"):
             url = get_storage().signed_url(
                 claimed.artifact_key,
@@ -56,13 +76,54 @@ def payload(claimed: Claimed, settings: Settings) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def unprepared(error: Exception) -> str:
+    """Why a request could not be prepared, fit for the attempt's error (no secret in it)."""
+    if isinstance(error, InvalidToken):
+        return "not sent: the endpoint's signing key cannot be decrypted with ENCRYPTION_KEYS"
+    if isinstance(error, MalformedKeyError):
+        return "not sent: the endpoint's signing key cannot sign (it is malformed)"
+    return f"not sent: preparing the request failed ({type(error).__name__})"
+
+
+class AddressCache:
+    """Checked addresses by (host, port), each kept `ttl` seconds; at most `size`, the least recently
+    used evicted first."""
+
+    def __init__(self, size: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: OrderedDict[tuple[str, int], tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, host: str, port: int) -> str | None:
+        entry = self._entries.get((host, port))
+        if entry is None:
+            return None
+        if entry[1] <= self.clock():
+            del self._entries[(host, port)]
+            return None
+        self._entries.move_to_end((host, port))
+        return entry[0]
+
+    def put(self, host: str, port: int, address: str) -> None:
+        self._entries[(host, port)] = (address, self.clock() + self.ttl)
+        self._entries.move_to_end((host, port))
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 class Sender:
-    """Sends claimed deliveries; never raises for anything the receiver or the network does."""
+    """Sends claimed deliveries; never raises for anything the receiver, the network, or the endpoint's
+    stored settings do: each becomes a failed attempt with its reason."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._clients: OrderedDict[str, httpx.AsyncClient] = OrderedDict()
-        self._resolved: dict[tuple[str, int], tuple[str, float]] = {}
+        self._resolved = AddressCache(MAX_RESOLVED, RESOLVE_TTL_SECONDS)
+        self._signing = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="webhook-signing")
 
     async def send(self, claimed: Claimed) -> Outcome:
         """One attempt, in a client span continuing the event's trace (its first attempt) or linking
@@ -84,9 +145,12 @@ class Sender:
             if result.error:
                 span.set_status(Status(StatusCode.ERROR, result.error))
         if result.attempted:
-            timed_out = bool(result.error and result.error.startswith("no response"))
-            refused = bool(result.error and result.error.startswith("refused"))
-            outcome = attempt_outcome(result.status_code, timed_out=timed_out, refused=refused)
+            outcome = attempt_outcome(
+                result.status_code,
+                timed_out=result.failure is Failure.TIMEOUT,
+                refused=result.failure is Failure.REFUSED,
+                not_sent=result.failure is Failure.NOT_SENT,
+            )
             record_webhook_attempt(
                 outcome,
                 duration_seconds=result.duration_ms / 1000,
@@ -109,12 +173,18 @@ class Sender:
         if not claimed.endpoint_enabled:
             return outcome(error="endpoint disabled", attempted=False)
         try:
-            keys = active_keys(claimed.signing_keys, at)
-            body = payload(claimed, self.settings)
             target, host_header, sni_hostname = await self._pin(claimed.url)
+            body = await self._body(claimed)
+            keys = active_keys(claimed.signing_keys, at)
+            headers = build_headers(claimed.event_id, int(time.time()), body, keys)
         except UnsafeURLError as error:
-            return outcome(error=f"refused: {error}")
-        headers = build_headers(claimed.event_id, int(time.time()), body, keys)
+            return outcome(error=f"refused: {error}", failure=Failure.REFUSED)
+        except Exception as error:
+            expected = isinstance(error, InvalidToken | MalformedKeyError)  # a traceback would tell no more
+            log.warning(
+                "delivery %s not sent: %s", claimed.delivery_id, describe(error), exc_info=not expected
+            )
+            return outcome(error=unprepared(error), failure=Failure.NOT_SENT)
         headers.update(inject(include_baggage=False))  # traceparent: the receiver continues the trace
         headers["host"] = host_header
         extensions = {"sni_hostname": sni_hostname} if sni_hostname else {}
@@ -130,7 +200,8 @@ class Sender:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            return outcome(error=f"no response within {self.settings.webhook_timeout_seconds:g} s")
+            timeout = self.settings.webhook_timeout_seconds
+            return outcome(error=f"no response within {timeout:g} s", failure=Failure.TIMEOUT)
         except httpx.HTTPError as error:
             return outcome(error=f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
         redirect = response.headers.get("location", "?") if response.is_redirect else None
@@ -141,19 +212,25 @@ class Sender:
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
 
+    async def _body(self, claimed: Claimed) -> bytes:
+        """The body, signed URL and all; signing runs on threads of its own, so the loop never waits
+        on it and a slow signer cannot take the threads database work runs on."""
+        if not signs_a_download_url(claimed):
+            return payload(claimed, self.settings)
+        context = contextvars.copy_context()  # the attempt's span is the signing span's parent
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._signing, context.run, payload, claimed, self.settings)
+
     async def _pin(self, url: str) -> tuple[str, str, str | None]:
         """Check the URL, resolve its host to one public (or allowed) address, and aim at that address."""
         allowed = self.settings.webhook_allowed_networks
         target = check_url(url, allowed_cidrs=allowed, allow_http=self.settings.webhook_allow_http)
-        cached = self._resolved.get((target.host, target.port))
-        if cached is not None and cached[1] > time.monotonic():
-            address = cached[0]
-        else:
-            addresses = await anyio.to_thread.run_sync(
-                lambda: resolve_public(target.host, target.port, allowed)
-            )
+        address = self._resolved.get(target.host, target.port)
+        if address is None:
+            timeout = self.settings.webhook_resolve_timeout_seconds
+            addresses = await resolve_within_async(target.host, target.port, allowed, timeout=timeout)
             address = str(addresses[0])
-            self._resolved[(target.host, target.port)] = (address, time.monotonic() + RESOLVE_TTL_SECONDS)
+            self._resolved.put(target.host, target.port, address)
         return pinned_url(url, address)
 
     def _client(self, host: str) -> httpx.AsyncClient:
@@ -180,6 +257,7 @@ class Sender:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+        self._signing.shutdown(wait=False)
 
 
 async def _read_prefix(response: httpx.Response) -> bytes:

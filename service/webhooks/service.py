@@ -4,7 +4,7 @@ delete, rotate keys, test, redeliver, recover); and the reads the API and export
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,13 +15,20 @@ from callbacks.keys import generate_keypair, generate_secret, public_key_for
 from observability.metrics import record_endpoint_disabled
 from observability.tracing import inject
 from service.crypto import decrypt, encrypt, reencrypt
-from service.errors import InvalidStateError, NotFoundError, QuotaExceededError, ValidationError
-from service.ids import has_prefix
+from service.errors import (
+    ForbiddenError,
+    InvalidStateError,
+    NotFoundError,
+    QuotaExceededError,
+    ValidationError,
+)
+from service.ids import has_prefix, new_id
 from service.models import utcnow
+from service.principal import Principal
 from service.settings import get_settings
-from service.tenants.service import limits_for
+from service.tenants.service import check_rate
 from service.webhooks import repository
-from service.webhooks.events import ENDPOINT_DISABLED, EVENT_TYPES, WEBHOOK_TEST
+from service.webhooks.events import ENDPOINT_DISABLED, EVENT_TYPES, JOB_EVENT_TYPES, WEBHOOK_TEST
 from service.webhooks.models import (
     AttemptTrigger,
     DeliveryStatus,
@@ -38,7 +45,7 @@ from service.webhooks.repository import (
     EndpointRepository,
     EventRepository,
 )
-from service.webhooks.ssrf import UnsafeURLError, check_url, resolve_public
+from service.webhooks.ssrf import UnsafeURLError, check_url, resolve_within
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ DEFAULT_KEEP_OLD_SECONDS = 24 * 3600
 MAX_KEEP_OLD_SECONDS = 7 * 24 * 3600
 MAX_DESCRIPTION = 500
 MAX_DELIVERIES = 100
+JOBS_READ = "jobs:read"
+WEBHOOKS_MANAGE = "webhooks:manage"
 
 
 @dataclass(frozen=True)
@@ -68,39 +77,80 @@ class DeliveryView:
 # --- publishing ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Published:
+    """An event written for some endpoints, and its deliveries' ids (in the endpoints' id order)."""
+
+    event_id: str
+    delivery_ids: list[str]
+
+
 def publish(
     session: Session,
     tenant_id: str,
     event_type: str,
-    data: dict[str, Any],
+    data: dict[str, Any] | Callable[[], dict[str, Any]],
     *,
     job_id: str | None = None,
     artifact_key: str | None = None,
     endpoint_ids: list[str] | None = None,
-) -> tuple[WebhookEvent | None, list[WebhookDelivery]]:
+) -> Published | None:
     """Write the event and one pending delivery per enabled endpoint that wants it (or the given ones),
-    in the caller's transaction; nothing when no endpoint wants it. `artifact_key` names the file each
-    attempt signs a fresh downloadUrl for. Deliverers are woken once the transaction commits."""
-    targets = EndpointRepository(session, tenant_id).subscribers(event_type, endpoint_ids)
+    in the caller's transaction; None when no endpoint wants it. `artifact_key` names the file each
+    attempt signs a fresh downloadUrl for; `data` may be a function, called only when some endpoint
+    wants the event. Deliverers are woken once the transaction commits.
+
+    A transaction reads the tenant's endpoints once however many events it publishes (a job's
+    transition records several), and writes each event with its deliveries in one statement."""
+    targets = [
+        endpoint_id
+        for endpoint_id, types in _enabled_endpoints(session, tenant_id)
+        if (endpoint_id in endpoint_ids if endpoint_ids is not None else not types or event_type in types)
+    ]
     if not targets:
-        return None, []
+        return None
     event = WebhookEvent(
         tenant_id=tenant_id,
         type=event_type,
-        data=data,
+        data=data() if callable(data) else data,
         job_id=job_id,
         artifact_key=artifact_key,
         trace_context=inject(),
     )
-    EventRepository(session, tenant_id).stage(event)
-    session.flush()  # the deliveries refer to it (and unit-of-work order follows relationships, not keys)
-    deliveries = [
-        WebhookDelivery(tenant_id=tenant_id, event_id=event.id, endpoint_id=endpoint_id)
-        for endpoint_id in targets
-    ]
-    session.add_all(deliveries)
-    repository.wake_deliverers(session)
-    return event, deliveries
+    deliveries = [(new_id("whd"), endpoint_id) for endpoint_id in targets]
+    repository.insert_event(session, event, deliveries)
+    _wake_deliverers_once(session)
+    return Published(event.id, [delivery_id for delivery_id, _ in deliveries])
+
+
+_ENDPOINTS = "webhooks.enabled_endpoints"
+_WOKEN = "webhooks.woken"
+
+
+def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list[str]]]:
+    """The tenant's enabled endpoints and their filters, read once per transaction."""
+    transaction = session.get_transaction()
+    cache: tuple[object, dict[str, list[tuple[str, list[str]]]]] | None = session.info.get(_ENDPOINTS)
+    if cache is None or cache[0] is not transaction:
+        cache = (transaction, {})
+        session.info[_ENDPOINTS] = cache
+    by_tenant = cache[1]
+    if tenant_id not in by_tenant:
+        by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
+    return by_tenant[tenant_id]
+
+
+def _forget_endpoints(session: Session) -> None:
+    """Endpoints changed in this transaction: the next publish reads them again."""
+    session.info.pop(_ENDPOINTS, None)
+
+
+def _wake_deliverers_once(session: Session) -> None:
+    """One NOTIFY per transaction (or savepoint, which may be rolled back with its NOTIFY)."""
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if session.info.get(_WOKEN) is not transaction:
+        repository.wake_deliverers(session)
+        session.info[_WOKEN] = transaction
 
 
 def forget_artifact(session: Session, job_id: str) -> None:
@@ -117,6 +167,7 @@ def disable(session: Session, endpoint: WebhookEndpoint, reason: str, *, gone: b
     endpoint.updated_at = utcnow()
     session.add(endpoint)
     session.flush()
+    _forget_endpoints(session)
     data = {"endpoint": {"id": endpoint.id, "url": endpoint.url, "disabledReason": reason}}
     publish(session, endpoint.tenant_id, ENDPOINT_DISABLED, data)
 
@@ -133,19 +184,43 @@ def keys_in_use(signing_keys: list[dict[str, Any]], now: datetime) -> list[dict[
 # --- endpoints -----------------------------------------------------------------------------------
 
 
-def validate_url(url: str) -> str:
-    """A URL the SSRF guard accepts now (it checks again before every send), or a VALIDATION error."""
+@dataclass(frozen=True)
+class CheckedURL:
+    """An endpoint URL the SSRF guard accepted, its host resolved (the guard checks again before every
+    attempt: DNS may change)."""
+
+    url: str
+
+
+def check_endpoint_url(url: str) -> CheckedURL:
+    """The URL if the SSRF guard accepts it now, else a VALIDATION error. Call it before the request's
+    session is used: resolving the host may take up to WEBHOOK_RESOLVE_TIMEOUT_SECONDS, and no pooled
+    connection or transaction should wait on DNS."""
     settings = get_settings()
     url = url.strip()
     try:
         allowed = settings.webhook_allowed_networks
         target = check_url(url, allowed_cidrs=allowed, allow_http=settings.webhook_allow_http)
-        resolve_public(target.host, target.port, allowed)
+        resolve_within(target.host, target.port, allowed, timeout=settings.webhook_resolve_timeout_seconds)
     except UnsafeURLError as error:
         raise ValidationError(
             f"url refused ({error.code}): {error.message}", field=["input", "url"]
         ) from error
-    return url
+    return CheckedURL(url)
+
+
+def receives_job_events(event_types: list[str]) -> bool:
+    """Whether an endpoint with this filter gets job events ([] means every type)."""
+    return not event_types or any(event_type in JOB_EVENT_TYPES for event_type in event_types)
+
+
+def _require_jobs_read(principal: Principal, doing: str, field: list[str]) -> None:
+    """Job data goes only to a URL chosen by a key that may read jobs (FORBIDDEN otherwise)."""
+    if JOBS_READ not in principal.scopes:
+        raise ForbiddenError(
+            f"{doing} needs the {JOBS_READ} scope as well as {WEBHOOKS_MANAGE}: job events carry job data",
+            field=field,
+        )
 
 
 def validate_event_types(event_types: list[str] | None) -> list[str]:
@@ -174,25 +249,31 @@ def _new_key(signing: SigningScheme) -> tuple[str, str | None]:
 
 def create_endpoint(
     session: Session,
-    tenant_id: str,
+    principal: Principal,
     *,
-    url: str,
+    url: CheckedURL,
     event_types: list[str] | None,
     description: str | None,
     signing: SigningScheme,
 ) -> IssuedEndpoint:
-    """A new endpoint; QUOTA_EXCEEDED when the tenant has its plan's max_webhook_endpoints already."""
+    """A new endpoint. RATE_LIMITED past the tenant's rate; FORBIDDEN when it would get job events
+    and the key lacks jobs:read; QUOTA_EXCEEDED when the tenant has its plan's max_webhook_endpoints."""
+    tenant_id = principal.tenant_id
+    limits = check_rate(session, tenant_id)
+    chosen = validate_event_types(event_types)
+    if receives_job_events(chosen):
+        _require_jobs_read(principal, "an endpoint that gets job events", ["input", "eventTypes"])
     endpoints = EndpointRepository(session, tenant_id)
-    max_endpoints = limits_for(session, tenant_id).max_webhook_endpoints
-    if endpoints.count() >= max_endpoints:
+    if endpoints.count() >= limits.max_webhook_endpoints:
         raise QuotaExceededError(
-            f"this tenant already has {max_endpoints} webhook endpoints (its plan's maximum)", field=["input"]
+            f"this tenant already has {limits.max_webhook_endpoints} webhook endpoints (its plan's maximum)",
+            field=["input"],
         )
     key, public_key = _new_key(signing)
     endpoint = WebhookEndpoint(
         tenant_id=tenant_id,
-        url=validate_url(url),
-        event_types=validate_event_types(event_types),
+        url=url.url,
+        event_types=chosen,
         description=_validate_description(description),
         signing=signing,
         signing_keys=[{"key": encrypt(key), "expires_at": None}],
@@ -200,6 +281,7 @@ def create_endpoint(
     )
     endpoints.stage(endpoint)
     session.flush()
+    _forget_endpoints(session)
     return IssuedEndpoint(endpoint, key if signing is SigningScheme.V1 else None)
 
 
@@ -243,19 +325,33 @@ def _enabled_endpoint(session: Session, tenant_id: str, endpoint_id: str) -> Web
 
 def update_endpoint(
     session: Session,
-    tenant_id: str,
+    principal: Principal,
     endpoint_id: str,
     *,
-    url: str | None,
+    url: CheckedURL | None,
     event_types: list[str] | None,
     description: str | None,
     enabled: bool | None,
 ) -> WebhookEndpoint:
-    endpoint = get_endpoint(session, tenant_id, endpoint_id, for_update=True)
-    if url is not None:
-        endpoint.url = validate_url(url)
-    if event_types is not None:
-        endpoint.event_types = validate_event_types(event_types)
+    """Change what is given. Re-pointing an endpoint that gets job events, or making one get them,
+    needs jobs:read (FORBIDDEN otherwise); describing, enabling or disabling it does not."""
+    check_rate(session, principal.tenant_id)
+    endpoint = get_endpoint(session, principal.tenant_id, endpoint_id, for_update=True)
+    new_url = url.url if url is not None and url.url != endpoint.url else None
+    chosen = validate_event_types(event_types) if event_types is not None else None
+    new_types = chosen if chosen is not None and chosen != endpoint.event_types else None
+    if (new_url or new_types is not None) and receives_job_events(
+        endpoint.event_types if new_types is None else new_types
+    ):
+        if new_url:
+            _require_jobs_read(
+                principal, "changing the URL of an endpoint that gets job events", ["input", "url"]
+            )
+        _require_jobs_read(principal, "an endpoint that gets job events", ["input", "eventTypes"])
+    if new_url is not None:
+        endpoint.url = new_url
+    if new_types is not None:
+        endpoint.event_types = new_types
     if description is not None:
         endpoint.description = _validate_description(description)
     if enabled is not None and enabled != endpoint.enabled:
@@ -265,27 +361,31 @@ def update_endpoint(
     endpoint.updated_at = utcnow()
     session.add(endpoint)
     session.flush()
+    _forget_endpoints(session)
     return endpoint
 
 
-def delete_endpoint(session: Session, tenant_id: str, endpoint_id: str) -> str:
+def delete_endpoint(session: Session, principal: Principal, endpoint_id: str) -> str:
     """Delete it with its deliveries and attempts."""
-    endpoint = get_endpoint(session, tenant_id, endpoint_id, for_update=True)
+    check_rate(session, principal.tenant_id)
+    endpoint = get_endpoint(session, principal.tenant_id, endpoint_id, for_update=True)
     session.delete(endpoint)
     session.flush()
+    _forget_endpoints(session)
     return endpoint_id
 
 
 def rotate_key(
-    session: Session, tenant_id: str, endpoint_id: str, keep_old_for: int | None
+    session: Session, principal: Principal, endpoint_id: str, keep_old_for: int | None
 ) -> IssuedEndpoint:
     """A new signing key; the previous ones keep signing beside it for keep_old_for seconds."""
+    check_rate(session, principal.tenant_id)
     keep = DEFAULT_KEEP_OLD_SECONDS if keep_old_for is None else keep_old_for
     if not 0 <= keep <= MAX_KEEP_OLD_SECONDS:
         raise ValidationError(
             f"keepOldForSeconds must be between 0 and {MAX_KEEP_OLD_SECONDS}", field=["keepOldForSeconds"]
         )
-    endpoint = get_endpoint(session, tenant_id, endpoint_id, for_update=True)
+    endpoint = get_endpoint(session, principal.tenant_id, endpoint_id, for_update=True)
     now = utcnow()
     old_until = (now + timedelta(seconds=keep)).isoformat()
     kept = [
@@ -309,21 +409,28 @@ def current_public_key(endpoint: WebhookEndpoint) -> str | None:
     return endpoint.public_key or public_key_for(decrypt(endpoint.signing_keys[0]["key"]))
 
 
-def send_test(session: Session, tenant_id: str, endpoint_id: str) -> DeliveryView:
+def send_test(session: Session, principal: Principal, endpoint_id: str) -> DeliveryView:
     """A `webhook.test` event for this endpoint alone."""
-    endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
+    check_rate(session, principal.tenant_id)
+    endpoint = _enabled_endpoint(session, principal.tenant_id, endpoint_id)
     data = {"endpoint": {"id": endpoint.id, "url": endpoint.url}, "message": "a test event from Claimcheck"}
-    _, deliveries = publish(session, tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
-    session.flush()
-    return delivery_views(session, tenant_id, deliveries)[0]
+    published = publish(session, principal.tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
+    assert published is not None  # the endpoint is enabled
+    rows = DeliveryRepository(session, principal.tenant_id).by_ids(published.delivery_ids)
+    return delivery_views(session, principal.tenant_id, list(rows))[0]
 
 
-def redeliver(session: Session, tenant_id: str, event_id: str, endpoint_id: str) -> DeliveryView:
-    """Send the event to the endpoint once more, now, with the same webhook-id."""
+def redeliver(session: Session, principal: Principal, event_id: str, endpoint_id: str) -> DeliveryView:
+    """Send the event to the endpoint once more, now, with the same webhook-id (a job event: only for a
+    key with jobs:read)."""
+    tenant_id = principal.tenant_id
+    check_rate(session, tenant_id)
     endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
     event = EventRepository(session, tenant_id).get(event_id) if has_prefix(event_id, "evt") else None
     if event is None:
         raise NotFoundError("no such webhook event", field=["eventId"])
+    if event.type in JOB_EVENT_TYPES:
+        _require_jobs_read(principal, "redelivering a job event", ["eventId"])
     deliveries = DeliveryRepository(session, tenant_id)
     delivery = deliveries.for_event(event.id, endpoint.id)
     if delivery is None:
@@ -335,10 +442,17 @@ def redeliver(session: Session, tenant_id: str, event_id: str, endpoint_id: str)
     return delivery_views(session, tenant_id, [delivery])[0]
 
 
-def recover(session: Session, tenant_id: str, endpoint_id: str, since: datetime) -> int:
-    """Send again every delivery to this endpoint that failed since `since`; how many."""
+def recover(session: Session, principal: Principal, endpoint_id: str, since: datetime) -> int:
+    """Send again every delivery to this endpoint that failed since `since`; how many. Job events among
+    them need a key with jobs:read (FORBIDDEN otherwise, and nothing is sent)."""
+    tenant_id = principal.tenant_id
+    check_rate(session, tenant_id)
     endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
-    failed = DeliveryRepository(session, tenant_id).failed_since(endpoint.id, since)
+    deliveries = DeliveryRepository(session, tenant_id)
+    failed = deliveries.failed_since(endpoint.id, since)
+    types = deliveries.event_types([delivery.event_id for delivery in failed])
+    if any(event_type in JOB_EVENT_TYPES for event_type in types.values()):
+        _require_jobs_read(principal, "recovering job events", ["endpointId"])
     for delivery in failed:
         _due_now(delivery)
     session.flush()

@@ -11,8 +11,12 @@ The sender checks when an endpoint is created (so the tenant hears at once) and 
 
 The request goes to the address that was checked, never to a second lookup of the name, so DNS
 rebinding between check and connect is impossible; TLS still sends SNI for, and verifies the
-certificate against, the original hostname. `getaddrinfo` blocks: call `resolve_public` off the
-event loop.
+certificate against, the original hostname. `getaddrinfo` blocks and cannot be interrupted:
+`resolve_within` (threads) and `resolve_within_async` (the event loop) run it on a bounded set of
+threads of its own and give up after a timeout.
+
+A refusal never tells which address a name resolved to: that would map internal networks for anyone
+who can register a URL.
 
 Literal hosts are read the way browsers and `inet_aton` read them (`2130706433`, `0177.0.0.1`,
 `0x7f.1`, `127.1` are all 127.0.0.1), so no spelling of a private address slips through.
@@ -20,9 +24,12 @@ Literal hosts are read the way browsers and `inet_aton` read them (`2130706433`,
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import NamedTuple
@@ -32,6 +39,7 @@ IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
 MAX_URL_LENGTH = 2048
+MAX_LOOKUPS = 64  # DNS lookups in flight at once in this process
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -40,6 +48,7 @@ _SHARED = IPv4Network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
 _BROADCAST = IPv4Address("255.255.255.255")
 _NAT64 = IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are an IPv4 address
 _NAT64_LOCAL = IPv6Network("64:ff9b:1::/48")  # RFC 8215 local-use translation
+_lookup_slots = threading.BoundedSemaphore(MAX_LOOKUPS)
 
 
 class UnsafeURLError(ValueError):
@@ -108,6 +117,56 @@ def resolve_public(host: str, port: int, allowed_cidrs: Iterable[str | Network] 
     for address in addresses:
         _check_address(address, networks, host)
     return addresses
+
+
+def resolve_within(
+    host: str, port: int, allowed_cidrs: Iterable[str | Network] = (), *, timeout: float
+) -> list[IPAddress]:
+    """`resolve_public`, refused (URL_UNRESOLVABLE) when the answer takes longer than `timeout` seconds."""
+    lookup = _start_lookup(host, port, allowed_cidrs)
+    try:
+        return lookup.result(timeout)
+    except TimeoutError:
+        raise _too_slow(host, timeout) from None
+
+
+async def resolve_within_async(
+    host: str, port: int, allowed_cidrs: Iterable[str | Network] = (), *, timeout: float
+) -> list[IPAddress]:
+    """`resolve_within` for async code: the event loop never waits on `getaddrinfo`."""
+    lookup = asyncio.wrap_future(_start_lookup(host, port, allowed_cidrs))
+    try:
+        async with asyncio.timeout(timeout):
+            return await lookup
+    except TimeoutError:
+        raise _too_slow(host, timeout) from None
+
+
+def _start_lookup(host: str, port: int, allowed_cidrs: Iterable[str | Network]) -> Future[list[IPAddress]]:
+    """resolve_public on a daemon thread of its own (one that hangs never delays the process's exit),
+    at most MAX_LOOKUPS at once."""
+    if not _lookup_slots.acquire(blocking=False):
+        raise UnsafeURLError("URL_UNRESOLVABLE", f"{host} cannot be resolved now (too many lookups at once)")
+    lookup: Future[list[IPAddress]] = Future()
+    allowed = list(allowed_cidrs)
+
+    def run() -> None:
+        try:
+            if not lookup.set_running_or_notify_cancel():  # running, it can no longer be cancelled
+                return
+            try:
+                lookup.set_result(resolve_public(host, port, allowed))
+            except BaseException as error:  # handed to whoever waits (or dropped after their timeout)
+                lookup.set_exception(error)
+        finally:
+            _lookup_slots.release()
+
+    threading.Thread(target=run, name="webhook-dns", daemon=True).start()
+    return lookup
+
+
+def _too_slow(host: str, timeout: float) -> UnsafeURLError:
+    return UnsafeURLError("URL_UNRESOLVABLE", f"{host} did not resolve within {timeout:g} s")
 
 
 def pinned_url(url: str, ip: str | IPAddress) -> Pinned:
@@ -181,9 +240,13 @@ def _check_address(ip: IPAddress, networks: Sequence[Network], host: str | None 
     if any(canonical in network for network in networks):
         return
     reason = refusal_reason(canonical)
-    if reason is not None:
-        where = f"{host} resolves to {ip}" if host is not None and host != str(ip) else str(ip)
-        raise UnsafeURLError("URL_PRIVATE_ADDRESS", f"{where}, {reason}; webhooks go to public addresses")
+    if reason is None:
+        return
+    if host is not None and host != str(ip):  # a name: say what it resolves to, never which address
+        message = f"{host} resolves to a non-public address; webhooks go to public addresses only"
+    else:  # the caller's own literal address
+        message = f"{ip}, {reason}; webhooks go to public addresses only"
+    raise UnsafeURLError("URL_PRIVATE_ADDRESS", message)
 
 
 def _networks(cidrs: Iterable[str | Network]) -> list[Network]:

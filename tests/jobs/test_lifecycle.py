@@ -3,31 +3,29 @@ estimated completion, and recovery when a worker is killed or stopped mid-job.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
-from websockets.typing import Subprotocol
 
 from service.db import session_scope
 from service.jobs.service import create_job
 from service.scheduler import run_once
 from tests.conftest import JOB_QUERY, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess, ServiceProcess
+from tests.websocket import PROTOCOL, open_socket, ws_url_of
 
 CANCEL = "mutation C($id: ID!) { cancelJob(id: $id) { job { id status } userErrors { code message } } }"
 DELETE = "mutation D($id: ID!) { deleteJob(id: $id) { id userErrors { code message } } }"
 WAIT = "query W($id: ID!, $wait: Int) { job(id: $id, waitSeconds: $wait) { status progress message } }"
-PROTOCOL = cast(Subprotocol, "graphql-transport-ws")
 UPDATES = "subscription U($id: ID!) { jobUpdates(id: $id) { id status progress message } }"
 
 
@@ -144,18 +142,7 @@ def test_estimated_completion_appears_once_the_rate_is_known(
 
 @pytest.fixture
 def ws_url(api: ApiProcess) -> str:
-    return api.url.replace("http://", "ws://") + "/graphql"
-
-
-@contextlib.contextmanager
-def open_socket(url: str, api_key: str) -> Iterator[ClientConnection]:
-    """A graphql-transport-ws connection, acknowledged."""
-    with connect(url, subprotocols=[PROTOCOL]) as socket:
-        socket.send(
-            json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {api_key}"}})
-        )
-        assert json.loads(socket.recv(timeout=10))["type"] == "connection_ack"
-        yield socket
+    return ws_url_of(api.url)
 
 
 def updates(socket: ClientConnection, timeout: float = 30) -> Iterator[dict[str, Any]]:

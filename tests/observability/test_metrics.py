@@ -149,20 +149,23 @@ def test_the_process_collector_is_scraped_too(endpoint: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status_code", "timed_out", "refused", "expected"),
+    ("status_code", "timed_out", "refused", "not_sent", "expected"),
     [
-        (200, False, False, "success"),
-        (299, False, False, "success"),
-        (301, False, False, "http_error"),
-        (500, False, False, "http_error"),
-        (410, False, False, "gone"),
-        (None, True, False, "timeout"),
-        (None, False, False, "network_error"),
-        (None, False, True, "refused"),
+        (200, False, False, False, "success"),
+        (299, False, False, False, "success"),
+        (301, False, False, False, "http_error"),
+        (500, False, False, False, "http_error"),
+        (410, False, False, False, "gone"),
+        (None, True, False, False, "timeout"),
+        (None, False, False, False, "network_error"),
+        (None, False, True, False, "refused"),
+        (None, False, False, True, "not_sent"),
     ],
 )
-def test_attempt_outcome(status_code: int | None, timed_out: bool, refused: bool, expected: str) -> None:
-    assert attempt_outcome(status_code, timed_out=timed_out, refused=refused) == expected
+def test_attempt_outcome(
+    status_code: int | None, timed_out: bool, refused: bool, not_sent: bool, expected: str
+) -> None:
+    assert attempt_outcome(status_code, timed_out=timed_out, refused=refused, not_sent=not_sent) == expected
     assert expected in metrics.OUTCOMES
 
 

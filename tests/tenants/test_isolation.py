@@ -25,10 +25,11 @@ from service.db import (
     session_scope,
     tenant_session_scope,
 )
-from service.graphql_base import Context
+from service.graphql_base import Connection, Context
 from service.ids import new_id
 from service.jobs.models import Job, JobOutbox
 from service.jobs.service import create_job
+from service.plans import DEFAULT_PLANS, Limits
 from service.principal import Principal
 from service.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import GraphQLClient, TenantHandle
@@ -259,7 +260,9 @@ def test_tenant_facing_sessions_run_as_the_tenant_role(env: dict[str, str], tena
     with tenant_session_scope(b_id) as session:  # what subscriptions and long-polls use
         assert tuple(session.execute(probe).one()) == (TENANT_ROLE, b_id)
         assert session.get(Job, a_job) is None
-    context = Context(principal=Principal(tenant_id=b_id, key_id="key_x", scopes=frozenset()))
+    limits = Limits(**DEFAULT_PLANS["free"])
+    principal = Principal(tenant_id=b_id, key_id="key_x", scopes=frozenset(), limits=limits)
+    context = Context(connection=Connection(principal))
     try:  # what every GraphQL request's resolvers use
         assert tuple(context.session.execute(probe).one()) == (TENANT_ROLE, b_id)
         assert list(context.session.exec(select(JobOutbox).where(col(JobOutbox.job_id) == a_job))) == []

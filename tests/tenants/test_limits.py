@@ -20,10 +20,12 @@ from service.scheduler import run_once
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.servers import ApiProcess, ServiceProcess
 from tests.tenants.support import set_limits
+from tests.websocket import open_socket, receive, subscribe, ws_url_of
 
 VIEWER = """
 { viewer { plan
-  limits { maxTextChars mutationsPerMinute burst maxRunning maxQueued maxWebhookEndpoints }
+  limits { maxTextChars mutationsPerMinute burst maxRunning maxQueued maxWebhookEndpoints
+           queriesPerMinute queryBurst }
   usage { queuedJobs runningJobs totalJobs webhookEndpoints } } }
 """
 SPEAK = """
@@ -84,6 +86,45 @@ def test_other_tenants_have_their_own_buckets(
     assert _speak(gql)["userErrors"][0]["code"] == "RATE_LIMITED"
     other = client_for(make_tenant("bystander").api_key)
     assert _speak(other)["job"] is not None
+
+
+def test_over_the_query_rate_queries_get_429_rate_limited_while_mutations_go_on(
+    api: ApiProcess, gql: GraphQLClient, tenant: TenantHandle, make_tenant: Any, client_for: Any
+) -> None:
+    set_limits(tenant.id, queries_per_minute=6, query_burst=2)  # one every 10 s, two at once
+    jobs = "{ jobs(first: 1) { edges { cursor } } }"
+    assert [gql.post(jobs).status_code for _ in range(2)] == [200, 200]
+    refused = gql.post(jobs)
+    assert refused.status_code == 429
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 10
+    body = refused.json()
+    assert body["data"] is None
+    [error] = body["errors"]
+    assert error["extensions"] == {"code": "RATE_LIMITED", "retryAfter": retry_after}
+    assert f"retry after {retry_after} seconds" in error["message"]
+    assert _speak(gql)["job"] is not None  # mutations take from their own bucket
+    with open_socket(ws_url_of(api.url), tenant.api_key) as socket:  # the same bucket over a socket
+        subscribe(socket, "q", jobs)
+        message = receive(socket)
+    assert message["type"] == "error"  # refused before execution, as the protocol says
+    assert message["payload"][0]["extensions"]["code"] == "RATE_LIMITED"
+    other = client_for(make_tenant("bystander").api_key)
+    assert other.post(jobs).status_code == 200
+
+
+def test_plans_without_query_limits_get_ten_times_their_mutation_rate(
+    gql: GraphQLClient, tenant: TenantHandle
+) -> None:
+    from service.settings import get_settings
+
+    plan = get_settings().plans[get_settings().default_plan]
+    assert "queries_per_minute" not in plan  # the test plans predate the query limits
+    limits = gql(VIEWER)["viewer"]["limits"]
+    assert limits["queriesPerMinute"] == 10 * plan["mutations_per_minute"]
+    assert limits["queryBurst"] == 10 * plan["burst"]
+    set_limits(tenant.id, queries_per_minute=5)
+    assert gql(VIEWER)["viewer"]["limits"]["queriesPerMinute"] == 5
 
 
 def test_over_the_queued_cap_the_mutation_answers_quota_exceeded(

@@ -6,25 +6,17 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import text
 
 from service.db import session_scope
 from service.settings import get_settings
 from service.webhooks.deliverer import Deliverer
 from service.webhooks.models import SigningScheme
-from service.webhooks.service import create_endpoint, publish
+from service.webhooks.service import check_endpoint_url, create_endpoint, publish
 from tests.conftest import TenantHandle
 from tests.receiver import Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
+from tests.webhooks.support import principal_of
 
 
 def test_concurrent_deliverers_send_each_delivery_exactly_once(
@@ -35,8 +27,8 @@ def test_concurrent_deliverers_send_each_delivery_exactly_once(
     with session_scope() as session:
         endpoint = create_endpoint(
             session,
-            tenant.id,
-            url=receiver.url + path,
+            principal_of(tenant),
+            url=check_endpoint_url(receiver.url + path),
             event_types=[],
             description=None,
             signing=SigningScheme.V1,

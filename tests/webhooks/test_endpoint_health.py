@@ -11,16 +11,17 @@ from service.models import utcnow
 from service.settings import get_settings
 from service.webhooks.delivery import Claimed, Outcome, record
 from service.webhooks.models import SigningScheme, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from service.webhooks.service import create_endpoint, publish
+from service.webhooks.service import check_endpoint_url, create_endpoint, publish
 from tests.conftest import TenantHandle
+from tests.webhooks.support import principal_of
 
 
 def _endpoint(tenant: TenantHandle, path: str, event_types: list[str]) -> str:
     with session_scope() as session:
         endpoint = create_endpoint(
             session,
-            tenant.id,
-            url=f"http://127.0.0.1:9/{path}",
+            principal_of(tenant),
+            url=check_endpoint_url(f"http://127.0.0.1:9/{path}"),
             event_types=event_types,
             description=None,
             signing=SigningScheme.V1,
@@ -31,8 +32,12 @@ def _endpoint(tenant: TenantHandle, path: str, event_types: list[str]) -> str:
 def _answer(tenant: TenantHandle, endpoint_id: str, status_code: int) -> None:
     """One event for the endpoint, answered with status_code (recorded as a deliverer would; no network)."""
     with session_scope() as session:
-        event, (delivery,) = publish(session, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+        published = publish(session, tenant.id, "webhook.test", {}, endpoint_ids=[endpoint_id])
+        assert published is not None
+        event = session.get(WebhookEvent, published.event_id)
+        delivery = session.get(WebhookDelivery, published.delivery_ids[0])
         assert event is not None
+        assert delivery is not None
         delivery.next_attempt_at = utcnow() + timedelta(days=1)  # keep running deliverers away from it
         session.flush()
         claimed = Claimed(

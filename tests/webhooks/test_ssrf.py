@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
@@ -26,6 +28,8 @@ from service.webhooks.ssrf import (
     pinned_url,
     refusal_reason,
     resolve_public,
+    resolve_within,
+    resolve_within_async,
 )
 
 REFUSED_URLS = [
@@ -153,7 +157,9 @@ def test_resolve_refuses_names_of_private_addresses() -> None:
     with pytest.raises(UnsafeURLError) as caught:
         resolve_public("localhost", 443)
     assert caught.value.code == "URL_PRIVATE_ADDRESS"
-    assert "localhost resolves to 127.0.0.1" in caught.value.message
+    assert caught.value.message == (
+        "localhost resolves to a non-public address; webhooks go to public addresses only"
+    )
     for literal in ("127.0.0.1", "2130706433", "0177.1", "::1", "::ffff:127.0.0.1"):
         with pytest.raises(UnsafeURLError) as caught:
             resolve_public(literal, 443)
@@ -176,9 +182,41 @@ def test_resolve_refuses_if_any_address_is_private(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     with pytest.raises(UnsafeURLError) as caught:
         resolve_public("mixed.example", 443)
-    assert "mixed.example resolves to 10.0.0.7" in caught.value.message
+    assert "mixed.example resolves to a non-public address" in caught.value.message
+    assert "10.0.0.7" not in caught.value.message  # which internal address is never told
     answers.pop()
     assert resolve_public("Mixed.Example.", 443) == [ip_address("8.8.8.8")]
+
+
+def test_a_lookup_slower_than_the_timeout_is_refused_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        time.sleep(2)  # a DNS server that does not answer
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    started = time.monotonic()
+    with pytest.raises(UnsafeURLError) as caught:
+        resolve_within("slow.example", 443, timeout=0.2)
+    assert time.monotonic() - started < 1
+    assert caught.value.code == "URL_UNRESOLVABLE"
+    assert caught.value.message == "slow.example did not resolve within 0.2 s"
+
+    async def resolve_on_the_loop() -> None:
+        with pytest.raises(UnsafeURLError) as caught:
+            await resolve_within_async("slow.example", 443, timeout=0.2)
+        assert caught.value.code == "URL_UNRESOLVABLE"
+
+    started = time.monotonic()
+    asyncio.run(resolve_on_the_loop())
+    assert time.monotonic() - started < 1
+
+
+def test_a_lookup_within_the_timeout_answers_as_resolve_public_does() -> None:
+    loopback = ["127.0.0.0/8", "::1/128"]
+    assert ip_address("127.0.0.1") in resolve_within("localhost", 443, loopback, timeout=5)
+    with pytest.raises(UnsafeURLError) as caught:
+        asyncio.run(resolve_within_async("localhost", 443, timeout=5))
+    assert caught.value.code == "URL_PRIVATE_ADDRESS"
 
 
 def test_resolve_reports_names_that_do_not_resolve() -> None:

@@ -10,9 +10,7 @@ import base64
 import itertools
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -24,52 +22,7 @@ from callbacks import verify
 from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
 from tests.receiver import Answer, Received, Receiver
 from tests.servers import ServiceProcess
-
-CREATE = """
-mutation Create($input: CreateWebhookEndpointInput!) {
-  createWebhookEndpoint(input: $input) {
-    endpoint { id url signing publicKey enabled eventTypes description }
-    secret
-    userErrors { code field message }
-  }
-}
-"""
-
-ENDPOINT = """
-query Endpoint($id: ID!) {
-  webhookEndpoint(id: $id) {
-    id enabled disabledReason
-    deliveries { id eventId eventType status nextAttemptAt
-                 attempts { at statusCode durationMs error responseBody trigger } }
-  }
-}
-"""
-
-REDELIVER = """
-mutation Redeliver($eventId: ID!, $endpointId: ID!) {
-  redeliverWebhook(eventId: $eventId, endpointId: $endpointId) {
-    delivery { id status } userErrors { code message }
-  }
-}
-"""
-
-
-@pytest.fixture(scope="session")
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def path() -> str:
-    return f"/hooks/{uuid.uuid4().hex}"
-
-
-def create_endpoint(gql: GraphQLClient, url: str, **fields: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = gql(CREATE, {"input": {"url": url, **fields}})["createWebhookEndpoint"]
-    assert payload["userErrors"] == [], payload
-    return payload
+from tests.webhooks.support import CREATE, ENDPOINT, REDELIVER, create_endpoint, deliveries, wait_for_delivery
 
 
 def start_job(gql: GraphQLClient, text: str = "Hello there.") -> str:
@@ -77,25 +30,6 @@ def start_job(gql: GraphQLClient, text: str = "Hello there.") -> str:
     assert payload["userErrors"] == []
     job_id: str = payload["job"]["id"]
     return job_id
-
-
-def deliveries(gql: GraphQLClient, endpoint_id: str) -> list[dict[str, Any]]:
-    endpoint = gql(ENDPOINT, {"id": endpoint_id})["webhookEndpoint"]
-    result: list[dict[str, Any]] = endpoint["deliveries"]
-    return result
-
-
-def wait_for_delivery(
-    gql: GraphQLClient, endpoint_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 30
-) -> dict[str, Any]:
-    """The first delivery of the endpoint (oldest) once done(delivery) holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = deliveries(gql, endpoint_id)
-        if found and done(found[-1]):
-            return found[-1]
-        assert time.monotonic() < deadline, found
-        time.sleep(0.1)
 
 
 def event_types(requests: list[Received]) -> list[str]:

@@ -1,0 +1,281 @@
+"""Job throughput of one worker beside the work alone and a plain RQ worker doing the same work.
+
+All in one run, on one-sentence speech jobs:
+
+1. the work alone: the speech kind's handler in this process, one job after another;
+2. plain RQ: the same handler enqueued as RQ jobs, drained by one forking RQ worker in burst mode,
+   with the handler's module preloaded as RQ's docs advise;
+3. Claimcheck: jobs created through the API (generateSpeech), drained by one `claimcheck worker`;
+4. the same with one webhook endpoint subscribed to every event (a fast receiver on loopback);
+5. two `claimcheck worker` processes;
+
+then each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3).
+Every drain starts with the queue full and the worker not yet running, and ends when the last job is
+done; the worker's start-up is counted, as it would be for RQ. `--rss-jobs N` adds a long run of N jobs
+through one worker, sampling its RSS as it goes.
+
+    python -m bench.jobs [--jobs 300] [--rss-jobs 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import REPO_ROOT, SPEECH_MUTATION, CpuMeter, Stack, descendants, service_stack
+
+PLAIN_QUEUE = "bench-plain"
+# A plain forking RQ worker as RQ's docs advise running one: the job's module and its library loaded
+# once in the parent (`preload`), so each forked horse starts warm; `rq worker --burst` otherwise.
+PLAIN_WORKER = """
+import sys
+from redis import Redis
+from rq import Queue, Worker
+import bench.jobs
+bench.jobs.synthesize("warm up the voice")
+connection = Redis.from_url(sys.argv[1])
+worker = Worker([Queue(sys.argv[2], connection=connection)], connection=connection)
+worker.work(burst=True, logging_level="WARNING")
+"""
+CREATE_ENDPOINT = """
+mutation($url: String!) { createWebhookEndpoint(input: {url: $url}) { endpoint { id } userErrors { code } } }
+"""
+
+
+class _Quiet:
+    """A JobContext that records nothing: the work alone."""
+
+    job_id = "job_bench"
+    tenant_id = "ten_bench"
+    attempt = 1
+
+    def progress(self, fraction: float, message: str | None = None) -> None:  # noqa: ARG002 - ignored
+        return None
+
+
+def synthesize(text: str) -> int:
+    """The speech kind's work for one text, its WAV read to the end (what the plain RQ jobs run)."""
+    from service.kinds.speech import SpeechInput, generate_speech
+
+    output = generate_speech(_Quiet(), SpeechInput(text=text))
+    return sum(len(chunk) for chunk in output.chunks)
+
+
+def _text(number: int) -> str:
+    return f"Hello number {number}, this is one sentence."
+
+
+@dataclass
+class Drain:
+    """One drain of a full queue."""
+
+    jobs: int
+    seconds: float
+    cpu_left: float
+    rss_start: float
+    rss_end: float
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds
+
+
+def work_alone(count: int) -> float:
+    synthesize(_text(0))  # load the voice
+    started = time.perf_counter()
+    for number in range(count):
+        synthesize(_text(number))
+    return count / (time.perf_counter() - started)
+
+
+def plain_rq(stack: Stack, count: int) -> Drain:
+    from rq import Queue
+
+    from service.redis import get_redis
+
+    queue = Queue(PLAIN_QUEUE, connection=get_redis())
+    for number in range(count):
+        queue.enqueue("bench.jobs.synthesize", _text(number), result_ttl=0)  # by name: not __main__
+    command = [sys.executable, "-c", PLAIN_WORKER, stack.env["REDIS_URL"], PLAIN_QUEUE]
+    meter = CpuMeter({})
+    meter.start()
+    started = time.perf_counter()
+    worker = subprocess.Popen(command, env=stack.env, cwd=REPO_ROOT)
+    rss = _Rss(worker.pid)
+    while worker.poll() is None:
+        rss.sample()
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    window = meter.stop()
+    if worker.returncode != 0 or queue.count:
+        raise RuntimeError(f"rq worker exited {worker.returncode} with {queue.count} jobs left")
+    return Drain(count, seconds, window.cores - window.machine_busy, rss.first, rss.last)
+
+
+def submit(api_url: str, stack: Stack, count: int, start: int) -> list[str]:
+    """Create `count` speech jobs through the API (16 at a time); their ids."""
+
+    async def run() -> list[str]:
+        numbers = iter(range(start, start + count))
+        ids: list[str] = []
+        async with httpx.AsyncClient(base_url=api_url, headers=stack.headers, timeout=60) as client:
+
+            async def one_by_one() -> None:
+                for number in numbers:
+                    body = {"query": SPEECH_MUTATION, "variables": {"input": {"text": _text(number)}}}
+                    payload = (await client.post("/graphql", json=body)).json()["data"]["generateSpeech"]
+                    ids.append(payload["job"]["id"])
+
+            await asyncio.gather(*(one_by_one() for _ in range(16)))
+        return ids
+
+    return asyncio.run(run())
+
+
+def claimcheck(stack: Stack, api_url: str, count: int, start: int, workers: int = 1) -> Drain:
+    submit(api_url, stack, count, start)
+    meter = CpuMeter({})
+    meter.start()
+    started = time.perf_counter()
+    processes = [stack.start_worker(api_url) for _ in range(workers)]
+    rss = _Rss(*(process.pid for process in processes))
+    while _unfinished() > 0:
+        rss.sample()
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    window = meter.stop()
+    for process in processes:
+        process.stop()
+        stack.processes.remove(process)
+    return Drain(count, seconds, window.cores - window.machine_busy, rss.first, rss.last)
+
+
+def _unfinished() -> int:
+    from sqlalchemy import text
+
+    from service.db import session_scope
+
+    with session_scope() as session:
+        statement = text("SELECT count(*) FROM jobs WHERE status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELED')")
+        return int(session.execute(statement).scalar_one())
+
+
+class _Rss:
+    """The resident memory (MiB) of some processes and their descendants, sampled as they run."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
+        self.first = 0.0
+        self.last = 0.0
+
+    def sample(self) -> None:
+        total = 0
+        for pid in (*self.pids, *(child for parent in self.pids for child in descendants(parent))):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        if total:
+            self.last = total / 2**20
+            self.first = self.first or self.last
+
+
+@contextlib.contextmanager
+def receiver(stack: Stack) -> Iterator[str]:
+    """A fast webhook receiver on loopback (bench/fast_receiver.py); its URL."""
+    from bench.common import UvicornApi
+
+    process = UvicornApi("bench.fast_receiver:create", stack.env, stack.workdir / "receiver.log")
+    stack.processes.append(process)
+    process.start()
+    try:
+        yield f"{process.url}/hook"
+    finally:
+        process.stop()
+        stack.processes.remove(process)
+
+
+def long_run(stack: Stack, api_url: str, count: int) -> list[tuple[int, float]]:
+    """(jobs done, worker RSS in MiB) every tenth of `count` jobs through one worker."""
+    from service.db import session_scope
+    from service.jobs.service import create_job
+
+    with session_scope() as session:
+        for number in range(count):
+            create_job(session, stack.tenant_id, "speech", {"text": _text(number)}, None)
+    worker = stack.start_worker(api_url)
+    rss = _Rss(worker.pid)
+    samples: list[tuple[int, float]] = []
+    step = max(count // 10, 1)
+    while (left := _unfinished()) > 0:
+        done = count - left
+        if not samples or done - samples[-1][0] >= step:
+            rss.sample()
+            samples.append((done, rss.last))
+        time.sleep(0.2)
+    rss.sample()
+    samples.append((count, rss.last))
+    worker.stop()
+    stack.processes.remove(worker)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=300, help="jobs per drain")
+    parser.add_argument("--rss-jobs", type=int, default=0, help="jobs in the long RSS run (0: none)")
+    args = parser.parse_args()
+    rows: dict[str, Any] = {}
+    with service_stack(log_level="WARNING") as stack:
+        alone = work_alone(args.jobs)
+        api = stack.start_api(1)
+        numbers = itertools.count(step=args.jobs)
+        rows["plain RQ, one forking worker"] = plain_rq(stack, args.jobs)
+        rows["Claimcheck, one worker"] = one = claimcheck(stack, api.url, args.jobs, next(numbers))
+        with receiver(stack) as url:
+            created = httpx.post(
+                f"{api.url}/graphql",
+                headers=stack.headers,
+                json={"query": CREATE_ENDPOINT, "variables": {"url": url}},
+            ).json()
+            assert created["data"]["createWebhookEndpoint"]["userErrors"] == [], created
+            rows["Claimcheck, one worker, one endpoint for every event"] = hooked = claimcheck(
+                stack, api.url, args.jobs, next(numbers)
+            )
+            endpoint = created["data"]["createWebhookEndpoint"]["endpoint"]["id"]
+            httpx.post(
+                f"{api.url}/graphql",
+                headers=stack.headers,
+                json={"query": f'mutation {{ deleteWebhookEndpoint(id: "{endpoint}") {{ id }} }}'},
+            )
+        two = claimcheck(stack, api.url, args.jobs, next(numbers), workers=2)
+        rows["Claimcheck, two workers"] = two
+        samples = long_run(stack, api.url, args.rss_jobs) if args.rss_jobs else []
+    plain = rows["plain RQ, one forking worker"]
+    print(f"{'':54s} {'jobs/s':>8s} {'per job':>9s} {'CPU left':>9s} {'RSS start → end':>18s}")
+    print(f"{'the work alone, in one process':54s} {alone:8.1f} {1000 / alone:7.1f}ms")
+    for name, drain in rows.items():
+        rss = f"{drain.rss_start:6.1f} → {drain.rss_end:6.1f} MiB"
+        print(f"{name:54s} {drain.rate:8.1f} {1000 / drain.rate:7.1f}ms {drain.cpu_left:8.2f}c {rss:>18s}")
+    print(f"Claimcheck / plain RQ:        {one.rate / plain.rate:5.2f}  (target >= 1.0, stretch 2.0)")
+    print(f"with an endpoint / without:   {hooked.rate / one.rate:5.2f}  (target >= 0.8)")
+    print(f"two workers / one:            {two.rate / one.rate:5.2f}  (target >= 1.6; 2 cores run all of it)")
+    print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / alone:.1f} ms")
+    for done, rss_mib in samples:
+        print(f"long run: {done:6d} jobs done, worker RSS {rss_mib:6.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""A work horse: a long-lived child of the worker process that runs jobs one after another, in process.
+
+The worker process (service/jobs/supervisor.py) forks it once everything a job needs is loaded, and
+watches it. A job costs no fork and no cold start: the database pool, the Redis connection, the
+span exporter and the kinds' libraries stay warm from one job to the next. Over a pipe, the horse
+tells the supervisor when a job starts (with its time limit) and how it ended; if the horse dies or
+hangs mid-job, the supervisor fails or retries that job alone and forks a fresh horse.
+
+Inside, RQ's SimpleWorker takes jobs off the queues; a job past its kind's time limit is interrupted
+by RQ's SIGALRM death penalty, and one that ignores it is killed by the supervisor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict
+from types import FrameType
+from typing import Any
+
+from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue, SimpleWorker
+from rq.job import Job as RQJob
+
+from observability.tracing import flush
+from service.jobs.runner import RunResult
+from service.outages import describe
+from service.redis import get_queue, get_redis
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_SECONDS = 1.0
+HEARTBEAT_EVERY_SECONDS = 5.0
+
+_channel: int | None = None
+"""The write end of the pipe to the supervisor (set in the horse process only)."""
+
+
+def send(event: str, **fields: Any) -> None:
+    """One line to the supervisor; nothing when this process is not a horse (a test running jobs)."""
+    if _channel is not None:
+        os.write(_channel, (json.dumps({"event": event, **fields}) + "\n").encode())
+
+
+def report_run(result: RunResult | None) -> None:
+    """How a job run ended, for the supervisor's metrics."""
+    if result is not None:
+        send("finished", **asdict(result))
+
+
+class HorseWorker(SimpleWorker):
+    """RQ's in-process worker, telling the supervisor when each job starts and ends."""
+
+    stop_requested = False
+    _last_beat = 0.0
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """RQ's worker heartbeat (three commands, several times per job) at most every
+        HEARTBEAT_EVERY_SECONDS and in one round trip; the key lives worker_ttl + 60 s anyway."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        if timeout is None and time.monotonic() - self._last_beat < HEARTBEAT_EVERY_SECONDS:
+            return
+        with self.connection.pipeline() as beat:
+            super().heartbeat(timeout, beat)
+            beat.execute()
+        self._last_beat = time.monotonic()
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True  # RQ also quits on a lost Redis: this tells the two apart
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        send("start", job=job.id, timeout=job.timeout)
+        try:
+            super().execute_job(job, queue)
+        finally:
+            send("idle", job=job.id)
+
+
+def run_horse(channel: int, queue_names: list[str], *, burst: bool, max_jobs: int | None) -> None:
+    """The horse's life: work the queues until SIGTERM, the end of a burst, or max_jobs jobs; when RQ
+    quits because Redis went away, start it again once Redis answers. Never returns: the process exits."""
+    global _channel
+    _channel = channel
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)  # the supervisor's handlers are not the horse's
+    code = 0
+    try:
+        queues = [get_queue(name) for name in queue_names]
+        done = 0
+        while True:
+            worker: HorseWorker | None = None
+            try:
+                worker = HorseWorker(queues, connection=get_redis())
+                worker.work(
+                    burst=burst,
+                    with_scheduler=False,
+                    logging_level=logging.getLevelName(logging.getLogger().level),
+                    max_jobs=None if max_jobs is None else max_jobs - done,
+                )
+                done += worker.successful_job_count + worker.failed_job_count
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                log.warning("the work horse lost Redis: %s", describe(error))
+            stopping = burst or (worker is not None and worker.stop_requested)
+            if stopping or (max_jobs is not None and done >= max_jobs):
+                break
+            log.warning("the RQ worker quit; starting it again once Redis answers")
+            _wait_for_redis()
+    except BaseException:
+        log.exception("the work horse failed")
+        code = 1
+    finally:
+        flush()
+        os._exit(code)
+
+
+def _wait_for_redis() -> None:
+    """Sleep until Redis answers a PING; SIGTERM meanwhile ends the horse (nothing is running)."""
+    while True:
+        time.sleep(REDIS_RETRY_SECONDS)
+        try:
+            get_redis().ping()
+            return
+        except (RedisConnectionError, RedisTimeoutError):
+            continue
