@@ -36,6 +36,7 @@ from service.graphql_decoding import (
     error_response,
 )
 from service.jobs.kinds import kind_names
+from service.portal.routes import install_portal
 from service.principal import Principal
 from service.schema import schema
 from service.settings import get_settings
@@ -211,6 +212,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(graphql, prefix="/graphql")
     app.include_router(downloads_router)
+    install_portal(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

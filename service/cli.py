@@ -136,6 +136,22 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_portal_link(args: argparse.Namespace) -> int:
+    from service.db import session_scope
+    from service.tenants.service import OPERATOR, create_portal_link
+
+    with session_scope() as session:
+        issued = create_portal_link(
+            session,
+            args.tenant,
+            created_by=OPERATOR,
+            ttl_seconds=args.ttl,
+            server_secret=get_settings().secret_key,
+        )
+    print(issued.url)  # alone on stdout, for scripts: `open "$(claimcheck portal-link --tenant ...)"`
+    return 0
+
+
 def cmd_secrets_rotate(_args: argparse.Namespace) -> int:
     from service.db import session_scope
     from service.webhooks.service import reencrypt_all
@@ -194,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_create = command(keys, "create", "create an API key for a tenant")
     key_create.add_argument("--tenant", required=True)
     key_create.add_argument(
-        "--scope", action="append", help="jobs:read, jobs:write, webhooks:manage (default: all)"
+        "--scope", action="append", help="jobs:read, jobs:write, webhooks:manage, portal (default: all)"
     )
     key_create.add_argument("--json", action="store_true")
     key_create.set_defaults(func=cmd_keys_create)
@@ -205,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     key_list.add_argument("--tenant", required=True)
     key_list.add_argument("--json", action="store_true")
     key_list.set_defaults(func=cmd_keys_list)
+
+    portal_link = command(
+        commands,
+        "portal-link",
+        "operator command: print a one-time sign-in link to a tenant's portal (valid 10 minutes by default)",
+    )
+    portal_link.add_argument("--tenant", required=True)
+    portal_link.add_argument(
+        "--ttl", type=int, default=None, help="seconds the link stays usable (default 600)"
+    )
+    portal_link.set_defaults(func=cmd_portal_link)
 
     secrets = commands.add_parser("secrets", help="secrets at rest").add_subparsers(
         dest="action", required=True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 
@@ -21,6 +22,12 @@ def new_id(prefix: str) -> str:
     millis = time.time_ns() // 1_000_000
     randomness = int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{_encode(millis, 10)}{_encode(randomness, 16)}"
+
+
+def first_id_at(prefix: str, at: datetime) -> str:
+    """The smallest id of this prefix made at or after `at`: ids compare as their creation times do."""
+    millis = int(at.timestamp() * 1000)
+    return f"{prefix}_{_encode(millis, 10)}{_ALPHABET[0] * 16}"
 
 
 def has_prefix(value: str, prefix: str) -> bool:

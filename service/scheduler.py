@@ -25,7 +25,7 @@ from service.jobs.retention import delete_old_jobs, expire_artifacts
 from service.outages import log_failure
 from service.settings import get_settings
 from service.startup import start_process
-from service.tenants.service import flush_key_last_used
+from service.tenants.service import flush_key_last_used, purge_portal_access
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def run_once() -> int:
         _last_retention = time.monotonic()
         _sweep("artifact expiry", expire_artifacts)
         _sweep("retention", delete_old_jobs)
+        _sweep("portal sign-ins", purge_portal_access)
     grace = get_settings().outbox_grace_seconds
     enqueued = _sweep("outbox", lambda session: sweep_outbox(session, grace_seconds=grace))
     return enqueued if isinstance(enqueued, int) else 0

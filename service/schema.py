@@ -33,6 +33,7 @@ from service.graphql_documents import CachedDocuments, DocumentCache
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
 from service.settings import get_settings
+from service.tenants.graphql import TenantMutation
 from service.tenants.service import check_query_rate
 from service.viewer import TenantQuery
 from service.webhooks.graphql import WebhookMutation, WebhookQuery
@@ -63,7 +64,7 @@ def _validation_rules() -> AddValidationRules:
 
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
-Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation))
+Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation, TenantMutation))
 DOCUMENTS = DocumentCache(max_bytes=DOCUMENT_CACHE_BYTES)  # clients send the same few documents
 
 

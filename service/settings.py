@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     """A WebSocket's API key is checked again this often: at most this long after its revocation,
     the socket runs no further operation and is closed (4403)."""
 
+    # The tenant portal (/portal): how long a browser stays signed in, and where a job's trace id links.
+    portal_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    trace_url_template: str = ""
+    """A URL with {trace_id} in it (e.g. Jaeger's http://localhost:16686/trace/{trace_id}); empty: no link."""
+
     @model_validator(mode="after")
     def _check_plans(self) -> Settings:
         if self.default_plan not in self.plans:
@@ -199,6 +204,18 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must be an http:// or https:// URL with a host")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError(f"{value!r} must have no query, fragment or credentials")
+        return value
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _check_trace_url_template(cls, value: str) -> str:
+        if not value:
+            return value
+        if "{trace_id}" not in value:
+            raise ValueError("must contain {trace_id}, where the job's trace id goes")
+        parts = urlsplit(value.replace("{trace_id}", "0"))
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
         return value
 
     @field_validator("log_level")

@@ -8,12 +8,14 @@ from sqlalchemy import MetaData
 from sqlmodel import SQLModel
 
 from service.jobs.models import Job, JobEvent, JobOutbox
-from service.tenants.models import ApiKey, Tenant
+from service.tenants.models import ApiKey, PortalLink, PortalSession, Tenant
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 TABLES: tuple[type[SQLModel], ...] = (
     Tenant,
     ApiKey,
+    PortalLink,
+    PortalSession,
     Job,
     JobEvent,
     JobOutbox,

@@ -3,7 +3,8 @@
 tests/test_malformed_requests.py sends every case to the real API process and requires an answer
 below 500 (the exact status and error code where the contract names one) and no ERROR line or
 traceback in the API's log. Add a case here for each malformed request found in review or in the
-wild. Placeholders: ``{key}`` becomes a valid API key, ``{token}`` a valid download token.
+wild. Placeholders: ``{key}`` becomes a valid API key, ``{token}`` a valid download token,
+``{session}`` a signed-in portal session's cookie value and ``{csrf}`` that session's CSRF token.
 """
 
 from __future__ import annotations
@@ -435,8 +436,92 @@ WS_MESSAGES = [
     ),
 ]
 
-PORTAL_FORMS: list[RawRequest] = []
-"""The portal's forms (login, keys, webhooks...) get their hostile cases here once the portal exists:
-oversized and non-UTF-8 fields, missing and repeated fields, bad CSRF tokens, wrong content types."""
+SESSION = (b"cookie", b"claimcheck_portal={session}")
+FORM = (b"content-type", b"application/x-www-form-urlencoded")
+
+
+def _form(
+    name: str, target: bytes, body: bytes, status: int | None, *headers: tuple[bytes, bytes]
+) -> RawRequest:
+    return RawRequest(name, body=body, target=target, headers=headers or (SESSION, FORM), status=status)
+
+
+def _page(name: str, target: bytes, status: int | None, *headers: tuple[bytes, bytes]) -> RawRequest:
+    return RawRequest(name, method=b"GET", target=target, headers=headers or (SESSION,), status=status)
+
+
+PORTAL_FORMS: list[RawRequest] = [
+    # who may post: a session, with its own CSRF token, in a form
+    _form("a portal form without a session", b"/portal/keys", b"scopes=jobs:read", 401, FORM),
+    _form("a portal form without its CSRF token", b"/portal/keys", b"scopes=jobs:read", 403),
+    _form("a forged CSRF token", b"/portal/keys", b"csrf_token=" + b"0" * 64 + b"&scopes=jobs:read", 403),
+    _form("a CSRF token of 100 KB", b"/portal/keys", b"csrf_token=" + b"a" * 100_000, 403),
+    _form("repeated CSRF fields, the first forged", b"/portal/keys", b"csrf_token=x&csrf_token={csrf}", 403),
+    _form("a CSRF token that is not UTF-8", b"/portal/keys", b"csrf_token=\xff\xfe&scopes=portal", 403),
+    _form("a portal form as JSON", b"/portal/keys", b'{"csrf_token":"{csrf}"}', 400, SESSION, JSON),
+    _form(
+        "a multipart portal form",
+        b"/portal/keys",
+        b'--b\r\ncontent-disposition: form-data; name="csrf_token"\r\n\r\n{csrf}\r\n--b--\r\n',
+        400,
+        SESSION,
+        (b"content-type", b"multipart/form-data; boundary=b"),
+    ),
+    _form("a portal form of 10,000 fields", b"/portal/keys", b"csrf_token={csrf}" + b"&a=1" * 10_000, 400),
+    # what is posted
+    _form("an unknown scope", b"/portal/keys", b"csrf_token={csrf}&scopes=admin", 400),
+    _form("no scope at all", b"/portal/keys", b"csrf_token={csrf}", 400),
+    _form(
+        "an endpoint URL that is not UTF-8",
+        b"/portal/webhooks",
+        b"csrf_token={csrf}&url=http%3A%2F%2F\xff",
+        400,
+    ),
+    _form(
+        "an endpoint URL of 900 KB",
+        b"/portal/webhooks",
+        b"csrf_token={csrf}&url=http://" + b"a" * 900_000,
+        400,
+    ),
+    _form(
+        "an unknown signing scheme",
+        b"/portal/webhooks",
+        b"csrf_token={csrf}&url=http%3A%2F%2F127.0.0.1%3A9%2Fx&signing=V9",
+        400,
+    ),
+    _form(
+        "an unknown event type",
+        b"/portal/webhooks",
+        b"csrf_token={csrf}&url=http://127.0.0.1:9/x&event_types=x",
+        400,
+    ),
+    _form(
+        "a recovery with no time", b"/portal/deliveries/recover", b"csrf_token={csrf}&endpoint_id=whe_x", 400
+    ),
+    _form(
+        "a recovery since tomorrow-ish", b"/portal/deliveries/recover", b"csrf_token={csrf}&since=soon", 400
+    ),
+    _form("a redelivery of nothing", b"/portal/deliveries/redeliver", b"csrf_token={csrf}", 404),
+    _form("a rotation without an overlap", b"/portal/webhooks/whe_x/rotate", b"csrf_token={csrf}", 404),
+    _form(
+        "a cancel of a path-traversing id", b"/portal/jobs/..%2F..%2Fetc/cancel", b"csrf_token={csrf}", 404
+    ),
+    # pages and links
+    _page("a sign-in token that is not one", b"/portal/login/%00%FF", 410, (b"x-probe", b"1")),
+    _page("a sign-in token of 8 KB", b"/portal/login/" + b"t" * 8_000, 410, (b"x-probe", b"1")),
+    _page(
+        "a session cookie that is not UTF-8", b"/portal/jobs", 401, (b"cookie", b"claimcheck_portal=\xff\xfe")
+    ),
+    _page(
+        "a session cookie of 8 KB", b"/portal/jobs", 401, (b"cookie", b"claimcheck_portal=" + b"s" * 8_000)
+    ),
+    _page("a jobs filter with an unknown status", b"/portal/jobs?status=DONE", 400),
+    _page("a jobs cursor that is not a job", b"/portal/jobs?after=%27%3B--", 400),
+    _page("a delivery filter with a bad time", b"/portal/deliveries?since=yesterday", 400),
+    _page("a delivery filter with a bad endpoint", b"/portal/deliveries?endpoint=%00", 400),
+    _page("live updates for ids that are not jobs", b"/portal/jobs/live?" + b"id=x&" * 500 + b"id=y", 200),
+    _page("a job id that is not one", b"/portal/jobs/%FF%FE", 404),
+]
+"""The portal's pages and forms: who may post, what is posted, and the pages' query strings."""
 
 HTTP_CASES = GRAPHQL_BODIES + GRAPHQL_HEADERS + GRAPHQL_GETS + PATHS + DOWNLOADS + PORTAL_FORMS

@@ -9,6 +9,7 @@ import json
 import re
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
@@ -23,7 +24,7 @@ from service.db import session_scope
 from service.settings import get_settings
 from service.storage.factory import get_storage
 from service.storage.local import LocalStorage
-from service.tenants.service import create_tenant
+from service.tenants.service import create_portal_link, create_tenant
 from tests.conftest import TenantHandle
 from tests.malformed_corpus import HTTP_CASES, VIEWER, WS_MESSAGES, RawRequest, WsCase
 from tests.servers import ApiProcess
@@ -61,6 +62,33 @@ def download_token(api: ApiProcess) -> str:
     return url.rsplit("/downloads/", 1)[1]
 
 
+@dataclass(frozen=True)
+class PortalSession:
+    """A browser signed in to the hostile tenant's portal: its cookie and its CSRF token."""
+
+    cookie: str
+    csrf: str
+
+
+@pytest.fixture(scope="module")
+def portal(api: ApiProcess, hostile: TenantHandle) -> PortalSession:
+    with session_scope() as session:
+        link = create_portal_link(
+            session,
+            hostile.id,
+            created_by="operator",
+            ttl_seconds=None,
+            server_secret=get_settings().secret_key,
+        )
+    with httpx.Client(base_url=api.url) as client:
+        assert client.get(link.url.removeprefix(api.url)).status_code == 303
+        page = client.get("/portal/keys").text
+        cookie = client.cookies["claimcheck_portal"]
+    marker = 'name="csrf_token" value="'
+    start = page.index(marker) + len(marker)
+    return PortalSession(cookie=cookie, csrf=page[start : page.index('"', start)])
+
+
 @pytest.fixture
 def api_log(api: ApiProcess) -> Iterator[Callable[[], str]]:
     """What the API process logs from now on; the test fails if any of it is an ERROR or a traceback."""
@@ -77,19 +105,25 @@ def api_log(api: ApiProcess) -> Iterator[Callable[[], str]]:
     assert not faults, "the API logged:\n" + "\n".join(faults[:20])
 
 
-def send_raw(api: ApiProcess, request: RawRequest, key: str, token: str) -> tuple[int, bytes]:
+def send_raw(
+    api: ApiProcess, request: RawRequest, key: str, token: str, portal: PortalSession | None = None
+) -> tuple[int, bytes]:
     """Send request byte for byte on a fresh connection; the final status and body."""
     target = request.target.replace(b"{token}", token.encode())
     headers = [(name, value.replace(b"{key}", key.encode())) for name, value in request.headers]
+    body = request.body
+    if portal is not None:
+        headers = [(name, value.replace(b"{session}", portal.cookie.encode())) for name, value in headers]
+        body = body.replace(b"{csrf}", portal.csrf.encode())
     lines = [request.method + b" " + target + b" HTTP/1.1", b"host: 127.0.0.1", b"connection: close"]
     lines += [name + b": " + value for name, value in headers]
     if not any(name in FRAMING for name, _ in headers) and request.method in (b"POST", b"PUT", b"PATCH"):
-        lines.append(b"content-length: %d" % len(request.body))
+        lines.append(b"content-length: %d" % len(body))
     received = b""
     with socket.create_connection(("127.0.0.1", api.port), timeout=15) as connection:
         # answered and closed before reading it all (413): the answer is still there to read
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            connection.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + request.body)
+            connection.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         with contextlib.suppress(ConnectionResetError):
             while chunk := connection.recv(65536):
                 received += chunk
@@ -126,9 +160,14 @@ def _first_error_code(body: bytes) -> str | None:
 
 @pytest.mark.parametrize("request_case", HTTP_CASES, ids=[case.name for case in HTTP_CASES])
 def test_a_hostile_http_request_gets_an_answer_below_500_and_logs_no_error(
-    api: ApiProcess, api_key: str, download_token: str, api_log: Callable[[], str], request_case: RawRequest
+    api: ApiProcess,
+    api_key: str,
+    download_token: str,
+    portal: PortalSession,
+    api_log: Callable[[], str],
+    request_case: RawRequest,
 ) -> None:
-    status, body = send_raw(api, request_case, api_key, download_token)
+    status, body = send_raw(api, request_case, api_key, download_token, portal)
     assert status < 500, body[:500]
     assert b"Traceback" not in body
     if request_case.status is not None:

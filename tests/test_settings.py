@@ -52,6 +52,13 @@ BAD_VALUES = [
     ("LOG_LEVEL", "loud", "LOG_LEVEL: 'loud' is not a level"),
     ("LOG_FORMAT", "xml", "LOG_FORMAT: Input should be 'json' or 'text'"),
     ("WEBHOOK_TIMEOUT_SECONDS", "soon", "WEBHOOK_TIMEOUT_SECONDS: Input should be a valid number"),
+    ("TRACE_URL_TEMPLATE", "http://jaeger:16686/trace/", "TRACE_URL_TEMPLATE: must contain {trace_id}"),
+    (
+        "TRACE_URL_TEMPLATE",
+        "javascript:alert({trace_id})",
+        "TRACE_URL_TEMPLATE: must be an http:// or https://",
+    ),
+    ("PORTAL_SESSION_SECONDS", "5", "PORTAL_SESSION_SECONDS: Input should be greater than or equal to 60"),
 ]
 
 

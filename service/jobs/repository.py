@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, or_, update
 from sqlmodel import Session, col, select
 
+from service.ids import first_id_at
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
 from service.repository import TenantRepository
 
@@ -53,6 +54,26 @@ class JobRepository(TenantRepository[Job]):
         if since is not None:
             statement = statement.where(col(Job.created_at) >= since)
         return int(self.session.exec(statement).one())
+
+    def created_per_hour(self, since: datetime) -> dict[datetime, int]:
+        """How many jobs were created in each hour since `since` (hours without any are absent).
+
+        Job ids sort by creation time, so the (tenant_id, id) index bounds the scan to the period."""
+        hour = func.date_trunc("hour", col(Job.created_at), "UTC")  # whatever the session's time zone
+        statement = (
+            select(hour, func.count())
+            .where(Job.tenant_id == self.tenant_id, col(Job.id) >= first_id_at("job", since))
+            .where(col(Job.created_at) >= since)
+            .group_by(hour)
+        )
+        return {at: count for at, count in self.session.exec(statement)}
+
+    def stored_bytes(self) -> int:
+        """The size of the tenant's files still in storage."""
+        statement = select(func.coalesce(func.sum(Job.artifact_byte_size), 0)).where(
+            Job.tenant_id == self.tenant_id, col(Job.artifact_key).is_not(None)
+        )
+        return int(self.session.exec(statement).one() or 0)
 
     def history(self, since: datetime | None) -> Iterator[Job]:
         """Every job created since a time, oldest first, read in batches."""

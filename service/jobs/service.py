@@ -26,7 +26,7 @@ from service.errors import (
 from service.ids import has_prefix
 from service.jobs import repository
 from service.jobs.dispatch import dequeue_job, enqueue_job
-from service.jobs.kinds import get_kind
+from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
 from service.jobs.payloads import job_data
 from service.jobs.repository import JobRepository
@@ -384,8 +384,28 @@ def job_events(session: Session, tenant_id: str, job_ids: list[str]) -> list[lis
     return [trails[job_id] for job_id in job_ids]
 
 
+def known_kinds() -> list[str]:
+    """Every job kind this process knows (built-in and KIND_MODULES), by name."""
+    return kind_names()
+
+
 def count_by_status(session: Session, tenant_id: str) -> dict[str, int]:
     return JobRepository(session, tenant_id).count_by_status()
+
+
+def jobs_per_hour(session: Session, tenant_id: str, hours: int) -> list[tuple[datetime, int]]:
+    """Jobs created in each of the last `hours` whole hours and the current one, oldest first (zeros too)."""
+    now = utcnow()
+    current = now.replace(minute=0, second=0, microsecond=0)
+    start = current - timedelta(hours=hours)
+    counts = JobRepository(session, tenant_id).created_per_hour(start)
+    by_hour = {at.astimezone(now.tzinfo): count for at, count in counts.items()}
+    return [(hour, by_hour.get(hour, 0)) for hour in (start + timedelta(hours=n) for n in range(hours + 1))]
+
+
+def storage_used(session: Session, tenant_id: str) -> int:
+    """Bytes of the tenant's result files still kept."""
+    return JobRepository(session, tenant_id).stored_bytes()
 
 
 def count_jobs(session: Session, tenant_id: str, since: datetime | None) -> int:

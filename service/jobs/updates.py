@@ -63,6 +63,9 @@ class JobFeed:
         self._reader: asyncio.Task[None] | None = None
         self._refreshing: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._subscribing = asyncio.Lock()
+        """One subscription at a time: watchers arriving together on a fresh feed would otherwise each
+        open the pubsub's connection, and every subscription but the last would go down a dropped one."""
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[asyncio.Queue[Job | None]]:
@@ -84,10 +87,11 @@ class JobFeed:
 
     async def _subscribe(self, job_id: str) -> None:
         try:
-            if self._pubsub is None:
-                client = redis.asyncio.Redis.from_url(get_settings().redis_url)
-                self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.subscribe(channel(job_id))
+            async with self._subscribing:
+                if self._pubsub is None:
+                    client = redis.asyncio.Redis.from_url(get_settings().redis_url)
+                    self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await self._pubsub.subscribe(channel(job_id))
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read())
         except (RedisError, OSError) as error:

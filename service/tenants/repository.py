@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, delete, func, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
-from service.tenants.models import ApiKey, Tenant
+from service.tenants.models import ApiKey, PortalLink, PortalSession, Tenant
 
 
 class ActiveKey(NamedTuple):
@@ -83,3 +83,47 @@ def keys_of(session: Session, tenant_id: str) -> list[ApiKey]:
     """A tenant's keys, oldest first."""
     statement = select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(col(ApiKey.created_at))
     return list(session.exec(statement))
+
+
+def key_of(session: Session, tenant_id: str, key_id: str) -> ApiKey | None:
+    """The tenant's key with this id, locked, or None."""
+    statement = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id).with_for_update()
+    return session.exec(statement).first()
+
+
+def claim_link(session: Session, token_hash: str, now: datetime) -> tuple[str, str] | None:
+    """Mark the unused, unexpired link with this hash used; its (id, tenant id), or None. One statement,
+    so two browsers racing with the same link cannot both win."""
+    statement = (
+        update(PortalLink)
+        .where(
+            col(PortalLink.token_hash) == token_hash,
+            col(PortalLink.used_at).is_(None),
+            col(PortalLink.expires_at) > now,
+        )
+        .values(used_at=now)
+        .returning(col(PortalLink.id), col(PortalLink.tenant_id))
+    )
+    row = session.execute(statement).first()
+    return None if row is None else (row[0], row[1])
+
+
+def live_session(session: Session, token_hash: str, now: datetime) -> tuple[str, str, datetime] | None:
+    """(session id, tenant id, expiry) of the unexpired portal session with this hash."""
+    columns = (PortalSession.id, PortalSession.tenant_id, PortalSession.expires_at)
+    statement = select(*columns).where(
+        PortalSession.token_hash == token_hash, col(PortalSession.expires_at) > now
+    )
+    row = session.exec(statement).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def delete_session(session: Session, token_hash: str) -> None:
+    session.execute(delete(PortalSession).where(col(PortalSession.token_hash) == token_hash))
+
+
+def purge_portal_access(session: Session, now: datetime) -> int:
+    """Delete expired links and sessions (every tenant's); how many rows."""
+    links = session.execute(delete(PortalLink).where(col(PortalLink.expires_at) <= now))
+    sessions = session.execute(delete(PortalSession).where(col(PortalSession.expires_at) <= now))
+    return int(links.rowcount) + int(sessions.rowcount)  # type: ignore[attr-defined]

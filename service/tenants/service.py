@@ -1,11 +1,13 @@
-"""Tenant and API key rules: creation, revocation, authentication, plan limits and the rate limit."""
+"""Tenant and API key rules: creation, revocation, authentication, plan limits and the rate limit; and
+the portal's sign-in: one-time links and the browser sessions they open."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session
@@ -21,12 +23,17 @@ from service.settings import get_settings
 from service.tenants import repository
 from service.tenants.keys import generate_key, hash_key, key_matches, parse_key
 from service.tenants.limits import get_rate_limiter
-from service.tenants.models import ALL_SCOPES, ApiKey, Tenant
+from service.tenants.models import ALL_SCOPES, ApiKey, PortalLink, PortalSession, Tenant
 
 log = logging.getLogger(__name__)
 
 LAST_USED_HASH = "apikeys:last_used"
 """Redis hash key id -> Unix time of a use, until the scheduler writes it to api_keys.last_used_at."""
+DEFAULT_LINK_TTL_SECONDS = 600
+MAX_LINK_TTL_SECONDS = 24 * 3600
+PORTAL_LOGIN_PATH = "/portal/login/"
+OPERATOR = "operator"
+"""`created_by` of a portal link made with the CLI."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,18 @@ def create_key(
     session.add(key)
     session.flush()
     return IssuedKey(key=key, full_key=generated.full)
+
+
+def revoke_tenant_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
+    """Revoke one of the tenant's keys (another tenant's id is NOT_FOUND, as a missing one)."""
+    key = repository.key_of(session, tenant_id, key_id)
+    if key is None:
+        raise NotFoundError("no such API key", field=["id"])
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.add(key)
+        session.flush()
+    return key
 
 
 def revoke_key(session: Session, key_id: str) -> ApiKey:
@@ -150,6 +169,24 @@ def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     return repository.keys_of(session, tenant_id)
 
 
+def last_used(keys: list[ApiKey]) -> dict[str, datetime | None]:
+    """Each key's last use, including the uses Redis holds that the scheduler has not written yet."""
+    used = {key.id: key.last_used_at for key in keys}
+    if not keys:
+        return used
+    try:
+        pending = get_redis().hmget(LAST_USED_HASH, [key.id for key in keys])
+    except Exception as error:  # the stored times are good enough when Redis is away
+        log.warning("could not read pending key uses: %s", error, exc_info=not is_outage(error))
+        return used
+    for key, value in zip(keys, pending, strict=True):
+        if value is not None:
+            noted = datetime.fromtimestamp(int(value), UTC)
+            stored = used[key.id]
+            used[key.id] = noted if stored is None else max(stored, noted)
+    return used
+
+
 def limits_for(session: Session, tenant_id: str) -> Limits:
     """The effective limits of a tenant (the default plan's if the row is not visible)."""
     return _resolve(repository.plan_of(session, tenant_id))
@@ -189,3 +226,103 @@ def check_query_rate(principal: Principal) -> None:
     except RateLimitedError:
         record_rate_limited("query_rate")
         raise
+
+
+# --- the portal's sign-in ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedLink:
+    """A one-time sign-in link as issued: the only time its token exists outside the browser."""
+
+    url: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A portal session: who it acts for (every scope of the tenant's) and until when."""
+
+    principal: Principal
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class OpenedSession:
+    """A portal session just opened by a link: the token goes into the browser's cookie, once."""
+
+    token: str
+    signed_in: SignedIn
+
+
+def create_portal_link(
+    session: Session, tenant_id: str, *, created_by: str, ttl_seconds: int | None, server_secret: str
+) -> IssuedLink:
+    """A URL that signs a browser in to the tenant's portal once, within ttl_seconds (default 10 minutes)."""
+    ttl = DEFAULT_LINK_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+    if not 1 <= ttl <= MAX_LINK_TTL_SECONDS:
+        raise ValidationError(
+            f"the link's lifetime must be 1 to {MAX_LINK_TTL_SECONDS} seconds", field=["ttl"]
+        )
+    get_tenant(session, tenant_id)
+    token = secrets.token_urlsafe(32)
+    expires_at = utcnow() + timedelta(seconds=ttl)
+    session.add(
+        PortalLink(
+            tenant_id=tenant_id,
+            token_hash=hash_key(token, server_secret),
+            created_by=created_by,
+            expires_at=expires_at,
+        )
+    )
+    session.flush()
+    base = get_settings().public_base_url.rstrip("/")
+    return IssuedLink(url=f"{base}{PORTAL_LOGIN_PATH}{token}", expires_at=expires_at)
+
+
+def open_portal_session(session: Session, link_token: str, *, server_secret: str) -> OpenedSession | None:
+    """Use up a sign-in link and open a session for its tenant; None when the link is unknown, used or
+    expired (which of these is not said). Runs across tenants, as authentication does."""
+    now = utcnow()
+    claimed = repository.claim_link(session, hash_key(link_token, server_secret), now)
+    if claimed is None:
+        return None
+    link_id, tenant_id = claimed
+    token = secrets.token_urlsafe(32)
+    row = PortalSession(
+        tenant_id=tenant_id,
+        token_hash=hash_key(token, server_secret),
+        link_id=link_id,
+        expires_at=now + timedelta(seconds=get_settings().portal_session_seconds),
+    )
+    session.add(row)
+    session.flush()
+    return OpenedSession(token=token, signed_in=_signed_in(session, row.id, tenant_id, row.expires_at))
+
+
+def portal_session(session: Session, token: str, *, server_secret: str) -> SignedIn | None:
+    """The live portal session whose cookie holds this token, or None. Runs across tenants."""
+    if not token or len(token) > 200:
+        return None
+    found = repository.live_session(session, hash_key(token, server_secret), utcnow())
+    return None if found is None else _signed_in(session, *found)
+
+
+def end_portal_session(session: Session, token: str, *, server_secret: str) -> None:
+    """Sign out: the session's token stops working at once."""
+    repository.delete_session(session, hash_key(token, server_secret))
+
+
+def purge_portal_access(session: Session) -> int:
+    """Delete expired sign-in links and sessions of every tenant (a scheduler sweep); how many."""
+    return repository.purge_portal_access(session, utcnow())
+
+
+def _signed_in(session: Session, session_id: str, tenant_id: str, expires_at: datetime) -> SignedIn:
+    principal = Principal(
+        tenant_id=tenant_id,
+        key_id=session_id,
+        scopes=frozenset(ALL_SCOPES),
+        limits=limits_for(session, tenant_id),
+    )
+    return SignedIn(principal=principal, expires_at=expires_at)

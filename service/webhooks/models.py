@@ -83,6 +83,7 @@ class WebhookDelivery(SQLModel, table=True):
         CheckConstraint("status IN ('PENDING','SUCCEEDED','FAILED')", name="status_valid"),
         UniqueConstraint("event_id", "endpoint_id"),
         Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_tenant_id_id", "tenant_id", "id"),  # the portal's delivery log
         Index(
             "ix_webhook_deliveries_due",
             "next_attempt_at",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
+from service.ids import first_id_at
 from service.repository import TenantRepository
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
@@ -113,6 +115,75 @@ class DeliveryRepository(TenantRepository[WebhookDelivery]):
             statement.order_by(col(WebhookDelivery.id)).execution_options(yield_per=HISTORY_BATCH_ROWS)
         )
         yield from rows.tuples()
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which deliveries a log shows; None: any."""
+
+    endpoint_id: str | None = None
+    status: str | None = None
+    event_type: str | None = None
+    job_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
+    """One tenant's deliveries as a filtered log, newest first, and its endpoints' last successes."""
+
+    model = WebhookDelivery
+
+    def page(
+        self, where: DeliveryFilter, *, first: int, before_id: str | None
+    ) -> list[tuple[WebhookDelivery, str, str | None]]:
+        """Deliveries with their event's type and job id, newest first, older than before_id; one more
+        than asked, so the caller knows whether a next page exists. Delivery ids sort by creation time,
+        so the time bounds are bounds on the (tenant_id, id) index too."""
+        statement = (
+            select(WebhookDelivery, col(WebhookEvent.type), col(WebhookEvent.job_id))
+            .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
+            .where(col(WebhookDelivery.tenant_id) == self.tenant_id)
+        )
+        if before_id is not None:
+            statement = statement.where(col(WebhookDelivery.id) < before_id)
+        if where.endpoint_id is not None:
+            statement = statement.where(col(WebhookDelivery.endpoint_id) == where.endpoint_id)
+        if where.status is not None:
+            statement = statement.where(col(WebhookDelivery.status) == where.status)
+        if where.event_type is not None:
+            statement = statement.where(col(WebhookEvent.type) == where.event_type)
+        if where.job_id is not None:
+            statement = statement.where(col(WebhookEvent.job_id) == where.job_id)
+        if where.since is not None:
+            statement = statement.where(
+                col(WebhookDelivery.id) >= first_id_at("whd", where.since),
+                col(WebhookDelivery.created_at) >= where.since,
+            )
+        if where.until is not None:
+            statement = statement.where(col(WebhookDelivery.created_at) < where.until)
+        statement = statement.order_by(col(WebhookDelivery.id).desc()).limit(first + 1)
+        return [
+            (delivery, event_type, job_id) for delivery, event_type, job_id in self.session.exec(statement)
+        ]
+
+    def last_successes(self) -> dict[str, datetime]:
+        """Per endpoint, when its newest succeeded delivery succeeded (walks the (endpoint_id, id) index
+        back to that delivery; endpoints with none are absent)."""
+        statement = text(
+            """
+            SELECT e.id, (
+                SELECT max(a.at) FROM webhook_attempts a
+                WHERE a.status_code BETWEEN 200 AND 299 AND a.delivery_id = (
+                    SELECT d.id FROM webhook_deliveries d
+                    WHERE d.endpoint_id = e.id AND d.status = 'SUCCEEDED'
+                    ORDER BY d.id DESC LIMIT 1
+                )
+            ) FROM webhook_endpoints e WHERE e.tenant_id = :tenant_id
+            """
+        )
+        rows = self.session.execute(statement, {"tenant_id": self.tenant_id})
+        return {endpoint_id: at for endpoint_id, at in rows if at is not None}
 
 
 _INSERT_EVENT = text(

@@ -38,7 +38,13 @@ from service.webhooks.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from service.webhooks.repository import DeliveryRepository, EndpointRepository, EventRepository
+from service.webhooks.repository import (
+    DeliveryFilter,
+    DeliveryLogRepository,
+    DeliveryRepository,
+    EndpointRepository,
+    EventRepository,
+)
 from service.webhooks.ssrf import UnsafeURLError, check_url, resolve_within
 
 log = logging.getLogger(__name__)
@@ -488,6 +494,57 @@ def delivery_views(session: Session, tenant_id: str, rows: list[WebhookDelivery]
         attempts[attempt.delivery_id].append(attempt)
     types = repository_.event_types([row.event_id for row in rows])
     return [DeliveryView(row, types.get(row.event_id, ""), attempts[row.id]) for row in rows]
+
+
+@dataclass(frozen=True)
+class DeliveryLog:
+    """A page of the tenant's delivery log, newest first."""
+
+    deliveries: list[DeliveryView]
+    job_ids: dict[str, str | None]
+    """Delivery id -> the job its event is about."""
+    has_more: bool
+
+
+def delivery_log(
+    session: Session,
+    tenant_id: str,
+    *,
+    first: int,
+    before_id: str | None = None,
+    endpoint_id: str | None = None,
+    status: DeliveryStatus | None = None,
+    event_type: str | None = None,
+    job_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> DeliveryLog:
+    """The tenant's deliveries with their attempts, newest first, filtered; at most `first`, older than
+    `before_id` (the last one of the previous page)."""
+    if not 1 <= first <= MAX_DELIVERIES:
+        raise ValidationError(f"first must be between 1 and {MAX_DELIVERIES}", field=["first"])
+    if before_id is not None and not has_prefix(before_id, "whd"):
+        raise ValidationError("before is not a delivery id", field=["before"])
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise ValidationError(f"unknown event type {event_type!r}", field=["eventType"])
+    where = DeliveryFilter(
+        endpoint_id=endpoint_id,
+        status=status.value if status else None,
+        event_type=event_type,
+        job_id=job_id,
+        since=since,
+        until=until,
+    )
+    rows = DeliveryLogRepository(session, tenant_id).page(where, first=first, before_id=before_id)
+    shown = rows[:first]
+    views = delivery_views(session, tenant_id, [delivery for delivery, _, _ in shown])
+    job_ids = {delivery.id: job for delivery, _, job in shown}
+    return DeliveryLog(deliveries=views, job_ids=job_ids, has_more=len(rows) > first)
+
+
+def last_successes(session: Session, tenant_id: str) -> dict[str, datetime]:
+    """Per endpoint id, when a delivery to it last succeeded, where known."""
+    return DeliveryLogRepository(session, tenant_id).last_successes()
 
 
 def count_deliveries(session: Session, tenant_id: str, since: datetime | None) -> int:

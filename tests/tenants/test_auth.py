@@ -23,7 +23,7 @@ def test_a_valid_key_sees_its_own_tenant(gql: GraphQLClient, tenant: TenantHandl
     viewer = gql(VIEWER)["viewer"]
     assert viewer["id"] == tenant.id
     assert viewer["name"] == "acme"
-    assert viewer["scopes"] == ["jobs:read", "jobs:write", "webhooks:manage"]
+    assert viewer["scopes"] == ["jobs:read", "jobs:write", "portal", "webhooks:manage"]  # every scope
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ JOB, WHE, EVT = new_id("job"), new_id("whe"), new_id("evt")
 # operation -> (scope it needs, document); ids are missing ones: a key with the scope gets NOT_FOUND or null
 OPERATIONS: dict[str, tuple[str | None, str]] = {
     "viewer": (None, "{ viewer { id } }"),
+    "createPortalSession": (None, "mutation { createPortalSession { url } }"),
     "job": ("jobs:read", f'{{ job(id: "{JOB}") {{ id }} }}'),
     "jobs": ("jobs:read", "{ jobs { edges { cursor } } }"),
     "generateSpeech": ("jobs:write", 'mutation { generateSpeech(input: {text: "hi"}) { job { id } } }'),
@@ -64,7 +65,7 @@ OPERATIONS: dict[str, tuple[str | None, str]] = {
         f'mutation {{ recoverWebhooks(endpointId: "{WHE}", since: "2000-01-01T00:00:00Z") {{ count }} }}',
     ),
 }
-SCOPES = ["jobs:read", "jobs:write", "webhooks:manage"]
+SCOPES = ["jobs:read", "jobs:write", "webhooks:manage", "portal"]
 
 
 @pytest.fixture

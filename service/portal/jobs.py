@@ -1,0 +1,234 @@
+"""The jobs pages: the list (filters, cursor paging, live progress), one job (timeline, download, cancel,
+delete, trace), and the server-sent events that move progress bars."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from service.db import tenant_session_scope
+from service.errors import ClaimcheckError, ValidationError
+from service.ids import has_prefix
+from service.jobs import updates
+from service.jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from service.jobs.service import (
+    cancel_job,
+    delete_job,
+    download_url,
+    estimated_completion,
+    find_job,
+    job_events,
+    known_kinds,
+    list_jobs,
+)
+from service.models import utcnow
+from service.portal.web import PageNotFound, Viewer, failed, is_htmx, render, see_other, signed_in
+from service.settings import get_settings
+
+router = APIRouter()
+
+PAGE_SIZE = 25
+MAX_LIVE_JOBS = 50
+STREAM_SECONDS = 300.0
+"""A stream ends after this long; the browser reconnects, and so shows its session still holds."""
+KEEPALIVE_SECONDS = 15.0
+LIVE_STATUSES = ("QUEUED", "RUNNING", "CANCELING")
+
+
+def _status_filter(status: str) -> list[JobStatus]:
+    if not status:
+        return []
+    try:
+        return [JobStatus(status)]
+    except ValueError:
+        raise ValidationError(f"unknown status {status!r}", field=["status"]) from None
+
+
+@router.get("/jobs", include_in_schema=False)
+def jobs_page(
+    request: Request,
+    viewer: Annotated[Viewer, Depends(signed_in)],
+    status: str = "",
+    kind: str = "",
+    after: str = "",
+) -> HTMLResponse:
+    """The tenant's jobs, newest first; filters and paging work as plain links, and htmx swaps only the
+    results when a filter changes."""
+    filters = {"status": status, "kind": kind}
+    template = "jobs_results.html" if is_htmx(request) else "jobs.html"
+    try:
+        if after and not has_prefix(after, "job"):
+            raise ValidationError("after is not a job id", field=["after"])
+        with tenant_session_scope(viewer.tenant_id) as session:
+            rows, more = list_jobs(
+                session,
+                viewer.tenant_id,
+                first=PAGE_SIZE,
+                after_id=after or None,
+                statuses=_status_filter(status),
+                kind=kind or None,
+            )
+    except ClaimcheckError as error:
+        return failed(request, viewer, template, error, _list_context([], False, filters, after))
+    return render(request, viewer, template, _list_context(rows, more, filters, after))
+
+
+def _list_context(rows: list[Job], more: bool, filters: Mapping[str, str], after: str) -> dict[str, object]:
+    return {
+        "section": "jobs",
+        "jobs": rows,
+        "more": more,
+        "filters": filters,
+        "after": after,
+        "statuses": [status.value for status in JobStatus],
+        "kinds": known_kinds(),
+        "live_statuses": LIVE_STATUSES,
+    }
+
+
+@router.get("/jobs/live", include_in_schema=False)
+async def live(
+    viewer: Annotated[Viewer, Depends(signed_in)], id: Annotated[list[str], Query()]
+) -> StreamingResponse:
+    """Server-sent events: `job` with {id, status, progress, message} when one of these jobs changes
+    (fed by the job feed, one Redis subscription per API process), then `done` once all have ended.
+    Another tenant's id, or an unknown one, is left out."""
+    ids = list(dict.fromkeys(job_id for job_id in id if has_prefix(job_id, "job")))[:MAX_LIVE_JOBS]
+    return StreamingResponse(
+        _job_events(viewer.tenant_id, ids),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _snapshot(row: Job) -> str:
+    terminal = row.status in TERMINAL_STATUSES
+    body = {
+        "id": row.id,
+        "status": row.status,
+        "progress": row.progress,
+        "message": row.message,
+        "terminal": terminal,
+    }
+    return f"event: job\ndata: {json.dumps(body)}\n\n"
+
+
+async def _job_events(tenant_id: str, ids: list[str]) -> AsyncIterator[str]:
+    changes: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def follow(job_id: str) -> None:
+        try:
+            async for row in updates.follow(tenant_id, job_id):
+                changes.put_nowait(_snapshot(row))
+        except ClaimcheckError:
+            pass  # not the tenant's job, or too many open streams: that row just stays still
+        finally:
+            changes.put_nowait(None)
+
+    followers = [asyncio.create_task(follow(job_id)) for job_id in ids]
+    running = len(followers)
+    try:
+        yield "retry: 2000\n\n"
+        async with asyncio.timeout(STREAM_SECONDS):
+            while running:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        change = await changes.get()
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if change is None:
+                    running -= 1
+                else:
+                    yield change
+            yield "event: done\ndata: {}\n\n"
+    except TimeoutError:
+        return  # the browser reconnects
+    finally:
+        for task in followers:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*followers, return_exceptions=True)
+
+
+def _job_or_404(viewer: Viewer, job_id: str) -> Job:
+    with tenant_session_scope(viewer.tenant_id) as session:
+        job = find_job(session, viewer.tenant_id, job_id)
+    if job is None:
+        raise PageNotFound
+    return job
+
+
+def trace_id(job: Job) -> str | None:
+    """The trace id from the job's stored W3C traceparent (00-<trace id>-<span id>-<flags>)."""
+    parts = (job.trace_context or {}).get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1]
+    return None
+
+
+def _job_context(viewer: Viewer, job_id: str) -> dict[str, object]:
+    with tenant_session_scope(viewer.tenant_id) as session:
+        job = find_job(session, viewer.tenant_id, job_id)
+        if job is None:
+            raise PageNotFound
+        (events,) = job_events(session, viewer.tenant_id, [job.id])
+    trace = trace_id(job)
+    template = get_settings().trace_url_template
+    return {
+        "section": "jobs",
+        "job": job,
+        "events": events,
+        "estimate": estimated_completion(job, utcnow()),
+        "trace_id": trace,
+        "trace_url": template.replace("{trace_id}", trace) if trace and template else None,
+        "live": job.status in LIVE_STATUSES,
+        "can_cancel": job.status in ("QUEUED", "RUNNING"),
+        "can_delete": job.status in TERMINAL_STATUSES,
+        "has_file": job.status == JobStatus.SUCCEEDED and job.artifact_key is not None,
+    }
+
+
+@router.get("/jobs/{job_id}", include_in_schema=False)
+def job_page(request: Request, viewer: Annotated[Viewer, Depends(signed_in)], job_id: str) -> HTMLResponse:
+    return render(request, viewer, "job.html", _job_context(viewer, job_id))
+
+
+@router.get("/jobs/{job_id}/download", include_in_schema=False)
+def download(viewer: Annotated[Viewer, Depends(signed_in)], job_id: str) -> Response:
+    """A fresh signed URL for the file, signed now (a page left open an hour still downloads)."""
+    job = _job_or_404(viewer, job_id)
+    if job.status != JobStatus.SUCCEEDED or job.artifact_key is None:
+        raise PageNotFound
+    url = download_url(job, get_settings().download_url_default_expiry)
+    return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/jobs/{job_id}/cancel", include_in_schema=False)
+def cancel(request: Request, viewer: Annotated[Viewer, Depends(signed_in)], job_id: str) -> Response:
+    try:
+        with tenant_session_scope(viewer.tenant_id) as session:
+            cancel_job(session, viewer.tenant_id, job_id)
+    except ClaimcheckError as error:
+        if error.code == "NOT_FOUND":
+            raise PageNotFound from error
+        return failed(request, viewer, "job.html", error, _job_context(viewer, job_id))
+    return see_other(f"/portal/jobs/{job_id}", "canceled")
+
+
+@router.post("/jobs/{job_id}/delete", include_in_schema=False)
+def delete(request: Request, viewer: Annotated[Viewer, Depends(signed_in)], job_id: str) -> Response:
+    try:
+        with tenant_session_scope(viewer.tenant_id) as session:
+            delete_job(session, viewer.tenant_id, job_id)
+    except ClaimcheckError as error:
+        if error.code == "NOT_FOUND":
+            raise PageNotFound from error
+        return failed(request, viewer, "job.html", error, _job_context(viewer, job_id))
+    return see_other("/portal/jobs", "deleted")
