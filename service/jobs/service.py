@@ -212,8 +212,7 @@ def report_progress(session: Session, job: Job, fraction: float, message: str | 
     session.add(job)
     for milestone in crossed:
         record_event(session, job, "job.progress", {"progress": milestone})
-    job.heartbeat_at = utcnow()
-    session.flush()
+    job.heartbeat_at = utcnow()  # written with the next flush: a final transition's, or the commit's
     job_id = job.id
     after_commit(session, lambda: announce(job_id), once=("announce", job_id))
 

@@ -123,6 +123,12 @@ def publish(
     return Published(event.id, [delivery_id for delivery_id, _ in deliveries])
 
 
+def read_endpoints(session: Session, tenant_id: str) -> None:
+    """Read the tenant's endpoints for this transaction's publishes now, before its writes: they then
+    reach Postgres together at the next flush instead of being flushed ahead of that read."""
+    _enabled_endpoints(session, tenant_id)
+
+
 _ENDPOINTS = "webhooks.enabled_endpoints"
 _WOKEN = "webhooks.woken"
 
