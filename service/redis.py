@@ -41,13 +41,14 @@ def get_redis() -> Redis:
     """The process-wide Redis client (forked children get fresh connections from its pool)."""
     settings = get_settings()
     if settings.redis_sentinels:
-        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options())
-        return sentinel.master_for(
+        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options())  # type: ignore[no-untyped-call]
+        client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
             settings.redis_sentinel_master,
             health_check_interval=30,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             **_master_options(settings),
         )
+        return client
     url = settings.required_url("redis_url")
     return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
 
@@ -56,14 +57,15 @@ def new_async_redis() -> redis.asyncio.Redis:
     """A new asyncio client on the same Redis as get_redis (for the caller's event loop)."""
     settings = get_settings()
     if settings.redis_sentinels:
-        sentinel = redis.asyncio.sentinel.Sentinel(
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             settings.sentinel_addresses, sentinel_kwargs=_sentinel_options()
         )
-        return sentinel.master_for(
+        async_client: redis.asyncio.Redis = sentinel.master_for(
             settings.redis_sentinel_master,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             **_master_options(settings),
         )
+        return async_client
     return redis.asyncio.Redis.from_url(
         settings.required_url("redis_url"), socket_connect_timeout=CONNECT_TIMEOUT_SECONDS
     )

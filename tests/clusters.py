@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -23,9 +24,10 @@ from service.embedded import free_port
 MASTER = "mymaster"
 
 
-def _wait(condition_met: object, what: str, timeout: float, process: subprocess.Popen[bytes] | None) -> None:
-    """Poll a zero-argument callable until it returns true (its exceptions count as not yet)."""
-    assert callable(condition_met)
+def _wait(
+    condition_met: Callable[[], object], what: str, timeout: float, process: subprocess.Popen[bytes] | None
+) -> None:
+    """Poll condition_met until it returns true (its exceptions count as not yet)."""
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(Exception):
@@ -44,6 +46,11 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _postgres_answers(url: str) -> bool:
+    with psycopg.connect(url, connect_timeout=1, autocommit=True) as connection:
+        return connection.execute("SELECT 1").fetchone() == (1,)
 
 
 def _let_everyone_through(directory: Path) -> None:
@@ -101,7 +108,9 @@ class PgBouncer:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait(
-                lambda: psycopg.connect(self.probe_url, connect_timeout=1, autocommit=True).close() is None,
+                lambda: psycopg.connect(self.probe_url, connect_timeout=1, autocommit=True).execute(
+                    "SELECT 1"
+                ),
                 f"pgbouncer answering (see {self.workdir / 'pgbouncer.log'})",
                 timeout,
                 self.process,
@@ -196,8 +205,12 @@ class SentinelRedis:
     def _ready(self) -> bool:
         for sentinel in self.sentinels:
             client = sentinel.client()
-            replicas = client.execute_command("SENTINEL", "REPLICAS", MASTER)
-            others = client.execute_command("SENTINEL", "SENTINELS", MASTER)
+            replicas = client.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "REPLICAS", MASTER
+            )
+            others = client.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "SENTINELS", MASTER
+            )
             if len(others) != len(self.sentinels) - 1 or not replicas:
                 return False
             if any(
@@ -211,8 +224,10 @@ class SentinelRedis:
         """The master's port according to the first Sentinel that answers."""
         for sentinel in self.sentinels:
             with contextlib.suppress(RedisError, OSError):
-                _, port = sentinel.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
-                return int(port)
+                address: tuple[str, int] = sentinel.client().sentinel_get_master_addr_by_name(
+                    MASTER, return_responses=True
+                )  # type: ignore[assignment]
+                return int(address[1])
         return None
 
     def fail_over(self, timeout: float = 30) -> None:
