@@ -336,8 +336,12 @@ class Injector:
         sentinels = self.infrastructure.sentinels
         if sentinels is None:
             return False
-        sentinels.fail_over()
-        sentinels.rejoin()  # the old primary comes back as a replica: ready for the next failover
+        try:
+            sentinels.fail_over()
+            sentinels.rejoin()  # the old primary comes back as a replica: ready for the next failover
+        except RuntimeError as error:  # the Sentinels did not settle in time: the next failover is off
+            print(f"  (redis failover: {error})")
+            self.infrastructure.sentinels = None
         return True
 
     def _restart_pgbouncer(self) -> bool:

@@ -203,8 +203,12 @@ class SentinelRedis:
         return self
 
     def _ready(self) -> bool:
+        """Every Sentinel names the primary as master, sees the other two and a healthy replica."""
         for sentinel in self.sentinels:
             client = sentinel.client()
+            _, port = client.sentinel_get_master_addr_by_name(MASTER, return_responses=True)  # type: ignore[misc]
+            if int(port) != self.primary.port:
+                return False
             replicas = client.execute_command(  # type: ignore[no-untyped-call]
                 "SENTINEL", "REPLICAS", MASTER
             )
@@ -244,9 +248,17 @@ class SentinelRedis:
     def rejoin(self, timeout: float = 30) -> None:
         """Start the killed primary again as a replica of the promoted one: ready for another failover."""
         old, self.primary = self.primary, self.replica
+        _wait(self._master_agreed, "every Sentinel naming the promoted master", timeout, None)
         old.extra = [f"replicaof 127.0.0.1 {self.primary.port}"]
         self.replica = old.start()
         _wait(self._ready, "the old primary rejoining as a replica", timeout, None)
+
+    def _master_agreed(self) -> bool:
+        for sentinel in self.sentinels:
+            _, port = sentinel.client().sentinel_get_master_addr_by_name(MASTER, return_responses=True)  # type: ignore[misc]
+            if int(port) != self.primary.port:
+                return False
+        return True
 
     def stop(self) -> None:
         for process in (*self.sentinels, self.replica, self.primary):
