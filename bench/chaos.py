@@ -2,6 +2,7 @@
 and API kills; then count what was lost (it must be nothing).
 
     .venv/bin/python -m bench.chaos [--jobs 2000] [--seed 1] [--help]      (or `make chaos`)
+    .venv/bin/python -m bench.chaos --fleet [--pgbouncer] [--no-sentinel] [--jobs 300]
 
 It starts embedded PostgreSQL and Redis, the API, several workers (each with a deliverer), the
 scheduler and a verifying receiver on loopback; creates tenants, each with an endpoint for every event
@@ -12,12 +13,20 @@ crash (immediate shutdown, then recovery), the receiver answering 500 / too late
 for a window, and SIGKILL of the API. A supervisor restarts any process that exits on its own, as a
 process manager would, and reports it. After the last fault it drains, with the webhook retry schedule
 compressed, and compares what Postgres's audit trail says happened with what the receiver verified.
+
+--fleet runs what several hosts would: 2 APIs (submissions alternate between them), 2 schedulers and 4
+workers, with Redis as a primary, a replica and three Sentinels (unless --no-sentinel) and, with
+--pgbouncer, every process's DATABASE_URL through PgBouncer in transaction mode (LISTEN direct). Its
+faults: SIGKILL of a scheduler, a Redis failover (the primary SIGKILLed, the replica promoted, the old
+primary back as a replica), a PgBouncer restart, one API kill and the receiver's misbehaviours; no
+worker is killed, so no job may run twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -38,7 +47,8 @@ import psycopg
 from bench.chaos_receiver import ChaosReceiver, Tally
 from bench.common import SPEECH_MUTATION, Stack, descendants, service_stack, summarize_logs
 from service.webhooks.events import JOB_EVENT_TYPES
-from tests.servers import ServiceProcess
+from tests.clusters import PgBouncer, SentinelRedis
+from tests.servers import ApiProcess, ServiceProcess
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED")
 TERMINAL_EVENTS = ["job.succeeded", "job.failed", "job.canceled"]
@@ -65,6 +75,13 @@ class ChaosConfig:
     restart_after: float = 1.0  # a killed process is restarted after this long
     retry_schedule: tuple[float, ...] = (0, 1, 2, 4, 8, 15, 30, 60)
     drain_timeout: float = 600.0
+    apis: int = 1
+    schedulers: int = 1
+    scheduler_kills: int = 0
+    redis_failovers: int = 0  # with sentinel only
+    pgbouncer_restarts: int = 0  # with pgbouncer only
+    sentinel: bool = False
+    pgbouncer: bool = False
 
     @property
     def chaos_seconds(self) -> float:
@@ -90,6 +107,9 @@ def fault_plan(config: ChaosConfig) -> list[Fault]:
     plan += [Fault(t, "redis-restart") for t in times(config.redis_restarts)]
     plan += [Fault(t, "postgres-restart") for t in times(config.postgres_restarts)]
     plan += [Fault(t, "api-kill") for t in times(config.api_kills)]
+    plan += [Fault(t, "scheduler-kill") for t in times(config.scheduler_kills)]
+    plan += [Fault(t, "redis-failover") for t in times(config.redis_failovers)]
+    plan += [Fault(t, "pgbouncer-restart") for t in times(config.pgbouncer_restarts)]
     for mode in ("error", "timeout", "refuse"):
         for t in times(config.receiver_windows):
             plan += [Fault(t, f"receiver-{mode}"), Fault(t + config.window_seconds, f"receiver-{mode}-ends")]
@@ -176,18 +196,19 @@ class Answer:
 
 
 def submit_all(
-    config: ChaosConfig, api_url: str, api_keys: list[str], give_up_after: float = 300
+    config: ChaosConfig, api_urls: list[str], api_keys: list[str], give_up_after: float = 300
 ) -> Submissions:
-    """Submit config.jobs speech jobs at config.submit_rate, each retried until the API accepts it."""
+    """Submit config.jobs speech jobs at config.submit_rate, each retried until an API accepts it (the
+    APIs taken in turn, as a load balancer would)."""
     result = Submissions()
     local = threading.local()
     clients: list[httpx.Client] = []
 
-    def client() -> httpx.Client:
-        if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=api_url, timeout=10)
-            clients.append(local.client)
-        http: httpx.Client = local.client
+    def client(index: int) -> httpx.Client:
+        if not hasattr(local, "clients"):
+            local.clients = [httpx.Client(base_url=url, timeout=10) for url in api_urls]
+            clients.extend(local.clients)
+        http: httpx.Client = local.clients[index % len(api_urls)]
         return http
 
     def submit(index: int) -> None:
@@ -195,9 +216,10 @@ def submit_all(
         text = f"Order {index} is ready. Goodbye."
         variables = {"input": {"text": text, "idempotencyKey": key}}
         headers = {"authorization": f"Bearer {api_keys[index % len(api_keys)]}"}
-        deadline, pause = time.monotonic() + give_up_after, 0.1
+        deadline, pause, attempt = time.monotonic() + give_up_after, 0.1, index
         while time.monotonic() < deadline:
-            answer = _post(client(), headers, variables)
+            answer = _post(client(attempt), headers, variables)
+            attempt += 1
             with result.lock:
                 if answer.job_id is not None:
                     if result.accepted.setdefault(key, answer.job_id) != answer.job_id:
@@ -253,11 +275,14 @@ class Injector:
         stack: Stack,
         supervisor: Supervisor,
         receiver: ChaosReceiver,
-        api: Supervised,
+        apis: list[Supervised],
         workers: list[Supervised],
+        schedulers: list[Supervised],
+        infrastructure: Infrastructure,
     ) -> None:
         self.config, self.stack, self.supervisor, self.receiver = config, stack, supervisor, receiver
-        self.api, self.workers = api, workers
+        self.apis, self.workers, self.schedulers = apis, workers, schedulers
+        self.infrastructure = infrastructure
         self.rng = random.Random(config.seed + 1)
         self.done: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
@@ -275,9 +300,12 @@ class Injector:
     def _run(self, plan: list[Fault], started: float) -> None:
         actions: dict[str, Callable[[], bool]] = {
             "worker-kill": lambda: self._kill(self.rng.choice(self.workers)),
-            "api-kill": lambda: self._kill(self.api),
+            "api-kill": lambda: self._kill(self.rng.choice(self.apis)),
+            "scheduler-kill": lambda: self._kill(self.rng.choice(self.schedulers)),
             "redis-restart": self._restart_redis,
             "postgres-restart": self._restart_postgres,
+            "redis-failover": self._fail_over_redis,
+            "pgbouncer-restart": self._restart_pgbouncer,
         }
         for fault in plan:
             time.sleep(max(0.0, started + fault.at - time.monotonic()))
@@ -304,6 +332,24 @@ class Injector:
         self.stack.redis.start()
         return True
 
+    def _fail_over_redis(self) -> bool:
+        sentinels = self.infrastructure.sentinels
+        if sentinels is None:
+            return False
+        try:
+            sentinels.fail_over()
+            sentinels.rejoin()  # the old primary comes back as a replica: ready for the next failover
+        except RuntimeError as error:  # the Sentinels did not settle in time: the next failover is off
+            print(f"  (redis failover: {error})")
+            self.infrastructure.sentinels = None
+        return True
+
+    def _restart_pgbouncer(self) -> bool:
+        if self.infrastructure.pgbouncer is None:
+            return False
+        self.infrastructure.pgbouncer.restart(down_seconds=self.config.restart_after)
+        return True
+
     def _restart_postgres(self) -> bool:
         if self.stack.postgres is None:
             return False
@@ -321,6 +367,10 @@ class ChaosReport:
     statuses: Counter[str]
     error_codes: Counter[str]
     lost: int
+    ran_more_than_once: int
+    runs_interrupted: bool
+    """A worker was killed, or the database went away under running jobs (a job whose transaction
+    fails mid-run is recovered by the lost-runs sweep and runs again: at least once, never lost)."""
     events_expected: int
     events_received: int
     events_missing: int
@@ -343,6 +393,7 @@ class ChaosReport:
             and self.never_accepted == 0
             and not self.rejected
             and self.idempotency_violations == 0
+            and (self.ran_more_than_once == 0 or self.runs_interrupted)
             and self.events_missing == 0
             and self.events_unexpected == 0
             and self.signature_failures == 0
@@ -359,10 +410,17 @@ class ChaosReport:
             ("idempotency violations", self.idempotency_violations, "must be 0"),
             ("jobs terminal", sum(self.statuses[s] for s in TERMINAL), _counts(self.statuses)),
             ("jobs lost", self.lost, "must be 0; failures: " + (_counts(self.error_codes) or "none")),
+            (
+                "jobs run more than once",
+                self.ran_more_than_once,
+                "interrupted runs are recovered and run again"
+                if self.runs_interrupted
+                else "must be 0: no worker killed, no database outage",
+            ),
             ("events expected", self.events_expected, "job events x subscribed endpoints"),
             ("events received at least once", self.events_received, "must equal expected"),
             ("events missing / unexpected", f"{self.events_missing} / {self.events_unexpected}", "must be 0"),
-            ("duplicates received", self.duplicates, "deduplicated by webhook-id"),
+            ("duplicate deliveries received", self.duplicates, "deduplicated by webhook-id"),
             ("signatures that failed verification", self.signature_failures, "must be 0"),
             ("deliveries given up (retries spent)", self.deliveries_given_up, ""),
             (
@@ -372,7 +430,7 @@ class ChaosReport:
             ),
             ("faults injected", sum(self.faults.values()), _counts(self.faults)),
             (
-                "faults skipped (server not embedded)",
+                "faults skipped (no such server here)",
                 sum(self.faults_skipped.values()),
                 _counts(self.faults_skipped),
             ),
@@ -397,9 +455,41 @@ class Endpoint:
     event_types: list[str]
 
 
+@dataclass
+class Infrastructure:
+    """What stands between the fleet and its servers (--fleet): Sentinels, and PgBouncer."""
+
+    sentinels: SentinelRedis | None = None
+    pgbouncer: PgBouncer | None = None
+
+
+@contextlib.contextmanager
+def _infrastructure(config: ChaosConfig, stack: Stack) -> Iterator[Infrastructure]:
+    """Start what config asks for and point stack.env (every process started later) at it."""
+    infrastructure = Infrastructure()
+    try:
+        if config.sentinel:
+            infrastructure.sentinels = SentinelRedis(stack.workdir / "sentinel").start()
+            del stack.env["REDIS_URL"]
+            stack.env["REDIS_SENTINELS"] = infrastructure.sentinels.addresses
+        if config.pgbouncer:
+            direct = stack.env["DATABASE_URL"]
+            infrastructure.pgbouncer = PgBouncer(direct, stack.workdir / "pgbouncer", pool_size=10).start()
+            stack.env.update(
+                DATABASE_URL=infrastructure.pgbouncer.url_for(direct), DATABASE_DIRECT_URL=direct
+            )
+        yield infrastructure
+    finally:
+        if infrastructure.pgbouncer is not None:
+            infrastructure.pgbouncer.stop()
+        if infrastructure.sentinels is not None:
+            infrastructure.sentinels.stop()
+
+
 def run(config: ChaosConfig, workdir: Path | None = None) -> ChaosReport:
     """Run the chaos scenario end to end and report what was lost."""
     with service_stack(workdir=workdir, embedded=True) as stack, _receiver() as receiver:
+        direct_url = stack.env["DATABASE_URL"]  # the bench's own checks never go through the pooler
         stack.env.update(
             WEBHOOK_RETRY_SCHEDULE=json.dumps(list(config.retry_schedule)),
             WEBHOOK_RETRY_JITTER="0.2",
@@ -410,28 +500,34 @@ def run(config: ChaosConfig, workdir: Path | None = None) -> ChaosReport:
             LOG_LEVEL="INFO",
         )
         tenants = _create_tenants(stack, config.tenants)
-        api_process = stack.start_api(workers=1)
-        api = Supervised("api", api_process)
-        workers = [Supervised("worker", stack.start_worker(api_process.url)) for _ in range(config.workers)]
-        scheduler = ServiceProcess(["scheduler"], stack.env, stack.workdir / "scheduler.log").start()
-        stack.processes.append(scheduler)
-        supervisor = Supervisor([api, *workers, Supervised("scheduler", scheduler)])
-        endpoints = _create_endpoints(api_process.url, tenants, receiver)
-        supervisor.start()
-        injector = Injector(config, stack, supervisor, receiver, api, workers)
-        plan = fault_plan(config)
-        rate, seed = config.submit_rate, config.seed
-        print(f"submitting {config.jobs} jobs at {rate}/s with {len(plan)} faults (seed {seed})")
-        injector.start(plan)
-        submissions = submit_all(config, api_process.url, [key for _, key in tenants])
-        injector.join()
-        receiver.set_mode("ok")
-        drained, drain_seconds = _drain(stack.env["DATABASE_URL"], supervisor, config.drain_timeout)
-        supervisor.stop()
+        with _infrastructure(config, stack) as infrastructure:
+            apis = [Supervised("api", stack.start_api(workers=1)) for _ in range(config.apis)]
+            api_urls = [api.process.url for api in apis if isinstance(api.process, ApiProcess)]
+            workers = [Supervised("worker", stack.start_worker(api_urls[0])) for _ in range(config.workers)]
+            schedulers = []
+            for index in range(config.schedulers):
+                scheduler = ServiceProcess(["scheduler"], stack.env, stack.workdir / f"scheduler{index}.log")
+                stack.processes.append(scheduler.start())
+                schedulers.append(Supervised("scheduler", scheduler))
+            supervisor = Supervisor([*apis, *workers, *schedulers])
+            endpoints = _create_endpoints(api_urls[0], tenants, receiver)
+            supervisor.start()
+            injector = Injector(
+                config, stack, supervisor, receiver, apis, workers, schedulers, infrastructure
+            )
+            plan = fault_plan(config)
+            rate, seed = config.submit_rate, config.seed
+            print(f"submitting {config.jobs} jobs at {rate}/s with {len(plan)} faults (seed {seed})")
+            injector.start(plan)
+            submissions = submit_all(config, api_urls, [key for _, key in tenants])
+            injector.join()
+            receiver.set_mode("ok")
+            drained, drain_seconds = _drain(direct_url, supervisor, config.drain_timeout)
+            supervisor.stop()
         print("errors the services logged (expected while a fault lasts; anything else is a finding):")
         summarize_logs(stack.workdir, levels=("ERROR", "CRITICAL"))
         return _report(
-            stack.env["DATABASE_URL"],
+            direct_url,
             submissions,
             receiver.snapshot(),
             endpoints,
@@ -525,6 +621,10 @@ def _report(
             "SELECT tenant_id, job_id, type FROM job_events WHERE type = ANY(%s)", (list(JOB_EVENT_TYPES),)
         ).fetchall()
         given_up = conn.execute("SELECT count(*) FROM webhook_deliveries WHERE status = 'FAILED'").fetchone()
+        reruns = conn.execute(
+            "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE type = 'job.started'"
+            " GROUP BY job_id HAVING count(*) > 1) AS rerun"
+        ).fetchone()
     submitted = set(submissions.accepted.values())
     lost = sum(1 for job_id in submitted if jobs.get(job_id, ("missing",))[0] not in TERMINAL)
     statuses = Counter(status for status, _ in jobs.values())
@@ -547,6 +647,10 @@ def _report(
         statuses=statuses,
         error_codes=error_codes,
         lost=lost,
+        ran_more_than_once=reruns[0] if reruns else 0,
+        runs_interrupted=any(
+            injector.done[kind] for kind in ("worker-kill", "postgres-restart", "pgbouncer-restart")
+        ),
         events_expected=sum(expected.values()),
         events_received=sum((received & expected).values()),
         events_missing=sum((expected - received).values()),
@@ -560,6 +664,26 @@ def _report(
         faults_skipped=injector.skipped,
         unplanned_exits=supervisor.unplanned_exits,
         receiver_answers=tally.requests,
+    )
+
+
+def fleet_config(config: ChaosConfig, *, pgbouncer: bool, sentinel: bool) -> ChaosConfig:
+    """config as several hosts would run it, with a fleet's faults instead of worker and server kills."""
+    return dataclasses.replace(
+        config,
+        apis=2,
+        schedulers=2,
+        workers=4,
+        worker_kills=0,
+        redis_restarts=0,
+        postgres_restarts=0,
+        api_kills=1,
+        receiver_windows=1,
+        scheduler_kills=2,
+        redis_failovers=2 if sentinel else 0,
+        pgbouncer_restarts=2 if pgbouncer else 0,
+        sentinel=sentinel,
+        pgbouncer=pgbouncer,
     )
 
 
@@ -582,6 +706,13 @@ def main() -> None:
     )
     parser.add_argument("--window-seconds", type=float, default=defaults.window_seconds)
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout)
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="2 APIs, 2 schedulers, 4 workers on Sentinel-watched Redis; faults for a fleet (see above)",
+    )
+    parser.add_argument("--pgbouncer", action="store_true", help="--fleet: DATABASE_URL through PgBouncer")
+    parser.add_argument("--no-sentinel", action="store_true", help="--fleet: one plain Redis, no failover")
     parser.add_argument("--keep", type=Path, help="keep logs in this directory (default: a temporary one)")
     args = parser.parse_args()
     config = ChaosConfig(
@@ -598,6 +729,8 @@ def main() -> None:
         window_seconds=args.window_seconds,
         drain_timeout=args.drain_timeout,
     )
+    if args.fleet:
+        config = fleet_config(config, pgbouncer=args.pgbouncer, sentinel=not args.no_sentinel)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     report = run(config, args.keep)

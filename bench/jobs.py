@@ -8,6 +8,7 @@ All in one run, on one-sentence speech jobs:
 3. Claimcheck: jobs created through the API (generateSpeech), drained by one `claimcheck worker`;
 4. the same with one webhook endpoint subscribed to every event (a fast receiver on loopback);
 5. two `claimcheck worker` processes;
+6. four (beyond the cores of a 2-core machine: what is left of its CPU says where the ceiling is);
 
 then each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3).
 Every drain starts with the queue full and the worker not yet running, and ends when the last job is
@@ -262,6 +263,9 @@ def main() -> None:
             )
         two = claimcheck(stack, api.url, args.jobs, next(numbers), workers=2)
         rows["Claimcheck, two workers"] = two
+        rows["Claimcheck, four workers"] = four = claimcheck(
+            stack, api.url, args.jobs, next(numbers), workers=4
+        )
         samples = long_run(stack, api.url, args.rss_jobs) if args.rss_jobs else []
     plain = rows["plain RQ, one forking worker"]
     print(f"{'':54s} {'jobs/s':>8s} {'per job':>9s} {'CPU left':>9s} {'RSS start → end':>18s}")
@@ -272,6 +276,7 @@ def main() -> None:
     print(f"Claimcheck / plain RQ:        {one.rate / plain.rate:5.2f}  (target >= 1.0, stretch 2.0)")
     print(f"with an endpoint / without:   {hooked.rate / one.rate:5.2f}  (target >= 0.8)")
     print(f"two workers / one:            {two.rate / one.rate:5.2f}  (target >= 1.6; 2 cores run all of it)")
+    print(f"four workers / two:           {four.rate / two.rate:5.2f}  (~1.0 on 2 cores: the ceiling)")
     print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / alone:.1f} ms")
     for done, rss_mib in samples:
         print(f"long run: {done:6d} jobs done, worker RSS {rss_mib:6.1f} MiB")

@@ -43,8 +43,15 @@ def make_engine(url: str) -> Engine:
 
     Pessimistic disconnect handling without a round trip per checkout: a connection used moments
     ago is live (one that died since fails its statement, which invalidates the pool), one that sat
-    idle for IDLE_PING_SECONDS is pinged first and replaced when the ping fails."""
-    engine = create_engine(sqlalchemy_url(url), pool_size=5, max_overflow=10)
+    idle for IDLE_PING_SECONDS is pinged first and replaced when the ping fails.
+
+    Works through a transaction pooler (PgBouncer ``pool_mode = transaction``): every setting a
+    transaction makes is local to it (``set_config(..., true)``), nothing takes a session-level lock,
+    and psycopg prepares no named statements (a pooler hands the next transaction another server
+    connection, which never saw them; PgBouncer before 1.21 cannot carry them at all)."""
+    engine = create_engine(
+        sqlalchemy_url(url), pool_size=5, max_overflow=10, connect_args={"prepare_threshold": None}
+    )
 
     def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         idle_since = record.info.get(IDLE_SINCE)

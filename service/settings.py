@@ -44,7 +44,14 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production", "test"] = "production"
     database_url: str = ""
+    database_direct_url: str = ""
+    """A direct connection to Postgres for LISTEN, which a transaction pooler (PgBouncer) cannot carry,
+    when DATABASE_URL names one; default: DATABASE_URL."""
     redis_url: str = ""
+    redis_sentinels: str = ""
+    """Comma-separated host:port of Redis Sentinels; when set, Redis is the master they name (REDIS_URL,
+    if also set, gives only its database number and credentials)."""
+    redis_sentinel_master: str = "mymaster"
     data_dir: Path = Path(".data")
 
     # Required everywhere; `claimcheck dev` generates one in its data dir and hands it on.
@@ -166,7 +173,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_SECRET_KEY_CHARS} characters")
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_direct_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         if not value:
@@ -191,6 +198,15 @@ class Settings(BaseSettings):
         database = urlsplit(value).path.strip("/")
         if "path" not in options and database and not database.isdigit():
             raise ValueError(f"the database after the host must be a number, not {database!r}")
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_redis_sentinels(cls, value: str) -> str:
+        for address in value.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if address.strip() and not (host and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"{address.strip()!r} is not host:port")
         return value
 
     @field_validator("public_base_url")
@@ -276,13 +292,25 @@ class Settings(BaseSettings):
         return self
 
     def required_url(self, name: Literal["database_url", "redis_url"]) -> str:
-        """DATABASE_URL or REDIS_URL; a ConfigurationError when neither it nor a running dev gives one."""
+        """DATABASE_URL or REDIS_URL; a ConfigurationError when neither it nor a running dev gives one
+        (REDIS_URL may stay empty when REDIS_SENTINELS names Redis)."""
         value: str = getattr(self, name)
-        if not value:
+        if not value and not (name == "redis_url" and self.redis_sentinels):
             raise ConfigurationError(
                 f"{name.upper()} is not set, and no `claimcheck dev` is running in DATA_DIR ({self.data_dir})"
             )
         return value
+
+    @property
+    def listen_url(self) -> str:
+        """Where LISTEN connects: DATABASE_DIRECT_URL, else DATABASE_URL."""
+        return self.database_direct_url or self.required_url("database_url")
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty when Redis is not watched by Sentinels."""
+        pairs = [address.strip().rpartition(":") for address in self.redis_sentinels.split(",")]
+        return [(host.strip("[]"), int(port)) for host, _, port in pairs if host]
 
     @property
     def webhook_allowed_networks(self) -> list[str]:

@@ -37,6 +37,9 @@ BAD_VALUES = [
         "redis://:hunter22@redis:6379/zero",
         "REDIS_URL: the database after the host must be a number",
     ),
+    ("DATABASE_DIRECT_URL", "mysql://root:hunter22@db/x", "DATABASE_DIRECT_URL: must be a postgresql:// URL"),
+    ("REDIS_SENTINELS", "10.0.0.1:26379,10.0.0.2", "REDIS_SENTINELS: '10.0.0.2' is not host:port"),
+    ("REDIS_SENTINELS", "sentinel:port", "REDIS_SENTINELS: 'sentinel:port' is not host:port"),
     ("KIND_MODULES", '["tests.no_such_kinds"]', "KIND_MODULES: no module named 'tests.no_such_kinds'"),
     ("STORAGE_BACKEND", "gcs", "GCS_BUCKET must be set when STORAGE_BACKEND is gcs"),
     ("JOB_STUCK_AFTER_SECONDS", "5", "JOB_STUCK_AFTER_SECONDS must exceed JOB_HEARTBEAT_SECONDS"),
@@ -158,3 +161,16 @@ def test_migrate_without_a_database_url_says_so(env: dict[str, str], tmp_path: P
     assert result.returncode == 2, result.stderr
     assert "DATABASE_URL is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_with_sentinels_redis_needs_no_url_and_listen_defaults_to_the_database(
+    clean_environ: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "10.0.0.1:26379, sentinel-2:26380,[::1]:26381")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://claimcheck@pgbouncer:6432/claimcheck")
+    settings = load_settings()
+    assert settings.sentinel_addresses == [("10.0.0.1", 26379), ("sentinel-2", 26380), ("::1", 26381)]
+    assert settings.required_url("redis_url") == ""
+    assert settings.listen_url == "postgresql://claimcheck@pgbouncer:6432/claimcheck"
+    monkeypatch.setenv("DATABASE_DIRECT_URL", "postgresql://claimcheck@postgres:5432/claimcheck")
+    assert load_settings().listen_url == "postgresql://claimcheck@postgres:5432/claimcheck"

@@ -25,7 +25,7 @@ from service.ids import has_prefix
 from service.jobs.models import TERMINAL_STATUSES, Job
 from service.jobs.repository import JobRepository, get_by_id
 from service.outages import log_failure
-from service.redis import get_redis
+from service.redis import get_redis, new_async_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class JobFeed:
         try:
             async with self._subscribing:
                 if self._pubsub is None:
-                    client = redis.asyncio.Redis.from_url(get_settings().redis_url)
+                    client = new_async_redis()
                     self._pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await self._pubsub.subscribe(channel(job_id))
             if self._reader is None or self._reader.done():

@@ -124,7 +124,7 @@ class Deliverer:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """Set wake on each NOTIFY; reconnect (and catch up) when the connection drops."""
-        url = make_url(self.settings.database_url).set(drivername="postgresql")
+        url = make_url(self.settings.listen_url).set(drivername="postgresql")
         conninfo = url.render_as_string(hide_password=False)
         while not stop.is_set():
             try:
