@@ -38,7 +38,7 @@ IDLE_PING_SECONDS = 5.0
 IDLE_SINCE = "idle_since"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, prepared_statements: bool = True) -> Engine:
     """A pooled engine; forked children (work horses) never reuse the parent's connections.
 
     Pessimistic disconnect handling without a round trip per checkout: a connection used moments
@@ -46,12 +46,12 @@ def make_engine(url: str) -> Engine:
     idle for IDLE_PING_SECONDS is pinged first and replaced when the ping fails.
 
     Works through a transaction pooler (PgBouncer ``pool_mode = transaction``): every setting a
-    transaction makes is local to it (``set_config(..., true)``), nothing takes a session-level lock,
-    and psycopg prepares no named statements (a pooler hands the next transaction another server
-    connection, which never saw them; PgBouncer before 1.21 cannot carry them at all)."""
-    engine = create_engine(
-        sqlalchemy_url(url), pool_size=5, max_overflow=10, connect_args={"prepare_threshold": None}
-    )
+    transaction makes is local to it (``set_config(..., true)``) and nothing takes a session-level
+    lock. Without `prepared_statements`, psycopg prepares no named statements (a pooler hands the
+    next transaction another server connection, which never saw them; PgBouncer before 1.21 cannot
+    carry them at all); with them, statements run often are prepared once per connection."""
+    connect_args = {} if prepared_statements else {"prepare_threshold": None}
+    engine = create_engine(sqlalchemy_url(url), pool_size=5, max_overflow=10, connect_args=connect_args)
 
     def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         idle_since = record.info.get(IDLE_SINCE)
@@ -74,7 +74,10 @@ def make_engine(url: str) -> Engine:
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
     """The process-wide engine for DATABASE_URL."""
-    return make_engine(get_settings().required_url("database_url"))
+    settings = get_settings()
+    return make_engine(
+        settings.required_url("database_url"), prepared_statements=settings.use_prepared_statements
+    )
 
 
 @contextmanager

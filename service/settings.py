@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     database_direct_url: str = ""
     """A direct connection to Postgres for LISTEN, which a transaction pooler (PgBouncer) cannot carry,
     when DATABASE_URL names one; default: DATABASE_URL."""
+    database_prepared_statements: bool | None = None
+    """Whether psycopg prepares statements it runs often; default: yes, unless DATABASE_DIRECT_URL is
+    set (DATABASE_URL is then a transaction pooler, which cannot carry them before PgBouncer 1.21)."""
     redis_url: str = ""
     redis_sentinels: str = ""
     """Comma-separated host:port of Redis Sentinels; when set, Redis is the master they name (REDIS_URL,
@@ -300,6 +303,13 @@ class Settings(BaseSettings):
                 f"{name.upper()} is not set, and no `claimcheck dev` is running in DATA_DIR ({self.data_dir})"
             )
         return value
+
+    @property
+    def use_prepared_statements(self) -> bool:
+        """DATABASE_PREPARED_STATEMENTS, else whether DATABASE_URL is a direct connection."""
+        if self.database_prepared_statements is not None:
+            return self.database_prepared_statements
+        return not self.database_direct_url
 
     @property
     def listen_url(self) -> str:

@@ -71,7 +71,7 @@ def test_a_transaction_leaves_neither_tenant_role_nor_prepared_statements_to_the
     as the first one's tenant, and statements run often (which psycopg would otherwise prepare on
     whichever server connection it had) keep working."""
     pooled = pgbouncer.url_for(env["DATABASE_URL"])
-    first, second = make_engine(pooled), make_engine(pooled)
+    first, second = (make_engine(pooled, prepared_statements=False) for _ in range(2))
     tenant = make_tenant("pooled")
     try:
         for _ in range(12):
