@@ -11,12 +11,14 @@ live run from a lost one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import ParamSpec
 
 from rq.timeouts import JobTimeoutException
 from sqlmodel import Session
@@ -28,7 +30,7 @@ from service.jobs.dispatch import drop_waiting
 from service.jobs.kinds import ArtifactOutput, JobFailure, Kind, get_kind
 from service.jobs.models import Job, JobStatus
 from service.models import utcnow
-from service.outages import is_outage, log_failure
+from service.outages import describe, is_outage, log_failure
 from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
@@ -36,6 +38,7 @@ from service.tenants.service import lock_for_start
 from service.webhooks.service import read_endpoints
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 PROGRESS_MIN_INTERVAL = 0.25
 
@@ -94,11 +97,11 @@ class RunContext:
                 read_endpoints(session, job.tenant_id)
                 service.report_progress(session, job, pending[0], pending[1])
 
-    def take_pending(self) -> tuple[float, str | None] | None:
-        """The progress not written yet, for the final transition (which then writes it)."""
+    def unwritten(self) -> tuple[float, str | None] | None:
+        """The progress not written yet, for the final transition (which then writes it; the handler
+        and the heartbeat have stopped, so a final write tried again finds it still there)."""
         with self._lock:
-            pending, self._pending = self._pending, None
-            return pending
+            return self._pending
 
     @property
     def due(self) -> bool:
@@ -248,11 +251,37 @@ def _store(job: Job, output: ArtifactOutput) -> StoredObject:
 
 def _catch_up(session: Session, job: Job, context: RunContext | None) -> None:
     """Write the progress the handler reported since the last write, before the final transition."""
-    pending = context.take_pending() if context is not None else None
+    pending = context.unwritten() if context is not None else None
     if pending is not None and job.status == JobStatus.RUNNING:
         service.report_progress(session, job, pending[0], pending[1])
 
 
+def _patient(write: Callable[P, str | None]) -> Callable[P, str | None]:
+    """A run's final write, tried again while Postgres is unreachable (a restart, a failover, a pooler
+    restarting) for up to half of JOB_STUCK_AFTER_SECONDS: the outcome is kept, where giving up would
+    leave the job RUNNING until the lost-runs sweep ran it again. Each write locks the job and checks
+    its status, so one that did commit before the connection broke is not applied twice."""
+
+    @functools.wraps(write)
+    def patiently(*args: P.args, **kwargs: P.kwargs) -> str | None:
+        deadline = time.monotonic() + get_settings().job_stuck_after_seconds / 2
+        delay = 0.1
+        while True:
+            try:
+                return write(*args, **kwargs)
+            except Exception as error:
+                if not is_outage(error) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "could not record a job's outcome (%s); trying again in %.1f s", describe(error), delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    return patiently
+
+
+@_patient
 def _finish_succeeded(
     job_id: str, stored: StoredObject | None, output: ArtifactOutput | None, context: RunContext
 ) -> str | None:
@@ -268,6 +297,7 @@ def _finish_succeeded(
         return job.status
 
 
+@_patient
 def _finish_canceled(job: Job, output: ArtifactOutput | None) -> str | None:
     if output is not None:
         get_storage().delete(artifact_key(job.tenant_id, job.id, output.filename))  # a partial upload
@@ -279,6 +309,7 @@ def _finish_canceled(job: Job, output: ArtifactOutput | None) -> str | None:
         return locked.status
 
 
+@_patient
 def _finish_failed(
     job_id: str,
     code: str,
