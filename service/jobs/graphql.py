@@ -41,6 +41,8 @@ from service.jobs.remediation import remediation
 from service.models import utcnow
 from service.settings import get_settings
 
+__all__ = ["Job", "JobPayload", "JobPriority", "JobPriorityValue"]  # what the kinds' mutations use
+
 JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
 JobPriority = strawberry.enum(
     JobPriorityValue, name="JobPriority", description="Workers take HIGH jobs first, then NORMAL, then LOW."

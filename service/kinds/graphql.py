@@ -9,8 +9,7 @@ import strawberry
 
 from service.graphql_base import GraphQLInfo, require, run_mutation
 from service.jobs import service
-from service.jobs.graphql import Job, JobPayload, JobPriority
-from service.jobs.priority import JobPriority as JobPriorityValue
+from service.jobs.graphql import Job, JobPayload, JobPriority, JobPriorityValue
 from service.kinds.export import ExportFormat as ExportFormatValue
 from service.kinds.speech import AudioFormat as AudioFormatValue
 
