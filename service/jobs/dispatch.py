@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,14 @@ def enqueue_job(
         except DuplicateJobError:
             return False
         return True
+
+
+def enqueue_afresh(job_id: str, kind_name: str, carrier: Carrier, *, priority: str) -> bool:
+    """Enqueue a job that RQ may remember from an earlier run (canceled, failed): that record goes first,
+    or RQ's uniqueness would refuse the job until the sweep noticed. Only for a job no worker runs."""
+    with contextlib.suppress(NoSuchJobError):
+        RQJob.fetch(job_id, connection=get_redis()).delete()
+    return enqueue_job(job_id, kind_name, carrier, priority=priority)
 
 
 def drop_waiting(job_ids: list[str]) -> int:

@@ -26,7 +26,7 @@ from service.errors import (
 )
 from service.ids import has_prefix
 from service.jobs import repository
-from service.jobs.dispatch import dequeue_job, enqueue_job
+from service.jobs.dispatch import dequeue_job, enqueue_afresh, enqueue_job
 from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
 from service.jobs.payloads import job_data
@@ -379,7 +379,7 @@ def requeue(session: Session, job: Job, *, by: str) -> None:
     session.add(JobOutbox(job_id=job.id))
     session.flush()
     job_id, kind, carrier, priority = job.id, job.kind, job.trace_context, job.priority
-    after_commit(session, lambda: enqueue_job(job_id, kind, carrier, priority=priority))
+    after_commit(session, lambda: enqueue_afresh(job_id, kind, carrier, priority=priority))
 
 
 def retry_delay(attempt: int) -> float:
