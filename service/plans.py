@@ -68,7 +68,7 @@ class Limits:
     max_webhook_endpoints: int
     queries_per_minute: int
     query_burst: int
-    max_priority: int
+    max_priority: int = DEFAULT_LIMITS["max_priority"]
     """The highest job priority allowed: 2 HIGH, 1 NORMAL, 0 LOW (service/jobs/priority.py RANKS)."""
 
 
