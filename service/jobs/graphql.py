@@ -325,11 +325,11 @@ class JobMutation:
         "(within the plan's rate and max_queued; a job.requeued event is sent)."
     )
     def retry_job(self, info: GraphQLInfo, id: strawberry.ID) -> JobPayload:
-        tenant_id = require(info, "jobs:write").tenant_id
+        principal = require(info, "jobs:write")
         return run_mutation(
             info,
             lambda: JobPayload(
-                job=Job.from_row(service.retry_job(info.context.session, tenant_id, str(id))), user_errors=[]
+                job=Job.from_row(service.retry_job(info.context.session, principal, str(id))), user_errors=[]
             ),
             lambda errors: JobPayload(job=None, user_errors=errors),
         )

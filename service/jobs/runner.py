@@ -33,6 +33,7 @@ from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
 from service.tenants.service import lock_for_start
+from service.webhooks.service import read_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class RunContext:
                 if job is None or job.status != JobStatus.RUNNING:
                     self._canceled = True  # CANCELING, or the scheduler took the run away
                     return
+                read_endpoints(session, job.tenant_id)
                 service.report_progress(session, job, pending[0], pending[1])
 
     def take_pending(self) -> tuple[float, str | None] | None:
@@ -275,6 +277,7 @@ def _finish_succeeded(
         job = repository.lock_job(session, job_id)
         if job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
             return None
+        read_endpoints(session, job.tenant_id)
         if service.stopped_for_deadline(job):  # done, but too late: the deadline stop wins
             if stored is not None:
                 get_storage().delete(stored.key)
@@ -311,6 +314,7 @@ def _finish_failed(
         job = repository.lock_job(session, job_id)
         if job is None:
             return None
+        read_endpoints(session, job.tenant_id)
         if job.status == JobStatus.CANCELING:
             service.finish_stopped(session, job)
         elif job.status != JobStatus.RUNNING:

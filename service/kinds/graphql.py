@@ -47,14 +47,14 @@ def start_job(
 ) -> JobPayload:
     """Create a job of this kind for the caller (its plan's rate, quotas, priority cap and idempotency
     apply)."""
-    tenant_id = require(info, "jobs:write").tenant_id
+    principal = require(info, "jobs:write")
     return run_mutation(
         info,
         lambda: JobPayload(
             job=Job.from_row(
                 service.create_job(
                     info.context.session,
-                    tenant_id,
+                    principal,
                     kind,
                     raw_input,
                     idempotency_key,
