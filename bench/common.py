@@ -165,9 +165,10 @@ def service_stack(
 
 def _empty_jobs_queue() -> None:
     from service.db import get_engine
+    from service.jobs.priority import ORDERED_QUEUES
     from service.redis import get_queue
 
-    removed = get_queue().empty()  # type: ignore[no-untyped-call]
+    removed = sum(get_queue(name).empty() for name in ORDERED_QUEUES)  # type: ignore[no-untyped-call]
     if removed:
         print(f"(emptied the jobs queue: {removed} RQ job(s) removed)")
     get_engine().dispose()

@@ -9,8 +9,11 @@ All in one run, on one-sentence speech jobs:
 4. the same with one webhook endpoint subscribed to every event (a fast receiver on loopback);
 5. two `claimcheck worker` processes;
 6. four (beyond the cores of a 2-core machine: what is left of its CPU says where the ceiling is);
+7. one worker again, on jobs of mixed priorities (HIGH, NORMAL, LOW in turn), beside the same run of
+   all NORMAL jobs just before it (the priority path's cost: its queues, order and starvation guard);
 
-then each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3).
+then each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3,
+7 >= 0.95x its all-NORMAL run).
 Every drain starts with the queue full and the worker not yet running, and ends when the last job is
 done; the worker's start-up is counted, as it would be for RQ. `--rss-jobs N` adds a long run of N jobs
 through one worker, sampling its RSS as it goes.
@@ -125,8 +128,10 @@ def plain_rq(stack: Stack, count: int) -> Drain:
     return Drain(count, seconds, window.cores - window.machine_busy, rss.first, rss.last)
 
 
-def submit(api_url: str, stack: Stack, count: int, start: int) -> list[str]:
-    """Create `count` speech jobs through the API (16 at a time); their ids."""
+def submit(
+    api_url: str, stack: Stack, count: int, start: int, priorities: tuple[str, ...] = ("NORMAL",)
+) -> list[str]:
+    """Create `count` speech jobs through the API (16 at a time), of these priorities in turn; their ids."""
 
     async def run() -> list[str]:
         numbers = iter(range(start, start + count))
@@ -135,7 +140,9 @@ def submit(api_url: str, stack: Stack, count: int, start: int) -> list[str]:
 
             async def one_by_one() -> None:
                 for number in numbers:
-                    body = {"query": SPEECH_MUTATION, "variables": {"input": {"text": _text(number)}}}
+                    priority = priorities[number % len(priorities)]
+                    variables = {"input": {"text": _text(number), "priority": priority}}
+                    body = {"query": SPEECH_MUTATION, "variables": variables}
                     payload = (await client.post("/graphql", json=body)).json()["data"]["generateSpeech"]
                     ids.append(payload["job"]["id"])
 
@@ -145,8 +152,15 @@ def submit(api_url: str, stack: Stack, count: int, start: int) -> list[str]:
     return asyncio.run(run())
 
 
-def claimcheck(stack: Stack, api_url: str, count: int, start: int, workers: int = 1) -> Drain:
-    submit(api_url, stack, count, start)
+def claimcheck(
+    stack: Stack,
+    api_url: str,
+    count: int,
+    start: int,
+    workers: int = 1,
+    priorities: tuple[str, ...] = ("NORMAL",),
+) -> Drain:
+    submit(api_url, stack, count, start, priorities)
     meter = CpuMeter({})
     meter.start()
     started = time.perf_counter()
@@ -266,6 +280,10 @@ def main() -> None:
         rows["Claimcheck, four workers"] = four = claimcheck(
             stack, api.url, args.jobs, next(numbers), workers=4
         )
+        normal = claimcheck(stack, api.url, args.jobs, next(numbers))
+        mixed = claimcheck(stack, api.url, args.jobs, next(numbers), priorities=("HIGH", "NORMAL", "LOW"))
+        rows["Claimcheck, one worker, all NORMAL (again)"] = normal
+        rows["Claimcheck, one worker, mixed priorities"] = mixed
         samples = long_run(stack, api.url, args.rss_jobs) if args.rss_jobs else []
     plain = rows["plain RQ, one forking worker"]
     print(f"{'':54s} {'jobs/s':>8s} {'per job':>9s} {'CPU left':>9s} {'RSS start → end':>18s}")
@@ -277,6 +295,7 @@ def main() -> None:
     print(f"with an endpoint / without:   {hooked.rate / one.rate:5.2f}  (target >= 0.8)")
     print(f"two workers / one:            {two.rate / one.rate:5.2f}  (target >= 1.6; 2 cores run all of it)")
     print(f"four workers / two:           {four.rate / two.rate:5.2f}  (~1.0 on 2 cores: the ceiling)")
+    print(f"mixed priorities / all NORMAL: {mixed.rate / normal.rate:5.2f}  (target >= 0.95)")
     print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / alone:.1f} ms")
     for done, rss_mib in samples:
         print(f"long run: {done:6d} jobs done, worker RSS {rss_mib:6.1f} MiB")

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,71 @@ def cmd_portal_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_dead_letter(args: argparse.Namespace) -> int:
+    from service.db import session_scope
+    from service.jobs.remediation import remediation
+    from service.jobs.service import dead_letter
+
+    with session_scope() as session:
+        jobs = dead_letter(session, tenant_id=args.tenant, since=args.since, code=args.code, limit=args.limit)
+        rows = [
+            {
+                "job_id": job.id,
+                "tenant_id": job.tenant_id,
+                "kind": job.kind,
+                "priority": job.priority,
+                "attempt": job.attempt,
+                "error_code": job.error_code,
+                "error_message": job.error_message,
+                "remediation": remediation(job.error_code or ""),
+                "dead_lettered_at": job.dead_lettered_at.isoformat() if job.dead_lettered_at else None,
+            }
+            for job in jobs
+        ]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(
+                f"{row['job_id']}  {row['tenant_id']}  {row['kind']}  attempt {row['attempt']}  "
+                f"{row['error_code']}  {row['dead_lettered_at']}\n    {row['error_message']}\n"
+                f"    → {row['remediation']}"
+            )
+        print(f"{len(rows)} dead-lettered job(s)")
+    return 0
+
+
+def cmd_jobs_requeue(args: argparse.Namespace) -> int:
+    from service.db import session_scope
+    from service.jobs.service import dead_letter, operator_requeue
+
+    if bool(args.ids) == args.all_matching:
+        print("error: give job ids, or --all-matching with filters (not both)", file=sys.stderr)
+        return 2
+    ids: list[str] = list(args.ids)
+    if args.all_matching:
+        with session_scope() as session:
+            matching = dead_letter(
+                session, tenant_id=args.tenant, since=args.since, code=args.code, limit=args.limit
+            )
+            ids = [job.id for job in matching]
+    for job_id in ids:  # one transaction each: a job that cannot be requeued does not hold back the rest
+        with session_scope() as session:
+            job = operator_requeue(session, job_id)
+            print(f"{job.id} requeued (next attempt {job.attempt + 1})")
+    print(f"{len(ids)} job(s) requeued")
+    return 0
+
+
+def _timestamp(value: str) -> datetime:
+    """An ISO 8601 time from the command line (UTC when it names no zone)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from error
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def cmd_secrets_rotate(_args: argparse.Namespace) -> int:
     from service.db import session_scope
     from service.webhooks.service import reencrypt_all
@@ -232,6 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=int, default=None, help="seconds the link stays usable (default 600)"
     )
     portal_link.set_defaults(func=cmd_portal_link)
+
+    jobs = commands.add_parser("jobs", help="operator view of jobs: the dead letter").add_subparsers(
+        dest="action", required=True
+    )
+    dead = command(jobs, "dead-letter", "list jobs that failed for good (retries spent or a permanent error)")
+    requeue = command(jobs, "requeue", "send dead-lettered jobs back to the queue (same ids, next attempt)")
+    requeue.add_argument("ids", nargs="*", metavar="ID", help="job ids to requeue")
+    requeue.add_argument(
+        "--all-matching", action="store_true", help="every dead-lettered job the filters match"
+    )
+    for sub in (dead, requeue):
+        sub.add_argument("--tenant", help="only this tenant's jobs")
+        sub.add_argument("--since", type=_timestamp, help="dead-lettered at or after this ISO 8601 time")
+        sub.add_argument("--code", help="only jobs that failed with this error code")
+        sub.add_argument("--limit", type=int, default=1000, help="at most this many (newest first)")
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(func=cmd_jobs_dead_letter)
+    requeue.set_defaults(func=cmd_jobs_requeue)
 
     secrets = commands.add_parser("secrets", help="secrets at rest").add_subparsers(
         dest="action", required=True

@@ -18,12 +18,17 @@ LIMIT_NAMES = (
     "max_webhook_endpoints",
     "queries_per_minute",
     "query_burst",
+    "max_priority",
 )
 QUERY_RATE_FACTOR = 10
 """A plan that names no query rate gets ten times its mutation rate and burst (0 stays unlimited), so
 PLANS written before queries were limited keep working."""
 DERIVED_LIMITS = {"queries_per_minute": "mutations_per_minute", "query_burst": "burst"}
-REQUIRED_LIMITS = tuple(name for name in LIMIT_NAMES if name not in DERIVED_LIMITS)
+DEFAULT_LIMITS = {"max_priority": 2}
+"""Limits a plan may leave out, with their value then: PLANS written before priorities allow HIGH."""
+REQUIRED_LIMITS = tuple(
+    name for name in LIMIT_NAMES if name not in DERIVED_LIMITS and name not in DEFAULT_LIMITS
+)
 
 DEFAULT_PLANS: dict[str, dict[str, int]] = {
     "free": {
@@ -35,6 +40,7 @@ DEFAULT_PLANS: dict[str, dict[str, int]] = {
         "max_webhook_endpoints": 5,
         "queries_per_minute": 600,
         "query_burst": 200,
+        "max_priority": 1,
     },
     "pro": {
         "mutations_per_minute": 600,
@@ -45,6 +51,7 @@ DEFAULT_PLANS: dict[str, dict[str, int]] = {
         "max_webhook_endpoints": 50,
         "queries_per_minute": 6_000,
         "query_burst": 1_000,
+        "max_priority": 2,
     },
 }
 
@@ -61,6 +68,8 @@ class Limits:
     max_webhook_endpoints: int
     queries_per_minute: int
     query_burst: int
+    max_priority: int = DEFAULT_LIMITS["max_priority"]
+    """The highest job priority allowed: 2 HIGH, 1 NORMAL, 0 LOW (service/jobs/priority.py RANKS)."""
 
 
 assert tuple(f.name for f in fields(Limits)) == LIMIT_NAMES
@@ -78,6 +87,8 @@ def resolve_limits(
     values = dict(plans.get(plan) or plans[default_plan])
     for name, source in DERIVED_LIMITS.items():
         values.setdefault(name, values[source] * QUERY_RATE_FACTOR)
+    for name, default in DEFAULT_LIMITS.items():
+        values.setdefault(name, default)
     for name, value in (overrides or {}).items():
         if name in LIMIT_NAMES and isinstance(value, int) and value >= 0:
             values[name] = value

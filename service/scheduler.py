@@ -19,6 +19,7 @@ from observability.metrics import (
     start_metrics_server,
 )
 from service.db import bounded_session_scope, session_scope
+from service.jobs.deadlines import enforce_deadlines
 from service.jobs.dispatch import read_outbox, sweep_outbox
 from service.jobs.recovery import recover_lost_runs
 from service.jobs.retention import delete_old_jobs, expire_artifacts
@@ -59,6 +60,7 @@ def run_once() -> int:
     """One round of every sweep; returns how many jobs the outbox sweep had to re-enqueue."""
     global _last_retention
     _sweep("lost runs", recover_lost_runs)
+    _sweep("deadlines", enforce_deadlines)
     _sweep("key last-used", flush_key_last_used)
     if time.monotonic() - _last_retention >= RETENTION_EVERY_SECONDS:  # old rows do not need haste
         _last_retention = time.monotonic()

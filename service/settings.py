@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     job_kill_grace_seconds: float = Field(default=30.0, ge=0)
     """A job still running this long past its kind's limit (RQ's SIGALRM did not stop it) is killed
     with its work horse."""
+    job_priority_starvation_every: int = Field(default=10, ge=0)
+    """A work horse takes every this-many-th job lowest priority first (LOW still moves under a steady
+    HIGH load; 0 or 1: strict priority order)."""
+    job_deadline_min_seconds: float = Field(default=1.0, ge=0)
+    job_deadline_max_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """A job's deadline must lie this far from its creation at least and at most."""
     worker_concurrency: int = Field(default=1, ge=1, le=256)
     """Work horses per worker process: jobs it runs at once."""
     worker_max_jobs_per_horse: int = Field(default=1000, ge=0)

@@ -7,6 +7,7 @@ from datetime import datetime
 import strawberry
 
 from service.graphql_base import GraphQLInfo, require
+from service.jobs.priority import highest_allowed
 from service.jobs.service import count_by_status
 from service.settings import get_settings
 from service.tenants.service import get_tenant, limits_for
@@ -23,6 +24,7 @@ class TenantLimits:
     max_webhook_endpoints: int
     queries_per_minute: int = strawberry.field(description="Queries; 0: unlimited.")
     query_burst: int = strawberry.field(description="Queries allowed at once above the steady rate.")
+    max_priority: str = strawberry.field(description="The highest job priority allowed: HIGH, NORMAL or LOW.")
 
 
 @strawberry.type
@@ -53,6 +55,7 @@ class Tenant:
             max_webhook_endpoints=limits.max_webhook_endpoints,
             queries_per_minute=limits.queries_per_minute,
             query_burst=limits.query_burst,
+            max_priority=highest_allowed(limits.max_priority),
         )
 
     @strawberry.field

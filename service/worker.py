@@ -24,8 +24,9 @@ from observability.metrics import (
 )
 from service.db import bounded_session_scope, get_engine
 from service.jobs.kinds import kind_names, prepare_kinds
+from service.jobs.priority import JOBS, expand_queues
 from service.jobs.supervisor import Supervisor
-from service.redis import JOBS_QUEUE, get_queue
+from service.redis import get_queue
 from service.settings import get_settings
 from service.startup import start_process
 from service.storage.factory import get_storage
@@ -33,7 +34,7 @@ from service.webhooks.deliverer import DelivererThread, run_until
 from service.webhooks.delivery import backlog
 
 WEBHOOKS = "webhooks"
-DEFAULT_QUEUES = (JOBS_QUEUE, WEBHOOKS)
+DEFAULT_QUEUES = (JOBS, WEBHOOKS)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def run_worker(
     """Work until SIGTERM (current jobs and in-flight deliveries finish first), or burst until empty."""
     settings = get_settings()
     wanted = list(queues or DEFAULT_QUEUES)
-    job_queues = [queue for queue in wanted if queue != WEBHOOKS]
+    job_queues = expand_queues([queue for queue in wanted if queue != WEBHOOKS])  # `jobs`: every priority
     start_process("claimcheck-worker")
     if settings.metrics_port is not None:
         start_metrics_server(settings.metrics_port)

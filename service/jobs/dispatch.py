@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -20,9 +21,10 @@ from observability.metrics import OUTBOX_SAMPLE, OutboxReading, record_outbox_re
 from observability.tracing import continue_trace, inject
 from service.jobs import repository
 from service.jobs.kinds import get_kind
+from service.jobs.priority import ORDERED_QUEUES, queue_for
 from service.models import utcnow
 from service.outages import describe, is_outage
-from service.redis import JOBS_QUEUE, get_queue, get_redis
+from service.redis import get_queue, get_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -32,15 +34,17 @@ TRACE_META = "trace"
 Carrier = Mapping[str, str] | None
 
 
-def enqueue_job(job_id: str, kind_name: str, carrier: Carrier = None, *, link_only: bool = False) -> bool:
-    """Put the job on the RQ queue under its own id; False when RQ already holds it.
+def enqueue_job(
+    job_id: str, kind_name: str, carrier: Carrier = None, *, link_only: bool = False, priority: str = "NORMAL"
+) -> bool:
+    """Put the job on its priority's RQ queue under its own id; False when RQ already holds it.
 
     An `enqueue` span continues the trace in carrier (the request's, stored with the job), or links
     to it (a sweep's re-enqueue); RQ job meta carries the context on to the worker.
     """
     with continue_trace("job.enqueue", carrier, kind=SpanKind.PRODUCER, link_only=link_only, job_id=job_id):
         try:
-            get_queue(JOBS_QUEUE).enqueue_call(
+            get_queue(queue_for(priority)).enqueue_call(
                 RUN_JOB,
                 args=(job_id,),
                 job_id=job_id,
@@ -61,20 +65,20 @@ class _Dispatcher:
     wait for RQ. A job that never gets there (the process dies first, Redis is away) is enqueued by
     the outbox sweep, as after any failed enqueue."""
 
-    _pending: queue.SimpleQueue[tuple[str, str, Carrier]]
+    _pending: queue.SimpleQueue[tuple[str, str, Carrier, str]]
     _thread: threading.Thread | None
     _starting: threading.Lock
 
     def __init__(self) -> None:
         self.reset()
 
-    def submit(self, job_id: str, kind_name: str, carrier: Carrier) -> None:
+    def submit(self, job_id: str, kind_name: str, carrier: Carrier, priority: str) -> None:
         if self._thread is None or not self._thread.is_alive():
             with self._starting:
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._run, name="claimcheck-enqueue", daemon=True)
                     self._thread.start()
-        self._pending.put((job_id, kind_name, carrier))
+        self._pending.put((job_id, kind_name, carrier, priority))
 
     def reset(self) -> None:
         """Nothing pending and no thread yet (also a forked child's state: it has no thread)."""
@@ -84,9 +88,9 @@ class _Dispatcher:
 
     def _run(self) -> None:
         while True:
-            job_id, kind_name, carrier = self._pending.get()
+            job_id, kind_name, carrier, priority = self._pending.get()
             try:
-                enqueue_job(job_id, kind_name, carrier)
+                enqueue_job(job_id, kind_name, carrier, priority=priority)
             except Exception as error:  # the outbox sweep enqueues it later
                 log.warning(
                     "could not enqueue job %s (the outbox sweep will): %s",
@@ -100,9 +104,17 @@ _DISPATCHER = _Dispatcher()
 os.register_at_fork(after_in_child=_DISPATCHER.reset)
 
 
-def enqueue_soon(job_id: str, kind_name: str, carrier: Carrier = None) -> None:
+def enqueue_soon(job_id: str, kind_name: str, carrier: Carrier = None, *, priority: str = "NORMAL") -> None:
     """enqueue_job, from this process's dispatcher thread: call it once the job is committed."""
-    _DISPATCHER.submit(job_id, kind_name, carrier)
+    _DISPATCHER.submit(job_id, kind_name, carrier, priority)
+
+
+def enqueue_afresh(job_id: str, kind_name: str, carrier: Carrier, *, priority: str) -> bool:
+    """Enqueue a job that RQ may remember from an earlier run (canceled, failed): that record goes first,
+    or RQ's uniqueness would refuse the job until the sweep noticed. Only for a job no worker runs."""
+    with contextlib.suppress(NoSuchJobError):
+        RQJob.fetch(job_id, connection=get_redis()).delete()
+    return enqueue_job(job_id, kind_name, carrier, priority=priority)
 
 
 def drop_waiting(job_ids: list[str]) -> int:
@@ -129,23 +141,26 @@ def dequeue_job(job_id: str) -> None:
         log.warning("could not remove job %s from RQ: %s", job_id, error, exc_info=not is_outage(error))
 
 
-def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier, waiting: Callable[[], set[str]]) -> bool:
+def _ensure_in_rq(
+    job_id: str, kind_name: str, carrier: Carrier, priority: str, waiting: Callable[[], set[str]]
+) -> bool:
     """Enqueue a job no worker has started, replacing an RQ entry that will not start it.
 
-    waiting() gives the ids on the RQ queue (read once per sweep, only if needed).
+    waiting() gives the ids on the RQ job queues (read once per sweep, only if needed).
     """
     if job_id in waiting():
         return False  # waiting its turn (the common case in a backlog: no further Redis calls)
-    if enqueue_job(job_id, kind_name, carrier, link_only=True):
+    if enqueue_job(job_id, kind_name, carrier, link_only=True, priority=priority):
         return True
     try:
         rq_job = RQJob.fetch(job_id, connection=get_redis())
     except NoSuchJobError:
-        return enqueue_job(job_id, kind_name, carrier, link_only=True)
+        return enqueue_job(job_id, kind_name, carrier, link_only=True, priority=priority)
     status = rq_job.get_status(refresh=False)
     if status == RQStatus.STARTED and not _too_long_ago(rq_job.started_at):
         return False  # a worker took it just now and is starting it
-    taking = get_queue(JOBS_QUEUE).intermediate_queue  # where a worker moves a job it takes
+    # Where a worker on this one queue moves a job it takes (on several, RQ pops without it).
+    taking = get_queue(rq_job.origin or queue_for(priority)).intermediate_queue
     if status == RQStatus.QUEUED and job_id in taking.get_job_ids():
         taking.set_first_seen(job_id)
         if not _too_long_ago(taking.get_first_seen(job_id)):
@@ -155,7 +170,7 @@ def _ensure_in_rq(job_id: str, kind_name: str, carrier: Carrier, waiting: Callab
     # A run that does begin first makes the other one a no-op (only a QUEUED job starts).
     taking.remove(job_id)
     rq_job.delete()
-    return enqueue_job(job_id, kind_name, carrier, link_only=True)
+    return enqueue_job(job_id, kind_name, carrier, link_only=True, priority=priority)
 
 
 def _too_long_ago(taken: datetime | None) -> bool:
@@ -183,13 +198,13 @@ def sweep_outbox(session: Session, *, grace_seconds: float, limit: int = 500) ->
     def waiting() -> set[str]:
         nonlocal on_queue
         if on_queue is None:
-            on_queue = set(get_queue(JOBS_QUEUE).get_job_ids())
+            on_queue = {job_id for name in ORDERED_QUEUES for job_id in get_queue(name).get_job_ids()}
         return on_queue
 
     checked = []
-    for job_id, kind, carrier in due:
+    for job_id, kind, carrier, priority in due:
         try:
-            enqueued += _ensure_in_rq(job_id, kind, carrier, waiting)
+            enqueued += _ensure_in_rq(job_id, kind, carrier, priority, waiting)
         except Exception as error:
             if is_outage(error):  # Redis is away: the rest would fail alike; all wait for the next round
                 log.warning("outbox sweep stopped, Redis unavailable: %s", describe(error))

@@ -1,4 +1,4 @@
-"""GraphQL for jobs: the Job type, `job`, `jobs` (Relay), `jobUpdates`, cancel and delete.
+"""GraphQL for jobs: the Job type, `job`, `jobs` (Relay), `jobUpdates`, cancel, retry and delete.
 
 Resolvers are thin: they hand the request's session to the service and render what it returns. The
 mutations that start jobs belong to the kinds (service/kinds/graphql.py).
@@ -13,7 +13,7 @@ import functools
 import weakref
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import cast
+from typing import Annotated, cast
 
 import anyio
 import anyio.to_thread
@@ -36,10 +36,17 @@ from service.jobs import service, updates
 from service.jobs.models import TERMINAL_STATUSES
 from service.jobs.models import Job as JobRow
 from service.jobs.models import JobStatus as JobStatusValue
+from service.jobs.priority import JobPriority as JobPriorityValue
+from service.jobs.remediation import remediation
 from service.models import utcnow
 from service.settings import get_settings
 
+__all__ = ["Job", "JobPayload", "JobPriority", "JobPriorityValue"]  # what the kinds' mutations use
+
 JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
+JobPriority = strawberry.enum(
+    JobPriorityValue, name="JobPriority", description="Workers take HIGH jobs first, then NORMAL, then LOW."
+)
 
 POLL_ADVICE_SECONDS = 2
 DEFAULT_PAGE = 20
@@ -67,6 +74,10 @@ class JobError:
     code: str
     message: str
     retryable: bool
+
+    @strawberry.field(description="What to do about it, in one line.")
+    def remediation(self) -> str:
+        return remediation(self.code)
 
 
 @strawberry.type
@@ -108,8 +119,20 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     idempotency_key: str | None
+    priority: JobPriority  # type: ignore[valid-type]
+    deadline: datetime | None = strawberry.field(
+        description="Not finished by then, the job ends FAILED with DEADLINE_EXCEEDED."
+    )
+    dead_lettered_at: datetime | None = strawberry.field(
+        description="When it failed for good (retries spent or a permanent error); null unless in the "
+        "dead letter. retryJob sends it back to the queue."
+    )
     tenant_id: strawberry.Private[str]
     row: strawberry.Private[JobRow]
+
+    @strawberry.field(description="Whether the job is expected to finish past its deadline.")
+    def at_risk(self) -> bool:
+        return service.at_risk(self.row, utcnow())
 
     @strawberry.field(description="When the job should finish at its progress rate so far; null until known.")
     def estimated_completion_at(self) -> datetime | None:
@@ -156,6 +179,9 @@ class Job:
             started_at=row.started_at,
             finished_at=row.finished_at,
             idempotency_key=row.idempotency_key,
+            priority=JobPriorityValue(row.priority),
+            deadline=row.deadline_at,
+            dead_lettered_at=row.dead_lettered_at,
             tenant_id=row.tenant_id,
             row=row,
         )
@@ -231,6 +257,9 @@ class JobQuery:
         after: str | None = None,
         status: list[JobStatus] | None = None,  # type: ignore[valid-type]
         kind: str | None = None,
+        dead_lettered: Annotated[
+            bool | None, strawberry.argument(description="true: only the dead letter; false: none of it.")
+        ] = None,
     ) -> JobConnection:
         principal = require(info, "jobs:read")
         rows, more = or_graphql_error(
@@ -241,6 +270,7 @@ class JobQuery:
                 after_id=decode_cursor(after) if after else None,
                 statuses=status or [],
                 kind=kind,
+                dead_lettered=dead_lettered,
             )
         )
         edges = [JobEdge(cursor=encode_cursor(row.id), node=Job.from_row(row)) for row in rows]
@@ -286,6 +316,20 @@ class JobMutation:
             info,
             lambda: JobPayload(
                 job=Job.from_row(service.cancel_job(info.context.session, tenant_id, str(id))), user_errors=[]
+            ),
+            lambda errors: JobPayload(job=None, user_errors=errors),
+        )
+
+    @strawberry.mutation(
+        description="Send a dead-lettered job back to the queue: same id and audit trail, the next attempt "
+        "(within the plan's rate and max_queued; a job.requeued event is sent)."
+    )
+    def retry_job(self, info: GraphQLInfo, id: strawberry.ID) -> JobPayload:
+        principal = require(info, "jobs:write")
+        return run_mutation(
+            info,
+            lambda: JobPayload(
+                job=Job.from_row(service.retry_job(info.context.session, principal, str(id))), user_errors=[]
             ),
             lambda errors: JobPayload(job=None, user_errors=errors),
         )

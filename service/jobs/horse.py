@@ -6,8 +6,9 @@ span exporter and the kinds' libraries stay warm from one job to the next. Over 
 tells the supervisor when a job starts (with its time limit) and how it ended; if the horse dies or
 hangs mid-job, the supervisor fails or retries that job alone and forks a fresh horse.
 
-Inside, RQ's SimpleWorker takes jobs off the queues; a job past its kind's time limit is interrupted
-by RQ's SIGALRM death penalty, and one that ignores it is killed by the supervisor.
+Inside, RQ's SimpleWorker takes jobs off the queues in strict priority order (service/jobs/priority.py),
+but every JOB_PRIORITY_STARVATION_EVERY-th take looks lowest first; a job past its kind's time limit is
+interrupted by RQ's SIGALRM death penalty, and one that ignores it is killed by the supervisor.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from observability.tracing import flush
 from service.jobs.runner import RunResult
 from service.outages import describe
 from service.redis import get_queue, get_redis
+from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,17 @@ class HorseWorker(SimpleWorker):
 
     stop_requested = False
     _last_beat = 0.0
+    starvation_every = 0
+    """Every this many takes, one looks at the queues lowest priority first (0: strict order always)."""
+    _taken = 0
+
+    def reorder_queues(self, reference_queue: Queue) -> None:  # noqa: ARG002 - the order is not by queue
+        """The order of the next take: highest priority first, but lowest first on every
+        starvation_every-th take, so a steady stream of HIGH jobs cannot hold LOW ones back forever."""
+        self._taken += 1
+        every = self.starvation_every
+        lowest_first = every > 1 and self._taken % every == every - 1
+        self._ordered_queues = self.queues[::-1] if lowest_first else self.queues[:]
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         """RQ's worker heartbeat (three commands, several times per job) at most every
@@ -99,6 +112,7 @@ def run_horse(channel: int, queue_names: list[str], *, burst: bool, max_jobs: in
             worker: HorseWorker | None = None
             try:
                 worker = HorseWorker(queues, connection=get_redis())
+                worker.starvation_every = get_settings().job_priority_starvation_every
                 worker.work(
                     burst=burst,
                     with_scheduler=False,

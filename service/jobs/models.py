@@ -37,6 +37,7 @@ class Job(SQLModel, table=True):
             name="status_valid",
         ),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
+        CheckConstraint("priority IN ('HIGH','NORMAL','LOW')", name="priority_valid"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
         Index("ix_jobs_status_finished_at", "status", "finished_at"),  # retention
         Index("ix_jobs_tenant_id_status", "tenant_id", "status"),  # quotas: queued and running counts
@@ -47,6 +48,16 @@ class Job(SQLModel, table=True):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        Index(  # the dead letter, per tenant and for operators
+            "ix_jobs_dead_lettered_at",
+            "dead_lettered_at",
+            postgresql_where=text("dead_lettered_at IS NOT NULL"),
+        ),
+        Index(  # the deadline sweep: unfinished jobs with a deadline
+            "ix_jobs_deadline_at",
+            "deadline_at",
+            postgresql_where=text("deadline_at IS NOT NULL AND status IN ('QUEUED','RUNNING')"),
+        ),
     )
 
     id: str = Field(default_factory=lambda: new_id("job"), primary_key=True)
@@ -56,6 +67,13 @@ class Job(SQLModel, table=True):
     progress: float = 0.0
     message: str | None = Field(default=None, max_length=200)
     attempt: int = 0
+    priority: str = Field(default="NORMAL", max_length=10, sa_column_kwargs={"server_default": "NORMAL"})
+    deadline_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    """Not finished by then: FAILED with DEADLINE_EXCEEDED (never started, or stopped as a cancel is)."""
+    at_risk_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    """When job.deadline_at_risk was sent (once): its estimated completion passed its deadline."""
+    dead_lettered_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    """FAILED for good (retries spent or a permanent error): listed in the dead letter until requeued."""
     input: dict[str, Any] = Field(sa_column=jsonb_column())
     input_hash: str = Field(max_length=64)
     idempotency_key: str | None = Field(default=None, max_length=200)

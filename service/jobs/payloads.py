@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from service.jobs.models import Job
+from service.jobs.remediation import remediation
 
 
 def job_data(job: Job) -> dict[str, Any]:
     """The job as webhooks show it; a job.succeeded attempt adds a fresh downloadUrl to its artifact."""
     error = (
-        {"code": job.error_code, "message": job.error_message, "retryable": bool(job.error_retryable)}
+        {
+            "code": job.error_code,
+            "message": job.error_message,
+            "retryable": bool(job.error_retryable),
+            "remediation": remediation(job.error_code),
+        }
         if job.error_code
         else None
     )
@@ -33,6 +39,9 @@ def job_data(job: Job) -> dict[str, Any]:
             "message": job.message,
             "attempt": job.attempt,
             "idempotencyKey": job.idempotency_key,
+            "priority": job.priority,
+            "deadline": job.deadline_at.isoformat() if job.deadline_at else None,
+            "deadLetteredAt": job.dead_lettered_at.isoformat() if job.dead_lettered_at else None,
             "createdAt": job.created_at.isoformat(),
             "startedAt": job.started_at.isoformat() if job.started_at else None,
             "finishedAt": job.finished_at.isoformat() if job.finished_at else None,

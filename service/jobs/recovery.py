@@ -37,7 +37,7 @@ def recover_lost_runs(session: Session, *, limit: int = 100) -> int:
     for job in lost:
         log.warning("job %s lost its worker (last heartbeat %s)", job.id, job.heartbeat_at)
         if job.status == JobStatus.CANCELING:
-            service.transition(session, job, JobStatus.CANCELED, message="canceled")
+            service.finish_stopped(session, job)
         else:
             _retry_or_fail(session, job, LOST, "the worker running this job stopped responding")
     overran = 0
@@ -61,7 +61,7 @@ def recover_dead_run(session: Session, job_id: str, *, code: str, message: str) 
     if job is None:
         return None
     if job.status == JobStatus.CANCELING:
-        service.transition(session, job, JobStatus.CANCELED, message="canceled")
+        service.finish_stopped(session, job)
     elif job.status == JobStatus.RUNNING:
         _retry_or_fail(session, job, code, message)
     return job

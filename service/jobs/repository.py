@@ -30,7 +30,13 @@ class JobRepository(TenantRepository[Job]):
         return self.session.exec(self.base_statement().where(Job.idempotency_key == key)).first()
 
     def page(
-        self, *, first: int, after_id: str | None, statuses: Sequence[JobStatus], kind: str | None
+        self,
+        *,
+        first: int,
+        after_id: str | None,
+        statuses: Sequence[JobStatus],
+        kind: str | None,
+        dead_lettered: bool | None = None,
     ) -> list[Job]:
         """Newest first; one more row than asked so the caller knows whether there is a next page."""
         statement = self.base_statement()
@@ -40,6 +46,9 @@ class JobRepository(TenantRepository[Job]):
             statement = statement.where(col(Job.status).in_([status.value for status in statuses]))
         if kind:
             statement = statement.where(Job.kind == kind)
+        if dead_lettered is not None:
+            lettered = col(Job.dead_lettered_at)
+            statement = statement.where(lettered.is_not(None) if dead_lettered else lettered.is_(None))
         return list(self.session.exec(statement.order_by(col(Job.id).desc()).limit(first + 1)))
 
     def count_by_status(self) -> dict[str, int]:
@@ -180,10 +189,11 @@ def remove_from_outbox(session: Session, job_id: str) -> None:
 
 def claim_outbox_due(
     session: Session, *, cutoff: datetime, limit: int
-) -> list[tuple[str, str, Mapping[str, str] | None]]:
-    """(job id, kind, trace carrier) of outbox rows created and last checked before cutoff, locked."""
+) -> list[tuple[str, str, Mapping[str, str] | None, str]]:
+    """(job id, kind, trace carrier, priority) of outbox rows created and last checked before cutoff,
+    locked."""
     statement = (
-        select(JobOutbox.job_id, Job.kind, Job.trace_context)
+        select(JobOutbox.job_id, Job.kind, Job.trace_context, Job.priority)
         .join(Job, col(Job.id) == col(JobOutbox.job_id))
         .where(col(JobOutbox.created_at) < cutoff)
         .where(or_(col(JobOutbox.enqueued_at).is_(None), col(JobOutbox.enqueued_at) < cutoff))
@@ -191,7 +201,7 @@ def claim_outbox_due(
         .limit(limit)
         .with_for_update(skip_locked=True, of=JobOutbox)
     )
-    return [(job_id, kind, carrier) for job_id, kind, carrier in session.exec(statement)]
+    return [(job_id, kind, carrier, priority) for job_id, kind, carrier, priority in session.exec(statement)]
 
 
 def ready_outbox(session: Session, *, now: datetime, limit: int) -> list[tuple[str, datetime]]:
@@ -265,3 +275,30 @@ def succeeded_with_artifact(session: Session, key: str) -> Job | None:
 def get_by_id(session: Session, job_id: str) -> Job | None:
     """Any tenant's job by id (workers and the API's job feed)."""
     return session.get(Job, job_id)
+
+
+def dead_lettered(
+    session: Session, *, tenant_id: str | None, since: datetime | None, code: str | None, limit: int
+) -> list[Job]:
+    """Dead-lettered jobs (of one tenant, since a time, with an error code), newest first."""
+    statement = select(Job).where(col(Job.dead_lettered_at).is_not(None))
+    if tenant_id is not None:
+        statement = statement.where(Job.tenant_id == tenant_id)
+    if since is not None:
+        statement = statement.where(col(Job.dead_lettered_at) >= since)
+    if code is not None:
+        statement = statement.where(Job.error_code == code)
+    return list(session.exec(statement.order_by(col(Job.dead_lettered_at).desc()).limit(limit)))
+
+
+def past_deadline(session: Session, *, now: datetime, limit: int) -> list[Job]:
+    """QUEUED or RUNNING jobs whose deadline passed, locked for one sweeper."""
+    statement = (
+        select(Job)
+        .where(col(Job.deadline_at).is_not(None), col(Job.deadline_at) <= now)
+        .where(col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .order_by(col(Job.deadline_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(statement))

@@ -65,6 +65,7 @@ class RunContext:
         self.job_id = job.id
         self.tenant_id = job.tenant_id
         self.attempt = job.attempt
+        self.deadline = job.deadline_at
         self._lock = threading.Lock()
         self._last_write = time.monotonic()  # the start just wrote the row
         self._pending: tuple[float, str | None] | None = None
@@ -103,6 +104,16 @@ class RunContext:
         with self._lock:
             return self._pending
 
+    def check_deadline(self) -> None:
+        """Past the job's deadline: stop it as a cancel does (the handler's next progress call unwinds)."""
+        if self.deadline is None or self._canceled or utcnow() < self.deadline:
+            return
+        with session_scope() as session:
+            job = repository.lock_job(session, self.job_id)
+            if job is not None and job.status == JobStatus.RUNNING:
+                service.miss_deadline(session, job)
+        self._canceled = True
+
     @property
     def due(self) -> bool:
         """Whether pending progress has waited long enough to be written."""
@@ -131,6 +142,7 @@ class Heartbeat:
         last_beat = time.monotonic()
         while not self._stop.wait(PROGRESS_MIN_INTERVAL):
             try:
+                self.context.check_deadline()
                 if self.context.due:
                     self.context.flush()
                 if time.monotonic() - last_beat >= self.interval:
@@ -143,14 +155,19 @@ class Heartbeat:
 
 def start(job_id: str) -> Job | None:
     """QUEUED → RUNNING and out of the outbox, in one transaction; None when the job is not QUEUED (a
-    duplicate run) or its tenant already runs its plan's max_running jobs. Then the job and all the
-    tenant's other QUEUED jobs wait in the outbox for JOB_DEFER_SECONDS and leave RQ, so the next job a
-    worker finds is another tenant's, however many this one queued (fairness)."""
+    duplicate run), its deadline passed (it fails, never started), or its tenant already runs its plan's
+    max_running jobs. Then the job and all the tenant's other QUEUED jobs wait in the outbox for
+    JOB_DEFER_SECONDS and leave RQ, so the next job a worker finds is another tenant's, however many
+    this one queued (fairness; each job returns to its own priority's queue, so it holds inside each)."""
     parked: list[str] = []
     with session_scope() as session:
         job = repository.lock_job(session, job_id)
         if job is None or job.status != JobStatus.QUEUED:
             log.info("job %s is not queued (%s); skipping", job_id, job.status if job else "deleted")
+            return None
+        if job.deadline_at is not None and utcnow() >= job.deadline_at:
+            log.info("job %s missed its deadline before it started; failing it", job_id)
+            service.miss_deadline(session, job, taken=True)
             return None
         if _tenant_busy(session, job):
             parked = service.park_tenant_queue(session, job.tenant_id, delay=get_settings().job_defer_seconds)
@@ -290,6 +307,11 @@ def _finish_succeeded(
         if job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
             return None
         read_endpoints(session, job.tenant_id)
+        if service.stopped_for_deadline(job):  # done, but too late: the deadline stop wins
+            if stored is not None:
+                get_storage().delete(stored.key)
+            service.finish_stopped(session, job)
+            return job.status
         _catch_up(session, job, context)
         filename = output.filename if output else ""
         content_type = output.content_type if output else ""
@@ -305,7 +327,7 @@ def _finish_canceled(job: Job, output: ArtifactOutput | None) -> str | None:
         locked = repository.lock_job(session, job.id)
         if locked is None or locked.status != JobStatus.CANCELING:
             return None
-        service.transition(session, locked, JobStatus.CANCELED, message="canceled")
+        service.finish_stopped(session, locked)
         return locked.status
 
 
@@ -325,7 +347,7 @@ def _finish_failed(
             return None
         read_endpoints(session, job.tenant_id)
         if job.status == JobStatus.CANCELING:
-            service.transition(session, job, JobStatus.CANCELED, message="canceled")
+            service.finish_stopped(session, job)
         elif job.status != JobStatus.RUNNING:
             return None
         elif retryable and kind is not None and job.attempt < kind.max_attempts:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -17,6 +17,7 @@ from observability.metrics import record_job_created, record_job_finished, recor
 from observability.tracing import inject, set_ids
 from service.db import after_commit
 from service.errors import (
+    ForbiddenError,
     IdempotencyConflictError,
     InvalidStateError,
     NotFoundError,
@@ -25,26 +26,29 @@ from service.errors import (
 )
 from service.ids import has_prefix
 from service.jobs import repository
-from service.jobs.dispatch import dequeue_job, enqueue_soon
+from service.jobs.dispatch import dequeue_job, enqueue_afresh, enqueue_soon
 from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
 from service.jobs.payloads import job_data
+from service.jobs.priority import RANKS, JobPriority, highest_allowed
 from service.jobs.repository import JobRepository
 from service.jobs.states import STATUS_EVENTS, check_transition
 from service.jobs.updates import announce
 from service.models import utcnow
+from service.plans import Limits
 from service.principal import Principal
 from service.settings import get_settings
 from service.storage.base import StoredObject
 from service.storage.factory import get_storage
 from service.tenants.service import check_rate
-from service.webhooks.events import JOB_EVENT_TYPES
+from service.webhooks.events import DEADLINE_AT_RISK, JOB_EVENT_TYPES, JOB_REQUEUED
 from service.webhooks.service import forget_artifact, publish
 
 MAX_IDEMPOTENCY_KEY = 200
 MIN_PROGRESS_FOR_ESTIMATE = 0.05
 MIN_SECONDS_FOR_ESTIMATE = 1.0
 MAX_PAGE = 100
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
 
 def validate_input(kind_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +97,9 @@ def create_job(
     kind_name: str,
     raw_input: dict[str, Any],
     idempotency_key: str | None,
+    *,
+    priority: JobPriority = JobPriority.NORMAL,
+    deadline: datetime | None = None,
 ) -> Job:
     """A new QUEUED job of the caller's tenant, its first event and its outbox row; enqueued once the
     caller commits. A principal brings its tenant's limits; a tenant id has them read.
@@ -103,6 +110,8 @@ def create_job(
     before retention, which is over 24 h. The tenant's plan applies: RATE_LIMITED past its mutation
     rate, text over max_text_chars is a VALIDATION error, and a tenant already holding max_queued
     QUEUED jobs gets QUOTA_EXCEEDED (a soft cap: requests racing each other may pass it by their number).
+    A priority above the plan's max_priority is FORBIDDEN; a deadline must lie between
+    JOB_DEADLINE_MIN_SECONDS and JOB_DEADLINE_MAX_SECONDS from now (else VALIDATION).
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationError(
@@ -116,6 +125,8 @@ def create_job(
             earlier, input_fingerprint(kind_name, validate_input(kind_name, raw_input))
         )
     limits = check_rate(session, caller)
+    check_priority(priority, limits)
+    deadline = check_deadline(deadline)
     text = raw_input.get("text")
     if isinstance(text, str) and len(text) > limits.max_text_chars:
         raise ValidationError(
@@ -123,19 +134,15 @@ def create_job(
         )
     params = validate_input(kind_name, raw_input)
     fingerprint = input_fingerprint(kind_name, params)
-    if jobs.count_in([JobStatus.QUEUED]) >= limits.max_queued:
-        record_rate_limited("quota")
-        raise QuotaExceededError(
-            f"this tenant already has {limits.max_queued} queued jobs (its plan's maximum); "
-            "try again when some have started",
-            field=["input"],
-        )
+    check_queued_quota(jobs, limits)
     job = Job(
         tenant_id=tenant_id,
         kind=kind_name,
         input=params,
         input_hash=fingerprint,
         idempotency_key=idempotency_key,
+        priority=priority,
+        deadline_at=deadline,
     )
     set_ids(job_id=job.id, tenant_id=tenant_id)  # the request's span and what follows carry them
     job.trace_context = inject()
@@ -160,9 +167,48 @@ def create_job(
             if earlier is None:
                 raise
             return _same_request_or_conflict(earlier, fingerprint)
-    after_commit(session, lambda: enqueue_soon(job.id, kind_name, job.trace_context))
+    after_commit(session, lambda: enqueue_soon(job.id, kind_name, job.trace_context, priority=priority))
     after_commit(session, lambda: record_job_created(kind_name))
     return job
+
+
+def check_priority(priority: JobPriority, limits: Limits) -> None:
+    """FORBIDDEN when the tenant's plan does not allow this priority."""
+    if RANKS[priority] > limits.max_priority:
+        raise ForbiddenError(
+            f"this plan allows priorities up to {highest_allowed(limits.max_priority).value}",
+            field=["input", "priority"],
+        )
+
+
+def check_deadline(deadline: datetime | None) -> datetime | None:
+    """The deadline as an aware UTC time (naive means UTC), or VALIDATION when out of bounds."""
+    if deadline is None:
+        return None
+    if deadline.tzinfo is None:
+        deadline = deadline.replace(tzinfo=UTC)
+    settings = get_settings()
+    now = utcnow()
+    earliest = now + timedelta(seconds=settings.job_deadline_min_seconds)
+    latest = now + timedelta(seconds=settings.job_deadline_max_seconds)
+    if not earliest <= deadline <= latest:
+        raise ValidationError(
+            f"deadline must be {settings.job_deadline_min_seconds:g} s to "
+            f"{settings.job_deadline_max_seconds:g} s from now",
+            field=["input", "deadline"],
+        )
+    return deadline.astimezone(UTC)
+
+
+def check_queued_quota(jobs: JobRepository, limits: Limits) -> None:
+    """QUOTA_EXCEEDED when the tenant already holds its plan's max_queued QUEUED jobs."""
+    if jobs.count_in([JobStatus.QUEUED]) >= limits.max_queued:
+        record_rate_limited("quota")
+        raise QuotaExceededError(
+            f"this tenant already has {limits.max_queued} queued jobs (its plan's maximum); "
+            "try again when some have started",
+            field=["input"],
+        )
 
 
 def _same_request_or_conflict(earlier: Job, fingerprint: str) -> Job:
@@ -180,8 +226,10 @@ def transition(
     *,
     message: str | None = None,
     data: dict[str, Any] | None = None,
+    event: str | None = None,
 ) -> None:
-    """Move job to target (or raise InvalidStateError), stamping times and recording the event."""
+    """Move job to target (or raise InvalidStateError), stamping times and recording the event (the
+    target's, unless `event` names another)."""
     check_transition(JobStatus(job.status), target)
     now = utcnow()
     job.status = target
@@ -196,7 +244,7 @@ def transition(
     if target is JobStatus.SUCCEEDED:
         job.progress = 1.0
     session.add(job)
-    record_event(session, job, STATUS_EVENTS[target], data)
+    record_event(session, job, event or STATUS_EVENTS[target], data)
     session.flush()
     job_id = job.id
     after_commit(session, lambda: announce(job_id), once=("announce", job_id))
@@ -212,6 +260,7 @@ def report_progress(session: Session, job: Job, fraction: float, message: str | 
     session.add(job)
     for milestone in crossed:
         record_event(session, job, "job.progress", {"progress": milestone})
+    _flag_at_risk(session, job)
     job.heartbeat_at = utcnow()  # written with the next flush: a final transition's, or the commit's
     job_id = job.id
     after_commit(session, lambda: announce(job_id), once=("announce", job_id))
@@ -234,10 +283,11 @@ def succeed(
 
 
 def fail(session: Session, job: Job, *, code: str, message: str, retryable: bool) -> None:
-    """RUNNING → FAILED with an error a caller can read."""
+    """→ FAILED for good with an error a caller can read: the job joins the dead letter."""
     job.error_code = code
     job.error_message = message[:1000]
     job.error_retryable = retryable
+    job.dead_lettered_at = utcnow()
     transition(session, job, JobStatus.FAILED, message="failed", data={"code": code, "retryable": retryable})
 
 
@@ -261,6 +311,82 @@ def park_tenant_queue(session: Session, tenant_id: str, *, delay: float) -> list
     """Defer every QUEUED job of the tenant (it is at max_running): the ids, to take out of RQ so the
     workers find other tenants' jobs next instead of skipping this tenant's one by one."""
     return repository.defer_queued_of_tenant(session, tenant_id, utcnow() + timedelta(seconds=delay))
+
+
+def _flag_at_risk(session: Session, job: Job) -> None:
+    """Send job.deadline_at_risk, once, when the running job's estimated completion passes its deadline."""
+    if job.deadline_at is None or job.at_risk_at is not None:
+        return
+    now = utcnow()
+    estimate = estimated_completion(job, now)
+    if estimate is None or estimate <= job.deadline_at:
+        return
+    job.at_risk_at = now
+    data = {"estimatedCompletionAt": estimate.isoformat(), "deadline": job.deadline_at.isoformat()}
+    record_event(session, job, DEADLINE_AT_RISK, data)
+
+
+def at_risk(job: Job, now: datetime) -> bool:
+    """Whether the job, unfinished, is expected to finish past its deadline (or the deadline passed)."""
+    if job.deadline_at is None or JobStatus(job.status) in TERMINAL_STATUSES:
+        return False
+    if now >= job.deadline_at:
+        return True
+    estimate = estimated_completion(job, now)
+    return estimate is not None and estimate > job.deadline_at
+
+
+def miss_deadline(session: Session, job: Job, *, taken: bool = False) -> None:
+    """The (locked) job's deadline passed: a QUEUED job fails at once and never starts (and leaves RQ,
+    unless a worker has `taken` it); a RUNNING one is stopped the way a cancel is (CANCELING; FAILED
+    with DEADLINE_EXCEEDED once its run stops)."""
+    message = "the job did not finish by its deadline"
+    status = JobStatus(job.status)
+    if status is JobStatus.QUEUED:
+        fail(session, job, code=DEADLINE_EXCEEDED, message=message, retryable=False)
+        repository.remove_from_outbox(session, job.id)
+        job_id, kind = job.id, job.kind
+        if not taken:
+            after_commit(session, lambda: dequeue_job(job_id))
+        after_commit(session, lambda: record_job_finished(kind, JobStatus.FAILED))
+    elif status is JobStatus.RUNNING:
+        job.error_code = DEADLINE_EXCEEDED
+        job.error_message = message
+        job.error_retryable = False
+        transition(session, job, JobStatus.CANCELING, message="deadline passed; stopping")
+
+
+def stopped_for_deadline(job: Job) -> bool:
+    """Whether a CANCELING job is being stopped because its deadline passed (not by its tenant)."""
+    return job.status == JobStatus.CANCELING and job.error_code == DEADLINE_EXCEEDED
+
+
+def finish_stopped(session: Session, job: Job) -> None:
+    """A CANCELING job's run has stopped: CANCELED, or FAILED with DEADLINE_EXCEEDED at a deadline."""
+    if stopped_for_deadline(job):
+        fail(session, job, code=DEADLINE_EXCEEDED, message=job.error_message or "", retryable=False)
+    else:
+        transition(session, job, JobStatus.CANCELED, message="canceled")
+
+
+def requeue(session: Session, job: Job, *, by: str) -> None:
+    """A dead-lettered job → QUEUED again: same id, audit trail kept, its next run the next attempt.
+
+    Its error, progress and deadline are cleared (the deadline passed, or would fail it again); a
+    job.requeued event tells its tenant."""
+    if job.status != JobStatus.FAILED or job.dead_lettered_at is None:
+        raise InvalidStateError(f"a {job.status} job is not in the dead letter", field=["id"])
+    previous = job.error_code
+    job.error_code = job.error_message = None
+    job.error_retryable = None
+    job.dead_lettered_at = job.finished_at = job.deadline_at = job.at_risk_at = None
+    job.progress = 0.0
+    data = {"attempt": job.attempt + 1, "previousError": previous, "by": by}
+    transition(session, job, JobStatus.QUEUED, message="requeued", data=data, event=JOB_REQUEUED)
+    session.add(JobOutbox(job_id=job.id))
+    session.flush()
+    job_id, kind, carrier, priority = job.id, job.kind, job.trace_context, job.priority
+    after_commit(session, lambda: enqueue_afresh(job_id, kind, carrier, priority=priority))
 
 
 def retry_delay(attempt: int) -> float:
@@ -364,6 +490,16 @@ def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
+def retry_job(session: Session, caller: Principal | str, job_id: str) -> Job:
+    """Requeue the caller's dead-lettered job (see requeue), within its plan's rate and max_queued."""
+    tenant_id = caller.tenant_id if isinstance(caller, Principal) else caller
+    job = owned_job(session, tenant_id, job_id)
+    limits = check_rate(session, caller)
+    check_queued_quota(JobRepository(session, tenant_id), limits)
+    requeue(session, job, by="tenant")
+    return job
+
+
 def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
     """Delete the tenant's finished job (see delete)."""
     delete(session, owned_job(session, tenant_id, job_id))
@@ -377,12 +513,14 @@ def list_jobs(
     after_id: str | None,
     statuses: Sequence[JobStatus],
     kind: str | None,
+    dead_lettered: bool | None = None,
 ) -> tuple[list[Job], bool]:
-    """The tenant's jobs, newest first, after a job id: a page of at most `first`, and whether more follow."""
+    """The tenant's jobs, newest first, after a job id: a page of at most `first`, and whether more
+    follow. dead_lettered True: only the dead letter; False: none of it."""
     if not 0 <= first <= MAX_PAGE:
         raise ValidationError(f"first must be between 0 and {MAX_PAGE}", field=["first"])
     rows = JobRepository(session, tenant_id).page(
-        first=first, after_id=after_id, statuses=statuses, kind=kind
+        first=first, after_id=after_id, statuses=statuses, kind=kind, dead_lettered=dead_lettered
     )
     return rows[:first], len(rows) > first
 
@@ -393,6 +531,22 @@ def job_events(session: Session, tenant_id: str, job_ids: list[str]) -> list[lis
     for event in JobRepository(session, tenant_id).events(job_ids):
         trails[event.job_id].append(event)
     return [trails[job_id] for job_id in job_ids]
+
+
+def dead_letter(
+    session: Session, *, tenant_id: str | None, since: datetime | None, code: str | None, limit: int
+) -> list[Job]:
+    """Dead-lettered jobs of every tenant (or one), newest first: the operator's view."""
+    return repository.dead_lettered(session, tenant_id=tenant_id, since=since, code=code, limit=limit)
+
+
+def operator_requeue(session: Session, job_id: str) -> Job:
+    """Requeue any tenant's dead-lettered job by id (an operator: no plan limits apply)."""
+    job = repository.lock_job(session, job_id) if has_prefix(job_id, "job") else None
+    if job is None:
+        raise NotFoundError(f"no job {job_id}", field=["id"])
+    requeue(session, job, by="operator")
+    return job
 
 
 def known_kinds() -> list[str]:

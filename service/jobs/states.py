@@ -6,18 +6,20 @@ from service.errors import InvalidStateError
 from service.jobs.models import JobStatus
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset(
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELING, JobStatus.QUEUED}
     ),
     JobStatus.CANCELING: frozenset({JobStatus.CANCELED, JobStatus.SUCCEEDED, JobStatus.FAILED}),
     JobStatus.SUCCEEDED: frozenset({JobStatus.EXPIRED}),
-    JobStatus.FAILED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELED: frozenset(),
     JobStatus.EXPIRED: frozenset(),
 }
 """RUNNING → QUEUED is a retry (a transient error, or a worker lost mid-job). A job being canceled
-may still finish on its own before the handler notices, so CANCELING → SUCCEEDED | FAILED is legal."""
+may still finish on its own before the handler notices, so CANCELING → SUCCEEDED | FAILED is legal.
+QUEUED → FAILED is a deadline passed before the job started; FAILED → QUEUED a requeue from the dead
+letter (same id, same audit trail)."""
 
 STATUS_EVENTS: dict[JobStatus, str] = {
     JobStatus.QUEUED: "job.queued",

@@ -9,7 +9,7 @@ import strawberry
 
 from service.graphql_base import GraphQLInfo, require, run_mutation
 from service.jobs import service
-from service.jobs.graphql import Job, JobPayload
+from service.jobs.graphql import Job, JobPayload, JobPriority, JobPriorityValue
 from service.kinds.export import ExportFormat as ExportFormatValue
 from service.kinds.speech import AudioFormat as AudioFormatValue
 
@@ -23,6 +23,8 @@ class GenerateSpeechInput:
     voice: str | None = None
     format: AudioFormat | None = None  # type: ignore[valid-type]
     idempotency_key: str | None = None
+    priority: JobPriority = JobPriorityValue.NORMAL  # type: ignore[valid-type]
+    deadline: datetime | None = None
 
 
 @strawberry.input
@@ -30,18 +32,35 @@ class StartExportInput:
     format: ExportFormat | None = None  # type: ignore[valid-type]
     since: datetime | None = None
     idempotency_key: str | None = None
+    priority: JobPriority = JobPriorityValue.NORMAL  # type: ignore[valid-type]
+    deadline: datetime | None = None
 
 
 def start_job(
-    info: GraphQLInfo, kind: str, raw_input: dict[str, Any], idempotency_key: str | None
+    info: GraphQLInfo,
+    kind: str,
+    raw_input: dict[str, Any],
+    idempotency_key: str | None,
+    *,
+    priority: JobPriorityValue = JobPriorityValue.NORMAL,
+    deadline: datetime | None = None,
 ) -> JobPayload:
-    """Create a job of this kind for the caller (its plan's rate, quotas and idempotency apply)."""
+    """Create a job of this kind for the caller (its plan's rate, quotas, priority cap and idempotency
+    apply)."""
     principal = require(info, "jobs:write")
     return run_mutation(
         info,
         lambda: JobPayload(
             job=Job.from_row(
-                service.create_job(info.context.session, principal, kind, raw_input, idempotency_key)
+                service.create_job(
+                    info.context.session,
+                    principal,
+                    kind,
+                    raw_input,
+                    idempotency_key,
+                    priority=priority,
+                    deadline=deadline,
+                )
             ),
             user_errors=[],
         ),
@@ -58,7 +77,9 @@ class KindMutation:
             raw["voice"] = input.voice
         if input.format is not None:
             raw["format"] = input.format.value
-        return start_job(info, "speech", raw, input.idempotency_key)
+        return start_job(
+            info, "speech", raw, input.idempotency_key, priority=input.priority, deadline=input.deadline
+        )
 
     @strawberry.mutation(description="Export the caller's job history and webhook delivery log as a file.")
     def start_export(self, info: GraphQLInfo, input: StartExportInput) -> JobPayload:
@@ -67,4 +88,6 @@ class KindMutation:
             raw["format"] = input.format.value
         if input.since is not None:
             raw["since"] = input.since.isoformat()
-        return start_job(info, "export", raw, input.idempotency_key)
+        return start_job(
+            info, "export", raw, input.idempotency_key, priority=input.priority, deadline=input.deadline
+        )

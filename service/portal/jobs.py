@@ -1,5 +1,6 @@
-"""The jobs pages: the list (filters, cursor paging, live progress), one job (timeline, download, cancel,
-delete, trace), and the server-sent events that move progress bars."""
+"""The jobs pages: the list (filters, cursor paging, live progress), one job (priority, deadline,
+timeline, download, cancel, retry from the dead letter, delete, trace), and the server-sent events
+that move progress bars."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from service.errors import ClaimcheckError, ValidationError
 from service.ids import has_prefix
 from service.jobs import updates
 from service.jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from service.jobs.remediation import remediation
 from service.jobs.service import (
+    at_risk,
     cancel_job,
     delete_job,
     download_url,
@@ -26,6 +29,7 @@ from service.jobs.service import (
     job_events,
     known_kinds,
     list_jobs,
+    retry_job,
 )
 from service.models import utcnow
 from service.portal.web import PageNotFound, Viewer, failed, is_htmx, render, see_other, signed_in
@@ -186,11 +190,14 @@ def _job_context(viewer: Viewer, job_id: str) -> dict[str, object]:
         "job": job,
         "events": events,
         "estimate": estimated_completion(job, utcnow()),
+        "at_risk": at_risk(job, utcnow()),
+        "remediation": remediation(job.error_code) if job.error_code else None,
         "trace_id": trace,
         "trace_url": template.replace("{trace_id}", trace) if trace and template else None,
         "live": job.status in LIVE_STATUSES,
         "can_cancel": job.status in ("QUEUED", "RUNNING"),
         "can_delete": job.status in TERMINAL_STATUSES,
+        "can_retry": job.dead_lettered_at is not None,
         "has_file": job.status == JobStatus.SUCCEEDED and job.artifact_key is not None,
     }
 
@@ -220,6 +227,18 @@ def cancel(request: Request, viewer: Annotated[Viewer, Depends(signed_in)], job_
             raise PageNotFound from error
         return failed(request, viewer, "job.html", error, _job_context(viewer, job_id))
     return see_other(f"/portal/jobs/{job_id}", "canceled")
+
+
+@router.post("/jobs/{job_id}/retry", include_in_schema=False)
+def retry(request: Request, viewer: Annotated[Viewer, Depends(signed_in)], job_id: str) -> Response:
+    try:
+        with tenant_session_scope(viewer.tenant_id) as session:
+            retry_job(session, viewer.tenant_id, job_id)
+    except ClaimcheckError as error:
+        if error.code == "NOT_FOUND":
+            raise PageNotFound from error
+        return failed(request, viewer, "job.html", error, _job_context(viewer, job_id))
+    return see_other(f"/portal/jobs/{job_id}", "requeued")
 
 
 @router.post("/jobs/{job_id}/delete", include_in_schema=False)

@@ -42,6 +42,7 @@ STATUS_BY_CODE = {
 NOTICES = {
     "canceled": "The job is canceled (a running job stops at its next step).",
     "deleted": "The job and its file are deleted.",
+    "requeued": "The job is back in the queue (same id, next attempt).",
     "endpoint-updated": "The endpoint is saved.",
     "endpoint-enabled": "The endpoint is enabled.",
     "endpoint-disabled": "The endpoint is disabled: no events go to it until you enable it.",

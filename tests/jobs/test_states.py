@@ -16,9 +16,11 @@ from service.tenants.models import Tenant
 S = JobStatus
 LEGAL = {
     (S.QUEUED, S.RUNNING), (S.QUEUED, S.CANCELED),
+    (S.QUEUED, S.FAILED),  # its deadline passed before it started
     (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.FAILED), (S.RUNNING, S.CANCELING), (S.RUNNING, S.QUEUED),
     (S.CANCELING, S.CANCELED), (S.CANCELING, S.SUCCEEDED), (S.CANCELING, S.FAILED),
     (S.SUCCEEDED, S.EXPIRED),  # retention deleted the file; the row stays a while longer
+    (S.FAILED, S.QUEUED),  # requeued from the dead letter
 }  # fmt: skip
 
 
