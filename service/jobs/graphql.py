@@ -20,7 +20,7 @@ import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
-from service.errors import ClaimcheckError, QuotaExceededError, ValidationError
+from service.errors import ClaimcheckError, ValidationError
 from service.graphql_base import (
     DeletePayload,
     GraphQLInfo,
@@ -37,7 +37,6 @@ from service.jobs.models import TERMINAL_STATUSES
 from service.jobs.models import Job as JobRow
 from service.jobs.models import JobStatus as JobStatusValue
 from service.models import utcnow
-from service.settings import get_settings
 
 JobStatus = strawberry.enum(JobStatusValue, name="JobStatus")
 
@@ -262,17 +261,11 @@ class JobSubscription:
     )
     async def job_updates(self, info: GraphQLInfo, id: strawberry.ID) -> AsyncGenerator[Job, None]:
         principal = require(info, "jobs:read")
-        connection = info.context.connection
-        if connection.subscriptions >= get_settings().max_subscriptions_per_connection:
-            raise graphql_error(QuotaExceededError("too many subscriptions on this connection"))
-        connection.subscriptions += 1
         try:
             async for row in updates.follow(principal.tenant_id, str(id)):
                 yield Job.from_row(row)
         except ClaimcheckError as error:
             raise graphql_error(error) from error
-        finally:
-            connection.subscriptions -= 1
 
 
 @strawberry.type
