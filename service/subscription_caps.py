@@ -104,9 +104,9 @@ class SubscriptionCaps:
 
     async def _publish(self, tenant_id: str, count: int) -> None:
         if count:
-            await self._redis.hset(PREFIX + tenant_id, self.process_id, count)  # type: ignore[misc]
+            await self._redis.hset(PREFIX + tenant_id, self.process_id, count)
         else:
-            await self._redis.hdel(PREFIX + tenant_id, self.process_id)  # type: ignore[misc]
+            await self._redis.hdel(PREFIX + tenant_id, self.process_id)
 
     def _keep_alive(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
