@@ -4,8 +4,9 @@ Subscribers asking the same thing with the same rights (the same document, opera
 variables; the same tenant and scopes) get the same results. So they form a group: the group runs the
 subscription once, renders each result to JSON once and hands that one string to every member, which
 sends it as the payload of a `next` message under its own operation id. A change costs one execution
-and one encoding per group, however many subscribe to it. A member joining a running group gets the
-group's latest result first (for jobUpdates, the job's current state), then what follows.
+and one encoding per group, however many subscribe to it. A member joining a running group gets what
+follows; if the field is a snapshot stream (service.graphql_base.SNAPSHOT_STREAM: jobUpdates), the
+group's latest result first, which is the current state.
 
 Each member keeps its own operation task (strawberry's graphql-transport-ws handler), so `complete`
 from the client, a closed socket and a revoked key (service.websocket) end only that member; the
@@ -26,7 +27,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from graphql import GraphQLError, OperationType, get_operation_ast, parse
+from graphql import FieldNode, GraphQLError, OperationType, get_operation_ast, parse
+from strawberry.schema import Schema
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -36,7 +38,7 @@ from strawberry.utils.aio import aclosing
 
 from observability.metrics import record_subscription_render
 from service.errors import ClaimcheckError, QuotaExceededError
-from service.graphql_base import Connection, Context, graphql_error
+from service.graphql_base import SNAPSHOT_STREAM, Connection, Context, graphql_error
 from service.settings import get_settings
 from service.subscription_caps import subscription_caps
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_BACKLOG = 256
 """Results waiting to go out to one member; a socket further behind is closed (SLOW_CONSUMER)."""
 SLOW_CONSUMER = 1013  # RFC 6455 "try again later"
+STRAWBERRY_DEFINITION = "strawberry-definition"
 MAX_TOKENS = 2000  # as the schema's MaxTokensLimiter: a bigger document is left to it (it refuses it)
 
 GroupKey = tuple[str, frozenset[str], str, str | None, str]
@@ -87,6 +90,8 @@ class Group:
     """One execution of a subscription and the members its results go to."""
 
     key: GroupKey
+    snapshots: bool
+    """Each result is the whole state: a member joining late starts from the latest."""
     members: set[asyncio.Queue[Item]] = field(default_factory=set)
     latest: str | None = None
     task: asyncio.Task[None] | None = None
@@ -110,15 +115,17 @@ class SharedSubscriptions:
     def group_count(self) -> int:
         return len(self._groups)
 
-    async def follow(self, key: GroupKey, start: Callable[[], Awaitable[Stream]]) -> AsyncIterator[str]:
-        """The group's rendered results for one member: the latest first, if any; RunAlone when the
-        document cannot be shared."""
+    async def follow(
+        self, key: GroupKey, start: Callable[[], Awaitable[Stream]], *, snapshots: bool
+    ) -> AsyncIterator[str]:
+        """The group's rendered results for one member (of a snapshot stream: the latest first, if
+        any); RunAlone when the document cannot be shared."""
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = Group(key)
+            group = self._groups[key] = Group(key, snapshots)
             group.task = asyncio.create_task(self._run(group, start))
         inbox: asyncio.Queue[Item] = asyncio.Queue(MAX_BACKLOG)
-        if group.latest is not None:
+        if group.snapshots and group.latest is not None:
             inbox.put_nowait(group.latest)
         group.members.add(inbox)
         try:
@@ -176,13 +183,17 @@ def shared_subscriptions() -> SharedSubscriptions:
 
 
 @functools.lru_cache(maxsize=256)
-def is_subscription(query: str, operation_name: str | None) -> bool:
-    """Whether the document's chosen operation is a subscription (False when it does not parse)."""
+def subscription_field(query: str, operation_name: str | None) -> str | None:
+    """The root field of the document's chosen operation if it is a subscription (None when it is not,
+    or does not parse: strawberry's own handling answers those)."""
     try:
         operation = get_operation_ast(parse(query, no_location=True, max_tokens=MAX_TOKENS), operation_name)
     except GraphQLError:
-        return False
-    return operation is not None and operation.operation is OperationType.SUBSCRIPTION
+        return None
+    if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
+        return None
+    fields = [node for node in operation.selection_set.selections if isinstance(node, FieldNode)]
+    return fields[0].name.value if len(fields) == 1 else None
 
 
 class TextSocket(Protocol):
@@ -196,7 +207,8 @@ class SharedSubscriptionsTransportWS(BaseGraphQLTransportWSHandler[Context, None
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         principal = self.context.principal
-        if principal is None or not is_subscription(operation.query, operation.operation_name):
+        name = subscription_field(operation.query, operation.operation_name)
+        if principal is None or name is None:
             await super().run_operation(operation)
             return
         connection = self.context.connection
@@ -206,7 +218,7 @@ class SharedSubscriptionsTransportWS(BaseGraphQLTransportWSHandler[Context, None
             connection.subscriptions += 1
             try:
                 async with subscription_caps().place(principal.tenant_id):
-                    await self._follow_group(operation)
+                    await self._follow_group(operation, self._is_snapshot_stream(name))
             finally:
                 connection.subscriptions -= 1
         except ClaimcheckError as error:
@@ -223,7 +235,13 @@ class SharedSubscriptionsTransportWS(BaseGraphQLTransportWSHandler[Context, None
         except OverflowError:
             await self.websocket.close(SLOW_CONSUMER, "too slow to receive the subscription's results")
 
-    async def _follow_group(self, operation: Operation[Context, None]) -> None:
+    def _is_snapshot_stream(self, name: str) -> bool:
+        subscription = cast(Schema, self.schema)._schema.subscription_type
+        found = subscription.fields.get(name) if subscription is not None else None
+        definition = found.extensions.get(STRAWBERRY_DEFINITION) if found is not None else None
+        return bool(getattr(definition, "metadata", {}).get(SNAPSHOT_STREAM))
+
+    async def _follow_group(self, operation: Operation[Context, None], snapshots: bool) -> None:
         principal = self.context.principal
         assert principal is not None
         key: GroupKey = (
@@ -246,7 +264,7 @@ class SharedSubscriptionsTransportWS(BaseGraphQLTransportWSHandler[Context, None
 
         socket = cast(TextSocket, self.websocket)
         head = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
-        async for payload in shared_subscriptions().follow(key, start):
+        async for payload in shared_subscriptions().follow(key, start, snapshots=snapshots):
             if operation.completed:
                 return
             await socket.send_text(head + payload + "}")

@@ -22,6 +22,7 @@ from strawberry.scalars import JSON
 
 from service.errors import ClaimcheckError, ValidationError
 from service.graphql_base import (
+    SNAPSHOT_STREAM,
     DeletePayload,
     GraphQLInfo,
     UserError,
@@ -257,7 +258,9 @@ class JobQuery:
 @strawberry.type
 class JobSubscription:
     @strawberry.subscription(
-        description="The job now, then each change of status, progress or message; ends at a terminal status."
+        description="The job now, then each change of status, progress or message; ends at a terminal"
+        " status.",
+        metadata={SNAPSHOT_STREAM: True},
     )
     async def job_updates(self, info: GraphQLInfo, id: strawberry.ID) -> AsyncGenerator[Job, None]:
         principal = require(info, "jobs:read")
