@@ -5,6 +5,7 @@ subscriptions holds across API processes, a killed process's share coming free o
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,3 +178,24 @@ def test_a_subscription_ended_by_the_client_gives_its_place_back(
         while _refused(_subscription(url, tenant.api_key, job_id, sockets)):
             assert time.monotonic() < deadline, "the place never came back"
             time.sleep(0.1)
+
+
+def test_a_subscriber_joining_a_running_job_starts_from_its_current_state(
+    api: ApiProcess, tenant: TenantHandle, worker: ServiceProcess
+) -> None:
+    """jobUpdates is a snapshot stream: joining the group of a running job, the latest result (its
+    current state) comes first, never the QUEUED state the group started from."""
+    job_id = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 3, "steps": 6})
+    url = ws_url_of(api.url)
+    with open_socket(url, tenant.api_key) as early, open_socket(url, tenant.api_key) as late:
+        subscribe(early, "1", STATUS, {"id": job_id})
+        assert _first(early)["payload"]["data"]["jobUpdates"]["status"] == "QUEUED"
+        run_once()
+        while "step" not in (_first(early)["payload"]["data"]["jobUpdates"]["message"] or ""):
+            pass
+        subscribe(late, "1", STATUS, {"id": job_id})
+        current = _first(late)["payload"]["data"]["jobUpdates"]
+        assert current["status"] in {"RUNNING", "SUCCEEDED"}
+        assert current["progress"] > 0
+        rest = [json.loads(text)["payload"]["data"]["jobUpdates"] for text in _raw_messages(late)]
+    assert (rest[-1] if rest else current)["status"] == "SUCCEEDED"
