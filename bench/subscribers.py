@@ -27,6 +27,7 @@ import contextlib
 import json
 import multiprocessing
 import multiprocessing.synchronize
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,9 +100,20 @@ class ClientShare:
     targets: list[tuple[str, str]]
 
 
-def _client(share: ClientShare, opened: multiprocessing.synchronize.Barrier) -> tuple[list[float], int]:
+_opened: multiprocessing.synchronize.Barrier | None = None
+"""In a client process: where every client and the script meet once all subscriptions are open."""
+
+
+def _start_client(opened: multiprocessing.synchronize.Barrier) -> None:
+    global _opened
+    _opened = opened
+
+
+def _client(share: ClientShare) -> tuple[list[float], int]:
     """A client process: open every subscription of its share, wait at the barrier (all open), then
     collect delays until the jobs end. Returns the delays and the subscriptions that failed."""
+    opened = _opened
+    assert opened is not None
 
     async def run() -> tuple[list[float], int]:
         delays: list[float] = []
@@ -121,9 +133,9 @@ def _client(share: ClientShare, opened: multiprocessing.synchronize.Barrier) -> 
 def scrape(metrics_url: str) -> dict[str, float]:
     found: dict[str, float] = {}
     for line in httpx.get(metrics_url, timeout=10).text.splitlines():
-        name, _, value = line.partition(" ")
+        name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in (RENDERS, RECIPIENTS):
-            found[name] = float(value)
+            found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return found
 
 
@@ -177,8 +189,8 @@ def watch_many(stack: Stack, servers: list[Api], subscribers: int, args: argpars
     context = multiprocessing.get_context("spawn")
     opened = context.Barrier(clients + 1)
     workers: list[ServiceProcess] = []
-    with context.Pool(clients) as pool:
-        pending = pool.starmap_async(_client, [(share, opened) for share in shares])
+    with context.Pool(clients, initializer=_start_client, initargs=(opened,)) as pool:
+        pending = pool.map_async(_client, shares)
         opened.wait(timeout=900)
         time.sleep(2)  # the last subscribe messages reach the API
         rss_open = [rss_mib(api.process.pid) for api in servers]
@@ -275,6 +287,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="RQ worker processes running the jobs")
     parser.add_argument("--clients", type=int, default=2, help="client processes holding the subscriptions")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     with service_stack(log_level="WARNING") as stack:
         total = max(args.subscribers, args.two_process_subscribers)
         stack.env["MAX_SUBSCRIPTIONS_PER_TENANT"] = str(total + 100)  # one tenant watches all
