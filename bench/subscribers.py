@@ -81,8 +81,8 @@ async def subscribe(url: str, api_key: str, job_id: str, delays: list[float], op
             "payload": {"query": UPDATES, "variables": {"id": job_id}},
         }
         await socket.send(json.dumps(subscribe_message))
-        opened.set()
         async for raw in socket:
+            opened.set()  # the API has answered the subscription: it is a member of its group
             message = json.loads(raw)
             if message["type"] != "next":
                 return
