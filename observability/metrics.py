@@ -128,6 +128,17 @@ OUTBOX_REENQUEUED = _meter.create_counter(
     unit="{job}",
     description="Committed jobs the scheduler's sweep found missing from RQ and enqueued again",
 )
+SUBSCRIPTION_RENDERS = _meter.create_counter(
+    "claimcheck.subscription.renders",
+    unit="{result}",
+    description="Subscription results executed and rendered to JSON: once per group of identical"
+    " subscriptions, however many subscribers receive each",
+)
+SUBSCRIPTION_RECIPIENTS = _meter.create_counter(
+    "claimcheck.subscription.recipients",
+    unit="{message}",
+    description="Subscription results handed to subscribers (each rendered result times its group's members)",
+)
 HTTP_REQUESTS = _meter.create_counter(
     "claimcheck.http.server.requests",
     unit="{request}",
@@ -155,6 +166,8 @@ _KNOWN_LABELS: tuple[tuple[Any, dict[str, str]], ...] = (
     *((WEBHOOK_ENDPOINTS_DISABLED, {"reason": reason}) for reason in ("failing", "gone")),
     *((RATE_LIMIT_REJECTIONS, {"limit": limit}) for limit in ("rate", "query_rate", "concurrency", "quota")),
     (OUTBOX_REENQUEUED, {}),
+    (SUBSCRIPTION_RENDERS, {}),
+    (SUBSCRIPTION_RECIPIENTS, {}),
 )
 
 
@@ -260,6 +273,8 @@ PROMETHEUS_NAMES: dict[str, str] = {
     "claimcheck.rate_limit.rejections": "claimcheck_rate_limit_rejections_total",
     "claimcheck.outbox.reenqueued": "claimcheck_outbox_reenqueued_total",
     "claimcheck.http.server.requests": "claimcheck_http_server_requests_total",
+    "claimcheck.subscription.renders": "claimcheck_subscription_renders_total",
+    "claimcheck.subscription.recipients": "claimcheck_subscription_recipients_total",
     "claimcheck.worker.job_slots": "claimcheck_worker_job_slots",
     "claimcheck.webhook.deliverers": "claimcheck_webhook_deliverers",
     "claimcheck.webhook.deliveries.overdue": "claimcheck_webhook_deliveries_overdue",
@@ -430,6 +445,12 @@ def record_rate_limited(limit: str) -> None:
     """A request was refused by a per-tenant ``limit``: ``rate``, ``query_rate``, ``concurrency``,
     ``quota``."""
     RATE_LIMIT_REJECTIONS.add(1, {"limit": limit})
+
+
+def record_subscription_render(recipients: int) -> None:
+    """A subscription group executed and rendered one result, for ``recipients`` subscribers."""
+    SUBSCRIPTION_RENDERS.add(1)
+    SUBSCRIPTION_RECIPIENTS.add(recipients)
 
 
 def record_outbox_reenqueued(count: int) -> None:

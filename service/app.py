@@ -40,6 +40,7 @@ from service.portal.routes import install_portal
 from service.principal import Principal
 from service.schema import schema
 from service.settings import get_settings
+from service.shared_subscriptions import SharedSubscriptionsTransportWS
 from service.startup import start_process
 from service.tenants.principals import PRINCIPALS
 from service.tenants.service import authenticate
@@ -88,9 +89,10 @@ def _authenticate_in_database(header: str) -> Principal | None:
 HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
-class TransportWS(CheckedTransportWSHandler, KeyCheckingTransportWS):
+class TransportWS(CheckedTransportWSHandler, KeyCheckingTransportWS, SharedSubscriptionsTransportWS):
     """graphql-transport-ws: each message's fields checked (service.graphql_decoding), then the key
-    checked again before each operation and while subscriptions are open (service.websocket)."""
+    checked again before each operation and while subscriptions are open (service.websocket);
+    subscriptions capped and executed once per group of identical ones (service.shared_subscriptions)."""
 
 
 class ClaimcheckGraphQL(GraphQLRouter[Context, None]):

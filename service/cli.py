@@ -39,6 +39,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         workers=args.workers,
         proxy_headers=True,
         ws_max_size=get_settings().max_request_bytes,  # a WebSocket message is a request too (1009 over)
+        # Subscription results are small and the same for every subscriber: compressing each copy per
+        # connection (permessage-deflate) cost more CPU than anything else in sending them.
+        ws_per_message_deflate=False,
         log_level=get_settings().log_level.lower(),
         log_config=None,  # uvicorn's lines go through our (structured, redacting) logging
     )

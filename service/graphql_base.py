@@ -28,6 +28,13 @@ Batch = Callable[[Session, str, list[K]], Sequence[V]]
 """(session, tenant id, keys) -> one value per key, in the keys' order: what a dataloader loads."""
 
 
+SNAPSHOT_STREAM = "claimcheck.snapshot_stream"
+"""Subscription field metadata: each result is the whole current state, so a subscriber joining a
+running group of identical subscriptions starts from the group's latest result
+(service.shared_subscriptions). A field without it streams events: a late subscriber gets only those
+that follow."""
+
+
 @dataclass
 class Connection:
     """What the operations of one connection share: the caller, and the subscriptions open on it.

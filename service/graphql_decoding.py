@@ -184,6 +184,13 @@ class CheckedWebSocketAdapter(ASGIWebSocketAdapter):
         with suppress(WebSocketDisconnected):  # the client left while this was on its way
             await super().send_json(message)
 
+    async def send_text(self, text: str) -> None:
+        """Send a message already encoded (a shared subscription result: service.shared_subscriptions)."""
+        if WebSocketState.DISCONNECTED in (self.ws.application_state, self.ws.client_state):
+            return
+        with suppress(WebSocketDisconnected, RuntimeError, OSError):  # the client left meanwhile
+            await self.ws.send_text(text)
+
     async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
         try:
             async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(default=30, ge=0)
     max_subscriptions_per_connection: int = Field(default=20, ge=1)
     max_subscriptions_per_tenant: int = Field(default=200, ge=1)
+    """Counted across every API process, in Redis (service.subscription_caps)."""
+    subscription_lease_seconds: float = Field(default=15, gt=0)
+    """A dead API process's subscriptions stop counting against its tenants' caps after this."""
 
     # Tenancy and abuse protection (issue 5). PLANS: JSON {name: {limit: value}}; a tenant's plan
     # column picks one (unknown names get DEFAULT_PLAN) and its `limits` column overrides single values.

@@ -20,8 +20,9 @@ import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
-from service.errors import ClaimcheckError, QuotaExceededError, ValidationError
+from service.errors import ClaimcheckError, ValidationError
 from service.graphql_base import (
+    SNAPSHOT_STREAM,
     DeletePayload,
     GraphQLInfo,
     UserError,
@@ -39,7 +40,6 @@ from service.jobs.models import JobStatus as JobStatusValue
 from service.jobs.priority import JobPriority as JobPriorityValue
 from service.jobs.remediation import remediation
 from service.models import utcnow
-from service.settings import get_settings
 
 __all__ = ["Job", "JobPayload", "JobPriority", "JobPriorityValue"]  # what the kinds' mutations use
 
@@ -288,21 +288,17 @@ class JobQuery:
 @strawberry.type
 class JobSubscription:
     @strawberry.subscription(
-        description="The job now, then each change of status, progress or message; ends at a terminal status."
+        description="The job now, then each change of status, progress or message; ends at a terminal"
+        " status.",
+        metadata={SNAPSHOT_STREAM: True},
     )
     async def job_updates(self, info: GraphQLInfo, id: strawberry.ID) -> AsyncGenerator[Job, None]:
         principal = require(info, "jobs:read")
-        connection = info.context.connection
-        if connection.subscriptions >= get_settings().max_subscriptions_per_connection:
-            raise graphql_error(QuotaExceededError("too many subscriptions on this connection"))
-        connection.subscriptions += 1
         try:
             async for row in updates.follow(principal.tenant_id, str(id)):
                 yield Job.from_row(row)
         except ClaimcheckError as error:
             raise graphql_error(error) from error
-        finally:
-            connection.subscriptions -= 1
 
 
 @strawberry.type

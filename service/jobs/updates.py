@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
 import anyio.to_thread
@@ -20,7 +20,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from service.db import session_scope, tenant_session_scope
-from service.errors import NotFoundError, QuotaExceededError, ValidationError
+from service.errors import NotFoundError, ValidationError
 from service.ids import has_prefix
 from service.jobs.models import TERMINAL_STATUSES, Job
 from service.jobs.repository import JobRepository, get_by_id
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 PREFIX = "claimcheck:job-updates:"
 RECHECK_SECONDS = 15.0
 """A subscription re-reads its job this often without a message: a lost message costs at most this."""
-_open_subscriptions: Counter[str] = Counter()  # per tenant, in this API process
 
 
 def channel(job_id: str) -> str:
@@ -189,32 +188,28 @@ async def find_job(tenant_id: str, job_id: str, wait_seconds: int | None) -> Job
 async def follow(tenant_id: str, job_id: str) -> AsyncIterator[Job]:
     """The job now, then each change of status, progress or message, until a terminal status.
 
-    NOT_FOUND for a job the tenant does not have; QUOTA_EXCEEDED past the tenant's open subscriptions.
+    NOT_FOUND for a job the tenant does not have. The caller holds the tenant's subscription place
+    (service.subscription_caps): a GraphQL subscription holds one per subscriber, while its execution
+    (this) is shared by the subscribers asking the same (service.shared_subscriptions).
     """
-    if _open_subscriptions[tenant_id] >= get_settings().max_subscriptions_per_tenant:
-        raise QuotaExceededError("too many open subscriptions for this tenant")
-    _open_subscriptions[tenant_id] += 1
-    try:
-        async with job_feed().watch(job_id) as changes:
-            row = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)
-            if row is None:
-                raise NotFoundError("no such job", field=["id"])
-            yield row
-            last = _snapshot(row)
-            while row.status not in TERMINAL_STATUSES:
-                current: Job | None = None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RECHECK_SECONDS):
-                        current = await changes.get()
-                while not changes.empty():
-                    current = changes.get_nowait()  # only the newest matters
-                if current is None:
-                    current = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)
-                if current is None or current.tenant_id != tenant_id:
-                    return
-                row = current
-                if _snapshot(row) != last:
-                    last = _snapshot(row)
-                    yield row
-    finally:
-        _open_subscriptions[tenant_id] -= 1
+    async with job_feed().watch(job_id) as changes:
+        row = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)
+        if row is None:
+            raise NotFoundError("no such job", field=["id"])
+        yield row
+        last = _snapshot(row)
+        while row.status not in TERMINAL_STATUSES:
+            current: Job | None = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECHECK_SECONDS):
+                    current = await changes.get()
+            while not changes.empty():
+                current = changes.get_nowait()  # only the newest matters
+            if current is None:
+                current = await anyio.to_thread.run_sync(load_job, tenant_id, job_id)
+            if current is None or current.tenant_id != tenant_id:
+                return
+            row = current
+            if _snapshot(row) != last:
+                last = _snapshot(row)
+                yield row

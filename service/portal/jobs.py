@@ -34,6 +34,7 @@ from service.jobs.service import (
 from service.models import utcnow
 from service.portal.web import PageNotFound, Viewer, failed, is_htmx, render, see_other, signed_in
 from service.settings import get_settings
+from service.subscription_caps import subscription_caps
 
 router = APIRouter()
 
@@ -128,8 +129,9 @@ async def _job_events(tenant_id: str, ids: list[str]) -> AsyncIterator[str]:
 
     async def follow(job_id: str) -> None:
         try:
-            async for row in updates.follow(tenant_id, job_id):
-                changes.put_nowait(_snapshot(row))
+            async with subscription_caps().place(tenant_id):
+                async for row in updates.follow(tenant_id, job_id):
+                    changes.put_nowait(_snapshot(row))
         except ClaimcheckError:
             pass  # not the tenant's job, or too many open streams: that row just stays still
         finally:

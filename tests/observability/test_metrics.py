@@ -29,6 +29,7 @@ from observability.metrics import (
     record_outbox_reenqueued,
     record_queue_wait,
     record_rate_limited,
+    record_subscription_render,
     record_webhook_attempt,
     record_webhook_delivered,
     register_deliverer,
@@ -178,6 +179,7 @@ def test_every_instrument_has_its_prometheus_name(endpoint: str, gauges: list[in
     record_rate_limited("quota")
     record_outbox_reenqueued(1)
     record_http_request("/graphql", "POST", 200)
+    record_subscription_render(3)
     note_sweep("outbox")
     names = {name for name, _ in scrape(endpoint)}
     instruments = {
