@@ -29,7 +29,7 @@ from service.webhooks.sending import Sender
 log = logging.getLogger(__name__)
 
 RECORD_BATCH = 200
-RECORD_INTERVAL = 0.02
+RECORD_INTERVAL = 0.05
 LEASE_MARGIN_SECONDS = 30.0
 
 
