@@ -1,7 +1,7 @@
 """an index for the deliverer's claim: each endpoint's pending deliveries in due order
 
 Revision ID: 0012_delivery_indexes
-Revises: 0009
+Revises: 0010_job_intent
 Create Date: 2026-12-12 09:00:00
 
 The claim walks the endpoints that have pending deliveries (a skip scan of this index, one probe
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_delivery_indexes"
-down_revision: str | None = "0009"
+down_revision: str | None = "0010_job_intent"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
