@@ -1,23 +1,26 @@
-"""GraphQL for webhooks: endpoints with their recent deliveries, and the management mutations."""
+"""GraphQL for webhooks: endpoints with their recent deliveries, the management mutations, and the
+webhookEvents subscription."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from typing import TypeVar
 
 import strawberry
 
-from service.errors import ClaimcheckError
+from service.errors import ClaimcheckError, QuotaExceededError
 from service.graphql_base import (
     DeletePayload,
     GraphQLInfo,
     UserError,
+    graphql_error,
     or_graphql_error,
     require,
     run_mutation,
 )
-from service.webhooks import service
+from service.settings import get_settings
+from service.webhooks import service, streaming
 from service.webhooks.models import DeliveryStatus as DeliveryStatusValue
 from service.webhooks.models import SigningScheme as SigningSchemeValue
 from service.webhooks.models import WebhookEndpoint as EndpointRow
@@ -320,3 +323,38 @@ class WebhookMutation:
             ),
             lambda errors: RecoverPayload(count=0, user_errors=errors),
         )
+
+
+@strawberry.type(description="A webhook event as its deliveries carry it.")
+class WebhookEvent:
+    id: strawberry.ID = strawberry.field(description="evt_...: the webhook-id header of its deliveries.")
+    type: str
+    timestamp: datetime = strawberry.field(description="When it happened (the body's timestamp).")
+    body: str = strawberry.field(description="The exact JSON body its webhooks carry: sign these bytes.")
+
+
+@strawberry.type
+class WebhookSubscription:
+    @strawberry.subscription(
+        description="The tenant's webhook events from now on (webhooks:manage; job events need jobs:read as"
+        " well), or from `after` an event id: resuming may repeat a few events seen shortly before it"
+        " (drop ids already seen) and misses none. Events are recorded while a listener streams, and"
+        " for a while after it drops, even when no endpoint wants them."
+    )
+    async def webhook_events(
+        self, info: GraphQLInfo, event_types: list[str] | None = None, after: strawberry.ID | None = None
+    ) -> AsyncGenerator[WebhookEvent, None]:
+        principal = require(info, SCOPE)
+        connection = info.context.connection
+        if connection.subscriptions >= get_settings().max_subscriptions_per_connection:
+            raise graphql_error(QuotaExceededError("too many subscriptions on this connection"))
+        connection.subscriptions += 1
+        try:
+            async for event in streaming.stream(principal, event_types, str(after) if after else None):
+                yield WebhookEvent(
+                    id=strawberry.ID(event.id), type=event.type, timestamp=event.timestamp, body=event.body
+                )
+        except ClaimcheckError as error:
+            raise graphql_error(error) from error
+        finally:
+            connection.subscriptions -= 1

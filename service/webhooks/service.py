@@ -29,6 +29,7 @@ from service.settings import get_settings
 from service.tenants.service import check_rate
 from service.webhooks import repository
 from service.webhooks.events import ENDPOINT_DISABLED, EVENT_TYPES, JOB_EVENT_TYPES, WEBHOOK_TEST
+from service.webhooks.listeners import is_listening
 from service.webhooks.models import (
     AttemptTrigger,
     DeliveryStatus,
@@ -96,9 +97,10 @@ def publish(
     endpoint_ids: list[str] | None = None,
 ) -> Published | None:
     """Write the event and one pending delivery per enabled endpoint that wants it (or the given ones),
-    in the caller's transaction; None when no endpoint wants it. `artifact_key` names the file each
-    attempt signs a fresh downloadUrl for; `data` may be a function, called only when some endpoint
-    wants the event. Deliverers are woken once the transaction commits.
+    in the caller's transaction; None when no endpoint wants it and no listener of the tenant's is
+    streaming (service.webhooks.listeners; then the event is written with no delivery). `artifact_key`
+    names the file each attempt signs a fresh downloadUrl for; `data` may be a function, called only
+    when the event is written. Deliverers are woken once the transaction commits.
 
     A transaction reads the tenant's endpoints once however many events it publishes (a job's
     transition records several), and writes each event with its deliveries in one statement."""
@@ -107,7 +109,7 @@ def publish(
         for endpoint_id, types in _enabled_endpoints(session, tenant_id)
         if (endpoint_id in endpoint_ids if endpoint_ids is not None else not types or event_type in types)
     ]
-    if not targets:
+    if not targets and (endpoint_ids is not None or not _listening(session, tenant_id)):
         return None
     event = WebhookEvent(
         tenant_id=tenant_id,
@@ -119,11 +121,13 @@ def publish(
     )
     deliveries = [(new_id("whd"), endpoint_id) for endpoint_id in targets]
     repository.insert_event(session, event, deliveries)
-    _wake_deliverers_once(session)
+    if deliveries:
+        _wake_deliverers_once(session)
     return Published(event.id, [delivery_id for delivery_id, _ in deliveries])
 
 
 _ENDPOINTS = "webhooks.enabled_endpoints"
+_LISTENING = "webhooks.listening"
 _WOKEN = "webhooks.woken"
 
 
@@ -138,6 +142,18 @@ def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list
     if tenant_id not in by_tenant:
         by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
     return by_tenant[tenant_id]
+
+
+def _listening(session: Session, tenant_id: str) -> bool:
+    """Whether a listener of the tenant's streams its events, asked of Redis once per transaction."""
+    transaction = session.get_transaction()
+    cache: tuple[object, dict[str, bool]] | None = session.info.get(_LISTENING)
+    if cache is None or cache[0] is not transaction:
+        cache = (transaction, {})
+        session.info[_LISTENING] = cache
+    if tenant_id not in cache[1]:
+        cache[1][tenant_id] = is_listening(tenant_id)
+    return cache[1][tenant_id]
 
 
 def _forget_endpoints(session: Session) -> None:
