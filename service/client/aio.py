@@ -139,13 +139,13 @@ class AsyncClaimcheck(GeneratedAsyncClient):
         notify = on_change or (lambda _job: None)
         last: JobFields | None = None
         try:
-            async for update in self.job_updates(job_id):
+            async for update in self.job_updates(job_id):  # the server completes it at the end
                 last = update.job_updates
                 notify(last)
-                if last.status.value in TERMINAL:
-                    return last
         except ConnectionFailedError:
             pass
+        if last is not None and last.status.value in TERMINAL:
+            return last
         return await self._long_poll(job_id, notify, last)
 
     async def _long_poll(self, job_id: str, notify: JobCallback, last: JobFields | None) -> JobFields:

@@ -104,15 +104,16 @@ async def stream(
         raise QuotaExceededError("too many open subscriptions for this tenant")
     _open_streams[tenant_id] += 1
     try:
+        late = timedelta(seconds=LATE_COMMIT_SECONDS)
+        floor = id_time(after) - late if after is not None else utcnow()  # nothing older is sent
         await anyio.to_thread.run_sync(mark_listening, tenant_id)
         renewed = time.monotonic()
-        late = timedelta(seconds=LATE_COMMIT_SECONDS)
-        position = id_time(after) - late if after is not None else utcnow()
+        position = floor
         sent: dict[str, datetime] = {}  # ids sent inside the look-back window, by creation time
         if after is not None:
             sent[after] = id_time(after)
         while True:
-            first_id = first_id_at("evt", min(position, utcnow() - late))
+            first_id = first_id_at("evt", max(floor, min(position, utcnow() - late)))
             while True:  # page to the newest event
                 page = await anyio.to_thread.run_sync(_read, tenant_id, first_id, types, frozenset(sent))
                 for event in page.events:

@@ -23,25 +23,29 @@ def test_speak_wait_output_writes_the_wav_whose_sha256_is_the_artifacts(
     assert job_id.startswith("job_")
     # not a terminal: one plain line per change, the last one SUCCEEDED, then the file
     changes = [line for line in lines[1:] if job_id in line]
-    assert changes and "SUCCEEDED" in changes[-1] and "100%" in changes[-1]
+    assert "SUCCEEDED" in changes[-1]
+    assert "100%" in changes[-1]
     assert lines[-1].startswith(f"wrote {output}")
     artifact = gql("query($id: ID!) { job(id: $id) { artifact { sha256 byteSize } } }", {"id": job_id})[
         "job"
     ]["artifact"]
     data = output.read_bytes()
-    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    assert data[:4] == b"RIFF"
+    assert data[8:12] == b"WAVE"
     assert len(data) == artifact["byteSize"]
     assert hashlib.sha256(data).hexdigest() == artifact["sha256"]
     assert not output.with_name("hello.wav.part").exists()
 
     shown = json.loads(claimcheck("jobs", "get", job_id, "--json").stdout)
-    assert shown["status"] == "SUCCEEDED" and shown["artifact"]["sha256"] == artifact["sha256"]
+    assert shown["status"] == "SUCCEEDED"
+    assert shown["artifact"]["sha256"] == artifact["sha256"]
     listed = json.loads(claimcheck("jobs", "list", "--status", "succeeded", "--json").stdout)
     assert job_id in [job["id"] for job in listed]
     again = tmp_path / "again.wav"
     downloaded = claimcheck("jobs", "download", job_id, "--output", str(again), "--json")
     assert downloaded.returncode == 0, downloaded.stderr
-    assert json.loads(downloaded.stdout)["sha256"] == artifact["sha256"] and again.read_bytes() == data
+    assert json.loads(downloaded.stdout)["sha256"] == artifact["sha256"]
+    assert again.read_bytes() == data
 
 
 def test_a_failed_job_exits_1_with_its_error(
@@ -53,7 +57,9 @@ def test_a_failed_job_exits_1_with_its_error(
 
     assert done.returncode == 1, done.stderr
     job = json.loads(done.stdout)
-    assert job["id"] == job_id and job["status"] == "FAILED" and job["error"]["code"]
+    assert job["id"] == job_id
+    assert job["status"] == "FAILED"
+    assert job["error"]["code"] == "TIMEOUT"
 
 
 def test_a_bad_key_exits_3_with_a_clear_message(claimcheck: Claimcheck) -> None:
@@ -78,4 +84,5 @@ def test_bad_usage_exits_2_and_the_apis_refusals_keep_their_codes(
     assert unknown_voice.returncode == 2
     assert json.loads(unknown_voice.stdout)["error"]["code"] == "VALIDATION"
     absent = claimcheck("jobs", "get", "job_" + "0" * 26)
-    assert absent.returncode == 1 and "error (NOT_FOUND)" in absent.stderr
+    assert absent.returncode == 1
+    assert "error (NOT_FOUND)" in absent.stderr
