@@ -6,7 +6,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,7 +96,7 @@ def _job_status(tenant_id: str, job_id: str) -> str:
         return job.status
 
 
-def _succeeded(job_id: str) -> object:
+def _succeeded(job_id: str) -> Callable[[list[Received]], bool]:
     def check(requests: list[Received]) -> bool:
         return any(
             json.loads(r.body)["type"] == "job.succeeded" and job_id in r.body.decode() for r in requests
