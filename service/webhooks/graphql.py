@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import strawberry
+from strawberry.scalars import JSON
 
 from service.errors import ClaimcheckError
 from service.graphql_base import (
@@ -18,6 +19,7 @@ from service.graphql_base import (
     run_mutation,
 )
 from service.webhooks import service
+from service.webhooks.catalog import event_catalog
 from service.webhooks.models import DeliveryStatus as DeliveryStatusValue
 from service.webhooks.models import SigningScheme as SigningSchemeValue
 from service.webhooks.models import WebhookEndpoint as EndpointRow
@@ -157,8 +159,28 @@ class UpdateWebhookEndpointInput:
     enabled: bool | None = None
 
 
+@strawberry.type(description="An event type of the published catalog (also at GET /webhooks/event-types).")
+class WebhookEventType:
+    type: str
+    description: str
+    schema: JSON = strawberry.field(description="JSON Schema (2020-12) of the whole body.")
+    example: JSON = strawberry.field(description="An example body.")
+
+
 @strawberry.type
 class WebhookQuery:
+    @strawberry.field(description="Every webhook event type: what it means, its body's schema, an example.")
+    def webhook_event_types(self) -> list[WebhookEventType]:
+        return [
+            WebhookEventType(
+                type=entry["type"],
+                description=entry["description"],
+                schema=cast(JSON, entry["schema"]),
+                example=cast(JSON, entry["example"]),
+            )
+            for entry in event_catalog()
+        ]
+
     @strawberry.field(description="The caller's webhook endpoints.")
     def webhook_endpoints(self, info: GraphQLInfo) -> list[WebhookEndpoint]:
         principal = require(info, SCOPE)

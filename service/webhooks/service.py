@@ -168,8 +168,10 @@ def disable(session: Session, endpoint: WebhookEndpoint, reason: str, *, gone: b
     session.add(endpoint)
     session.flush()
     _forget_endpoints(session)
-    data = {"endpoint": {"id": endpoint.id, "url": endpoint.url, "disabledReason": reason}}
-    publish(session, endpoint.tenant_id, ENDPOINT_DISABLED, data)
+    data = ENDPOINT_DISABLED.build(
+        endpoint={"id": endpoint.id, "url": endpoint.url, "disabled_reason": reason}
+    )
+    publish(session, endpoint.tenant_id, ENDPOINT_DISABLED.name, data)
 
 
 def keys_in_use(signing_keys: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -413,8 +415,10 @@ def send_test(session: Session, principal: Principal, endpoint_id: str) -> Deliv
     """A `webhook.test` event for this endpoint alone."""
     check_rate(session, principal.tenant_id)
     endpoint = _enabled_endpoint(session, principal.tenant_id, endpoint_id)
-    data = {"endpoint": {"id": endpoint.id, "url": endpoint.url}, "message": "a test event from Claimcheck"}
-    published = publish(session, principal.tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
+    data = WEBHOOK_TEST.build(
+        endpoint={"id": endpoint.id, "url": endpoint.url}, message="a test event from Claimcheck"
+    )
+    published = publish(session, principal.tenant_id, WEBHOOK_TEST.name, data, endpoint_ids=[endpoint.id])
     assert published is not None  # the endpoint is enabled
     rows = DeliveryRepository(session, principal.tenant_id).by_ids(published.delivery_ids)
     return delivery_views(session, principal.tenant_id, list(rows))[0]
