@@ -28,7 +28,7 @@ from service.jobs import repository
 from service.jobs.dispatch import dequeue_job, enqueue_job
 from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
-from service.jobs.payloads import job_data
+from service.jobs.payloads import job_event_data
 from service.jobs.repository import JobRepository
 from service.jobs.states import STATUS_EVENTS, check_transition
 from service.jobs.updates import announce
@@ -75,7 +75,7 @@ def record_event(session: Session, job: Job, event_type: str, data: dict[str, An
             session,
             job.tenant_id,
             event_type,
-            lambda: {**job_data(job), **(data or {})},
+            lambda: job_event_data(event_type, job, data),
             job_id=job.id,
             artifact_key=artifact_key,
         )

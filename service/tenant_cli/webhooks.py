@@ -69,3 +69,20 @@ async def _listen(client: AsyncClaimcheck, args: argparse.Namespace, session: Se
                 outcome = str(status) if status is not None else f"error: {problem}"
                 print(f"{at:%H:%M:%S}  {event.type_:<17} {event.id}  {outcome}  {millis} ms", flush=True)
     return OK
+
+
+def trigger(args: argparse.Namespace) -> int:
+    return run(args, _trigger)
+
+
+async def _trigger(client: AsyncClaimcheck, args: argparse.Namespace, _session: Session) -> int:
+    sent = (await client.trigger_webhook_event(args.type)).trigger_webhook_event
+    if args.json:
+        print(json.dumps({"type": args.type, "id": sent.event_id, "endpoints": sent.endpoint_count}))
+    elif sent.event_id is None:
+        print(f"no endpoint wants {args.type} events and no listener is running: nothing was sent")
+    else:
+        print(
+            f"{args.type} {sent.event_id} sent to {sent.endpoint_count} endpoint(s) and any running listener"
+        )
+    return OK

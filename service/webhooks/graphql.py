@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import strawberry
+from strawberry.scalars import JSON
 
 from service.errors import ClaimcheckError, QuotaExceededError
 from service.graphql_base import (
@@ -21,6 +22,7 @@ from service.graphql_base import (
 )
 from service.settings import get_settings
 from service.webhooks import service, streaming
+from service.webhooks.catalog import event_catalog
 from service.webhooks.models import DeliveryStatus as DeliveryStatusValue
 from service.webhooks.models import SigningScheme as SigningSchemeValue
 from service.webhooks.models import WebhookEndpoint as EndpointRow
@@ -144,6 +146,15 @@ class RecoverPayload:
     user_errors: list[UserError]
 
 
+@strawberry.type
+class TriggerWebhookEventPayload:
+    event_id: strawberry.ID | None = strawberry.field(
+        description="evt_...; null when no endpoint wants the type and no listener streams."
+    )
+    endpoint_count: int = strawberry.field(description="Endpoints it is being delivered to.")
+    user_errors: list[UserError]
+
+
 @strawberry.input
 class CreateWebhookEndpointInput:
     url: str
@@ -160,8 +171,28 @@ class UpdateWebhookEndpointInput:
     enabled: bool | None = None
 
 
+@strawberry.type(description="An event type of the published catalog (also at GET /webhooks/event-types).")
+class WebhookEventType:
+    type: str
+    description: str
+    schema: JSON = strawberry.field(description="JSON Schema (2020-12) of the whole body.")
+    example: JSON = strawberry.field(description="An example body.")
+
+
 @strawberry.type
 class WebhookQuery:
+    @strawberry.field(description="Every webhook event type: what it means, its body's schema, an example.")
+    def webhook_event_types(self) -> list[WebhookEventType]:
+        return [
+            WebhookEventType(
+                type=entry["type"],
+                description=entry["description"],
+                schema=cast(JSON, entry["schema"]),
+                example=cast(JSON, entry["example"]),
+            )
+            for entry in event_catalog()
+        ]
+
     @strawberry.field(description="The caller's webhook endpoints.")
     def webhook_endpoints(self, info: GraphQLInfo) -> list[WebhookEndpoint]:
         principal = require(info, SCOPE)
@@ -286,6 +317,26 @@ class WebhookMutation:
                 user_errors=[],
             ),
             _delivery_errors,
+        )
+
+    @strawberry.mutation(
+        description="Send the catalog's example of an event type to the endpoints that want it and to"
+        " running listeners (webhookEvents), as an event of the caller's."
+    )
+    def trigger_webhook_event(self, info: GraphQLInfo, event_type: str) -> TriggerWebhookEventPayload:
+        principal = require(info, SCOPE)
+
+        def trigger() -> TriggerWebhookEventPayload:
+            sent = service.trigger_sample(info.context.session, principal, event_type)
+            event_id = strawberry.ID(sent.event_id) if sent.event_id else None
+            return TriggerWebhookEventPayload(
+                event_id=event_id, endpoint_count=sent.endpoints, user_errors=[]
+            )
+
+        return run_mutation(
+            info,
+            trigger,
+            lambda errors: TriggerWebhookEventPayload(event_id=None, endpoint_count=0, user_errors=errors),
         )
 
     @strawberry.mutation(

@@ -28,7 +28,7 @@ from service.principal import Principal
 from service.settings import get_settings
 from service.tenants.service import check_rate
 from service.webhooks import repository
-from service.webhooks.events import ENDPOINT_DISABLED, EVENT_TYPES, JOB_EVENT_TYPES, WEBHOOK_TEST
+from service.webhooks.events import CATALOG, ENDPOINT_DISABLED, EVENT_TYPES, JOB_EVENT_TYPES, WEBHOOK_TEST
 from service.webhooks.listeners import is_listening
 from service.webhooks.models import (
     AttemptTrigger,
@@ -184,8 +184,10 @@ def disable(session: Session, endpoint: WebhookEndpoint, reason: str, *, gone: b
     session.add(endpoint)
     session.flush()
     _forget_endpoints(session)
-    data = {"endpoint": {"id": endpoint.id, "url": endpoint.url, "disabledReason": reason}}
-    publish(session, endpoint.tenant_id, ENDPOINT_DISABLED, data)
+    data = ENDPOINT_DISABLED.build(
+        endpoint={"id": endpoint.id, "url": endpoint.url, "disabled_reason": reason}
+    )
+    publish(session, endpoint.tenant_id, ENDPOINT_DISABLED.name, data)
 
 
 def keys_in_use(signing_keys: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -425,12 +427,38 @@ def current_public_key(endpoint: WebhookEndpoint) -> str | None:
     return endpoint.public_key or public_key_for(decrypt(endpoint.signing_keys[0]["key"]))
 
 
+@dataclass(frozen=True)
+class Triggered:
+    """A sample event sent: its id (None when no endpoint wanted it and no listener streams) and the
+    number of endpoints it goes to."""
+
+    event_id: str | None
+    endpoints: int
+
+
+def trigger_sample(session: Session, principal: Principal, event_type: str) -> Triggered:
+    """Publish the catalog's example of this type as an event of the tenant's: to every enabled endpoint
+    that wants the type and to running listeners (`claimcheck webhooks trigger`). Its data is the
+    example's, none of the tenant's jobs, so webhooks:manage suffices even for job events."""
+    check_rate(session, principal.tenant_id)
+    if event_type not in CATALOG:
+        known = ", ".join(CATALOG)
+        raise ValidationError(f"unknown event type {event_type!r}; known: {known}", field=["eventType"])
+    example = CATALOG[event_type].example.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    published = publish(session, principal.tenant_id, event_type, example)
+    if published is None:
+        return Triggered(None, 0)
+    return Triggered(published.event_id, len(published.delivery_ids))
+
+
 def send_test(session: Session, principal: Principal, endpoint_id: str) -> DeliveryView:
     """A `webhook.test` event for this endpoint alone."""
     check_rate(session, principal.tenant_id)
     endpoint = _enabled_endpoint(session, principal.tenant_id, endpoint_id)
-    data = {"endpoint": {"id": endpoint.id, "url": endpoint.url}, "message": "a test event from Claimcheck"}
-    published = publish(session, principal.tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
+    data = WEBHOOK_TEST.build(
+        endpoint={"id": endpoint.id, "url": endpoint.url}, message="a test event from Claimcheck"
+    )
+    published = publish(session, principal.tenant_id, WEBHOOK_TEST.name, data, endpoint_ids=[endpoint.id])
     assert published is not None  # the endpoint is enabled
     rows = DeliveryRepository(session, principal.tenant_id).by_ids(published.delivery_ids)
     return delivery_views(session, principal.tenant_id, list(rows))[0]

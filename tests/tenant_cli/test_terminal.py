@@ -31,10 +31,10 @@ def test_a_terminal_shows_a_moving_progress_bar_and_ctrl_c_leaves_the_job_runnin
     )
     bar = r"step (\d+) of 40 at [\d.]+[^\r\n]*?━[^\r\n]*?(\d+)%[^\r\n]*?RUNNING"  # message, bar, percent
     child.expect(bar)
-    first = (int(child.match.group(1)), int(child.match.group(2)))
+    first = _step_and_percent(child)
     while True:  # redrawn as the job moves (each expect fails after its timeout, or at the end)
         child.expect(bar)
-        later = (int(child.match.group(1)), int(child.match.group(2)))
+        later = _step_and_percent(child)
         if later[0] > first[0]:
             break
     assert first[1] <= later[1] < 100
@@ -52,3 +52,9 @@ def test_a_terminal_shows_a_moving_progress_bar_and_ctrl_c_leaves_the_job_runnin
     resumed = claimcheck("jobs", "wait", job_id)
     assert resumed.returncode == 0
     assert "SUCCEEDED" in resumed.stdout
+
+
+def _step_and_percent(child: pexpect.spawn[str]) -> tuple[int, int]:
+    match = child.match
+    assert isinstance(match, re.Match)
+    return int(match.group(1)), int(match.group(2))

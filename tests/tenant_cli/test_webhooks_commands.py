@@ -15,11 +15,15 @@ from sqlmodel import col, select
 from standardwebhooks.webhooks import Webhook
 
 import callbacks
+from service.client import Claimcheck
+from service.client.generated_sync.input_types import CreateWebhookEndpointInput
+from service.webhooks.events import CATALOG
 from service.webhooks.listeners import PREFIX
 from tests.conftest import TenantHandle
 from tests.receiver import Received, Receiver
 from tests.servers import ApiProcess, ServiceProcess
 from tests.tenant_cli.conftest import CLI, start_job, tenant_env
+from tests.tenant_cli.conftest import Claimcheck as ClaimcheckCommand
 
 
 @pytest.fixture
@@ -152,3 +156,45 @@ def test_listen_forwards_every_event_verified_across_a_dropped_connection(
         assert fields[3] == "200"
         assert fields[4].isdigit()
         assert fields[5] == "ms"
+
+
+def test_trigger_sends_the_catalogs_sample_to_the_endpoints_and_a_running_listener(
+    env: dict[str, str],
+    api: ApiProcess,
+    worker: ServiceProcess,
+    tenant: TenantHandle,
+    receiver: Receiver,
+    claimcheck: ClaimcheckCommand,
+    tmp_path: Path,
+) -> None:
+    with Claimcheck(api.url, tenant.api_key) as sdk:
+        endpoint = sdk.create_webhook_endpoint(
+            CreateWebhookEndpointInput(url=f"{receiver.url}/endpoint", eventTypes=["job.succeeded"])
+        ).create_webhook_endpoint
+    assert endpoint.secret is not None
+    listener = Listener(
+        ["--forward-to", f"{receiver.url}/listener", "--events", "job.succeeded,job.failed"],
+        tenant_env(env, api.url, tenant.api_key),
+        tmp_path / "listen.err",
+    )
+    listener.wait_until_listening(env["REDIS_URL"], tenant.id)
+
+    done = claimcheck("webhooks", "trigger", "job.succeeded", "--json")
+
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)
+    assert sent["endpoints"] == 1
+    at_endpoint = receiver.wait_for("/endpoint", bool)
+    at_listener = receiver.wait_for("/listener", bool)
+    assert at_endpoint[0].body == at_listener[0].body  # the same event, the same body
+    example = CATALOG["job.succeeded"].example_body()
+    for request, secret in ((at_endpoint[0], endpoint.secret), (at_listener[0], listener.secret)):
+        assert request.headers["webhook-id"] == sent["id"]
+        body = callbacks.verify(request.body, request.headers, secret)
+        assert body["type"] == "job.succeeded"
+        assert body["data"] == example["data"]
+    assert listener.interrupt()[0] == 130
+
+    unknown = claimcheck("webhooks", "trigger", "job.nope")
+    assert unknown.returncode == 2
+    assert "error (VALIDATION): unknown event type 'job.nope'" in unknown.stderr

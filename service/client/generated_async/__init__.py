@@ -39,6 +39,11 @@ from .input_types import (
 )
 from .job_updates import JobUpdates, JobUpdatesJobUpdates
 from .list_jobs import ListJobs, ListJobsJobs, ListJobsJobsNodes, ListJobsJobsPageInfo
+from .trigger_webhook_event import (
+    TriggerWebhookEvent,
+    TriggerWebhookEventTriggerWebhookEvent,
+    TriggerWebhookEventTriggerWebhookEventUserErrors,
+)
 from .webhook_endpoints import WebhookEndpoints, WebhookEndpointsWebhookEndpoints
 from .webhook_events import WebhookEvents, WebhookEventsWebhookEvents
 
@@ -88,6 +93,9 @@ __all__ = [
     "ListJobsJobsPageInfo",
     "SigningScheme",
     "StartExportInput",
+    "TriggerWebhookEvent",
+    "TriggerWebhookEventTriggerWebhookEvent",
+    "TriggerWebhookEventTriggerWebhookEventUserErrors",
     "UpdateWebhookEndpointInput",
     "WebhookEndpoints",
     "WebhookEndpointsWebhookEndpoints",

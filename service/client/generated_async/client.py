@@ -13,6 +13,7 @@ from .get_job import GetJob
 from .input_types import CreateWebhookEndpointInput, GenerateSpeechInput
 from .job_updates import JobUpdates
 from .list_jobs import ListJobs
+from .trigger_webhook_event import TriggerWebhookEvent
 from .webhook_endpoints import WebhookEndpoints
 from .webhook_events import WebhookEvents
 
@@ -320,6 +321,33 @@ class GeneratedAsyncClient(AsyncBaseClient):
         )
         data = self.get_data(response)
         return CreateWebhookEndpoint.model_validate(data)
+
+    async def trigger_webhook_event(
+        self, event_type: str, **kwargs: Any
+    ) -> TriggerWebhookEvent:
+        query = gql("""
+            mutation TriggerWebhookEvent($eventType: String!) {
+              triggerWebhookEvent(eventType: $eventType) {
+                eventId
+                endpointCount
+                userErrors {
+                  code
+                  field
+                  message
+                  extensions
+                }
+              }
+            }
+            """)
+        variables: dict[str, object] = {"eventType": event_type}
+        response = await self.execute(
+            query=query,
+            operation_name="TriggerWebhookEvent",
+            variables=variables,
+            **kwargs,
+        )
+        data = self.get_data(response)
+        return TriggerWebhookEvent.model_validate(data)
 
     async def job_updates(self, id: str, **kwargs: Any) -> AsyncIterator[JobUpdates]:
         query = gql("""

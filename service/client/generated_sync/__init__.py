@@ -38,6 +38,11 @@ from .input_types import (
     UpdateWebhookEndpointInput,
 )
 from .list_jobs import ListJobs, ListJobsJobs, ListJobsJobsNodes, ListJobsJobsPageInfo
+from .trigger_webhook_event import (
+    TriggerWebhookEvent,
+    TriggerWebhookEventTriggerWebhookEvent,
+    TriggerWebhookEventTriggerWebhookEventUserErrors,
+)
 from .webhook_endpoints import WebhookEndpoints, WebhookEndpointsWebhookEndpoints
 
 __all__ = [
@@ -84,6 +89,9 @@ __all__ = [
     "ListJobsJobsPageInfo",
     "SigningScheme",
     "StartExportInput",
+    "TriggerWebhookEvent",
+    "TriggerWebhookEventTriggerWebhookEvent",
+    "TriggerWebhookEventTriggerWebhookEventUserErrors",
     "UpdateWebhookEndpointInput",
     "WebhookEndpoints",
     "WebhookEndpointsWebhookEndpoints",

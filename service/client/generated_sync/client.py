@@ -11,6 +11,7 @@ from .get_download import GetDownload
 from .get_job import GetJob
 from .input_types import CreateWebhookEndpointInput, GenerateSpeechInput
 from .list_jobs import ListJobs
+from .trigger_webhook_event import TriggerWebhookEvent
 from .webhook_endpoints import WebhookEndpoints
 
 
@@ -317,3 +318,30 @@ class GeneratedSyncClient(BaseClient):
         )
         data = self.get_data(response)
         return CreateWebhookEndpoint.model_validate(data)
+
+    def trigger_webhook_event(
+        self, event_type: str, **kwargs: Any
+    ) -> TriggerWebhookEvent:
+        query = gql("""
+            mutation TriggerWebhookEvent($eventType: String!) {
+              triggerWebhookEvent(eventType: $eventType) {
+                eventId
+                endpointCount
+                userErrors {
+                  code
+                  field
+                  message
+                  extensions
+                }
+              }
+            }
+            """)
+        variables: dict[str, object] = {"eventType": event_type}
+        response = self.execute(
+            query=query,
+            operation_name="TriggerWebhookEvent",
+            variables=variables,
+            **kwargs,
+        )
+        data = self.get_data(response)
+        return TriggerWebhookEvent.model_validate(data)
