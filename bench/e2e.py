@@ -2,8 +2,9 @@
 
 Runs the API (uvicorn) and one worker as in production on a throwaway PostgreSQL and Redis, then
 submits N jobs one after another through the SDK (service.client); each is polled until it is
-terminal. The split comes from the job's own timestamps: queued = started_at - created_at (commit, enqueue, the worker picking
-it up and forking), running = finished_at - started_at (synthesis and upload).
+terminal. The split comes from the job's own timestamps: queued = started_at - created_at (commit,
+enqueue, the worker picking it up and forking), running = finished_at - started_at (synthesis and
+upload).
 
     python -m bench.e2e [--jobs 200] [--poll-ms 5]
 """
