@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+# ariadne-codegen generates the SDK (service/client); it needs graphql-core 3.2, strawberry 3.3: own venv
+CODEGEN_VERSION := 0.19.0
+CODEGEN := $(VENV)/codegen/bin/ariadne-codegen
 
-.PHONY: install dev test lint pytest bench chaos clean
+.PHONY: install dev test lint pytest bench chaos clean client
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -14,7 +17,17 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CODEGEN):
+	$(PYTHON) -m venv $(VENV)/codegen
+	$(VENV)/codegen/bin/python -m pip install --quiet 'ariadne-codegen==$(CODEGEN_VERSION)'
+
+install: $(STAMP) $(CODEGEN)
+
+client: install  ## export the schema from the server and regenerate the SDK from it and service/client/operations
+	$(BIN)/python -c 'from service.schema import schema; print(schema.as_str())' > service/client/schema.graphql
+	rm -rf service/client/generated_async service/client/generated_sync
+	$(CODEGEN) client --config service/client/codegen-async.toml
+	$(CODEGEN) client --config service/client/codegen-sync.toml
 
 dev: install  ## run API + worker + scheduler (embedded Postgres/Redis unless DATABASE_URL/REDIS_URL are set)
 	$(BIN)/claimcheck dev

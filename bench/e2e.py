@@ -1,9 +1,10 @@
 """Time from generateSpeech to SUCCEEDED for one-sentence jobs, and how much of it is queueing.
 
 Runs the API (uvicorn) and one worker as in production on a throwaway PostgreSQL and Redis, then
-submits N jobs one after another; each is polled over GraphQL until it is terminal. The split comes
-from the job's own timestamps: queued = started_at - created_at (commit, enqueue, the worker picking
-it up and forking), running = finished_at - started_at (synthesis and upload).
+submits N jobs one after another through the SDK (service.client); each is polled until it is
+terminal. The split comes from the job's own timestamps: queued = started_at - created_at (commit,
+enqueue, the worker picking it up and forking), running = finished_at - started_at (synthesis and
+upload).
 
     python -m bench.e2e [--jobs 200] [--poll-ms 5]
 """
@@ -13,12 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import httpx
-
-from bench.common import SPEECH_MUTATION, ms, percentile, service_stack
-
-STATUS = "query Status($id: ID!) { job(id: $id) { status } }"
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "EXPIRED"}
+from bench.common import ms, percentile, service_stack
+from service.client import Claimcheck
+from service.client.generated_sync.input_types import GenerateSpeechInput
+from service.client.settings import TERMINAL
 
 
 def main() -> None:
@@ -33,18 +32,14 @@ def main() -> None:
         stack.start_worker(api.url)
         totals: list[float] = []
         ids: list[str] = []
-        with httpx.Client(base_url=api.url, headers=stack.headers, timeout=30) as client:
+        with Claimcheck(api.url, stack.api_key, timeout=30) as client:
             for index in range(args.jobs + 5):
                 text = f"This is sentence number {index}, spoken aloud."
                 started = time.perf_counter()
-                body = client.post(
-                    "/graphql", json={"query": SPEECH_MUTATION, "variables": {"input": {"text": text}}}
-                )
-                job_id = body.json()["data"]["generateSpeech"]["job"]["id"]
-                while True:
-                    status = client.post("/graphql", json={"query": STATUS, "variables": {"id": job_id}})
-                    if status.json()["data"]["job"]["status"] in TERMINAL:
-                        break
+                job = client.generate_speech(GenerateSpeechInput(text=text)).generate_speech.job
+                assert job is not None
+                job_id = job.id
+                while client.job(job_id).status.value not in TERMINAL:
                     time.sleep(args.poll_ms / 1000)
                 if index >= 5:  # the first few warm up the worker and the connection pools
                     totals.append(time.perf_counter() - started)

@@ -54,8 +54,8 @@ from bench.common import (
     service_stack,
     summarize_logs,
 )
-from bench.e2e import TERMINAL
 from bench.subscribers import PROTOCOL, rss_mib
+from service.client.settings import TERMINAL
 from tests.servers import ServiceProcess
 
 JOB_QUERY = "query Job($id: ID!) { job(id: $id) { id status artifact { downloadUrl byteSize } } }"

@@ -44,6 +44,8 @@ from service.shared_subscriptions import SharedSubscriptionsTransportWS
 from service.startup import start_process
 from service.tenants.principals import PRINCIPALS
 from service.tenants.service import authenticate
+from service.webhooks.catalog import ROUTE as EVENT_TYPES_ROUTE
+from service.webhooks.catalog import router as event_types_router
 from service.websocket import KeyCheckingTransportWS
 
 log = logging.getLogger(__name__)
@@ -218,6 +220,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(graphql, prefix="/graphql")
     app.include_router(downloads_router)
+    app.include_router(event_types_router)
     install_portal(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -227,5 +230,5 @@ def create_app() -> FastAPI:
     _add_outage_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     # Outermost: BodySizeLimit's 413s and unhandled errors count too.
-    app.add_middleware(RequestMetrics, routes=["/graphql", DOWNLOAD_ROUTE, "/healthz"])
+    app.add_middleware(RequestMetrics, routes=["/graphql", DOWNLOAD_ROUTE, EVENT_TYPES_ROUTE, "/healthz"])
     return app

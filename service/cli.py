@@ -1,4 +1,5 @@
-"""The ``claimcheck`` operator CLI."""
+"""The ``claimcheck`` CLI: operator commands (they reach the database) here, tenant commands (an API key
+over HTTP) in service.tenant_cli."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from observability.logging import setup_logging
+from service import tenant_cli
 from service.settings import ConfigurationError, get_settings
 
 SERVER_COMMANDS = ("api", "worker", "scheduler")
@@ -238,11 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("DATA_DIR", ".data"),
         help="where `claimcheck dev` keeps its embedded servers (used when DATABASE_URL/REDIS_URL are unset)",
     )
-    parser = argparse.ArgumentParser(prog="claimcheck", description="Claimcheck operator commands")
+    parser = argparse.ArgumentParser(
+        prog="claimcheck",
+        description="Claimcheck: operator commands (they reach the database) and tenant commands (an API key"
+        " over HTTP: CLAIMCHECK_API_URL, CLAIMCHECK_API_KEY)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(group: Any, name: str, help: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = group.add_parser(name, help=help, parents=[common])
+        operator = help if help.startswith("operator command") else f"operator command: {help}"
+        sub: argparse.ArgumentParser = group.add_parser(name, help=operator, parents=[common])
         return sub
 
     dev = command(commands, "dev", "run everything on this machine (embedded servers when no URLs)")
@@ -302,9 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     portal_link.set_defaults(func=cmd_portal_link)
 
-    jobs = commands.add_parser("jobs", help="operator view of jobs: the dead letter").add_subparsers(
-        dest="action", required=True
-    )
+    jobs = commands.add_parser(
+        "jobs", help="jobs: tenant commands (speak, wait, download, ...) and the operator's dead letter"
+    ).add_subparsers(dest="action", required=True)
+    tenant_cli.add_job_commands(jobs)
     dead = command(jobs, "dead-letter", "list jobs that failed for good (retries spent or a permanent error)")
     requeue = command(jobs, "requeue", "send dead-lettered jobs back to the queue (same ids, next attempt)")
     requeue.add_argument("ids", nargs="*", metavar="ID", help="job ids to requeue")
@@ -328,12 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate",
         "re-encrypt webhook secrets with the first ENCRYPTION_KEYS key (then drop old keys)",
     ).set_defaults(func=cmd_secrets_rotate)
+
+    webhooks = commands.add_parser("webhooks", help="webhooks (tenant commands)").add_subparsers(
+        dest="action", required=True
+    )
+    tenant_cli.add_webhook_commands(webhooks)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``claimcheck`` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "tenant_command", False):
+        return int(args.func(args))  # the API's client: no server settings, its own exit codes
     os.environ["DATA_DIR"] = args.data_dir
     from service.errors import ClaimcheckError
 

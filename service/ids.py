@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 
@@ -28,6 +28,14 @@ def first_id_at(prefix: str, at: datetime) -> str:
     """The smallest id of this prefix made at or after `at`: ids compare as their creation times do."""
     millis = int(at.timestamp() * 1000)
     return f"{prefix}_{_encode(millis, 10)}{_ALPHABET[0] * 16}"
+
+
+def id_time(value: str) -> datetime:
+    """When an id was made (to the millisecond), from its first 10 characters after the prefix."""
+    millis = 0
+    for char in value.partition("_")[2][:10]:
+        millis = millis * 32 + _ALPHABET.index(char)
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
 
 
 def has_prefix(value: str, prefix: str) -> bool:

@@ -36,7 +36,7 @@ from service.settings import get_settings
 from service.tenants.graphql import TenantMutation
 from service.tenants.service import check_query_rate
 from service.viewer import TenantQuery
-from service.webhooks.graphql import WebhookMutation, WebhookQuery
+from service.webhooks.graphql import WebhookMutation, WebhookQuery, WebhookSubscription
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def _validation_rules() -> AddValidationRules:
 
 Query = merge_types("Query", (TenantQuery, JobQuery, WebhookQuery))
 Mutation = merge_types("Mutation", (KindMutation, JobMutation, WebhookMutation, TenantMutation))
+Subscription = merge_types("Subscription", (JobSubscription, WebhookSubscription))
 DOCUMENTS = DocumentCache(max_bytes=DOCUMENT_CACHE_BYTES)  # clients send the same few documents
 
 
@@ -217,7 +218,7 @@ class ClaimcheckSchema(strawberry.Schema):
 schema = ClaimcheckSchema(
     query=Query,
     mutation=Mutation,
-    subscription=JobSubscription,
+    subscription=Subscription,
     extensions=[
         UnitOfWork,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),  # before the cache: its options key it

@@ -29,7 +29,7 @@ from service.jobs import repository
 from service.jobs.dispatch import dequeue_job, enqueue_afresh, enqueue_soon
 from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
-from service.jobs.payloads import job_data
+from service.jobs.payloads import job_event_data
 from service.jobs.priority import RANKS, JobPriority, highest_allowed
 from service.jobs.repository import JobRepository
 from service.jobs.states import STATUS_EVENTS, check_transition
@@ -85,7 +85,7 @@ def _publish_event(session: Session, job: Job, event_type: str, data: dict[str, 
             session,
             job.tenant_id,
             event_type,
-            lambda: {**job_data(job), **(data or {})},
+            lambda: job_event_data(event_type, job, data),
             job_id=job.id,
             artifact_key=artifact_key,
         )
@@ -323,7 +323,7 @@ def _flag_at_risk(session: Session, job: Job) -> None:
         return
     job.at_risk_at = now
     data = {"estimatedCompletionAt": estimate.isoformat(), "deadline": job.deadline_at.isoformat()}
-    record_event(session, job, DEADLINE_AT_RISK, data)
+    record_event(session, job, DEADLINE_AT_RISK.name, data)
 
 
 def at_risk(job: Job, now: datetime) -> bool:
@@ -382,7 +382,7 @@ def requeue(session: Session, job: Job, *, by: str) -> None:
     job.dead_lettered_at = job.finished_at = job.deadline_at = job.at_risk_at = None
     job.progress = 0.0
     data = {"attempt": job.attempt + 1, "previousError": previous, "by": by}
-    transition(session, job, JobStatus.QUEUED, message="requeued", data=data, event=JOB_REQUEUED)
+    transition(session, job, JobStatus.QUEUED, message="requeued", data=data, event=JOB_REQUEUED.name)
     session.add(JobOutbox(job_id=job.id))
     session.flush()
     job_id, kind, carrier, priority = job.id, job.kind, job.trace_context, job.priority

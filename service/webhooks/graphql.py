@@ -1,23 +1,28 @@
-"""GraphQL for webhooks: endpoints with their recent deliveries, and the management mutations."""
+"""GraphQL for webhooks: endpoints with their recent deliveries, the management mutations, and the
+webhookEvents subscription."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import strawberry
+from strawberry.scalars import JSON
 
-from service.errors import ClaimcheckError
+from service.errors import ClaimcheckError, QuotaExceededError
 from service.graphql_base import (
     DeletePayload,
     GraphQLInfo,
     UserError,
+    graphql_error,
     or_graphql_error,
     require,
     run_mutation,
 )
-from service.webhooks import service
+from service.settings import get_settings
+from service.webhooks import service, streaming
+from service.webhooks.catalog import event_catalog
 from service.webhooks.models import DeliveryStatus as DeliveryStatusValue
 from service.webhooks.models import SigningScheme as SigningSchemeValue
 from service.webhooks.models import WebhookEndpoint as EndpointRow
@@ -141,6 +146,15 @@ class RecoverPayload:
     user_errors: list[UserError]
 
 
+@strawberry.type
+class TriggerWebhookEventPayload:
+    event_id: strawberry.ID | None = strawberry.field(
+        description="evt_...; null when no endpoint wants the type and no listener streams."
+    )
+    endpoint_count: int = strawberry.field(description="Endpoints it is being delivered to.")
+    user_errors: list[UserError]
+
+
 @strawberry.input
 class CreateWebhookEndpointInput:
     url: str
@@ -157,8 +171,28 @@ class UpdateWebhookEndpointInput:
     enabled: bool | None = None
 
 
+@strawberry.type(description="An event type of the published catalog (also at GET /webhooks/event-types).")
+class WebhookEventType:
+    type: str
+    description: str
+    schema: JSON = strawberry.field(description="JSON Schema (2020-12) of the whole body.")
+    example: JSON = strawberry.field(description="An example body.")
+
+
 @strawberry.type
 class WebhookQuery:
+    @strawberry.field(description="Every webhook event type: what it means, its body's schema, an example.")
+    def webhook_event_types(self) -> list[WebhookEventType]:
+        return [
+            WebhookEventType(
+                type=entry["type"],
+                description=entry["description"],
+                schema=cast(JSON, entry["schema"]),
+                example=cast(JSON, entry["example"]),
+            )
+            for entry in event_catalog()
+        ]
+
     @strawberry.field(description="The caller's webhook endpoints.")
     def webhook_endpoints(self, info: GraphQLInfo) -> list[WebhookEndpoint]:
         principal = require(info, SCOPE)
@@ -286,6 +320,26 @@ class WebhookMutation:
         )
 
     @strawberry.mutation(
+        description="Send the catalog's example of an event type to the endpoints that want it and to"
+        " running listeners (webhookEvents), as an event of the caller's."
+    )
+    def trigger_webhook_event(self, info: GraphQLInfo, event_type: str) -> TriggerWebhookEventPayload:
+        principal = require(info, SCOPE)
+
+        def trigger() -> TriggerWebhookEventPayload:
+            sent = service.trigger_sample(info.context.session, principal, event_type)
+            event_id = strawberry.ID(sent.event_id) if sent.event_id else None
+            return TriggerWebhookEventPayload(
+                event_id=event_id, endpoint_count=sent.endpoints, user_errors=[]
+            )
+
+        return run_mutation(
+            info,
+            trigger,
+            lambda errors: TriggerWebhookEventPayload(event_id=None, endpoint_count=0, user_errors=errors),
+        )
+
+    @strawberry.mutation(
         description="Send an event to an endpoint again now, with the same webhook-id (job events: the key"
         " needs jobs:read as well)."
     )
@@ -320,3 +374,38 @@ class WebhookMutation:
             ),
             lambda errors: RecoverPayload(count=0, user_errors=errors),
         )
+
+
+@strawberry.type(description="A webhook event as its deliveries carry it.")
+class WebhookEvent:
+    id: strawberry.ID = strawberry.field(description="evt_...: the webhook-id header of its deliveries.")
+    type: str
+    timestamp: datetime = strawberry.field(description="When it happened (the body's timestamp).")
+    body: str = strawberry.field(description="The exact JSON body its webhooks carry: sign these bytes.")
+
+
+@strawberry.type
+class WebhookSubscription:
+    @strawberry.subscription(
+        description="The tenant's webhook events from now on (webhooks:manage; job events need jobs:read as"
+        " well), or from `after` an event id: resuming may repeat a few events seen shortly before it"
+        " (drop ids already seen) and misses none. Events are recorded while a listener streams, and"
+        " for a while after it drops, even when no endpoint wants them."
+    )
+    async def webhook_events(
+        self, info: GraphQLInfo, event_types: list[str] | None = None, after: strawberry.ID | None = None
+    ) -> AsyncGenerator[WebhookEvent, None]:
+        principal = require(info, SCOPE)
+        connection = info.context.connection
+        if connection.subscriptions >= get_settings().max_subscriptions_per_connection:
+            raise graphql_error(QuotaExceededError("too many subscriptions on this connection"))
+        connection.subscriptions += 1
+        try:
+            async for event in streaming.stream(principal, event_types, str(after) if after else None):
+                yield WebhookEvent(
+                    id=strawberry.ID(event.id), type=event.type, timestamp=event.timestamp, body=event.body
+                )
+        except ClaimcheckError as error:
+            raise graphql_error(error) from error
+        finally:
+            connection.subscriptions -= 1

@@ -49,6 +49,14 @@ class EventRepository(TenantRepository[WebhookEvent]):
 
     model = WebhookEvent
 
+    def since(self, first_id: str, types: Sequence[str], limit: int) -> Sequence[WebhookEvent]:
+        """Events with ids from first_id on (ids sort by creation time), oldest first; of these types
+        only, unless none are given."""
+        statement = self.base_statement().where(col(WebhookEvent.id) >= first_id)
+        if types:
+            statement = statement.where(col(WebhookEvent.type).in_(types))
+        return self.session.exec(statement.order_by(col(WebhookEvent.id)).limit(limit)).all()
+
 
 class DeliveryRepository(TenantRepository[WebhookDelivery]):
     """One tenant's deliveries and their attempts."""

@@ -52,28 +52,41 @@ def active_keys(signing_keys: list[dict[str, Any]], now: datetime) -> list[str]:
 
 def signs_a_download_url(claimed: Claimed) -> bool:
     """Whether the body carries a download URL signed for this attempt (a job.succeeded with a file)."""
-    if claimed.event_type != "job.succeeded" or not claimed.artifact_key:
+    return _signs_a_download_url(claimed.event_type, claimed.event_data, claimed.artifact_key)
+
+
+def _signs_a_download_url(event_type: str, data: dict[str, Any], artifact_key: str | None) -> bool:
+    if event_type != "job.succeeded" or not artifact_key:
         return False
-    return bool((claimed.event_data.get("job") or {}).get("artifact"))
+    return bool((data.get("job") or {}).get("artifact"))
 
 
 def payload(claimed: Claimed, settings: Settings) -> bytes:
     """The JSON body; a job.succeeded event gets a download URL fresh for this attempt. Signing it may
     block (an RSA signature, or an IAM signBlob call): call this off the event loop when
     `signs_a_download_url`."""
-    data = claimed.event_data
-    if signs_a_download_url(claimed):
-        assert claimed.artifact_key is not None
+    return event_body(
+        claimed.event_type, claimed.event_created_at, claimed.event_data, claimed.artifact_key, settings
+    )
+
+
+def event_body(
+    event_type: str, created_at: datetime, data: dict[str, Any], artifact_key: str | None, settings: Settings
+) -> bytes:
+    """An event's JSON body as every delivery of it is sent (and the webhookEvents subscription streams
+    it); a job.succeeded with a file gets a fresh download URL, which may block to sign."""
+    if _signs_a_download_url(event_type, data, artifact_key):
+        assert artifact_key is not None
         artifact = data["job"]["artifact"]
         with get_tracer().start_as_current_span("storage.sign_url"):
             url = get_storage().signed_url(
-                claimed.artifact_key,
+                artifact_key,
                 filename=artifact["filename"],
                 content_type=artifact["contentType"],
                 expires_in=settings.download_url_default_expiry,
             )
         data = {**data, "job": {**data["job"], "artifact": {**artifact, "downloadUrl": url}}}
-    body = {"type": claimed.event_type, "timestamp": claimed.event_created_at.isoformat(), "data": data}
+    body = {"type": event_type, "timestamp": created_at.isoformat(), "data": data}
     return json.dumps(body, separators=(",", ":")).encode()
 
 

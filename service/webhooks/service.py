@@ -28,7 +28,8 @@ from service.principal import Principal
 from service.settings import get_settings
 from service.tenants.service import check_rate
 from service.webhooks import repository
-from service.webhooks.events import ENDPOINT_DISABLED, EVENT_TYPES, JOB_EVENT_TYPES, WEBHOOK_TEST
+from service.webhooks.events import CATALOG, ENDPOINT_DISABLED, EVENT_TYPES, JOB_EVENT_TYPES, WEBHOOK_TEST
+from service.webhooks.listeners import is_listening
 from service.webhooks.models import (
     AttemptTrigger,
     DeliveryStatus,
@@ -96,9 +97,10 @@ def publish(
     endpoint_ids: list[str] | None = None,
 ) -> Published | None:
     """Write the event and one pending delivery per enabled endpoint that wants it (or the given ones),
-    in the caller's transaction; None when no endpoint wants it. `artifact_key` names the file each
-    attempt signs a fresh downloadUrl for; `data` may be a function, called only when some endpoint
-    wants the event. Deliverers are woken once the transaction commits.
+    in the caller's transaction; None when no endpoint wants it and no listener of the tenant's is
+    streaming (service.webhooks.listeners; then the event is written with no delivery). `artifact_key`
+    names the file each attempt signs a fresh downloadUrl for; `data` may be a function, called only
+    when the event is written. Deliverers are woken once the transaction commits.
 
     A transaction reads the tenant's endpoints once however many events it publishes (a job's
     transition records several), and writes each event with its deliveries in one statement."""
@@ -107,7 +109,7 @@ def publish(
         for endpoint_id, types in _enabled_endpoints(session, tenant_id)
         if (endpoint_id in endpoint_ids if endpoint_ids is not None else not types or event_type in types)
     ]
-    if not targets:
+    if not targets and (endpoint_ids is not None or not _listening(session, tenant_id)):
         return None
     event = WebhookEvent(
         tenant_id=tenant_id,
@@ -119,7 +121,8 @@ def publish(
     )
     deliveries = [(new_id("whd"), endpoint_id) for endpoint_id in targets]
     repository.insert_event(session, event, deliveries)
-    _wake_deliverers_once(session)
+    if deliveries:
+        _wake_deliverers_once(session)
     return Published(event.id, [delivery_id for delivery_id, _ in deliveries])
 
 
@@ -130,6 +133,7 @@ def read_endpoints(session: Session, tenant_id: str) -> None:
 
 
 _ENDPOINTS = "webhooks.enabled_endpoints"
+_LISTENING = "webhooks.listening"
 _WOKEN = "webhooks.woken"
 
 
@@ -144,6 +148,18 @@ def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list
     if tenant_id not in by_tenant:
         by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
     return by_tenant[tenant_id]
+
+
+def _listening(session: Session, tenant_id: str) -> bool:
+    """Whether a listener of the tenant's streams its events, asked of Redis once per transaction."""
+    transaction = session.get_transaction()
+    cache: tuple[object, dict[str, bool]] | None = session.info.get(_LISTENING)
+    if cache is None or cache[0] is not transaction:
+        cache = (transaction, {})
+        session.info[_LISTENING] = cache
+    if tenant_id not in cache[1]:
+        cache[1][tenant_id] = is_listening(tenant_id)
+    return cache[1][tenant_id]
 
 
 def _forget_endpoints(session: Session) -> None:
@@ -174,8 +190,10 @@ def disable(session: Session, endpoint: WebhookEndpoint, reason: str, *, gone: b
     session.add(endpoint)
     session.flush()
     _forget_endpoints(session)
-    data = {"endpoint": {"id": endpoint.id, "url": endpoint.url, "disabledReason": reason}}
-    publish(session, endpoint.tenant_id, ENDPOINT_DISABLED, data)
+    data = ENDPOINT_DISABLED.build(
+        endpoint={"id": endpoint.id, "url": endpoint.url, "disabled_reason": reason}
+    )
+    publish(session, endpoint.tenant_id, ENDPOINT_DISABLED.name, data)
 
 
 def keys_in_use(signing_keys: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -415,12 +433,38 @@ def current_public_key(endpoint: WebhookEndpoint) -> str | None:
     return endpoint.public_key or public_key_for(decrypt(endpoint.signing_keys[0]["key"]))
 
 
+@dataclass(frozen=True)
+class Triggered:
+    """A sample event sent: its id (None when no endpoint wanted it and no listener streams) and the
+    number of endpoints it goes to."""
+
+    event_id: str | None
+    endpoints: int
+
+
+def trigger_sample(session: Session, principal: Principal, event_type: str) -> Triggered:
+    """Publish the catalog's example of this type as an event of the tenant's: to every enabled endpoint
+    that wants the type and to running listeners (`claimcheck webhooks trigger`). Its data is the
+    example's, none of the tenant's jobs, so webhooks:manage suffices even for job events."""
+    check_rate(session, principal.tenant_id)
+    if event_type not in CATALOG:
+        known = ", ".join(CATALOG)
+        raise ValidationError(f"unknown event type {event_type!r}; known: {known}", field=["eventType"])
+    example = CATALOG[event_type].example.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    published = publish(session, principal.tenant_id, event_type, example)
+    if published is None:
+        return Triggered(None, 0)
+    return Triggered(published.event_id, len(published.delivery_ids))
+
+
 def send_test(session: Session, principal: Principal, endpoint_id: str) -> DeliveryView:
     """A `webhook.test` event for this endpoint alone."""
     check_rate(session, principal)
     endpoint = _enabled_endpoint(session, principal.tenant_id, endpoint_id)
-    data = {"endpoint": {"id": endpoint.id, "url": endpoint.url}, "message": "a test event from Claimcheck"}
-    published = publish(session, principal.tenant_id, WEBHOOK_TEST, data, endpoint_ids=[endpoint.id])
+    data = WEBHOOK_TEST.build(
+        endpoint={"id": endpoint.id, "url": endpoint.url}, message="a test event from Claimcheck"
+    )
+    published = publish(session, principal.tenant_id, WEBHOOK_TEST.name, data, endpoint_ids=[endpoint.id])
     assert published is not None  # the endpoint is enabled
     rows = DeliveryRepository(session, principal.tenant_id).by_ids(published.delivery_ids)
     return delivery_views(session, principal.tenant_id, list(rows))[0]
