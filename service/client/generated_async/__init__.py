@@ -14,7 +14,14 @@ from .create_webhook_endpoint import (
     CreateWebhookEndpointCreateWebhookEndpointUserErrors,
 )
 from .delete_job import DeleteJob, DeleteJobDeleteJob, DeleteJobDeleteJobUserErrors
-from .enums import AudioFormat, DeliveryStatus, ExportFormat, JobStatus, SigningScheme
+from .enums import (
+    AudioFormat,
+    DeliveryStatus,
+    ExportFormat,
+    JobPriority,
+    JobStatus,
+    SigningScheme,
+)
 from .exceptions import (
     GraphQLClientError,
     GraphQLClientGraphQLError,
@@ -84,6 +91,7 @@ __all__ = [
     "JobFields",
     "JobFieldsArtifact",
     "JobFieldsError",
+    "JobPriority",
     "JobStatus",
     "JobUpdates",
     "JobUpdatesJobUpdates",

@@ -16,6 +16,12 @@ class ExportFormat(str, Enum):
     CSV = "CSV"
 
 
+class JobPriority(str, Enum):
+    HIGH = "HIGH"
+    NORMAL = "NORMAL"
+    LOW = "LOW"
+
+
 class JobStatus(str, Enum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"

@@ -14,7 +14,14 @@ from .create_webhook_endpoint import (
     CreateWebhookEndpointCreateWebhookEndpointUserErrors,
 )
 from .delete_job import DeleteJob, DeleteJobDeleteJob, DeleteJobDeleteJobUserErrors
-from .enums import AudioFormat, DeliveryStatus, ExportFormat, JobStatus, SigningScheme
+from .enums import (
+    AudioFormat,
+    DeliveryStatus,
+    ExportFormat,
+    JobPriority,
+    JobStatus,
+    SigningScheme,
+)
 from .exceptions import (
     GraphQLClientError,
     GraphQLClientGraphQLError,
@@ -82,6 +89,7 @@ __all__ = [
     "JobFields",
     "JobFieldsArtifact",
     "JobFieldsError",
+    "JobPriority",
     "JobStatus",
     "ListJobs",
     "ListJobsJobs",

@@ -4,7 +4,7 @@ from typing import Optional
 from pydantic import Field
 
 from .base_model import BaseModel
-from .enums import AudioFormat, ExportFormat, SigningScheme
+from .enums import AudioFormat, ExportFormat, JobPriority, SigningScheme
 
 
 class CreateWebhookEndpointInput(BaseModel):
@@ -19,12 +19,16 @@ class GenerateSpeechInput(BaseModel):
     voice: Optional[str] = None
     format: Optional[AudioFormat] = None
     idempotency_key: Optional[str] = Field(alias="idempotencyKey", default=None)
+    priority: JobPriority = JobPriority.NORMAL
+    deadline: Optional[datetime] = None
 
 
 class StartExportInput(BaseModel):
     format: Optional[ExportFormat] = None
     since: Optional[datetime] = None
     idempotency_key: Optional[str] = Field(alias="idempotencyKey", default=None)
+    priority: JobPriority = JobPriority.NORMAL
+    deadline: Optional[datetime] = None
 
 
 class UpdateWebhookEndpointInput(BaseModel):
