@@ -16,7 +16,7 @@ import pytest
 from websockets.sync.client import ClientConnection
 
 from service.embedded import free_port
-from service.scheduler import run_once
+from service.jobs.dispatch import enqueue_job
 from tests.conftest import TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess, ServiceProcess
 from tests.websocket import open_socket, receive, subscribe, ws_url_of
@@ -86,7 +86,7 @@ def test_subscribers_asking_the_same_share_one_rendering_of_each_change(
                 subscribe(socket, "1", BRIEF, {"id": job_id})
             for socket in same + other:  # each holds the QUEUED snapshot: all have joined
                 assert '"QUEUED"' in socket.recv(timeout=10)
-            run_once()  # the scheduler enqueues the job; the worker runs it
+            enqueue_job(job_id, "test-slow")  # the worker runs it
             heard = [_raw_messages(socket) for socket in same]
             heard_other = [_raw_messages(socket) for socket in other]
         rendered = _metric(metrics, RENDERS) - renders
@@ -190,9 +190,9 @@ def test_a_subscriber_joining_a_running_job_starts_from_its_current_state(
     with open_socket(url, tenant.api_key) as early, open_socket(url, tenant.api_key) as late:
         subscribe(early, "1", STATUS, {"id": job_id})
         assert _first(early)["payload"]["data"]["jobUpdates"]["status"] == "QUEUED"
-        run_once()
-        while "step" not in (_first(early)["payload"]["data"]["jobUpdates"]["message"] or ""):
-            pass
+        enqueue_job(job_id, "test-slow")  # now that the group exists
+        while "step" not in (receive(early, timeout=30)["payload"]["data"]["jobUpdates"]["message"] or ""):
+            pass  # until the job has made progress (the worker may be busy with earlier tests' jobs)
         subscribe(late, "1", STATUS, {"id": job_id})
         current = _first(late)["payload"]["data"]["jobUpdates"]
         assert current["status"] in {"RUNNING", "SUCCEEDED"}

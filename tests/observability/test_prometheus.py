@@ -11,6 +11,7 @@ panel and rule showed is printed (`pytest -s` shows it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,6 +50,7 @@ from tests.observability.prometheus_server import (
 from tests.receiver import Answer, Receiver
 from tests.servers import ApiProcess, ServiceProcess, clear_caches, create_database, drop_database
 from tests.tenants.support import set_limits
+from tests.websocket import open_socket, subscribe, ws_url_of
 
 ALERT_TESTS = Path(__file__).with_name("alerts_test.yml")
 SCRAPE_SECONDS = 1.0
@@ -252,6 +254,7 @@ mutation E($input: CreateWebhookEndpointInput!) {
 }
 """
 ENDPOINTS = "{ webhookEndpoints { url enabled } }"
+FOLLOW = "subscription F($id: ID!) { jobUpdates(id: $id) { id status progress } }"
 
 
 def _tenant(name: str) -> TenantHandle:
@@ -288,6 +291,7 @@ def run_load(api_url: str, receiver: Receiver) -> tuple[str, str]:
     steady, failing, limited = _tenant("steady"), _tenant("failing"), _tenant("limited")
     clients = [GraphQLClient(api_url, tenant.api_key) for tenant in (steady, failing, limited)]
     steady_gql, failing_gql, limited_gql = clients
+    followers = contextlib.ExitStack()
     try:
         receiver.script("/fail", *[Answer(status=500)] * 1000)
         receiver.script("/gone", *[Answer(status=410)] * 1000)
@@ -296,7 +300,11 @@ def run_load(api_url: str, receiver: Receiver) -> tuple[str, str]:
         _endpoint(failing_gql, f"{receiver.url}/gone")
 
         # A slow job holds the (one) worker while the rest queue behind it; it is canceled while it runs.
+        # Two subscribers follow it with the same document: one rendering per change, sent twice.
         running = _job(steady, "test-slow", {"seconds": 8, "steps": 40})
+        for number in range(2):
+            socket = followers.enter_context(open_socket(ws_url_of(api_url), steady.api_key))
+            subscribe(socket, f"follow-{number}", FOLLOW, {"id": running})
         assert steady_gql.wait_for_job(running, until={"RUNNING"})["status"] == "RUNNING"
         spoken = [_speak(steady_gql, f"Metrics, take {n}.")["job"]["id"] for n in range(3)]
         queued = _speak(steady_gql, "Never spoken.")["job"]["id"]
@@ -319,6 +327,7 @@ def run_load(api_url: str, receiver: Receiver) -> tuple[str, str]:
             for job_id in job_ids:
                 assert client.wait_for_job(job_id)["status"] in {"SUCCEEDED", "FAILED", "CANCELED"}
         assert steady_gql.wait_for_job(running)["status"] == "CANCELED"
+        followers.close()
         assert {failing_gql.wait_for_job(job_id)["status"] for job_id in failed} == {"FAILED"}
 
         done = steady_gql.wait_for_job(spoken[0])
@@ -342,6 +351,7 @@ def run_load(api_url: str, receiver: Receiver) -> tuple[str, str]:
         _wait(gone_disabled, "the 410 endpoint to be disabled")
         return spoken[0], failing.id
     finally:
+        followers.close()
         for client in clients:
             client.http.close()
 
