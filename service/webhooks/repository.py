@@ -154,7 +154,7 @@ class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
         if where.event_type is not None:
             statement = statement.where(col(WebhookEvent.type) == where.event_type)
         if where.job_id is not None:
-            statement = statement.where(col(WebhookEvent.job_id) == where.job_id)
+            statement = statement.where(col(WebhookDelivery.job_id) == where.job_id)
         if where.since is not None:
             statement = statement.where(
                 col(WebhookDelivery.id) >= first_id_at("whd", where.since),
@@ -194,9 +194,9 @@ _INSERT_EVENT = text(
         VALUES (:event_id, :tenant_id, :type, CAST(:data AS jsonb), :job_id, :artifact_key,
                 CAST(:trace_context AS jsonb), :now)
     )
-    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, attempt_count,
+    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, job_id, status, attempt_count,
                                     next_attempt_at, next_trigger, created_at, updated_at)
-    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id,
+    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id, :job_id,
            'PENDING', 0, :now, 'scheduled', :now, :now
     FROM unnest(CAST(:delivery_ids AS text[]), CAST(:endpoint_ids AS text[])) AS delivery(id, endpoint_id)
     """
@@ -288,7 +288,7 @@ _CLAIM = text(
     WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
     RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
               e.id AS event_id, e.type, e.data, e.created_at, e.job_id, e.trace_context, e.artifact_key,
-              ep.url, ep.enabled, ep.signing_keys
+              ep.url, ep.enabled, ep.signing_keys, ep.timeout_seconds, ep.retry_schedule
     """
 )
 
@@ -379,12 +379,24 @@ def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> No
         session.execute(_UPDATE_DELIVERY, list(updates))
 
 
-def clear_failing(session: Session, endpoint_ids: Sequence[str]) -> None:
-    """These endpoints just succeeded: their failing streak ends."""
-    statement = text(
-        "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ANY(:ids) AND failing_since IS NOT NULL"
-    )
-    session.execute(statement, {"ids": list(endpoint_ids)})
+_SUCCEEDED = text(
+    """
+    UPDATE webhook_endpoints ep
+    SET last_success_at = GREATEST(ep.last_success_at, s.at), failing_since = NULL, failing_alerts = 0,
+        last_error = NULL
+    FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS s(id, at), webhook_endpoints old
+    WHERE ep.id = s.id AND old.id = ep.id  -- old: the row as this statement found it
+    RETURNING ep.id, ep.tenant_id, ep.url, s.at, old.failing_since AS was_failing_since,
+              old.failing_alerts AS alerts_sent
+    """
+)
+
+
+def mark_succeeded(session: Session, successes: Mapping[str, datetime]) -> Sequence[Row[Any]]:
+    """These endpoints just succeeded (endpoint id -> when): their failing streak ends. Each row: the
+    endpoint, and the streak it ended (was_failing_since, alerts_sent), read before the update."""
+    parameters = {"ids": list(successes), "ats": list(successes.values())}
+    return session.execute(_SUCCEEDED, parameters).all()
 
 
 def lock_endpoints(session: Session, endpoint_ids: Sequence[str]) -> Sequence[WebhookEndpoint]:
@@ -407,3 +419,56 @@ def endpoints_after(session: Session, last_id: str, limit: int) -> Sequence[Webh
         .with_for_update()
     )
     return session.exec(statement).all()
+
+
+# --- the scheduler's side: failing endpoints and retention ---------------------------------------
+
+_DUE_ALERTS = text(
+    """
+    SELECT id FROM webhook_endpoints
+    WHERE enabled AND failing_since IS NOT NULL AND failing_alerts < :steps
+      AND failing_since <= now() - make_interval(secs => CAST(:first_due AS double precision))
+    ORDER BY failing_since LIMIT :limit
+    """
+)
+
+
+def failing_endpoints(session: Session, *, steps: int, first_due: float, limit: int) -> list[WebhookEndpoint]:
+    """Enabled endpoints failing for at least `first_due` seconds that have not sent all `steps`
+    alerts, locked (skipping any a deliverer is recording for); the longest failing first."""
+    ids = list(
+        session.execute(_DUE_ALERTS, {"steps": steps, "first_due": first_due, "limit": limit}).scalars()
+    )
+    if not ids:
+        return []
+    statement = (
+        select(WebhookEndpoint)
+        .where(col(WebhookEndpoint.id).in_(ids))
+        .order_by(col(WebhookEndpoint.id))
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(statement).all())
+
+
+_PRUNE = text(
+    """
+    WITH old AS (
+        SELECT e.id FROM webhook_events e
+        WHERE e.created_at < :cutoff
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.status = 'PENDING'
+          )
+        ORDER BY e.created_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM webhook_events e USING old WHERE e.id = old.id
+    """
+)
+
+
+def prune_events(session: Session, *, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` events made before `cutoff` with no pending delivery, their deliveries
+    and attempts with them (ON DELETE CASCADE); how many events."""
+    result = session.execute(_PRUNE, {"cutoff": cutoff, "limit": limit})
+    return int(result.rowcount)  # type: ignore[attr-defined]
