@@ -1,15 +1,25 @@
-"""Webhook deliveries per second to a fast local receiver, beside a raw httpx loop; and delivery latency.
+"""Webhook deliveries per second to a fast local receiver beside a raw httpx loop; latency under load;
+and draining a backlog across tenants.
 
-1. Throughput: N `webhook.test` events are committed for one endpoint, then a deliverer process
-   (`claimcheck worker --queues webhooks`) starts and sends them; the rate counts until the receiver
-   has them all. In the same run, a bare `httpx.AsyncClient` posts the same signed bodies to the same
-   receiver with the same concurrency (the per-endpoint in-flight cap). Targets: ratio >= 0.5,
-   >= 500 deliveries/s.
-2. Latency: with the deliverer idle and waiting, events are committed one per transaction (as a job
-   transition commits them) at a fixed rate; the receiver records arrival time minus the event's
-   timestamp. Target: p50 < 50 ms.
+1. Raw loop: a bare `httpx.AsyncClient` posts N signed bodies to the receiver, as many at a time as a
+   deliverer may send to one endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT).
+2. Throughput: N `webhook.test` events are committed for one endpoint, then one deliverer process
+   (`claimcheck worker --queues webhooks`) starts and sends them; the rate runs from the first
+   delivery the receiver gets to the last (process start-up left out), and the run waits until every
+   attempt is recorded. Then the same with two deliverer processes (each with its own per-endpoint
+   cap). Targets: one deliverer >= 0.8x the raw loop and >= 500/s; two >= one.
+3. Latency: with one deliverer running, events are committed at --latency-rate per second (a few per
+   transaction, as job transitions commit them) for --latency-seconds; the receiver records arrival
+   time minus the event's timestamp. Target: p50 < 50 ms, p99 < 250 ms at 500/s.
+4. Backlog drain: with no deliverer running (as during a receiver outage whose retries have all come
+   due), --backlog deliveries pile up over 10 endpoints of 5 tenants, most for one tenant (60/20/10/
+   5/5 %), the biggest backlog the oldest. One deliverer then drains it to a receiver that answers in
+   --drain-answer-ms (so the requests it holds at once per endpoint show). Reported: drain time and
+   rate beside the healthy rate of run 2 (target >= 0.8x), the most requests any endpoint had at once
+   (cap: WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT), each tenant's first delivery after the drain's first,
+   and the latency of a sixth tenant's fresh events sent during the drain.
 
-    python -m bench.deliveries [--events 5000] [--latency-events 200] [--rate 20]
+    python -m bench.deliveries [--events 5000] [--backlog 20000] [--latency-rate 500]
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,45 +37,123 @@ import httpx
 from bench.common import CpuMeter, Stack, UvicornApi, ms, percentile, service_stack
 from tests.servers import ServiceProcess
 
+BACKLOG_SHARES = {"tenant-a": 0.60, "tenant-b": 0.20, "tenant-c": 0.10, "tenant-d": 0.05, "tenant-e": 0.05}
+ENDPOINTS_PER_TENANT = 2
 
-def publish_tests(tenant_id: str, endpoint_id: str, count: int) -> None:
-    """`count` webhook.test events for the endpoint, committed in batches."""
+
+@dataclass(frozen=True)
+class Endpoint:
+    tenant_id: str
+    id: str
+    secret: str
+    path: str
+
+
+def new_tenant(name: str) -> str:
+    from service.db import session_scope
+    from service.settings import get_settings
+    from service.tenants.service import create_tenant
+
+    with session_scope() as session:
+        tenant, _ = create_tenant(session, name, server_secret=get_settings().secret_key)
+        return tenant.id
+
+
+def new_endpoint(tenant_id: str, receiver_url: str, path: str) -> Endpoint:
+    from service.db import session_scope
+    from service.principal import Principal
+    from service.tenants.models import ALL_SCOPES
+    from service.tenants.service import limits_for
+    from service.webhooks.models import SigningScheme
+    from service.webhooks.service import check_endpoint_url, create_endpoint
+
+    with session_scope() as session:
+        limits = limits_for(session, tenant_id)
+        owner = Principal(tenant_id=tenant_id, key_id="bench", scopes=frozenset(ALL_SCOPES), limits=limits)
+        issued = create_endpoint(
+            session,
+            owner,
+            url=check_endpoint_url(receiver_url + path),
+            event_types=[],
+            description="bench",
+            signing=SigningScheme.V1,
+        )
+        assert issued.secret is not None
+        return Endpoint(tenant_id, issued.endpoint.id, issued.secret, path.split("?")[0])
+
+
+def publish_tests(endpoint: Endpoint, count: int, per_transaction: int = 500) -> None:
+    """`count` webhook.test events for the endpoint, committed `per_transaction` at a time."""
     from service.db import session_scope
     from service.webhooks.service import publish
 
-    for start in range(0, count, 500):
+    for start in range(0, count, per_transaction):
         with session_scope() as session:
-            for index in range(start, min(start + 500, count)):
-                data = {"endpoint": {"id": endpoint_id}, "message": f"bench event {index}"}
-                publish(session, tenant_id, "webhook.test", data, endpoint_ids=[endpoint_id])
+            for index in range(start, min(start + per_transaction, count)):
+                data = {"endpoint": {"id": endpoint.id}, "message": f"bench event {index}"}
+                publish(session, endpoint.tenant_id, "webhook.test", data, endpoint_ids=[endpoint.id])
 
 
-def pending(endpoint_id: str) -> int:
+def publish_at_rate(
+    endpoint: Endpoint, rate: float, seconds: float, per_transaction: int
+) -> tuple[int, float]:
+    """Commit events at `rate` per second, `per_transaction` in each transaction, for `seconds`; how
+    many, and the rate reached."""
+    started = time.perf_counter()
+    sent = 0
+    while time.perf_counter() - started < seconds:
+        publish_tests(endpoint, per_transaction, per_transaction)
+        sent += per_transaction
+        time.sleep(max(0.0, started + sent / rate - time.perf_counter()))
+    return sent, sent / (time.perf_counter() - started)
+
+
+def counts(endpoint_ids: list[str]) -> tuple[int, int]:
+    """(deliveries still pending, attempts recorded) of these endpoints."""
     from sqlalchemy import text
 
     from service.db import session_scope
 
+    query = text(
+        """SELECT (SELECT count(*) FROM webhook_deliveries
+                   WHERE endpoint_id = ANY(:ids) AND status = 'PENDING'),
+                  (SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+                   WHERE d.endpoint_id = ANY(:ids))"""
+    )
     with session_scope() as session:
-        query = text("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = :e AND status = 'PENDING'")
-        return int(session.execute(query, {"e": endpoint_id}).scalar_one())
+        pending, attempts = session.execute(query, {"ids": endpoint_ids}).one()
+        return int(pending), int(attempts)
 
 
-def received(receiver: str) -> dict[str, Any]:
-    stats: dict[str, Any] = httpx.get(f"{receiver}/stats").json()
-    return stats
+def failures(endpoint_ids: list[str]) -> str:
+    """The attempts of these endpoints that did not succeed, by status code and error."""
+    from sqlalchemy import text
+
+    from service.db import session_scope
+
+    query = text(
+        """SELECT a.status_code, left(a.error, 80), count(*) FROM webhook_attempts a
+           JOIN webhook_deliveries d ON d.id = a.delivery_id
+           WHERE d.endpoint_id = ANY(:ids) AND a.status_code IS DISTINCT FROM 204
+           GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5"""
+    )
+    with session_scope() as session:
+        rows = session.execute(query, {"ids": endpoint_ids}).all()
+    return ", ".join(f"{n} x {code or ''} {error or ''}".strip() for code, error, n in rows) or "none"
+
+
+def stats(receiver: str, *, delays: bool = False) -> dict[str, Any]:
+    found: dict[str, Any] = httpx.get(f"{receiver}/stats" + ("?delays" if delays else "")).json()
+    return found
 
 
 async def raw_loop(url: str, secret: str, count: int, concurrency: int) -> float:
-    """Deliveries per second for a bare AsyncClient posting signed bodies, `concurrency` at a time."""
+    """Posts per second for a bare AsyncClient posting signed bodies, `concurrency` at a time."""
     from callbacks.signing import build_headers
 
-    bodies = [
-        json.dumps({"type": "webhook.test", "timestamp": None, "data": {"message": f"raw {i}"}}).encode()
-        for i in range(count)
-    ]
     queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
+    for i in range(count):
+        queue.put_nowait(json.dumps({"type": "webhook.test", "timestamp": None, "data": {"n": i}}).encode())
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=15) as client:
 
@@ -79,99 +169,208 @@ async def raw_loop(url: str, secret: str, count: int, concurrency: int) -> float
         return count / (time.perf_counter() - started)
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
+def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.05, show: Any = None) -> None:
+    """Wait for condition() to be true; a TimeoutError names what was awaited (and show(), if given)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.02)
+            raise TimeoutError(f"{what}: {show()}" if show else what)
+        time.sleep(interval)
+
+
+def start_deliverers(stack: Stack, count: int, name: str) -> list[ServiceProcess]:
+    env = {**stack.env, "WEBHOOK_TIMEOUT_SECONDS": "15"}  # the production default, not the tests' 2 s
+    deliverers = [
+        ServiceProcess(["worker", "--queues", "webhooks"], env, stack.workdir / f"{name}-{n}.log")
+        for n in range(count)
+    ]
+    stack.processes.extend(deliverers)
+    for deliverer in deliverers:
+        deliverer.start()
+    return deliverers
+
+
+def stop_deliverers(stack: Stack, deliverers: list[ServiceProcess]) -> None:
+    for deliverer in deliverers:
+        deliverer.stop()
+        stack.processes.remove(deliverer)
+
+
+def throughput(stack: Stack, receiver: str, processes: int, events: int) -> tuple[float, float, str]:
+    """(deliveries/s from the first arrival to the last, seconds from start-up until all recorded,
+    CPU) for `processes` deliverers sending `events` to one new endpoint."""
+    endpoint = new_endpoint(stack.tenant_id, receiver, f"/throughput-{processes}")
+    publish_tests(endpoint, events)
+    deliverers = start_deliverers(stack, processes, f"throughput-{processes}")
+    started = time.perf_counter()
+    meter = CpuMeter({"deliverers": [d.pid for d in deliverers]})
+    meter.start()
+    wait_until(lambda: stats(receiver)["received"] >= events, 600, "deliveries")
+    window = meter.stop()
+    wait_until(
+        lambda: counts([endpoint.id]) == (0, events),
+        120,
+        "every attempt recorded",
+        show=lambda: f"(pending, attempts) {counts([endpoint.id])}; failed: {failures([endpoint.id])}",
+    )
+    recorded = time.perf_counter() - started
+    path = stats(receiver, delays=True)["paths"][endpoint.path]
+    stop_deliverers(stack, deliverers)
+    httpx.delete(f"{receiver}/stats")
+    return (events - 1) / (path["last"] - path["first"]), recorded, window.describe()
+
+
+def latency(stack: Stack, receiver: str, rate: float, seconds: float, per_transaction: int) -> str:
+    endpoint = new_endpoint(stack.tenant_id, receiver, "/latency")
+    deliverers = start_deliverers(stack, 1, "latency")
+    wait_until(lambda: _deliverer_ready(endpoint, receiver), 60, "the deliverer to start")
+    httpx.delete(f"{receiver}/stats")
+    sent, reached = publish_at_rate(endpoint, rate, seconds, per_transaction)
+    wait_until(lambda: stats(receiver)["received"] >= sent, 120, "latency events")
+    delays = stats(receiver, delays=True)["delays"]
+    stop_deliverers(stack, deliverers)
+    httpx.delete(f"{receiver}/stats")
+    return (
+        f"transition -> receiver, {len(delays)} events at {reached:.0f}/s "
+        f"({per_transaction} per transaction) for {seconds:g} s: "
+        f"p50 {ms(percentile(delays, 0.5))}, p99 {ms(percentile(delays, 0.99))}  (targets: < 50 ms, < 250 ms)"
+    )
+
+
+def _deliverer_ready(endpoint: Endpoint, receiver: str) -> bool:
+    """Publish one event and see whether it arrived (the deliverer is up and listening)."""
+    if stats(receiver)["received"]:
+        return True
+    publish_tests(endpoint, 1)
+    time.sleep(0.2)
+    return bool(stats(receiver)["received"])
+
+
+def drain(stack: Stack, receiver: str, backlog: int, answer_ms: int, healthy_rate: float | None) -> list[str]:
+    """Build the backlog with no deliverer running, then drain it with one; the figures as lines."""
+    from service.settings import get_settings
+
+    endpoints: dict[str, list[Endpoint]] = {}
+    for name in BACKLOG_SHARES:
+        tenant_id = new_tenant(name)
+        endpoints[name] = [
+            new_endpoint(tenant_id, receiver, f"/drain/{name}/{n}?delay_ms={answer_ms}")
+            for n in range(ENDPOINTS_PER_TENANT)
+        ]
+    built = time.perf_counter()
+    for name, share in BACKLOG_SHARES.items():  # the biggest backlog first: it is the oldest
+        for endpoint in endpoints[name]:
+            publish_tests(endpoint, round(backlog * share / ENDPOINTS_PER_TENANT))
+    built = time.perf_counter() - built
+    total = sum(
+        round(backlog * s / ENDPOINTS_PER_TENANT) * ENDPOINTS_PER_TENANT for s in BACKLOG_SHARES.values()
+    )
+    fresh = new_endpoint(new_tenant("tenant-fresh"), receiver, "/drain-fresh")
+
+    deliverers = start_deliverers(stack, 1, "drain")
+    started = time.perf_counter()
+    wait_until(lambda: stats(receiver)["received"] > 0, 60, "the first delivery")
+    fresh_events = 20
+    publisher = threading.Thread(target=publish_at_rate, args=(fresh, 10, fresh_events / 10, 1))
+    publisher.start()
+    wait_until(lambda: stats(receiver)["received"] >= total + fresh_events, 900, "the drain", interval=0.2)
+    publisher.join()
+    ids = [e.id for group in endpoints.values() for e in group]
+    wait_until(
+        lambda: (found := counts(ids))[0] == 0 and found[1] >= total,
+        120,
+        "every attempt recorded",
+        show=lambda: f"(pending, attempts) {counts(ids)}, expected (0, {total})",
+    )
+    recorded = time.perf_counter() - started
+    stop_deliverers(stack, deliverers)
+    paths = stats(receiver, delays=True)["paths"]
+    httpx.delete(f"{receiver}/stats")
+
+    drained = [paths[e.path] for group in endpoints.values() for e in group]
+    first = min(p["first"] for p in drained)
+    seconds = max(p["last"] for p in drained) - first
+    rate = total / seconds
+    cap = get_settings().webhook_max_in_flight_per_endpoint
+    lines = [
+        f"backlog drain: {total} due deliveries (built in {built:.1f} s) over {len(ids)} endpoints of "
+        f"{len(endpoints)} tenants ({'/'.join(f'{s:.0%}' for s in BACKLOG_SHARES.values())}), "
+        f"receiver answering in {answer_ms} ms, one deliverer",
+        f"  drained in {seconds:.1f} s = {rate:.1f}/s"
+        + (
+            f"; healthy rate {healthy_rate:.1f}/s; ratio {rate / healthy_rate:.2f} (target >= 0.8)"
+            if healthy_rate
+            else ""
+        )
+        + f"; all recorded {recorded:.1f} s after start-up",
+        f"  most in flight at one endpoint: {max(p['max_in_flight'] for p in drained)} (cap {cap}); "
+        f"{counts(ids)[1]} attempts recorded, failed: {failures(ids)}",
+    ]
+    for name, group in endpoints.items():
+        mine = [paths[e.path] for e in group]
+        delay = min(p["first"] for p in mine) - first
+        done = max(p["last"] for p in mine) - first
+        lines.append(
+            f"  {name}: {sum(p['received'] for p in mine):6d} deliveries, first after {ms(delay)}, "
+            f"last after {done:.1f} s"
+        )
+    delays = paths[fresh.path]["delays"]
+    lines.append(
+        f"  a sixth tenant's fresh events during the drain ({len(delays)} at 10/s): "
+        f"p50 {ms(percentile(delays, 0.5))}, p99 {ms(percentile(delays, 0.99))}"
+    )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--latency-events", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=20, help="events per second in the latency run")
-    parser.add_argument("--deliverers", type=int, default=1, help="deliverer processes")
+    parser.add_argument("--events", type=int, default=5000, help="events in the throughput runs")
+    parser.add_argument(
+        "--latency-rate", type=float, default=500, help="events per second in the latency run"
+    )
+    parser.add_argument("--latency-seconds", type=float, default=10)
+    parser.add_argument("--per-transaction", type=int, default=5, help="events per transaction, latency run")
+    parser.add_argument("--backlog", type=int, default=20000, help="due deliveries in the drain run")
+    parser.add_argument("--drain-answer-ms", type=int, default=5, help="receiver answer time, drain run")
+    parser.add_argument("--runs", default="throughput,latency,drain", help="which runs, comma-separated")
     args = parser.parse_args()
     with service_stack(log_level="WARNING") as stack:
         run(stack, args)
 
 
 def run(stack: Stack, args: argparse.Namespace) -> None:
-    from service.db import session_scope
-    from service.principal import Principal
     from service.settings import get_settings
-    from service.tenants.models import ALL_SCOPES
-    from service.tenants.service import limits_for
-    from service.webhooks.models import SigningScheme
-    from service.webhooks.service import check_endpoint_url, create_endpoint
 
-    receiver = UvicornApi("bench.fast_receiver:create", stack.env, stack.workdir / "receiver.log")
-    stack.processes.append(receiver)
-    receiver.start()
-    url = f"{receiver.url}/hook"
-    with session_scope() as session:
-        limits = limits_for(session, stack.tenant_id)
-        owner = Principal(
-            tenant_id=stack.tenant_id, key_id="bench", scopes=frozenset(ALL_SCOPES), limits=limits
-        )
-        issued = create_endpoint(
-            session,
-            owner,
-            url=check_endpoint_url(url),
-            event_types=[],
-            description="bench",
-            signing=SigningScheme.V1,
-        )
-    endpoint_id, secret = issued.endpoint.id, issued.secret
-    assert secret is not None
+    receiver_process = UvicornApi("bench.fast_receiver:create", stack.env, stack.workdir / "receiver.log")
+    stack.processes.append(receiver_process)
+    receiver_process.start()
+    receiver = receiver_process.url
     concurrency = get_settings().webhook_max_in_flight_per_endpoint
 
-    raw_rate = asyncio.run(raw_loop(url, secret, args.events, concurrency))
-    httpx.delete(f"{receiver.url}/stats")
-
-    publish_tests(stack.tenant_id, endpoint_id, args.events)
-    deliverers = [
-        ServiceProcess(["worker", "--queues", "webhooks"], stack.env, stack.workdir / f"deliverer-{n}.log")
-        for n in range(args.deliverers)
-    ]
-    stack.processes.extend(deliverers)
-    started = time.perf_counter()
-    for deliverer in deliverers:
-        deliverer.start()
-    meter = CpuMeter({"deliverers": [d.pid for d in deliverers], "receiver": [receiver.pid]})
-    meter.start()
-    wait_until(lambda: received(receiver.url)["received"] >= args.events, 600, "deliveries")
-    elapsed = time.perf_counter() - started
-    window = meter.stop()
-    wait_until(lambda: pending(endpoint_id) == 0, 120, "recording")
-    recorded = time.perf_counter() - started
-    rate = args.events / elapsed
-
-    httpx.delete(f"{receiver.url}/stats")
-    from service.webhooks.service import publish
-
-    for index in range(args.latency_events):
-        with session_scope() as session:
-            data = {"endpoint": {"id": endpoint_id}, "message": f"latency {index}"}
-            publish(session, stack.tenant_id, "webhook.test", data, endpoint_ids=[endpoint_id])
-        time.sleep(1 / args.rate)
-    wait_until(lambda: received(receiver.url)["received"] >= args.latency_events, 60, "latency events")
-    delays = received(receiver.url)["delays"]
-
-    print(f"{args.events} deliveries to one endpoint by {args.deliverers} deliverer process(es), ", end="")
-    print(f"each with at most {concurrency} in flight")
-    print(f"raw httpx.AsyncClient loop: {raw_rate:8.1f} posts/s")
-    print(f"deliverer:                  {rate:8.1f} deliveries/s (all recorded after {recorded:.1f} s)")
-    print(f"ratio:                      {rate / raw_rate:8.2f}  (targets: >= 0.5 and >= 500/s)")
-    print(window.describe() + " (deliverers from their start-up)")
-    print(
-        f"transition -> receiver, {len(delays)} events at {args.rate:g}/s: "
-        f"p50 {ms(percentile(delays, 0.5))}, p99 {ms(percentile(delays, 0.99))}  (target p50 < 50 ms)"
-    )
+    runs = set(args.runs.split(","))
+    healthy = None
+    if "throughput" in runs:
+        raw = new_endpoint(stack.tenant_id, receiver, "/raw")
+        raw_rate = asyncio.run(raw_loop(receiver + raw.path, raw.secret, args.events, concurrency))
+        httpx.delete(f"{receiver}/stats")
+        one, one_recorded, one_cpu = throughput(stack, receiver, 1, args.events)
+        two, two_recorded, _ = throughput(stack, receiver, 2, args.events)
+        healthy = one
+        print(
+            f"{args.events} deliveries to one endpoint, at most {concurrency} in flight per deliverer process"
+        )
+        print(f"raw httpx loop:  {raw_rate:7.1f} posts/s")
+        print(f"one deliverer:   {one:7.1f} deliveries/s (all recorded {one_recorded:.1f} s from start)")
+        print(f"two deliverers:  {two:7.1f} deliveries/s (all recorded {two_recorded:.1f} s from start)")
+        print(f"one / raw {one / raw_rate:.2f} (target >= 0.8, >= 500/s); two / one {two / one:.2f} (>= 1)")
+        print(one_cpu + " (one deliverer, from its start-up)")
+    if "latency" in runs:
+        print(latency(stack, receiver, args.latency_rate, args.latency_seconds, args.per_transaction))
+    if "drain" in runs:
+        for line in drain(stack, receiver, args.backlog, args.drain_answer_ms, healthy):
+            print(line)
 
 
 if __name__ == "__main__":

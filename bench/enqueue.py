@@ -66,23 +66,32 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
-async def measure(stack: Stack, url: str, args: argparse.Namespace) -> None:
+async def measure(stack: Stack, url: str, api_pid: int, args: argparse.Namespace) -> None:
     counter = itertools.count()
+    api_cpu = CpuMeter({"api": [api_pid]})
     limits = httpx.Limits(max_connections=args.concurrency * 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, headers=stack.headers, limits=limits, timeout=60) as client:
         await closed_loop(client, "/bare", lambda: BARE_MUTATION, args.concurrency, 1)  # warm up
         await closed_loop(client, "/graphql", lambda: speech_body(counter), args.concurrency, 1)
+        api_cpu.start()
         bare_rate, bare_latencies = await closed_loop(
             client, "/bare", lambda: BARE_MUTATION, args.concurrency, args.seconds
         )
+        bare_cpu = api_cpu.stop().groups["api"] / bare_rate
+        api_cpu.start()
         speech_rate, speech_latencies = await closed_loop(
             client, "/graphql", lambda: speech_body(counter), args.concurrency, args.seconds
         )
+        speech_cpu = api_cpu.stop().groups["api"] / speech_rate
         fixed = await open_loop(client, "/graphql", lambda: speech_body(counter), args.rate, args.seconds)
 
     print(f"bare mutation     {bare_rate:8.1f} req/s  p50 {ms(percentile(bare_latencies, 0.5))}")
     print(f"generateSpeech    {speech_rate:8.1f} req/s  p50 {ms(percentile(speech_latencies, 0.5))}")
     print(f"ratio             {speech_rate / bare_rate:8.2f}  (target >= 0.5)")
+    print(
+        f"API CPU per request: bare {bare_cpu * 1000:.2f} ms, generateSpeech {speech_cpu * 1000:.2f} ms "
+        f"(ratio {bare_cpu / speech_cpu:.2f}; steadier than req/s on a busy machine)"
+    )
     print(
         f"at {args.rate:g} req/s for {args.seconds:g} s: generateSpeech p50 {ms(percentile(fixed, 0.5))}, "
         f"p99 {ms(percentile(fixed, 0.99))}, max {ms(max(fixed))} over {len(fixed)} requests"
@@ -102,7 +111,7 @@ def main() -> None:
         api = stack.start_api(args.workers, app="bench.bare_app:create")
         meter = CpuMeter({"api": [api.pid]})
         meter.start()
-        asyncio.run(measure(stack, api.url, args))
+        asyncio.run(measure(stack, api.url, api.pid, args))
         window = meter.stop()
         print(window.describe())
         print(f"(client, API, PostgreSQL and Redis share this machine's {window.cores} cores)")

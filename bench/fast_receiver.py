@@ -1,44 +1,95 @@
-"""A minimal ASGI webhook receiver for the benchmarks: answers 204 and records how late each event came.
+"""A minimal ASGI webhook receiver for the benchmarks: answers 204 and records, per path, how late each
+event came, when the first and last arrived, and how many requests it held at once.
 
-`GET /stats` returns the delays (arrival time minus the event's `timestamp`) in seconds and the
-count of POSTs; `DELETE /stats` resets them. Serve with `uvicorn bench.fast_receiver:app`.
+A `delay_ms` query parameter makes it take that long to answer (so requests overlap and the number in
+flight per endpoint shows). `GET /stats` returns the count `received`; `GET /stats?delays` adds
+`delays` (seconds: arrival time minus the event's `timestamp`) and a `paths` map with the same per
+path plus `first`, `last` (epoch seconds) and `max_in_flight`. `DELETE /stats` resets them. Serve with
+`uvicorn --factory bench.fast_receiver:create`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-received = 0
-delays: list[float] = []
+
+@dataclass
+class PathStats:
+    received: int = 0
+    delays: list[float] = field(default_factory=list)
+    first: float | None = None
+    last: float | None = None
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "delays": self.delays,
+            "first": self.first,
+            "last": self.last,
+            "max_in_flight": self.max_in_flight,
+        }
 
 
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    global received
-    if scope["type"] != "http":
-        return
+paths: dict[str, PathStats] = {}
+
+
+async def _read_body(receive: Receive) -> bytes:
     body = b""
     while True:
         message = await receive()
-        body += message.get("body", b"")
+        body += bytes(message.get("body", b""))
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def _take(scope: Scope, body: bytes) -> None:
+    stats = paths.setdefault(scope["path"], PathStats())
+    now = time.time()
+    stats.received += 1
+    stats.first = now if stats.first is None else stats.first
+    stats.last = now
+    timestamp = json.loads(body).get("timestamp")
+    if timestamp:
+        stats.delays.append(now - datetime.fromisoformat(timestamp).timestamp())
+    delay_ms = parse_qs(scope["query_string"].decode()).get("delay_ms")
+    stats.in_flight += 1
+    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    try:
+        if delay_ms:
+            await asyncio.sleep(float(delay_ms[0]) / 1000)
+    finally:
+        stats.in_flight -= 1
+
+
+def _totals(with_delays: bool) -> dict[str, Any]:
+    totals: dict[str, Any] = {"received": sum(s.received for s in paths.values())}
+    if with_delays:
+        totals["delays"] = [d for s in paths.values() for d in s.delays]
+        totals["paths"] = {path: s.report() for path, s in paths.items()}
+    return totals
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    body = await _read_body(receive)
     answer: Any = None
     if scope["method"] == "POST":
-        received += 1
-        timestamp = json.loads(body).get("timestamp")
-        if timestamp:
-            delays.append(
-                datetime.now().astimezone().timestamp() - datetime.fromisoformat(timestamp).timestamp()
-            )
+        await _take(scope, body)
     elif scope["method"] == "GET":
-        answer = {"received": received, "delays": delays}
+        answer = _totals(with_delays=b"delays" in scope["query_string"])
     elif scope["method"] == "DELETE":
-        received = 0
-        delays.clear()
+        paths.clear()
     payload = json.dumps(answer).encode() if answer is not None else b""
     await send({"type": "http.response.start", "status": 200 if payload else 204, "headers": []})
     await send({"type": "http.response.body", "body": payload})

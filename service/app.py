@@ -41,7 +41,8 @@ from service.principal import Principal
 from service.schema import schema
 from service.settings import get_settings
 from service.startup import start_process
-from service.tenants.service import authenticate, note_key_used
+from service.tenants.principals import PRINCIPALS
+from service.tenants.service import authenticate
 from service.webhooks.catalog import ROUTE as EVENT_TYPES_ROUTE
 from service.webhooks.catalog import router as event_types_router
 from service.websocket import KeyCheckingTransportWS
@@ -74,13 +75,16 @@ def get_context(request: HTTPConnection) -> Context:
 
 
 def _authenticate_header(header: object) -> Principal | None:
-    if not isinstance(header, str):
+    """The caller of an Authorization header: remembered for a while (service.tenants.principals), else
+    read from Postgres."""
+    if not isinstance(header, str) or not header:
         return None
+    return PRINCIPALS.authenticate(header, _authenticate_in_database)
+
+
+def _authenticate_in_database(header: str) -> Principal | None:
     with session_scope() as session:
-        principal = authenticate(session, header, server_secret=get_settings().secret_key)
-    if principal is not None:
-        note_key_used(principal.key_id)
-    return principal
+        return authenticate(session, header, server_secret=get_settings().secret_key)
 
 
 HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}

@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 
 import anyio.to_thread
 import strawberry
-from graphql import GraphQLError
+from graphql import FieldNode, GraphQLError
 from sqlmodel import Session
 from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
@@ -156,9 +156,22 @@ class DeletePayload:
 
 
 def run_mutation(info: GraphQLInfo, action: Callable[[], T], on_error: Callable[[list[UserError]], T]) -> T:
-    """Run a mutation's action; a ClaimcheckError rolls back its writes and becomes userErrors."""
-    session = info.context.session
-    savepoint = session.begin_nested()
+    """Run a mutation's action; a ClaimcheckError rolls back its writes and becomes userErrors.
+
+    As an operation's only field (the usual case) the mutation commits here, in its resolver's
+    thread, and its payload's fields read a new session. Beside other fields, its writes are a
+    savepoint, and the operation commits once at its end (service.schema.UnitOfWork)."""
+    context = info.context
+    if _only_root_field(info):
+        try:
+            result = action()
+        except ClaimcheckError as error:
+            context.finish(commit=False)
+            _advise_retry(info, error)
+            return on_error([UserError.from_error(error)])
+        context.finish(commit=True)
+        return result
+    savepoint = context.session.begin_nested()
     try:
         result = action()
     except ClaimcheckError as error:
@@ -167,6 +180,11 @@ def run_mutation(info: GraphQLInfo, action: Callable[[], T], on_error: Callable[
         return on_error([UserError.from_error(error)])
     savepoint.commit()
     return result
+
+
+def _only_root_field(info: GraphQLInfo) -> bool:
+    selections = info.operation.selection_set.selections
+    return len(selections) == 1 and isinstance(selections[0], FieldNode) and info.path.prev is None
 
 
 def error_extensions(error: ClaimcheckError) -> dict[str, Any]:

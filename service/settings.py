@@ -116,8 +116,9 @@ class Settings(BaseSettings):
     key_last_used_resolution_seconds: int = Field(default=60, ge=1)
     """API keys' last-used time is recorded (in Redis, flushed by the scheduler) at most this often."""
     key_recheck_seconds: float = Field(default=5.0, gt=0)
-    """A WebSocket's API key is checked again this often: at most this long after its revocation,
-    the socket runs no further operation and is closed (4403)."""
+    """How long a process trusts an API key it read from Postgres (revocations and limit changes are
+    also announced through Redis at once); a WebSocket's key is checked again this often, and at most
+    this long after its revocation the socket runs no further operation and is closed (4403)."""
 
     # The tenant portal (/portal): how long a browser stays signed in, and where a job's trace id links.
     portal_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)

@@ -2,7 +2,7 @@
 headers; deliveries carry their job (per-job order, the log's job filter); the log's indexes
 
 Revision ID: 0011_webhook_contract
-Revises: 0009
+Revises: 0012_delivery_indexes (on main: 0009; the lead re-chains)
 Create Date: 2026-12-11 09:00:00
 
 Expand step: every new column is nullable or has a default. Deliveries get their job id from their
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0011_webhook_contract"
-down_revision: str | None = "0009"
+down_revision: str | None = "0012_delivery_indexes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

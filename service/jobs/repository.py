@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import delete, func, insert, literal, or_, update
 from sqlmodel import Session, col, select
 
 from service.ids import first_id_at
@@ -92,6 +92,28 @@ class JobRepository(TenantRepository[Job]):
             .order_by(col(JobEvent.id))
         )
         return list(self.session.exec(statement))
+
+
+def insert_queued(session: Session, job: Job, first_event: JobEvent) -> None:
+    """Write a new job with its first event in one statement, then its outbox row (the outbox's
+    row-level security looks for the job, which the first statement's own snapshot cannot see)."""
+    jobs, events = Job.__table__, JobEvent.__table__  # type: ignore[attr-defined]
+    new_job = (
+        insert(jobs)
+        .values({column.name: getattr(job, column.name) for column in jobs.columns})
+        .returning(jobs.c.id, jobs.c.tenant_id)
+        .cte("new_job")
+    )
+    event_row = select(  # type: ignore[call-overload]
+        new_job.c.id,
+        new_job.c.tenant_id,
+        literal(first_event.type, events.c.type.type),
+        literal(first_event.at, events.c.at.type),
+        literal(first_event.data, events.c.data.type),
+    )
+    session.execute(insert(events).from_select(["job_id", "tenant_id", "type", "at", "data"], event_row))
+    outbox = JobOutbox(job_id=job.id)
+    session.execute(insert(JobOutbox).values(job_id=outbox.job_id, created_at=outbox.created_at))
 
 
 def lock_job(session: Session, job_id: str) -> Job | None:

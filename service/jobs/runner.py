@@ -33,6 +33,7 @@ from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
 from service.tenants.service import lock_for_start
+from service.webhooks.service import read_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class RunContext:
                 if job is None or job.status != JobStatus.RUNNING:
                     self._canceled = True  # CANCELING, or the scheduler took the run away
                     return
+                read_endpoints(session, job.tenant_id)
                 service.report_progress(session, job, pending[0], pending[1])
 
     def take_pending(self) -> tuple[float, str | None] | None:
@@ -258,6 +260,7 @@ def _finish_succeeded(
         job = repository.lock_job(session, job_id)
         if job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
             return None
+        read_endpoints(session, job.tenant_id)
         _catch_up(session, job, context)
         filename = output.filename if output else ""
         content_type = output.content_type if output else ""
@@ -289,6 +292,7 @@ def _finish_failed(
         job = repository.lock_job(session, job_id)
         if job is None:
             return None
+        read_endpoints(session, job.tenant_id)
         if job.status == JobStatus.CANCELING:
             service.transition(session, job, JobStatus.CANCELED, message="canceled")
         elif job.status != JobStatus.RUNNING:

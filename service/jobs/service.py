@@ -25,7 +25,7 @@ from service.errors import (
 )
 from service.ids import has_prefix
 from service.jobs import repository
-from service.jobs.dispatch import dequeue_job, enqueue_job
+from service.jobs.dispatch import dequeue_job, enqueue_soon
 from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
 from service.jobs.payloads import job_event_data
@@ -33,6 +33,7 @@ from service.jobs.repository import JobRepository
 from service.jobs.states import STATUS_EVENTS, check_transition
 from service.jobs.updates import announce
 from service.models import utcnow
+from service.principal import Principal
 from service.settings import get_settings
 from service.storage.base import StoredObject
 from service.storage.factory import get_storage
@@ -69,6 +70,11 @@ def input_fingerprint(kind_name: str, params: dict[str, Any]) -> str:
 def record_event(session: Session, job: Job, event_type: str, data: dict[str, Any] | None = None) -> None:
     """Append a line to the job's audit trail and publish its webhook event, in the caller's transaction."""
     session.add(JobEvent(job_id=job.id, tenant_id=job.tenant_id, type=event_type, data=data))
+    _publish_event(session, job, event_type, data)
+
+
+def _publish_event(session: Session, job: Job, event_type: str, data: dict[str, Any] | None) -> None:
+    """The webhook event of a job's audit-trail line (job events only)."""
     if event_type in JOB_EVENT_TYPES:
         artifact_key = job.artifact_key if event_type == STATUS_EVENTS[JobStatus.SUCCEEDED] else None
         publish(
@@ -82,9 +88,14 @@ def record_event(session: Session, job: Job, event_type: str, data: dict[str, An
 
 
 def create_job(
-    session: Session, tenant_id: str, kind_name: str, raw_input: dict[str, Any], idempotency_key: str | None
+    session: Session,
+    caller: Principal | str,
+    kind_name: str,
+    raw_input: dict[str, Any],
+    idempotency_key: str | None,
 ) -> Job:
-    """A new QUEUED job, its first event and its outbox row; enqueued once the caller commits.
+    """A new QUEUED job of the caller's tenant, its first event and its outbox row; enqueued once the
+    caller commits. A principal brings its tenant's limits; a tenant id has them read.
 
     With an idempotency key already used by this tenant: the same input returns the earlier job
     (nothing new is written or enqueued, and no rate-limit token is taken); a different input is an
@@ -97,13 +108,14 @@ def create_job(
         raise ValidationError(
             f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} characters", field=["input", "idempotencyKey"]
         )
+    tenant_id = caller.tenant_id if isinstance(caller, Principal) else caller
     jobs = JobRepository(session, tenant_id)
     earlier = jobs.by_idempotency_key(idempotency_key) if idempotency_key is not None else None
     if earlier is not None:
         return _same_request_or_conflict(
             earlier, input_fingerprint(kind_name, validate_input(kind_name, raw_input))
         )
-    limits = check_rate(session, tenant_id)
+    limits = check_rate(session, caller)
     text = raw_input.get("text")
     if isinstance(text, str) and len(text) > limits.max_text_chars:
         raise ValidationError(
@@ -128,17 +140,17 @@ def create_job(
     set_ids(job_id=job.id, tenant_id=tenant_id)  # the request's span and what follows carry them
     job.trace_context = inject()
 
+    first_event = JobEvent(
+        job_id=job.id, tenant_id=tenant_id, type=STATUS_EVENTS[JobStatus.QUEUED], data={"kind": kind_name}
+    )
+
     def write() -> None:
-        jobs.stage(job)
-        record_event(session, job, STATUS_EVENTS[JobStatus.QUEUED], {"kind": kind_name})
-        session.add(JobOutbox(job_id=job.id))
-        session.flush()
+        repository.insert_queued(session, job, first_event)
+        _publish_event(session, job, first_event.type, first_event.data)
 
     if idempotency_key is None:
         write()
     else:
-        # All of it in the savepoint: record_event's queries autoflush the job, so a concurrent
-        # request's key can collide at any of them, not only at the final flush.
         try:
             with session.begin_nested():
                 write()
@@ -148,7 +160,7 @@ def create_job(
             if earlier is None:
                 raise
             return _same_request_or_conflict(earlier, fingerprint)
-    after_commit(session, lambda: enqueue_job(job.id, kind_name, job.trace_context))
+    after_commit(session, lambda: enqueue_soon(job.id, kind_name, job.trace_context))
     after_commit(session, lambda: record_job_created(kind_name))
     return job
 
@@ -200,8 +212,7 @@ def report_progress(session: Session, job: Job, fraction: float, message: str | 
     session.add(job)
     for milestone in crossed:
         record_event(session, job, "job.progress", {"progress": milestone})
-    job.heartbeat_at = utcnow()
-    session.flush()
+    job.heartbeat_at = utcnow()  # written with the next flush: a final transition's, or the commit's
     job_id = job.id
     after_commit(session, lambda: announce(job_id), once=("announce", job_id))
 

@@ -36,12 +36,12 @@ def start_job(
     info: GraphQLInfo, kind: str, raw_input: dict[str, Any], idempotency_key: str | None
 ) -> JobPayload:
     """Create a job of this kind for the caller (its plan's rate, quotas and idempotency apply)."""
-    tenant_id = require(info, "jobs:write").tenant_id
+    principal = require(info, "jobs:write")
     return run_mutation(
         info,
         lambda: JobPayload(
             job=Job.from_row(
-                service.create_job(info.context.session, tenant_id, kind, raw_input, idempotency_key)
+                service.create_job(info.context.session, principal, kind, raw_input, idempotency_key)
             ),
             user_errors=[],
         ),

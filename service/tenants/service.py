@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from sqlmodel import Session
 
 from observability.metrics import record_rate_limited
+from service.db import after_commit
 from service.errors import NotFoundError, RateLimitedError, ValidationError
 from service.models import utcnow
 from service.outages import is_outage
@@ -24,11 +24,10 @@ from service.tenants import repository
 from service.tenants.keys import generate_key, hash_key, key_matches, parse_key
 from service.tenants.limits import get_rate_limiter
 from service.tenants.models import ALL_SCOPES, ApiKey, PortalLink, PortalSession, Tenant
+from service.tenants.principals import LAST_USED_HASH, mark_limits_changed, mark_revoked
 
 log = logging.getLogger(__name__)
 
-LAST_USED_HASH = "apikeys:last_used"
-"""Redis hash key id -> Unix time of a use, until the scheduler writes it to api_keys.last_used_at."""
 DEFAULT_LINK_TTL_SECONDS = 600
 MAX_LINK_TTL_SECONDS = 24 * 3600
 PORTAL_LOGIN_PATH = "/portal/login/"
@@ -89,10 +88,7 @@ def revoke_tenant_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
     key = repository.key_of(session, tenant_id, key_id)
     if key is None:
         raise NotFoundError("no such API key", field=["id"])
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        session.add(key)
-        session.flush()
+    _revoke(session, key)
     return key
 
 
@@ -101,11 +97,33 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
     key = session.get(ApiKey, key_id)
     if key is None:
         raise NotFoundError(f"no API key {key_id}")
+    _revoke(session, key)
+    return key
+
+
+def _revoke(session: Session, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.add(key)
         session.flush()
-    return key
+    key_id = key.id
+    after_commit(session, lambda: mark_revoked(key_id))  # processes that remember the key drop it
+
+
+def set_limits(
+    session: Session, tenant_id: str, *, plan: str | None = None, overrides: dict[str, Any] | None = None
+) -> Tenant:
+    """Change the tenant's plan and/or merge limit overrides into its own; every process applies them
+    from its next request once this commits."""
+    tenant = get_tenant(session, tenant_id)
+    if plan is not None:
+        tenant.plan = plan
+    if overrides:
+        tenant.limits = {**(tenant.limits or {}), **overrides}
+    session.add(tenant)
+    session.flush()
+    after_commit(session, mark_limits_changed, once="limits-changed")
+    return tenant
 
 
 def authenticate(session: Session, authorization: str | None, *, server_secret: str) -> Principal | None:
@@ -132,23 +150,6 @@ def authenticate(session: Session, authorization: str | None, *, server_secret: 
 def key_is_active(session: Session, key_id: str) -> bool:
     """Whether the key exists and is not revoked (sockets authenticated earlier check it again)."""
     return repository.key_is_active(session, key_id)
-
-
-def note_key_used(key_id: str) -> None:
-    """Remember that the key was used now: at most one Redis write per key per resolution, no DB write.
-
-    A short-lived "seen" marker (SET NX EX) makes all but the first request of each period a single
-    cheap no-op; the scheduler moves the times to Postgres (flush_key_last_used).
-    """
-    try:
-        redis = get_redis()
-        resolution = get_settings().key_last_used_resolution_seconds
-        if redis.set(f"apikeys:seen:{key_id}", 1, nx=True, ex=resolution):
-            redis.hset(LAST_USED_HASH, key_id, int(time.time()))
-    except Exception as error:  # a request never fails for want of this
-        log.warning(
-            "could not record the use of API key %s: %s", key_id, error, exc_info=not is_outage(error)
-        )
 
 
 def flush_key_last_used(session: Session) -> int:
@@ -204,9 +205,14 @@ def _resolve(row: tuple[str, dict[str, Any] | None] | None) -> Limits:
     return resolve_limits(settings.plans, settings.default_plan, plan, overrides)
 
 
-def check_rate(session: Session, tenant_id: str) -> Limits:
-    """The tenant's limits, after taking a token from its mutation bucket (RATE_LIMITED when empty)."""
-    limits = limits_for(session, tenant_id)
+def check_rate(session: Session, caller: Principal | str) -> Limits:
+    """The tenant's limits, after taking a token from its mutation bucket (RATE_LIMITED when empty).
+
+    A principal brings the limits it authenticated with (no database read); a tenant id reads them."""
+    if isinstance(caller, Principal):
+        tenant_id, limits = caller.tenant_id, caller.limits
+    else:
+        tenant_id, limits = caller, limits_for(session, caller)
     if get_settings().rate_limits_enabled:
         try:
             get_rate_limiter().check(tenant_id, limits)

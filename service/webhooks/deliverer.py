@@ -30,7 +30,7 @@ from service.webhooks.sending import Sender
 log = logging.getLogger(__name__)
 
 RECORD_BATCH = 200
-RECORD_INTERVAL = 0.02
+RECORD_INTERVAL = 0.05
 LEASE_MARGIN_SECONDS = 30.0
 
 
@@ -100,12 +100,17 @@ class Deliverer:
             task = asyncio.current_task()
             if task is not None:
                 self.tasks.discard(task)
-            # Claim again once half of an endpoint's slots (or half of all) are free, not after every
-            # reply: one claim query per batch.
-            half_endpoint = left == self.settings.webhook_max_in_flight_per_endpoint // 2
-            half_overall = len(self.tasks) == self.settings.webhook_max_in_flight // 2
-            if left <= 0 or half_endpoint or half_overall:
+            if left <= 0 or self._refill_due(left):
                 self.wake.set()
+
+    def _refill_due(self, endpoint_left: int) -> bool:
+        """Claim again once a quarter of an endpoint's slots (or of all) are free: the claim runs
+        while the other attempts go on, so the slots stay nearly full, and one claim query serves a
+        batch of replies rather than each."""
+        per_endpoint = self.settings.webhook_max_in_flight_per_endpoint
+        overall = self.settings.webhook_max_in_flight
+        endpoint_refill = endpoint_left == per_endpoint - _quarter(per_endpoint)
+        return endpoint_refill or len(self.tasks) == overall - _quarter(overall)
 
     async def _record_loop(self) -> None:
         while True:
@@ -146,6 +151,10 @@ class Deliverer:
 
     def _record(self, outcomes: list[Outcome]) -> None:
         store(outcomes, self.settings)
+
+
+def _quarter(slots: int) -> int:
+    return max(1, slots // 4)
 
 
 def _release_slot(in_flight: Counter[str], key: str) -> int:

@@ -113,6 +113,13 @@ class WebhookDelivery(SQLModel, table=True):
             "next_attempt_at",
             postgresql_where=text("status = 'PENDING'"),
         ),
+        Index(  # the deliverer's claim: each endpoint's pending deliveries in due order
+            "ix_webhook_deliveries_pending",
+            "endpoint_id",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("status = 'PENDING'"),
+        ),
     )
 
     id: str = Field(default_factory=lambda: new_id("whd"), primary_key=True)

@@ -240,31 +240,52 @@ def forget_artifact(session: Session, job_id: str) -> None:
 
 # --- the deliverer's side: every tenant's deliveries ---------------------------------------------
 
+# The claim, in stages (each a CTE below; extend it by adding a stage, not by folding one into another):
+#   1. pending_endpoints: every endpoint with a pending delivery, found by a skip scan of
+#      ix_webhook_deliveries_pending (one index probe per endpoint, whatever its backlog);
+#   2. endpoint_room: how many more of each this deliverer may start (its per-endpoint cap less what
+#      it has in flight there);
+#   3. due: each endpoint's oldest due, unleased deliveries, at most its room (an index range read
+#      that stops at the first delivery not yet due);
+#   4. sendable / share: each tenant's place in line and its share of the deliverer's slots;
+#   5. picked: lock the winners (SKIP LOCKED) re-checking they are still due and unleased;
+#   then lease them and return each with its event and endpoint.
+# The cost follows what is claimed and the number of endpoints with pending deliveries, never the
+# size of a backlog.
 _CLAIM = text(
     """
-    WITH endpoint_load AS (
+    WITH RECURSIVE endpoint_load AS (
         SELECT * FROM unnest(CAST(:endpoint_ids AS text[]), CAST(:endpoint_counts AS int[]))
             AS l(endpoint_id, n)
     ), tenant_load AS (
         SELECT * FROM unnest(CAST(:tenant_ids AS text[]), CAST(:tenant_counts AS int[]))
             AS l(tenant_id, n)
+    ), pending_endpoints(endpoint_id) AS (
+        (SELECT endpoint_id FROM webhook_deliveries WHERE status = 'PENDING' ORDER BY endpoint_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.endpoint_id FROM webhook_deliveries d
+                WHERE d.status = 'PENDING' AND d.endpoint_id > p.endpoint_id
+                ORDER BY d.endpoint_id LIMIT 1)
+        FROM pending_endpoints p WHERE p.endpoint_id IS NOT NULL
+    ), endpoint_room AS (
+        SELECT p.endpoint_id, coalesce(el.n, 0) AS n, :per_endpoint - coalesce(el.n, 0) AS room
+        FROM pending_endpoints p LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
+        WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < :per_endpoint
     ), due AS (
-        -- place: where the delivery would stand among its endpoint's attempts in flight here
-        SELECT d.id, d.tenant_id, d.next_attempt_at,
-               coalesce(el.n, 0)
-                   + row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
-                   AS endpoint_place
-        FROM webhook_deliveries d LEFT JOIN endpoint_load el ON el.endpoint_id = d.endpoint_id
-        WHERE d.status = 'PENDING' AND d.next_attempt_at <= now()
-          AND (d.lease_until IS NULL OR d.lease_until < now())
-          AND coalesce(el.n, 0) < :per_endpoint
+        SELECT d.id, d.tenant_id, d.next_attempt_at
+        FROM endpoint_room r CROSS JOIN LATERAL (
+            SELECT d.id, d.tenant_id, d.next_attempt_at FROM webhook_deliveries d
+            WHERE d.endpoint_id = r.endpoint_id AND d.status = 'PENDING' AND d.next_attempt_at <= now()
+              AND (d.lease_until IS NULL OR d.lease_until < now())
+            ORDER BY d.next_attempt_at, d.id
+            LIMIT r.room
+        ) d
     ), sendable AS (
         SELECT due.id, due.next_attempt_at,
                coalesce(tl.n, 0)
                    + row_number() OVER (PARTITION BY due.tenant_id ORDER BY due.next_attempt_at, due.id)
                    AS tenant_place
         FROM due LEFT JOIN tenant_load tl ON tl.tenant_id = due.tenant_id
-        WHERE due.endpoint_place <= :per_endpoint
     ), share AS (
         -- each tenant with work (due here, or in flight here) gets an equal share of the slots but
         -- one endpoint's worth, kept free for a tenant that starts sending; at least one endpoint's worth
@@ -292,16 +313,36 @@ _CLAIM = text(
     """
 )
 
-_UPDATE_DELIVERY = text(
+# One statement for a whole batch: each delivery's new status, attempt count and next attempt.
+_UPDATE_DELIVERIES = text(
     """
-    UPDATE webhook_deliveries SET
-        status = :status,
-        attempt_count = :attempt_count,
-        next_attempt_at = now() + make_interval(secs => CAST(:delay AS double precision)),
+    UPDATE webhook_deliveries d SET
+        status = u.status,
+        attempt_count = u.attempt_count,
+        next_attempt_at = now() + make_interval(secs => u.delay),
         next_trigger = 'scheduled',
         lease_until = NULL,
         updated_at = now()
-    WHERE id = :id
+    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:attempt_counts AS int[]),
+                CAST(:delays AS double precision[])) AS u(id, status, attempt_count, delay)
+    WHERE d.id = u.id
+    """
+)
+
+_INSERT_ATTEMPTS = text(
+    """
+    INSERT INTO webhook_attempts
+        (id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+         request_headers, response_headers)
+    SELECT a.id, a.delivery_id, a.tenant_id, a.at, a.status_code, a.duration_ms, a.error, a.response_body,
+           a.trigger, CAST(a.request_headers AS jsonb), CAST(a.response_headers AS jsonb)
+    FROM unnest(
+        CAST(:ids AS text[]), CAST(:delivery_ids AS text[]), CAST(:tenant_ids AS text[]),
+        CAST(:ats AS timestamptz[]), CAST(:status_codes AS int[]), CAST(:durations AS int[]),
+        CAST(:errors AS text[]), CAST(:response_bodies AS text[]), CAST(:triggers AS text[]),
+        CAST(:request_headers AS text[]), CAST(:response_headers AS text[]))
+        AS a(id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+             request_headers, response_headers)
     """
 )
 
@@ -368,15 +409,44 @@ def lock_for_recording(
 
 
 def add_attempts(session: Session, attempts: Sequence[WebhookAttempt]) -> None:
-    """Insert them now, so a row the database refuses fails here (inside the caller's savepoint)."""
-    session.add_all(attempts)
-    session.flush()
+    """Insert them in one statement, so a row the database refuses fails here (inside the caller's
+    savepoint)."""
+    if not attempts:
+        return
+    session.execute(
+        _INSERT_ATTEMPTS,
+        {
+            "ids": [a.id for a in attempts],
+            "delivery_ids": [a.delivery_id for a in attempts],
+            "tenant_ids": [a.tenant_id for a in attempts],
+            "ats": [a.at for a in attempts],
+            "status_codes": [a.status_code for a in attempts],
+            "durations": [a.duration_ms for a in attempts],
+            "errors": [a.error for a in attempts],
+            "response_bodies": [a.response_body for a in attempts],
+            "triggers": [a.trigger for a in attempts],
+            "request_headers": [_json_or_none(a.request_headers) for a in attempts],
+            "response_headers": [_json_or_none(a.response_headers) for a in attempts],
+        },
+    )
+
+
+def _json_or_none(value: dict[str, str] | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> None:
     """Each delivery's new status, attempt count, next attempt (in `delay` seconds) and no lease."""
     if updates:
-        session.execute(_UPDATE_DELIVERY, list(updates))
+        session.execute(
+            _UPDATE_DELIVERIES,
+            {
+                "ids": [u["id"] for u in updates],
+                "statuses": [str(u["status"]) for u in updates],
+                "attempt_counts": [u["attempt_count"] for u in updates],
+                "delays": [u["delay"] for u in updates],
+            },
+        )
 
 
 _SUCCEEDED = text(

@@ -35,6 +35,7 @@ from service.webhooks.delivery import RESPONSE_BODY_LIMIT, Claimed, Failure, Out
 from service.webhooks.retry import parse_retry_after
 from service.webhooks.service import keys_in_use
 from service.webhooks.ssrf import UnsafeURLError, check_url, pinned_url, resolve_within_async
+from service.webhooks.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class Sender:
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            transport=Transport(httpx.Limits(max_connections=pool, max_keepalive_connections=pool)),
         )
         self._clients[host] = client
         if len(self._clients) > MAX_CLIENTS:

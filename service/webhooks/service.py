@@ -181,6 +181,12 @@ def publish(
     return Published(event.id, [delivery_id for delivery_id, _ in deliveries])
 
 
+def read_endpoints(session: Session, tenant_id: str) -> None:
+    """Read the tenant's endpoints for this transaction's publishes now, before its writes: they then
+    reach Postgres together at the next flush instead of being flushed ahead of that read."""
+    _enabled_endpoints(session, tenant_id)
+
+
 _ENDPOINTS = "webhooks.enabled_endpoints"
 _WOKEN = "webhooks.woken"
 
@@ -398,7 +404,7 @@ def create_endpoint(
     """A new endpoint. RATE_LIMITED past the tenant's rate; FORBIDDEN when it would get job events
     and the key lacks jobs:read; QUOTA_EXCEEDED when the tenant has its plan's max_webhook_endpoints."""
     tenant_id = principal.tenant_id
-    limits = check_rate(session, tenant_id)
+    limits = check_rate(session, principal)
     chosen = validate_event_types(event_types)
     if receives_job_events(chosen):
         _require_jobs_read(principal, "an endpoint that gets job events", ["input", "eventTypes"])
@@ -476,7 +482,7 @@ def update_endpoint(
 ) -> WebhookEndpoint:
     """Change what is given. Re-pointing an endpoint that gets job events, or making one get them,
     needs jobs:read (FORBIDDEN otherwise); describing, enabling or disabling it does not."""
-    check_rate(session, principal.tenant_id)
+    check_rate(session, principal)
     endpoint = get_endpoint(session, principal.tenant_id, endpoint_id, for_update=True)
     new_url = url.url if url is not None and url.url != endpoint.url else None
     chosen = validate_event_types(event_types) if event_types is not None else None
@@ -510,7 +516,7 @@ def update_endpoint(
 
 def delete_endpoint(session: Session, principal: Principal, endpoint_id: str) -> str:
     """Delete it with its deliveries and attempts."""
-    check_rate(session, principal.tenant_id)
+    check_rate(session, principal)
     endpoint = get_endpoint(session, principal.tenant_id, endpoint_id, for_update=True)
     session.delete(endpoint)
     session.flush()
@@ -522,7 +528,7 @@ def rotate_key(
     session: Session, principal: Principal, endpoint_id: str, keep_old_for: int | None
 ) -> IssuedEndpoint:
     """A new signing key; the previous ones keep signing beside it for keep_old_for seconds."""
-    check_rate(session, principal.tenant_id)
+    check_rate(session, principal)
     keep = DEFAULT_KEEP_OLD_SECONDS if keep_old_for is None else keep_old_for
     if not 0 <= keep <= MAX_KEEP_OLD_SECONDS:
         raise ValidationError(
@@ -554,7 +560,7 @@ def current_public_key(endpoint: WebhookEndpoint) -> str | None:
 
 def send_test(session: Session, principal: Principal, endpoint_id: str) -> DeliveryView:
     """A `webhook.test` event for this endpoint alone."""
-    check_rate(session, principal.tenant_id)
+    check_rate(session, principal)
     endpoint = _enabled_endpoint(session, principal.tenant_id, endpoint_id)
     data = WEBHOOK_TEST.build(
         endpoint={"id": endpoint.id, "url": endpoint.url}, message="a test event from Claimcheck"
@@ -569,7 +575,7 @@ def redeliver(session: Session, principal: Principal, event_id: str, endpoint_id
     """Send the event to the endpoint once more, now, with the same webhook-id (a job event: only for a
     key with jobs:read)."""
     tenant_id = principal.tenant_id
-    check_rate(session, tenant_id)
+    check_rate(session, principal)
     endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
     event = EventRepository(session, tenant_id).get(event_id) if has_prefix(event_id, "evt") else None
     if event is None:
@@ -593,7 +599,7 @@ def recover(session: Session, principal: Principal, endpoint_id: str, since: dat
     """Send again every delivery to this endpoint that failed since `since`; how many. Job events among
     them need a key with jobs:read (FORBIDDEN otherwise, and nothing is sent)."""
     tenant_id = principal.tenant_id
-    check_rate(session, tenant_id)
+    check_rate(session, principal)
     endpoint = _enabled_endpoint(session, tenant_id, endpoint_id)
     deliveries = DeliveryRepository(session, tenant_id)
     failed = deliveries.failed_since(endpoint.id, since)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
 from service.db import session_scope
+from service.redis import get_redis
+from service.tenants.principals import revoked_marker
 from service.tenants.service import revoke_key
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.servers import ApiProcess
@@ -56,6 +59,23 @@ def test_a_revoked_key_is_refused_at_once(api: ApiProcess, tenant: TenantHandle)
     assert _status(api, headers).status_code == 200
     with session_scope() as session:
         revoke_key(session, tenant.key_id)
+    assert _status(api, headers).status_code == 401
+
+
+def test_a_revocation_that_redis_missed_holds_within_the_recheck_period(
+    api: ApiProcess, tenant: TenantHandle
+) -> None:
+    """The API remembers a key for KEY_RECHECK_SECONDS (1 s in tests); revocation also tells it at once
+    through Redis. With that announcement lost, the revocation still takes effect within the period."""
+    headers = {"authorization": f"Bearer {tenant.api_key}"}
+    assert _status(api, headers).status_code == 200
+    with session_scope() as session:
+        revoke_key(session, tenant.key_id)
+    get_redis().delete(revoked_marker(tenant.key_id))  # as if Redis had been away
+    revoked_at = time.monotonic()
+    while _status(api, headers).status_code == 200:
+        assert time.monotonic() - revoked_at < 3, "the revoked key still works past KEY_RECHECK_SECONDS"
+        time.sleep(0.05)
     assert _status(api, headers).status_code == 401
 
 

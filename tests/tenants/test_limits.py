@@ -67,6 +67,27 @@ def test_over_the_rate_the_mutation_is_rate_limited_with_retry_after(
     assert usage["totalJobs"] == 2  # the refused request wrote nothing
 
 
+def test_an_idempotent_replay_takes_no_token_from_the_bucket(
+    gql: GraphQLClient, tenant: TenantHandle
+) -> None:
+    """A client retrying a request it is unsure of (same idempotencyKey and input) gets its job back
+    even when its bucket is empty: the replay is answered before the rate limit is consulted."""
+    set_limits(tenant.id, mutations_per_minute=1, burst=1)  # one token, then one a minute
+    job_id = _speak_with_key(gql, "order-17")["job"]["id"]
+    for _ in range(3):  # the bucket is empty now
+        replay = _speak_with_key(gql, "order-17")
+        assert replay["userErrors"] == []
+        assert replay["job"]["id"] == job_id
+    assert _speak(gql)["userErrors"][0]["code"] == "RATE_LIMITED"  # a new job still waits its turn
+
+
+def _speak_with_key(gql: GraphQLClient, key: str) -> dict[str, Any]:
+    response = gql.post(SPEAK, {"input": {"text": "hello", "idempotencyKey": key}})
+    assert response.status_code == 200, response.text
+    payload: dict[str, Any] = response.json()["data"]["generateSpeech"]
+    return payload
+
+
 def test_start_export_draws_from_the_same_bucket(gql: GraphQLClient, tenant: TenantHandle) -> None:
     set_limits(tenant.id, mutations_per_minute=1, burst=1)
     assert _speak(gql)["job"] is not None

@@ -18,7 +18,8 @@ from service.redis import get_redis
 from service.scheduler import run_once
 from service.settings import get_settings
 from service.tenants.models import ApiKey
-from service.tenants.service import LAST_USED_HASH, create_key
+from service.tenants.principals import LAST_USED_HASH
+from service.tenants.service import create_key
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.servers import ApiProcess
 from tests.tenants.test_isolation import _subscribe
