@@ -43,6 +43,7 @@ def upgrade() -> None:
     op.add_column("webhook_endpoints", sa.Column("last_error", sa.String(length=500), nullable=True))
     op.add_column("webhook_endpoints", sa.Column("rate_limit_per_second", sa.Float(), nullable=True))
     op.add_column("webhook_endpoints", sa.Column("timeout_seconds", sa.Float(), nullable=True))
+    op.add_column("webhook_endpoints", sa.Column("rate_tat", sa.DateTime(timezone=True), nullable=True))
     op.add_column("webhook_endpoints", sa.Column("retry_schedule", JSONB(), nullable=True))
     op.add_column("webhook_deliveries", sa.Column("job_id", sa.String(length=40), nullable=True))
     op.add_column("webhook_attempts", sa.Column("request_headers", JSONB(), nullable=True))
@@ -66,6 +67,7 @@ def downgrade() -> None:
     op.drop_column("webhook_deliveries", "job_id")
     for column in (
         "retry_schedule",
+        "rate_tat",
         "timeout_seconds",
         "rate_limit_per_second",
         "last_error",

@@ -60,6 +60,8 @@ class WebhookEndpoint(SQLModel, table=True):
     """What the last failed attempt got (a status code or an error), kept until a success."""
     rate_limit_per_second: float | None = None
     """At most this many attempts per second to this endpoint; None: no limit but the in-flight caps."""
+    rate_tat: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    """The rate limit's theoretical arrival time (GCRA): the claim may run ahead of now by one second."""
     timeout_seconds: float | None = None
     """This endpoint's attempt deadline; None: WEBHOOK_TIMEOUT_SECONDS."""
     retry_schedule: list[float] | None = Field(default=None, sa_column=jsonb_column(nullable=True))

@@ -268,8 +268,19 @@ _CLAIM = text(
                 ORDER BY d.endpoint_id LIMIT 1)
         FROM pending_endpoints p WHERE p.endpoint_id IS NOT NULL
     ), endpoint_room AS (
-        SELECT p.endpoint_id, coalesce(el.n, 0) AS n, :per_endpoint - coalesce(el.n, 0) AS room
-        FROM pending_endpoints p LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
+        -- room: the per-endpoint cap less what is in flight here, and for an endpoint with a rate
+        -- limit what its pace allows (GCRA: rate_tat, the theoretical arrival time, may run ahead of
+        -- now by at most one second, or one interval when slower than 1/s)
+        SELECT p.endpoint_id, LEAST(
+            :per_endpoint - coalesce(el.n, 0),
+            CASE WHEN ep.rate_limit_per_second IS NULL THEN :per_endpoint
+                 ELSE floor(ep.rate_limit_per_second * extract(epoch FROM
+                        now() + make_interval(secs => GREATEST(1.0, 1.0 / ep.rate_limit_per_second))
+                        - GREATEST(coalesce(ep.rate_tat, now()), now())))::int
+            END) AS room
+        FROM pending_endpoints p
+        JOIN webhook_endpoints ep ON ep.id = p.endpoint_id
+        LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
         WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < :per_endpoint
     ), due AS (
         SELECT d.id, d.tenant_id, d.next_attempt_at
@@ -277,8 +288,15 @@ _CLAIM = text(
             SELECT d.id, d.tenant_id, d.next_attempt_at FROM webhook_deliveries d
             WHERE d.endpoint_id = r.endpoint_id AND d.status = 'PENDING' AND d.next_attempt_at <= now()
               AND (d.lease_until IS NULL OR d.lease_until < now())
+              -- per-job order: not before every earlier delivery of its job to this endpoint has
+              -- succeeded or been given up (other jobs' deliveries pass it by)
+              AND (d.job_id IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM webhook_deliveries earlier
+                  WHERE earlier.endpoint_id = d.endpoint_id AND earlier.job_id = d.job_id
+                    AND earlier.status = 'PENDING' AND earlier.job_id IS NOT NULL
+                    AND (earlier.created_at, earlier.id) < (d.created_at, d.id)))
             ORDER BY d.next_attempt_at, d.id
-            LIMIT r.room
+            LIMIT GREATEST(r.room, 0)
         ) d
     ), sendable AS (
         SELECT due.id, due.next_attempt_at,
@@ -303,13 +321,25 @@ _CLAIM = text(
         LIMIT :limit
         FOR UPDATE OF d SKIP LOCKED
     )
-    UPDATE webhook_deliveries d
-    SET lease_until = now() + make_interval(secs => :lease)
-    FROM picked, webhook_events e, webhook_endpoints ep
-    WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
-    RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
-              e.id AS event_id, e.type, e.data, e.created_at, e.job_id, e.trace_context, e.artifact_key,
-              ep.url, ep.enabled, ep.signing_keys, ep.timeout_seconds, ep.retry_schedule
+    ), leased AS (
+        UPDATE webhook_deliveries d
+        SET lease_until = now() + make_interval(secs => :lease)
+        FROM picked, webhook_events e, webhook_endpoints ep
+        WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
+        RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
+                  e.id AS event_id, e.type, e.data, e.created_at, e.job_id, e.trace_context,
+                  e.artifact_key, ep.url, ep.enabled, ep.signing_keys, ep.timeout_seconds,
+                  ep.retry_schedule, ep.rate_limit_per_second
+    ), paced AS (
+        -- each rate-limited endpoint's arrival time moves on by one interval per delivery claimed
+        UPDATE webhook_endpoints ep
+        SET rate_tat = GREATEST(coalesce(ep.rate_tat, now()), now())
+                       + make_interval(secs => c.n / ep.rate_limit_per_second)
+        FROM (SELECT endpoint_id, count(*) AS n FROM leased
+              WHERE rate_limit_per_second IS NOT NULL GROUP BY endpoint_id) c
+        WHERE ep.id = c.endpoint_id
+    )
+    SELECT * FROM leased
     """
 )
 
