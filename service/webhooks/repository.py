@@ -320,7 +320,6 @@ _CLAIM = text(
         ORDER BY s.tenant_place, s.next_attempt_at
         LIMIT :limit
         FOR UPDATE OF d SKIP LOCKED
-    )
     ), leased AS (
         UPDATE webhook_deliveries d
         SET lease_until = now() + make_interval(secs => :lease)

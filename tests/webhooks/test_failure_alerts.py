@@ -7,6 +7,7 @@ failing streak back in time, then running the scheduler's sweep."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from service.webhooks.service import alert_failing
 from tests.conftest import GraphQLClient
 from tests.receiver import Answer, Received, Receiver
 from tests.servers import ServiceProcess
-from tests.webhooks.support import create_endpoint, send_test, wait_for_delivery
+from tests.webhooks.support import create_endpoint, deliveries, send_test, wait_for_delivery
 
 HEALTH = """
 query Health($id: ID!) {
@@ -65,7 +66,7 @@ def test_alerts_fire_at_each_threshold_then_recovery_then_disabling(
 
     receiver.script(broken_path, *[Answer(status=503, body=b"maintenance")] * 4)
     send_test(gql, broken)
-    wait_for_delivery(gql, broken, lambda delivery: delivery["status"] == "FAILED", timeout=30)
+    _wait_newest_failed(gql, broken)
     failing = gql(HEALTH, {"id": broken})["webhookEndpoint"]
     assert failing["failingSince"] is not None
     assert failing["lastError"] == "HTTP 503"
@@ -103,7 +104,7 @@ def test_alerts_fire_at_each_threshold_then_recovery_then_disabling(
 
     receiver.script(broken_path, *[Answer(status=500)] * 4)
     send_test(gql, broken)
-    wait_for_delivery(gql, broken, lambda delivery: delivery["status"] == "FAILED", timeout=30)
+    _wait_newest_failed(gql, broken)
     _fail_for(broken, get_settings().webhook_disable_after_seconds / 3600 + 1)
     _sweep()
     requests = receiver.wait_for(watcher_path, lambda r: "endpoint.disabled" in _types(r))
@@ -122,3 +123,10 @@ def _alerted(threshold: int) -> Callable[[list[Received]], bool]:
         body["type"] == "endpoint.failing" and body["data"]["failingForSeconds"] == threshold
         for body in _bodies(requests)
     )
+
+
+def _wait_newest_failed(gql: GraphQLClient, endpoint_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while deliveries(gql, endpoint_id)[0]["status"] != "FAILED":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

@@ -73,7 +73,6 @@ def test_a_rate_limited_endpoint_is_held_to_its_rate_and_others_are_not_slowed(
     gql: GraphQLClient, tenant: TenantHandle, receiver: Receiver, path: str, worker: ServiceProcess
 ) -> None:
     limited = create_endpoint(gql, receiver.url + path, eventTypes=["webhook.test"], rateLimitPerSecond=RATE)
-    assert limited["endpoint"]["rateLimitPerSecond"] == RATE
     free_path = path + "/free"
     free = create_endpoint(gql, receiver.url + free_path, eventTypes=["webhook.test"])
     started = time.time()
