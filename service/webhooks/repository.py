@@ -243,13 +243,15 @@ def forget_artifact(session: Session, job_id: str) -> None:
 # The claim, in stages (each a CTE below; extend it by adding a stage, not by folding one into another):
 #   1. pending_endpoints: every endpoint with a pending delivery, found by a skip scan of
 #      ix_webhook_deliveries_pending (one index probe per endpoint, whatever its backlog);
-#   2. endpoint_room: how many more of each this deliverer may start (its per-endpoint cap less what
-#      it has in flight there);
-#   3. due: each endpoint's oldest due, unleased deliveries, at most its room (an index range read
-#      that stops at the first delivery not yet due);
-#   4. sendable / share: each tenant's place in line and its share of the deliverer's slots;
-#   5. picked: lock the winners (SKIP LOCKED) re-checking they are still due and unleased;
-#   then lease them and return each with its event and endpoint.
+#   2. paced_endpoints: the rate-limited ones among them, locked, with their pace (GCRA);
+#   3. endpoint_room: how many more of each this deliverer may start (its per-endpoint cap less what
+#      it has in flight there, and no more than the pace allows);
+#   4. due: each endpoint's oldest due, unleased deliveries, at most its room, none ahead of an
+#      earlier pending delivery of its job (an index range read that stops at the first not yet due);
+#   5. sendable / share: each tenant's place in line and its share of the deliverer's slots;
+#   6. picked: lock the winners (SKIP LOCKED) re-checking they are still due and unleased;
+#   7. leased / paced: lease them, advance each paced endpoint's pace by what it got, and return
+#      each delivery with its event and endpoint.
 # The cost follows what is claimed and the number of endpoints with pending deliveries, never the
 # size of a backlog.
 _CLAIM = text(
@@ -267,19 +269,28 @@ _CLAIM = text(
                 WHERE d.status = 'PENDING' AND d.endpoint_id > p.endpoint_id
                 ORDER BY d.endpoint_id LIMIT 1)
         FROM pending_endpoints p WHERE p.endpoint_id IS NOT NULL
+    ), paced_endpoints AS (
+        -- the rate-limited ones, locked: a concurrent claim waits here and then reads the pace this
+        -- one advanced (a locked row is re-read at its newest version), so two claims never both
+        -- take the same room
+        SELECT ep.id, ep.rate_limit_per_second, GREATEST(coalesce(ep.rate_tat, now()), now()) AS tat
+        FROM webhook_endpoints ep JOIN pending_endpoints p ON p.endpoint_id = ep.id
+        WHERE ep.rate_limit_per_second IS NOT NULL
+        ORDER BY ep.id  -- the order every claim and recording locks endpoints in: no deadlock
+        FOR NO KEY UPDATE OF ep
     ), endpoint_room AS (
         -- room: the per-endpoint cap less what is in flight here, and for an endpoint with a rate
-        -- limit what its pace allows (GCRA: rate_tat, the theoretical arrival time, may run ahead of
-        -- now by at most one second, or one interval when slower than 1/s)
+        -- limit what its pace allows (GCRA: the theoretical arrival time, tat, may run ahead of now by
+        -- at most one second, or one interval when slower than 1/s: a burst of one second's worth)
         SELECT p.endpoint_id, LEAST(
             :per_endpoint - coalesce(el.n, 0),
-            CASE WHEN ep.rate_limit_per_second IS NULL THEN :per_endpoint
-                 ELSE floor(ep.rate_limit_per_second * extract(epoch FROM
-                        now() + make_interval(secs => GREATEST(1.0, 1.0 / ep.rate_limit_per_second))
-                        - GREATEST(coalesce(ep.rate_tat, now()), now())))::int
+            CASE WHEN pe.id IS NULL THEN :per_endpoint
+                 ELSE floor(pe.rate_limit_per_second * extract(epoch FROM
+                        now() + make_interval(secs => GREATEST(1.0, 1.0 / pe.rate_limit_per_second))
+                        - pe.tat))::int
             END) AS room
         FROM pending_endpoints p
-        JOIN webhook_endpoints ep ON ep.id = p.endpoint_id
+        LEFT JOIN paced_endpoints pe ON pe.id = p.endpoint_id
         LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
         WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < :per_endpoint
     ), due AS (
@@ -332,10 +343,9 @@ _CLAIM = text(
     ), paced AS (
         -- each rate-limited endpoint's arrival time moves on by one interval per delivery claimed
         UPDATE webhook_endpoints ep
-        SET rate_tat = GREATEST(coalesce(ep.rate_tat, now()), now())
-                       + make_interval(secs => c.n / ep.rate_limit_per_second)
-        FROM (SELECT endpoint_id, count(*) AS n FROM leased
-              WHERE rate_limit_per_second IS NOT NULL GROUP BY endpoint_id) c
+        SET rate_tat = pe.tat + make_interval(secs => c.n / pe.rate_limit_per_second)
+        FROM (SELECT endpoint_id, count(*) AS n FROM leased GROUP BY endpoint_id) c
+        JOIN paced_endpoints pe ON pe.id = c.endpoint_id
         WHERE ep.id = c.endpoint_id
     )
     SELECT * FROM leased

@@ -65,8 +65,9 @@ def test_a_jobs_events_arrive_in_order_behind_a_retry_while_another_jobs_pass(
     assert of_second[-1] == "job.succeeded"
 
 
-RATE = 5.0
-EVENTS = 50
+RATE = 5
+WINDOW = 30  # seconds over which the rate must hold to within 10 %
+EVENTS = RATE + RATE * WINDOW  # one second's burst, then WINDOW seconds at the pace
 
 
 def test_a_rate_limited_endpoint_is_held_to_its_rate_and_others_are_not_slowed(
@@ -85,11 +86,12 @@ def test_a_rate_limited_endpoint_is_held_to_its_rate_and_others_are_not_slowed(
     fast = receiver.wait_for(free_path, lambda requests: len(requests) >= EVENTS)
     assert len(fast) == EVENTS
     assert fast[-1].at - started < 5, "the endpoint without a limit was slowed"
-    slow = receiver.wait_for(path, lambda requests: len(requests) >= EVENTS, timeout=30)
+    slow = receiver.wait_for(path, lambda requests: len(requests) >= EVENTS, timeout=WINDOW * 1.5)
     assert len(slow) == EVENTS
-    seconds = slow[-1].at - slow[0].at
-    # GCRA with one second of burst: the first RATE go at once, then one each 1/RATE s.
-    paced = (EVENTS - RATE) / RATE
-    assert paced * 0.9 <= seconds <= paced * 1.1 + 1, seconds
-    for i, request in enumerate(slow):  # never ahead of the pace, at any point
-        assert i + 1 <= RATE * (request.at - slow[0].at) * 1.02 + RATE + 1, (i, request.at - slow[0].at)
+    arrivals = sorted(request.at for request in slow)
+    # Over the window, after the first second's burst, the rate is the limit to within 10 %.
+    rate = (EVENTS - RATE) / (arrivals[-1] - arrivals[0])
+    assert RATE * 0.9 <= rate <= RATE * 1.1, rate
+    # And at no moment faster: no one-second window holds more than the rate plus the burst.
+    busiest = max(sum(1 for other in arrivals if at <= other < at + 1) for at in arrivals)
+    assert busiest <= 2 * RATE, busiest
