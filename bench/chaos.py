@@ -376,6 +376,7 @@ class ChaosReport:
     events_missing: int
     events_unexpected: int
     duplicates: int
+    order_violations: int
     signature_failures: int
     deliveries_given_up: int
     drain_seconds: float
@@ -396,6 +397,7 @@ class ChaosReport:
             and (self.ran_more_than_once == 0 or self.runs_interrupted)
             and self.events_missing == 0
             and self.events_unexpected == 0
+            and self.order_violations == 0
             and self.signature_failures == 0
         )
 
@@ -421,6 +423,7 @@ class ChaosReport:
             ("events received at least once", self.events_received, "must equal expected"),
             ("events missing / unexpected", f"{self.events_missing} / {self.events_unexpected}", "must be 0"),
             ("duplicate deliveries received", self.duplicates, "deduplicated by webhook-id"),
+            ("per-job order violations", self.order_violations, "must be 0 (first arrivals per endpoint)"),
             ("signatures that failed verification", self.signature_failures, "must be 0"),
             ("deliveries given up (retries spent)", self.deliveries_given_up, ""),
             (
@@ -587,6 +590,21 @@ def _create_endpoints(
     return endpoints
 
 
+def _order_violations(tally: Tally, rank: dict[str, int]) -> int:
+    """First arrivals (the receiver keeps them in arrival order) of an event of a job at an endpoint
+    that came after a later event of the same job had already arrived there."""
+    latest: dict[tuple[str, str], int] = {}
+    violations = 0
+    for (path, webhook_id), delivery in tally.received.items():
+        if delivery.job_id is None or webhook_id not in rank:
+            continue
+        key = (path, delivery.job_id)
+        if rank[webhook_id] < latest.get(key, -1):
+            violations += 1
+        latest[key] = max(rank[webhook_id], latest.get(key, -1))
+    return violations
+
+
 def _drain(database_url: str, supervisor: Supervisor, timeout: float) -> tuple[bool, float]:
     """Wait until every job is terminal and no delivery is pending; (drained, seconds it took)."""
     started = time.monotonic()
@@ -625,6 +643,13 @@ def _report(
             "SELECT count(*) FROM (SELECT job_id FROM job_events WHERE type = 'job.started'"
             " GROUP BY job_id HAVING count(*) > 1) AS rerun"
         ).fetchone()
+        # each job's events in the order the deliverer must keep (its claim orders by created_at, id)
+        rank = {
+            row[0]: index
+            for index, row in enumerate(
+                conn.execute("SELECT id FROM webhook_events WHERE job_id IS NOT NULL ORDER BY created_at, id")
+            )
+        }
     submitted = set(submissions.accepted.values())
     lost = sum(1 for job_id in submitted if jobs.get(job_id, ("missing",))[0] not in TERMINAL)
     statuses = Counter(status for status, _ in jobs.values())
@@ -656,6 +681,7 @@ def _report(
         events_missing=sum((expected - received).values()),
         events_unexpected=sum((received - expected).values()),
         duplicates=tally.duplicates,
+        order_violations=_order_violations(tally, rank),
         signature_failures=tally.signature_failures,
         deliveries_given_up=given_up[0] if given_up else 0,
         drain_seconds=drain_seconds,

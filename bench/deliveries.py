@@ -59,13 +59,13 @@ def new_tenant(name: str) -> str:
         return tenant.id
 
 
-def new_endpoint(tenant_id: str, receiver_url: str, path: str) -> Endpoint:
+def new_endpoint(tenant_id: str, receiver_url: str, path: str, rate: float | None = None) -> Endpoint:
     from service.db import session_scope
     from service.principal import Principal
     from service.tenants.models import ALL_SCOPES
     from service.tenants.service import limits_for
     from service.webhooks.models import SigningScheme
-    from service.webhooks.service import check_endpoint_url, create_endpoint
+    from service.webhooks.service import DeliveryPolicy, check_endpoint_url, create_endpoint
 
     with session_scope() as session:
         limits = limits_for(session, tenant_id)
@@ -77,13 +77,15 @@ def new_endpoint(tenant_id: str, receiver_url: str, path: str) -> Endpoint:
             event_types=[],
             description="bench",
             signing=SigningScheme.V1,
+            policy=DeliveryPolicy(rate_limit_per_second=rate),
         )
         assert issued.secret is not None
         return Endpoint(tenant_id, issued.endpoint.id, issued.secret, path.split("?")[0])
 
 
-def publish_tests(endpoint: Endpoint, count: int, per_transaction: int = 500) -> None:
-    """`count` webhook.test events for the endpoint, committed `per_transaction` at a time."""
+def publish_tests(endpoint: Endpoint, count: int, per_transaction: int = 500, jobs: int = 0) -> None:
+    """`count` webhook.test events for the endpoint, committed `per_transaction` at a time; with `jobs`,
+    spread over that many jobs (round robin), so each job's deliveries keep their order."""
     from service.db import session_scope
     from service.webhooks.service import publish
 
@@ -91,7 +93,15 @@ def publish_tests(endpoint: Endpoint, count: int, per_transaction: int = 500) ->
         with session_scope() as session:
             for index in range(start, min(start + per_transaction, count)):
                 data = {"endpoint": {"id": endpoint.id}, "message": f"bench event {index}"}
-                publish(session, endpoint.tenant_id, "webhook.test", data, endpoint_ids=[endpoint.id])
+                job_id = f"job_bench{endpoint.id[-8:]}{index % jobs:06d}" if jobs else None
+                publish(
+                    session,
+                    endpoint.tenant_id,
+                    "webhook.test",
+                    data,
+                    endpoint_ids=[endpoint.id],
+                    job_id=job_id,
+                )
 
 
 def publish_at_rate(
@@ -196,11 +206,13 @@ def stop_deliverers(stack: Stack, deliverers: list[ServiceProcess]) -> None:
         stack.processes.remove(deliverer)
 
 
-def throughput(stack: Stack, receiver: str, processes: int, events: int) -> tuple[float, float, str]:
+def throughput(
+    stack: Stack, receiver: str, processes: int, events: int, jobs: int = 0
+) -> tuple[float, float, str]:
     """(deliveries/s from the first arrival to the last, seconds from start-up until all recorded,
-    CPU) for `processes` deliverers sending `events` to one new endpoint."""
-    endpoint = new_endpoint(stack.tenant_id, receiver, f"/throughput-{processes}")
-    publish_tests(endpoint, events)
+    CPU) for `processes` deliverers sending `events` to one new endpoint (over `jobs` jobs: ordered)."""
+    endpoint = new_endpoint(stack.tenant_id, receiver, f"/throughput-{processes}-{jobs}")
+    publish_tests(endpoint, events, jobs=jobs)
     deliverers = start_deliverers(stack, processes, f"throughput-{processes}")
     started = time.perf_counter()
     meter = CpuMeter({"deliverers": [d.pid for d in deliverers]})
@@ -322,6 +334,30 @@ def drain(stack: Stack, receiver: str, backlog: int, answer_ms: int, healthy_rat
     return lines
 
 
+def rate_limit(stack: Stack, receiver: str, rate: float, seconds: float) -> list[str]:
+    """An endpoint limited to `rate`/s gets rate x seconds events at once, beside an unlimited one with
+    as many: the limited one's achieved rate over the run (target within 10 % of the limit, never
+    above it) and the other's rate beside the healthy one."""
+    events = int(rate * seconds)
+    limited = new_endpoint(stack.tenant_id, receiver, "/rate-limited", rate=rate)
+    free = new_endpoint(stack.tenant_id, receiver, "/rate-free")
+    publish_tests(limited, events)
+    publish_tests(free, events)
+    deliverers = start_deliverers(stack, 1, "rate")
+    wait_until(lambda: stats(receiver)["received"] >= 2 * events, seconds * 3 + 60, "deliveries")
+    paths = stats(receiver, delays=True)["paths"]
+    stop_deliverers(stack, deliverers)
+    httpx.delete(f"{receiver}/stats")
+    took = paths[limited.path]["last"] - paths[limited.path]["first"]
+    achieved = (events - 1) / took
+    free_rate = (events - 1) / (paths[free.path]["last"] - paths[free.path]["first"])
+    return [
+        f"rate limit {rate:g}/s, {events} events at once: sent over {took:.1f} s, {achieved:.2f}/s"
+        f" = {achieved / rate:.3f} x the limit (target 0.9 .. 1.0, plus the first second's burst)",
+        f"an unlimited endpoint beside it: {free_rate:.1f} deliveries/s",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -334,7 +370,11 @@ def main() -> None:
     parser.add_argument("--per-transaction", type=int, default=5, help="events per transaction, latency run")
     parser.add_argument("--backlog", type=int, default=20000, help="due deliveries in the drain run")
     parser.add_argument("--drain-answer-ms", type=int, default=5, help="receiver answer time, drain run")
-    parser.add_argument("--runs", default="throughput,latency,drain", help="which runs, comma-separated")
+    parser.add_argument("--rate", type=float, default=50, help="the rate-limited endpoint's limit")
+    parser.add_argument("--rate-seconds", type=float, default=30, help="how long the rate run lasts")
+    parser.add_argument(
+        "--runs", default="throughput,order,rate,latency,drain", help="which runs, comma-separated"
+    )
     args = parser.parse_args()
     with service_stack(log_level="WARNING") as stack:
         run(stack, args)
@@ -366,6 +406,17 @@ def run(stack: Stack, args: argparse.Namespace) -> None:
         print(f"two deliverers:  {two:7.1f} deliveries/s (all recorded {two_recorded:.1f} s from start)")
         print(f"one / raw {one / raw_rate:.2f} (target >= 0.8, >= 500/s); two / one {two / one:.2f} (>= 1)")
         print(one_cpu + " (one deliverer, from its start-up)")
+    if "order" in runs:
+        unordered, _, _ = throughput(stack, receiver, 1, args.events)
+        jobs = max(args.events // 5, 1)
+        ordered, _, _ = throughput(stack, receiver, 1, args.events, jobs=jobs)
+        print(f"{args.events} deliveries to one endpoint, one deliverer")
+        print(f"unordered (no job):           {unordered:7.1f} deliveries/s")
+        print(f"ordered ({jobs} jobs x 5 each): {ordered:7.1f} deliveries/s")
+        print(f"ordered / unordered {ordered / unordered:.2f} (target >= 0.9)")
+    if "rate" in runs:
+        for line in rate_limit(stack, receiver, args.rate, args.rate_seconds):
+            print(line)
     if "latency" in runs:
         print(latency(stack, receiver, args.latency_rate, args.latency_seconds, args.per_transaction))
     if "drain" in runs:

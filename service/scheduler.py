@@ -27,11 +27,14 @@ from service.outages import log_failure
 from service.settings import get_settings
 from service.startup import start_process
 from service.tenants.service import flush_key_last_used, purge_portal_access
+from service.webhooks.service import alert_failing, prune_old
 
 log = logging.getLogger(__name__)
 
 
 RETENTION_EVERY_SECONDS = 60.0
+WEBHOOK_PRUNE_BATCHES = 20
+"""Webhook retention batches per round, each its own short transaction."""
 _last_retention = 0.0
 
 
@@ -67,6 +70,10 @@ def run_once() -> int:
         _sweep("artifact expiry", expire_artifacts)
         _sweep("retention", delete_old_jobs)
         _sweep("portal sign-ins", purge_portal_access)
+        for _ in range(WEBHOOK_PRUNE_BATCHES):
+            if _sweep("webhook retention", prune_old) != get_settings().webhook_retention_batch:
+                break
+    _sweep("failing endpoints", alert_failing)
     grace = get_settings().outbox_grace_seconds
     enqueued = _sweep("outbox", lambda session: sweep_outbox(session, grace_seconds=grace))
     return enqueued if isinstance(enqueued, int) else 0

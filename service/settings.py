@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     webhook_max_retry_after: float = Field(default=3600, ge=0)
     webhook_timeout_seconds: float = Field(default=15, gt=0)
     webhook_disable_after_seconds: float = Field(default=5 * 24 * 3600, gt=0)
+    webhook_failing_alert_seconds: list[Annotated[float, Field(gt=0)]] = [3600, 86400, 259200]
+    webhook_retention_days: float = Field(default=30, ge=1)
+    webhook_retention_batch: int = Field(default=1000, ge=1, le=10000)
     webhook_allowed_cidrs: str = ""
     webhook_allow_http: bool = False
     webhook_max_in_flight: int = Field(default=200, ge=1)

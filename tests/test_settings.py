@@ -50,6 +50,7 @@ BAD_VALUES = [
         "[0, -5]",
         "WEBHOOK_RETRY_SCHEDULE (1): Input should be greater than or equal",
     ),
+    ("WEBHOOK_RETENTION_DAYS", "0.5", "WEBHOOK_RETENTION_DAYS: Input should be greater than or equal to 1"),
     ("PROGRESS_MILESTONES", "[0.5, 50]", "PROGRESS_MILESTONES (1): Input should be less than 1"),
     ("PLANS", "{not json", "PLANS: not valid JSON"),
     ("LOG_LEVEL", "loud", "LOG_LEVEL: 'loud' is not a level"),

@@ -24,6 +24,7 @@ from service.outages import describe, is_outage, log_failure
 from service.settings import Settings, get_settings
 from service.webhooks.delivery import Claimed, Outcome, claim_due, record
 from service.webhooks.repository import NOTIFY_CHANNEL
+from service.webhooks.retry import MAX_TIMEOUT_SECONDS
 from service.webhooks.sending import Sender
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ class Deliverer:
                 await asyncio.sleep(1)
 
     def _claim(self, limit: int, endpoints: dict[str, int], tenants: dict[str, int]) -> list[Claimed]:
-        lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+        # Endpoints may set a timeout of their own, up to MAX_TIMEOUT_SECONDS: the lease outlasts any.
+        lease = max(self.settings.webhook_timeout_seconds, MAX_TIMEOUT_SECONDS) + LEASE_MARGIN_SECONDS
         with session_scope() as session:
             return claim_due(session, limit, self.settings, lease, endpoints, tenants)
 

@@ -23,7 +23,7 @@ from service.settings import Settings
 from service.webhooks import repository
 from service.webhooks.models import AttemptTrigger, DeliveryStatus, WebhookAttempt
 from service.webhooks.retry import next_delay
-from service.webhooks.service import disable
+from service.webhooks.service import disable, recovered
 
 RESPONSE_BODY_LIMIT = 4096
 
@@ -47,6 +47,10 @@ class Claimed:
     signing_keys: list[dict[str, Any]]
     artifact_key: str | None
     trace_context: dict[str, str] | None = None
+    timeout_seconds: float | None = None
+    """The endpoint's own attempt deadline; None: WEBHOOK_TIMEOUT_SECONDS."""
+    retry_schedule: list[float] | None = None
+    """The endpoint's own retry schedule; None: WEBHOOK_RETRY_SCHEDULE."""
 
 
 class Failure(enum.StrEnum):
@@ -68,6 +72,8 @@ class Outcome:
     error: str | None = None
     response_body: str | None = None
     retry_after: float | None = None
+    request_headers: dict[str, str] | None = None
+    response_headers: dict[str, str] | None = None
     failure: Failure | None = None
     attempted: bool = True
     """False when nothing was sent (the endpoint was disabled): no attempt row, the delivery fails."""
@@ -115,6 +121,8 @@ def claim_due(
             signing_keys=row.signing_keys,
             artifact_key=row.artifact_key,
             trace_context=row.trace_context,
+            timeout_seconds=row.timeout_seconds,
+            retry_schedule=row.retry_schedule,
         )
         for row in rows
     ]
@@ -154,6 +162,8 @@ def record(session: Session, outcomes: list[Outcome], settings: Settings) -> lis
                 duration_ms=o.duration_ms,
                 error=o.error[:500] if o.error else None,
                 response_body=o.response_body,
+                request_headers=o.request_headers,
+                response_headers=o.response_headers,
                 trigger=o.claimed.trigger,
             )
             for o in kept
@@ -177,25 +187,45 @@ def _delivery_update(outcome: Outcome, settings: Settings) -> dict[str, Any]:
     # a failed one (schedule exhausted) stays failed.
     delay = None
     if outcome.attempted and outcome.status_code != 410:
-        delay = next_delay(attempts, outcome.retry_after, settings)
+        delay = next_delay(attempts, outcome.retry_after, settings, claimed.retry_schedule)
     update["status"] = DeliveryStatus.FAILED if delay is None else DeliveryStatus.PENDING
     update["delay"] = delay
     return update
 
 
+def describe_failure(outcome: Outcome) -> str:
+    """An endpoint's lastError: the status and what went wrong."""
+    if outcome.status_code is None:
+        return (outcome.error or "no response")[:500]
+    return (f"HTTP {outcome.status_code}" + (f": {outcome.error}" if outcome.error else ""))[:500]
+
+
+def _note_successes(session: Session, succeeded: list[Outcome]) -> set[str]:
+    """Each endpoint's last success; an endpoint that had been reported failing has recovered."""
+    latest: dict[str, datetime] = {}
+    for o in succeeded:
+        latest[o.claimed.endpoint_id] = max(o.at, latest.get(o.claimed.endpoint_id, o.at))
+    if latest:
+        for row in repository.mark_succeeded(session, latest):
+            if row.was_failing_since is not None and row.alerts_sent > 0:
+                recovered(session, row.tenant_id, row.id, row.url, row.was_failing_since, row.at)
+    return set(latest)
+
+
 def _track_endpoint_health(session: Session, outcomes: list[Outcome], settings: Settings) -> None:
-    """Successes clear an endpoint's failing streak; a 410 or a streak past the limit disables it."""
+    """Successes end an endpoint's failing streak (and, when it was reported failing, tell the tenant's
+    other endpoints it recovered); failures keep lastError; a 410 or a streak past the limit disables it."""
     attempted = [o for o in outcomes if o.attempted]
-    healthy = {o.claimed.endpoint_id for o in attempted if o.succeeded}
+    healthy = _note_successes(session, [o for o in attempted if o.succeeded])
     failing = {o.claimed.endpoint_id: o for o in attempted if not o.succeeded}
-    if healthy:
-        repository.clear_failing(session, list(healthy))
     failing_ids = [endpoint_id for endpoint_id in failing if endpoint_id not in healthy]
     if not failing_ids:
         return
     now = utcnow()
     for endpoint in repository.lock_endpoints(session, failing_ids):
+        endpoint.last_error = describe_failure(failing[endpoint.id])
         if not endpoint.enabled:
+            session.add(endpoint)
             continue
         if endpoint.failing_since is None:
             endpoint.failing_since = failing[endpoint.id].at

@@ -44,6 +44,8 @@ class WebhookAttempt:
     error: str | None
     response_body: str | None = strawberry.field(description="The first 4 KiB of the receiver's answer.")
     trigger: str = strawberry.field(description="scheduled | manual")
+    request_headers: JSON | None = strawberry.field(description="The headers sent (the body is the event's).")
+    response_headers: JSON | None = strawberry.field(description="The headers of the receiver's answer.")
 
 
 @strawberry.type
@@ -54,6 +56,9 @@ class WebhookDelivery:
     status: DeliveryStatus  # type: ignore[valid-type]
     next_attempt_at: datetime | None
     attempts: list[WebhookAttempt]
+    endpoint_id: strawberry.ID
+    job_id: strawberry.ID | None = strawberry.field(description="The job the event is about, if any.")
+    created_at: datetime
 
     @classmethod
     def from_view(cls, view: service.DeliveryView) -> WebhookDelivery:
@@ -61,6 +66,9 @@ class WebhookDelivery:
         return cls(
             id=strawberry.ID(row.id),
             event_id=strawberry.ID(row.event_id),
+            endpoint_id=strawberry.ID(row.endpoint_id),
+            job_id=strawberry.ID(row.job_id) if row.job_id else None,
+            created_at=row.created_at,
             event_type=view.event_type,
             status=DeliveryStatusValue(row.status),
             next_attempt_at=row.next_attempt_at if row.status == DeliveryStatusValue.PENDING else None,
@@ -72,6 +80,8 @@ class WebhookDelivery:
                     error=attempt.error,
                     response_body=attempt.response_body,
                     trigger=attempt.trigger,
+                    request_headers=cast(JSON, attempt.request_headers),
+                    response_headers=cast(JSON, attempt.response_headers),
                 )
                 for attempt in view.attempts
             ],
@@ -89,10 +99,21 @@ class WebhookEndpoint:
     signing: SigningScheme  # type: ignore[valid-type]
     public_key: str | None = strawberry.field(description="whpk_... for V1A endpoints: verify with it.")
     created_at: datetime
+    failing_since: datetime | None = strawberry.field(
+        description="The first failure with no success since; null while healthy."
+    )
+    last_success_at: datetime | None
+    last_error: str | None = strawberry.field(description="What the last failed attempt got.")
+    rate_limit_per_second: float | None = strawberry.field(description="null: no limit of its own.")
+    timeout_seconds: float = strawberry.field(description="Each attempt's deadline (its own or the default).")
+    retry_schedule: list[float] = strawberry.field(
+        description="Seconds before each attempt (its own or the default), each with jitter."
+    )
     tenant_id: strawberry.Private[str]
 
     @classmethod
     def from_row(cls, row: EndpointRow) -> WebhookEndpoint:
+        settings = get_settings()
         return cls(
             id=strawberry.ID(row.id),
             url=row.url,
@@ -103,6 +124,12 @@ class WebhookEndpoint:
             signing=SigningSchemeValue(row.signing),
             public_key=service.current_public_key(row),
             created_at=row.created_at,
+            failing_since=row.failing_since,
+            last_success_at=row.last_success_at,
+            last_error=row.last_error,
+            rate_limit_per_second=row.rate_limit_per_second,
+            timeout_seconds=row.timeout_seconds or settings.webhook_timeout_seconds,
+            retry_schedule=row.retry_schedule or list(settings.webhook_retry_schedule),
             tenant_id=row.tenant_id,
         )
 
@@ -161,6 +188,18 @@ class CreateWebhookEndpointInput:
     event_types: list[str] | None = None
     description: str | None = None
     signing: SigningScheme | None = None  # type: ignore[valid-type]
+    rate_limit_per_second: float | None = strawberry.field(
+        default=None, description="At most this many deliveries a second to it (0.01 to 1000)."
+    )
+    timeout_seconds: float | None = strawberry.field(
+        default=None, description="Each attempt's deadline, 1 to 60 s (default WEBHOOK_TIMEOUT_SECONDS)."
+    )
+    retry_schedule: list[float] | None = strawberry.field(
+        default=None, description="Seconds before each attempt: at most 20, each at most 86400."
+    )
+
+    def policy(self) -> service.DeliveryPolicy:
+        return service.DeliveryPolicy(self.rate_limit_per_second, self.timeout_seconds, self.retry_schedule)
 
 
 @strawberry.input
@@ -169,6 +208,19 @@ class UpdateWebhookEndpointInput:
     event_types: list[str] | None = None
     description: str | None = None
     enabled: bool | None = None
+    rate_limit_per_second: float | None = strawberry.field(default=None, description="0: no limit.")
+    timeout_seconds: float | None = strawberry.field(default=None, description="0: the default.")
+    retry_schedule: list[float] | None = strawberry.field(default=None, description="[]: the default.")
+
+    def policy(self) -> service.DeliveryPolicy:
+        return service.DeliveryPolicy(self.rate_limit_per_second, self.timeout_seconds, self.retry_schedule)
+
+
+@strawberry.type
+class WebhookDeliveryConnection:
+    nodes: list[WebhookDelivery]
+    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
+    has_next_page: bool
 
 
 @strawberry.type(description="An event type of the published catalog (also at GET /webhooks/event-types).")
@@ -198,6 +250,44 @@ class WebhookQuery:
         principal = require(info, SCOPE)
         rows = service.list_endpoints(info.context.session, principal.tenant_id)
         return [WebhookEndpoint.from_row(row) for row in rows]
+
+    @strawberry.field(
+        description="The delivery log, newest first: filtered by endpoint, status, event type, job and"
+        " creation time (since inclusive, until exclusive), paged by cursor."
+    )
+    def webhook_deliveries(
+        self,
+        info: GraphQLInfo,
+        first: int = DEFAULT_DELIVERIES,
+        after: str | None = None,
+        endpoint_id: strawberry.ID | None = None,
+        status: DeliveryStatus | None = None,  # type: ignore[valid-type]
+        event_type: str | None = None,
+        job_id: strawberry.ID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> WebhookDeliveryConnection:
+        principal = require(info, SCOPE)
+        page = or_graphql_error(
+            lambda: service.delivery_log(
+                info.context.session,
+                principal.tenant_id,
+                first=first,
+                before_id=after,
+                endpoint_id=str(endpoint_id) if endpoint_id else None,
+                status=DeliveryStatusValue(status) if status else None,
+                event_type=event_type,
+                job_id=str(job_id) if job_id else None,
+                since=since,
+                until=until,
+            )
+        )
+        nodes = [WebhookDelivery.from_view(view) for view in page.deliveries]
+        return WebhookDeliveryConnection(
+            nodes=nodes,
+            end_cursor=str(nodes[-1].id) if nodes and page.has_more else None,
+            has_next_page=page.has_more,
+        )
 
     @strawberry.field(description="One endpoint of the caller's, or null.")
     def webhook_endpoint(self, info: GraphQLInfo, id: strawberry.ID) -> WebhookEndpoint | None:
@@ -253,6 +343,7 @@ class WebhookMutation:
                 event_types=input.event_types,
                 description=input.description,
                 signing=signing,
+                policy=input.policy(),
             )
             return _endpoint_payload(issued)
 
@@ -273,6 +364,7 @@ class WebhookMutation:
                 event_types=input.event_types,
                 description=input.description,
                 enabled=input.enabled,
+                policy=input.policy(),
             )
             return WebhookEndpointPayload(
                 endpoint=WebhookEndpoint.from_row(endpoint), secret=None, user_errors=[]

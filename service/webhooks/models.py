@@ -53,6 +53,19 @@ class WebhookEndpoint(SQLModel, table=True):
     """The newest key's ``whpk_`` for V1A endpoints."""
     failing_since: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
     """First failure with no success since; disabled once it is older than the configured period."""
+    failing_alerts: int = 0
+    """How many `endpoint.failing` alerts (1 h, 24 h, 72 h) this failing streak has sent."""
+    last_success_at: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    last_error: str | None = Field(default=None, max_length=500)
+    """What the last failed attempt got (a status code or an error), kept until a success."""
+    rate_limit_per_second: float | None = None
+    """At most this many attempts per second to this endpoint; None: no limit but the in-flight caps."""
+    rate_tat: datetime | None = Field(default=None, sa_column=timestamp_column(nullable=True))
+    """The rate limit's theoretical arrival time (GCRA): the claim may run ahead of now by one second."""
+    timeout_seconds: float | None = None
+    """This endpoint's attempt deadline; None: WEBHOOK_TIMEOUT_SECONDS."""
+    retry_schedule: list[float] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
+    """This endpoint's retry schedule in seconds; None: WEBHOOK_RETRY_SCHEDULE."""
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column())
 
@@ -61,7 +74,11 @@ class WebhookEvent(SQLModel, table=True):
     """One thing that happened, written once in the transaction that made it happen."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_events_tenant_id_id", "tenant_id", "id"),
+        Index("ix_webhook_events_tenant_id_type_id", "tenant_id", "type", "id"),  # the log by event type
+        Index("ix_webhook_events_created_at", "created_at"),  # retention
+    )
 
     id: str = Field(default_factory=lambda: new_id("evt"), primary_key=True)
     tenant_id: str = Field(foreign_key="tenants.id", ondelete="CASCADE")
@@ -83,7 +100,16 @@ class WebhookDelivery(SQLModel, table=True):
         CheckConstraint("status IN ('PENDING','SUCCEEDED','FAILED')", name="status_valid"),
         UniqueConstraint("event_id", "endpoint_id"),
         Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
-        Index("ix_webhook_deliveries_tenant_id_id", "tenant_id", "id"),  # the portal's delivery log
+        Index("ix_webhook_deliveries_tenant_id_id", "tenant_id", "id"),  # the delivery log
+        Index("ix_webhook_deliveries_tenant_id_status_id", "tenant_id", "status", "id"),  # by status
+        Index("ix_webhook_deliveries_tenant_id_job_id_id", "tenant_id", "job_id", "id"),  # by job
+        Index(  # per-job order: a job's earlier deliveries to the endpoint still pending
+            "ix_webhook_deliveries_endpoint_id_job_id_id",
+            "endpoint_id",
+            "job_id",
+            "id",
+            postgresql_where=text("status = 'PENDING' AND job_id IS NOT NULL"),
+        ),
         Index(
             "ix_webhook_deliveries_due",
             "next_attempt_at",
@@ -102,6 +128,8 @@ class WebhookDelivery(SQLModel, table=True):
     tenant_id: str = Field(foreign_key="tenants.id", ondelete="CASCADE")
     event_id: str = Field(foreign_key="webhook_events.id", ondelete="CASCADE")
     endpoint_id: str = Field(foreign_key="webhook_endpoints.id", ondelete="CASCADE")
+    job_id: str | None = Field(default=None, max_length=40)
+    """The event's job (copied from it): the log filters by it, and a job's deliveries keep their order."""
     status: str = Field(default=DeliveryStatus.PENDING, max_length=20)
     attempt_count: int = 0
     """Scheduled attempts made; indexes the retry schedule."""
@@ -128,4 +156,7 @@ class WebhookAttempt(SQLModel, table=True):
     duration_ms: int
     error: str | None = Field(default=None, max_length=500)
     response_body: str | None = Field(default=None, max_length=4096)
+    request_headers: dict[str, str] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
+    """What was sent but the body (the signature included: it proves nothing without the key)."""
+    response_headers: dict[str, str] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
     trigger: str = Field(default=AttemptTrigger.SCHEDULED, max_length=20)

@@ -162,7 +162,7 @@ class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
         if where.event_type is not None:
             statement = statement.where(col(WebhookEvent.type) == where.event_type)
         if where.job_id is not None:
-            statement = statement.where(col(WebhookEvent.job_id) == where.job_id)
+            statement = statement.where(col(WebhookDelivery.job_id) == where.job_id)
         if where.since is not None:
             statement = statement.where(
                 col(WebhookDelivery.id) >= first_id_at("whd", where.since),
@@ -202,9 +202,9 @@ _INSERT_EVENT = text(
         VALUES (:event_id, :tenant_id, :type, CAST(:data AS jsonb), :job_id, :artifact_key,
                 CAST(:trace_context AS jsonb), :now)
     )
-    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, attempt_count,
+    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, job_id, status, attempt_count,
                                     next_attempt_at, next_trigger, created_at, updated_at)
-    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id,
+    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id, :job_id,
            'PENDING', 0, :now, 'scheduled', :now, :now
     FROM unnest(CAST(:delivery_ids AS text[]), CAST(:endpoint_ids AS text[])) AS delivery(id, endpoint_id)
     """
@@ -251,13 +251,15 @@ def forget_artifact(session: Session, job_id: str) -> None:
 # The claim, in stages (each a CTE below; extend it by adding a stage, not by folding one into another):
 #   1. pending_endpoints: every endpoint with a pending delivery, found by a skip scan of
 #      ix_webhook_deliveries_pending (one index probe per endpoint, whatever its backlog);
-#   2. endpoint_room: how many more of each this deliverer may start (its per-endpoint cap less what
-#      it has in flight there);
-#   3. due: each endpoint's oldest due, unleased deliveries, at most its room (an index range read
-#      that stops at the first delivery not yet due);
-#   4. sendable / share: each tenant's place in line and its share of the deliverer's slots;
-#   5. picked: lock the winners (SKIP LOCKED) re-checking they are still due and unleased;
-#   then lease them and return each with its event and endpoint.
+#   2. paced_endpoints: the rate-limited ones among them, locked, with their pace (GCRA);
+#   3. endpoint_room: how many more of each this deliverer may start (its per-endpoint cap less what
+#      it has in flight there, and no more than the pace allows);
+#   4. due: each endpoint's oldest due, unleased deliveries, at most its room, none ahead of an
+#      earlier pending delivery of its job (an index range read that stops at the first not yet due);
+#   5. sendable / share: each tenant's place in line and its share of the deliverer's slots;
+#   6. picked: lock the winners (SKIP LOCKED) re-checking they are still due and unleased;
+#   7. leased / paced: lease them, advance each paced endpoint's pace by what it got, and return
+#      each delivery with its event and endpoint.
 # The cost follows what is claimed and the number of endpoints with pending deliveries, never the
 # size of a backlog.
 _CLAIM = text(
@@ -275,9 +277,29 @@ _CLAIM = text(
                 WHERE d.status = 'PENDING' AND d.endpoint_id > p.endpoint_id
                 ORDER BY d.endpoint_id LIMIT 1)
         FROM pending_endpoints p WHERE p.endpoint_id IS NOT NULL
+    ), paced_endpoints AS (
+        -- the rate-limited ones, locked: a concurrent claim waits here and then reads the pace this
+        -- one advanced (a locked row is re-read at its newest version), so two claims never both
+        -- take the same room
+        SELECT ep.id, ep.rate_limit_per_second, GREATEST(coalesce(ep.rate_tat, now()), now()) AS tat
+        FROM webhook_endpoints ep JOIN pending_endpoints p ON p.endpoint_id = ep.id
+        WHERE ep.rate_limit_per_second IS NOT NULL
+        ORDER BY ep.id  -- the order every claim and recording locks endpoints in: no deadlock
+        FOR NO KEY UPDATE OF ep
     ), endpoint_room AS (
-        SELECT p.endpoint_id, coalesce(el.n, 0) AS n, :per_endpoint - coalesce(el.n, 0) AS room
-        FROM pending_endpoints p LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
+        -- room: the per-endpoint cap less what is in flight here, and for an endpoint with a rate
+        -- limit what its pace allows (GCRA: the theoretical arrival time, tat, may run ahead of now by
+        -- at most one second, or one interval when slower than 1/s: a burst of one second's worth)
+        SELECT p.endpoint_id, LEAST(
+            :per_endpoint - coalesce(el.n, 0),
+            CASE WHEN pe.id IS NULL THEN :per_endpoint
+                 ELSE floor(pe.rate_limit_per_second * extract(epoch FROM
+                        now() + make_interval(secs => GREATEST(1.0, 1.0 / pe.rate_limit_per_second))
+                        - pe.tat))::int
+            END) AS room
+        FROM pending_endpoints p
+        LEFT JOIN paced_endpoints pe ON pe.id = p.endpoint_id
+        LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
         WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < :per_endpoint
     ), due AS (
         SELECT d.id, d.tenant_id, d.next_attempt_at
@@ -285,8 +307,15 @@ _CLAIM = text(
             SELECT d.id, d.tenant_id, d.next_attempt_at FROM webhook_deliveries d
             WHERE d.endpoint_id = r.endpoint_id AND d.status = 'PENDING' AND d.next_attempt_at <= now()
               AND (d.lease_until IS NULL OR d.lease_until < now())
+              -- per-job order: not before every earlier delivery of its job to this endpoint has
+              -- succeeded or been given up (other jobs' deliveries pass it by)
+              AND (d.job_id IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM webhook_deliveries earlier
+                  WHERE earlier.endpoint_id = d.endpoint_id AND earlier.job_id = d.job_id
+                    AND earlier.status = 'PENDING' AND earlier.job_id IS NOT NULL
+                    AND (earlier.created_at, earlier.id) < (d.created_at, d.id)))
             ORDER BY d.next_attempt_at, d.id
-            LIMIT r.room
+            LIMIT GREATEST(r.room, 0)
         ) d
     ), sendable AS (
         SELECT due.id, due.next_attempt_at,
@@ -310,14 +339,24 @@ _CLAIM = text(
         ORDER BY s.tenant_place, s.next_attempt_at
         LIMIT :limit
         FOR UPDATE OF d SKIP LOCKED
+    ), leased AS (
+        UPDATE webhook_deliveries d
+        SET lease_until = now() + make_interval(secs => :lease)
+        FROM picked, webhook_events e, webhook_endpoints ep
+        WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
+        RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
+                  e.id AS event_id, e.type, e.data, e.created_at, e.job_id, e.trace_context,
+                  e.artifact_key, ep.url, ep.enabled, ep.signing_keys, ep.timeout_seconds,
+                  ep.retry_schedule, ep.rate_limit_per_second
+    ), paced AS (
+        -- each rate-limited endpoint's arrival time moves on by one interval per delivery claimed
+        UPDATE webhook_endpoints ep
+        SET rate_tat = pe.tat + make_interval(secs => c.n / pe.rate_limit_per_second)
+        FROM (SELECT endpoint_id, count(*) AS n FROM leased GROUP BY endpoint_id) c
+        JOIN paced_endpoints pe ON pe.id = c.endpoint_id
+        WHERE ep.id = c.endpoint_id
     )
-    UPDATE webhook_deliveries d
-    SET lease_until = now() + make_interval(secs => :lease)
-    FROM picked, webhook_events e, webhook_endpoints ep
-    WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
-    RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
-              e.id AS event_id, e.type, e.data, e.created_at, e.job_id, e.trace_context, e.artifact_key,
-              ep.url, ep.enabled, ep.signing_keys
+    SELECT * FROM leased
     """
 )
 
@@ -340,11 +379,17 @@ _UPDATE_DELIVERIES = text(
 _INSERT_ATTEMPTS = text(
     """
     INSERT INTO webhook_attempts
-        (id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger)
-    SELECT * FROM unnest(
+        (id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+         request_headers, response_headers)
+    SELECT a.id, a.delivery_id, a.tenant_id, a.at, a.status_code, a.duration_ms, a.error, a.response_body,
+           a.trigger, CAST(a.request_headers AS jsonb), CAST(a.response_headers AS jsonb)
+    FROM unnest(
         CAST(:ids AS text[]), CAST(:delivery_ids AS text[]), CAST(:tenant_ids AS text[]),
         CAST(:ats AS timestamptz[]), CAST(:status_codes AS int[]), CAST(:durations AS int[]),
-        CAST(:errors AS text[]), CAST(:response_bodies AS text[]), CAST(:triggers AS text[]))
+        CAST(:errors AS text[]), CAST(:response_bodies AS text[]), CAST(:triggers AS text[]),
+        CAST(:request_headers AS text[]), CAST(:response_headers AS text[]))
+        AS a(id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+             request_headers, response_headers)
     """
 )
 
@@ -427,8 +472,14 @@ def add_attempts(session: Session, attempts: Sequence[WebhookAttempt]) -> None:
             "errors": [a.error for a in attempts],
             "response_bodies": [a.response_body for a in attempts],
             "triggers": [a.trigger for a in attempts],
+            "request_headers": [_json_or_none(a.request_headers) for a in attempts],
+            "response_headers": [_json_or_none(a.response_headers) for a in attempts],
         },
     )
+
+
+def _json_or_none(value: dict[str, str] | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> None:
@@ -445,12 +496,24 @@ def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> No
         )
 
 
-def clear_failing(session: Session, endpoint_ids: Sequence[str]) -> None:
-    """These endpoints just succeeded: their failing streak ends."""
-    statement = text(
-        "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ANY(:ids) AND failing_since IS NOT NULL"
-    )
-    session.execute(statement, {"ids": list(endpoint_ids)})
+_SUCCEEDED = text(
+    """
+    UPDATE webhook_endpoints ep
+    SET last_success_at = GREATEST(ep.last_success_at, s.at), failing_since = NULL, failing_alerts = 0,
+        last_error = NULL
+    FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS s(id, at), webhook_endpoints old
+    WHERE ep.id = s.id AND old.id = ep.id  -- old: the row as this statement found it
+    RETURNING ep.id, ep.tenant_id, ep.url, s.at, old.failing_since AS was_failing_since,
+              old.failing_alerts AS alerts_sent
+    """
+)
+
+
+def mark_succeeded(session: Session, successes: Mapping[str, datetime]) -> Sequence[Row[Any]]:
+    """These endpoints just succeeded (endpoint id -> when): their failing streak ends. Each row: the
+    endpoint, and the streak it ended (was_failing_since, alerts_sent), read before the update."""
+    parameters = {"ids": list(successes), "ats": list(successes.values())}
+    return session.execute(_SUCCEEDED, parameters).all()
 
 
 def lock_endpoints(session: Session, endpoint_ids: Sequence[str]) -> Sequence[WebhookEndpoint]:
@@ -473,3 +536,56 @@ def endpoints_after(session: Session, last_id: str, limit: int) -> Sequence[Webh
         .with_for_update()
     )
     return session.exec(statement).all()
+
+
+# --- the scheduler's side: failing endpoints and retention ---------------------------------------
+
+_DUE_ALERTS = text(
+    """
+    SELECT id FROM webhook_endpoints
+    WHERE enabled AND failing_since IS NOT NULL AND failing_alerts < :steps
+      AND failing_since <= now() - make_interval(secs => CAST(:first_due AS double precision))
+    ORDER BY failing_since LIMIT :limit
+    """
+)
+
+
+def failing_endpoints(session: Session, *, steps: int, first_due: float, limit: int) -> list[WebhookEndpoint]:
+    """Enabled endpoints failing for at least `first_due` seconds that have not sent all `steps`
+    alerts, locked (skipping any a deliverer is recording for); the longest failing first."""
+    ids = list(
+        session.execute(_DUE_ALERTS, {"steps": steps, "first_due": first_due, "limit": limit}).scalars()
+    )
+    if not ids:
+        return []
+    statement = (
+        select(WebhookEndpoint)
+        .where(col(WebhookEndpoint.id).in_(ids))
+        .order_by(col(WebhookEndpoint.id))
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(statement).all())
+
+
+_PRUNE = text(
+    """
+    WITH old AS (
+        SELECT e.id FROM webhook_events e
+        WHERE e.created_at < :cutoff
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.status = 'PENDING'
+          )
+        ORDER BY e.created_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM webhook_events e USING old WHERE e.id = old.id
+    """
+)
+
+
+def prune_events(session: Session, *, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` events made before `cutoff` with no pending delivery, their deliveries
+    and attempts with them (ON DELETE CASCADE); how many events."""
+    result = session.execute(_PRUNE, {"cutoff": cutoff, "limit": limit})
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -8,14 +8,25 @@ from email.utils import parsedate_to_datetime
 from service.models import utcnow
 from service.settings import Settings
 
+MAX_SCHEDULE_STEPS = 20
+MAX_SCHEDULE_STEP_SECONDS = 24 * 3600.0
+MIN_TIMEOUT_SECONDS = 1.0
+MAX_TIMEOUT_SECONDS = 60.0
 
-def next_delay(failed_attempts: int, retry_after: float | None, settings: Settings) -> float | None:
-    """Seconds until the next attempt after `failed_attempts` failures, or None when the schedule is done.
+
+def next_delay(
+    failed_attempts: int,
+    retry_after: float | None,
+    settings: Settings,
+    schedule: list[float] | None = None,
+) -> float | None:
+    """Seconds until the next attempt after `failed_attempts` failures, or None when the schedule (the
+    endpoint's own, else WEBHOOK_RETRY_SCHEDULE) is done.
 
     The schedule's delay gets ±jitter; a Retry-After longer than it is honoured up to the configured
     bound, a shorter one never makes us retry sooner than the schedule.
     """
-    schedule = settings.webhook_retry_schedule
+    schedule = schedule or settings.webhook_retry_schedule
     if failed_attempts >= len(schedule):
         return None
     delay = schedule[failed_attempts] * settings.webhook_retry_scale

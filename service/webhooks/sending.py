@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -97,6 +97,23 @@ def unprepared(error: Exception) -> str:
     if isinstance(error, MalformedKeyError):
         return "not sent: the endpoint's signing key cannot sign (it is malformed)"
     return f"not sent: preparing the request failed ({type(error).__name__})"
+
+
+MAX_STORED_HEADERS = 50
+MAX_HEADER_VALUE = 1000
+
+
+def stored_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers fit to store with an attempt: lower-case names, repeated ones joined, at most
+    MAX_STORED_HEADERS, each value cut to MAX_HEADER_VALUE characters, no NUL bytes."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key not in headers and len(headers) >= MAX_STORED_HEADERS:
+            continue
+        joined = f"{headers[key]}, {value}" if key in headers else value
+        headers[key] = joined[:MAX_HEADER_VALUE].replace("\x00", "")
+    return headers
 
 
 class AddressCache:
@@ -202,12 +219,19 @@ class Sender:
             return outcome(error=unprepared(error), failure=Failure.NOT_SENT)
         headers.update(inject(include_baggage=False))  # traceparent: the receiver continues the trace
         headers["host"] = host_header
+        sent = stored_headers(headers.items())
         extensions = {"sni_hostname": sni_hostname} if sni_hostname else {}
         client = self._client(host_header)
+        deadline = claimed.timeout_seconds or self.settings.webhook_timeout_seconds
         try:
-            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+            async with asyncio.timeout(deadline):
                 request = client.build_request(
-                    "POST", target, content=body, headers=headers, extensions=extensions
+                    "POST",
+                    target,
+                    content=body,
+                    headers=headers,
+                    extensions=extensions,
+                    timeout=httpx.Timeout(deadline, connect=min(5.0, deadline)),
                 )
                 response = await client.send(request, stream=True)
                 try:
@@ -215,16 +239,22 @@ class Sender:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            timeout = self.settings.webhook_timeout_seconds
-            return outcome(error=f"no response within {timeout:g} s", failure=Failure.TIMEOUT)
+            return outcome(
+                error=f"no response within {deadline:g} s", failure=Failure.TIMEOUT, request_headers=sent
+            )
         except httpx.HTTPError as error:
-            return outcome(error=f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+            return outcome(
+                error=f"{type(error).__name__}: {error}" if str(error) else type(error).__name__,
+                request_headers=sent,
+            )
         redirect = response.headers.get("location", "?") if response.is_redirect else None
         return outcome(
             status_code=response.status_code,
             error=f"redirect to {redirect} not followed" if redirect else None,
             response_body=clean_body(raw),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
+            request_headers=sent,
+            response_headers=stored_headers(response.headers.multi_items()),
         )
 
     async def _body(self, claimed: Claimed) -> bytes:

@@ -28,7 +28,15 @@ from service.principal import Principal
 from service.settings import get_settings
 from service.tenants.service import check_rate
 from service.webhooks import repository
-from service.webhooks.events import CATALOG, ENDPOINT_DISABLED, EVENT_TYPES, JOB_EVENT_TYPES, WEBHOOK_TEST
+from service.webhooks.events import (
+    CATALOG,
+    ENDPOINT_DISABLED,
+    ENDPOINT_FAILING,
+    ENDPOINT_RECOVERED,
+    EVENT_TYPES,
+    JOB_EVENT_TYPES,
+    WEBHOOK_TEST,
+)
 from service.webhooks.listeners import is_listening
 from service.webhooks.models import (
     AttemptTrigger,
@@ -46,6 +54,12 @@ from service.webhooks.repository import (
     EndpointRepository,
     EventRepository,
 )
+from service.webhooks.retry import (
+    MAX_SCHEDULE_STEP_SECONDS,
+    MAX_SCHEDULE_STEPS,
+    MAX_TIMEOUT_SECONDS,
+    MIN_TIMEOUT_SECONDS,
+)
 from service.webhooks.ssrf import UnsafeURLError, check_url, resolve_within
 
 log = logging.getLogger(__name__)
@@ -56,6 +70,51 @@ MAX_DESCRIPTION = 500
 MAX_DELIVERIES = 100
 JOBS_READ = "jobs:read"
 WEBHOOKS_MANAGE = "webhooks:manage"
+
+
+MAX_RATE_PER_SECOND = 1000.0
+MIN_RATE_PER_SECOND = 0.01
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """An endpoint's own delivery settings; None leaves a setting as it is (on create: the default),
+    and 0 (or an empty schedule) puts it back to the global default."""
+
+    rate_limit_per_second: float | None = None
+    timeout_seconds: float | None = None
+    retry_schedule: list[float] | None = None
+
+
+def _apply_policy(endpoint: WebhookEndpoint, policy: DeliveryPolicy) -> None:
+    """Check the policy's bounds (VALIDATION naming the field) and set it on the endpoint."""
+    rate, timeout, schedule = policy.rate_limit_per_second, policy.timeout_seconds, policy.retry_schedule
+    if rate is not None:
+        if rate != 0 and not MIN_RATE_PER_SECOND <= rate <= MAX_RATE_PER_SECOND:
+            raise ValidationError(
+                f"rateLimitPerSecond must be between {MIN_RATE_PER_SECOND} and {MAX_RATE_PER_SECOND:g}"
+                " (0: no limit)",
+                field=["input", "rateLimitPerSecond"],
+            )
+        endpoint.rate_limit_per_second = rate or None
+    if timeout is not None:
+        if timeout != 0 and not MIN_TIMEOUT_SECONDS <= timeout <= MAX_TIMEOUT_SECONDS:
+            raise ValidationError(
+                f"timeoutSeconds must be between {MIN_TIMEOUT_SECONDS:g} and {MAX_TIMEOUT_SECONDS:g}"
+                " (0: the default)",
+                field=["input", "timeoutSeconds"],
+            )
+        endpoint.timeout_seconds = timeout or None
+    if schedule is not None:
+        if len(schedule) > MAX_SCHEDULE_STEPS or any(
+            not 0 <= step <= MAX_SCHEDULE_STEP_SECONDS for step in schedule
+        ):
+            raise ValidationError(
+                f"retrySchedule takes at most {MAX_SCHEDULE_STEPS} delays of 0 to"
+                f" {MAX_SCHEDULE_STEP_SECONDS:g} seconds ([]: the default)",
+                field=["input", "retrySchedule"],
+            )
+        endpoint.retry_schedule = [float(step) for step in schedule] or None
 
 
 @dataclass(frozen=True)
@@ -196,6 +255,84 @@ def disable(session: Session, endpoint: WebhookEndpoint, reason: str, *, gone: b
     publish(session, endpoint.tenant_id, ENDPOINT_DISABLED.name, data)
 
 
+def _tell_others(
+    session: Session, tenant_id: str, endpoint_id: str, event_type: str, data: dict[str, Any]
+) -> None:
+    """Publish an operational event about one endpoint to the tenant's other endpoints that want it."""
+    others = [
+        other
+        for other, types in _enabled_endpoints(session, tenant_id)
+        if other != endpoint_id and (not types or event_type in types)
+    ]
+    if others:
+        publish(session, tenant_id, event_type, data, endpoint_ids=others)
+
+
+def recovered(
+    session: Session, tenant_id: str, endpoint_id: str, url: str, failing_since: datetime, at: datetime
+) -> None:
+    """An endpoint reported failing succeeded again: `endpoint.recovered` to the tenant's others."""
+    data = ENDPOINT_RECOVERED.build(
+        endpoint={"id": endpoint_id, "url": url, "failing_since": failing_since, "recovered_at": at}
+    )
+    _tell_others(session, tenant_id, endpoint_id, ENDPOINT_RECOVERED.name, data)
+
+
+ALERT_BATCH = 100
+
+
+def alert_failing(session: Session) -> int:
+    """The scheduler's sweep over failing endpoints: each one failing past the next of
+    WEBHOOK_FAILING_ALERT_SECONDS sends `endpoint.failing` to the tenant's other endpoints (once per
+    threshold; the latest only, when several were crossed at once), and one failing past
+    WEBHOOK_DISABLE_AFTER_SECONDS is disabled even if no attempt is due. How many endpoints acted on."""
+    settings = get_settings()
+    steps = sorted(settings.webhook_failing_alert_seconds)
+    now = utcnow()
+    endpoints = repository.failing_endpoints(
+        session, steps=len(steps) + 1, first_due=steps[0], limit=ALERT_BATCH
+    )
+    for endpoint in endpoints:
+        assert endpoint.failing_since is not None
+        failing_for = (now - endpoint.failing_since).total_seconds()
+        if failing_for > settings.webhook_disable_after_seconds:
+            endpoint.failing_alerts = len(steps) + 1
+            disable(session, endpoint, "no successful delivery for too long")
+            continue
+        crossed = sum(1 for step in steps if step <= failing_for)
+        if crossed <= endpoint.failing_alerts:
+            continue
+        endpoint.failing_alerts = crossed
+        session.add(endpoint)
+        data = ENDPOINT_FAILING.build(
+            endpoint={
+                "id": endpoint.id,
+                "url": endpoint.url,
+                "failing_since": endpoint.failing_since,
+                "last_success_at": endpoint.last_success_at,
+                "last_error": endpoint.last_error,
+            },
+            failing_for_seconds=int(steps[crossed - 1]),
+            disables_at=endpoint.failing_since + timedelta(seconds=settings.webhook_disable_after_seconds),
+        )
+        log.warning("webhook endpoint %s failing for %d s", endpoint.id, int(failing_for))
+        _tell_others(session, endpoint.tenant_id, endpoint.id, ENDPOINT_FAILING.name, data)
+    session.flush()
+    return len(endpoints)
+
+
+def prune_old(session: Session) -> int:
+    """One batch of retention: events older than WEBHOOK_RETENTION_DAYS (at least a day, so a receiver's
+    dedupe by webhook-id and a redelivery always have 24 h) with no pending delivery, with their
+    deliveries and attempts; how many events (a full batch: call again)."""
+    settings = get_settings()
+    cutoff = utcnow() - timedelta(days=max(settings.webhook_retention_days, 1.0))
+    deleted = repository.prune_events(session, cutoff=cutoff, limit=settings.webhook_retention_batch)
+    if deleted:
+        log.info("webhook retention deleted %d event(s) with their deliveries", deleted)
+    return deleted
+
+
 def keys_in_use(signing_keys: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
     """The signing keys (encrypted) that sign now: the newest, and older ones inside their overlap."""
     return [
@@ -279,6 +416,7 @@ def create_endpoint(
     event_types: list[str] | None,
     description: str | None,
     signing: SigningScheme,
+    policy: DeliveryPolicy | None = None,
 ) -> IssuedEndpoint:
     """A new endpoint. RATE_LIMITED past the tenant's rate; FORBIDDEN when it would get job events
     and the key lacks jobs:read; QUOTA_EXCEEDED when the tenant has its plan's max_webhook_endpoints."""
@@ -303,6 +441,7 @@ def create_endpoint(
         signing_keys=[{"key": encrypt(key), "expires_at": None}],
         public_key=public_key,
     )
+    _apply_policy(endpoint, policy or DeliveryPolicy())
     endpoints.stage(endpoint)
     session.flush()
     _forget_endpoints(session)
@@ -356,6 +495,7 @@ def update_endpoint(
     event_types: list[str] | None,
     description: str | None,
     enabled: bool | None,
+    policy: DeliveryPolicy | None = None,
 ) -> WebhookEndpoint:
     """Change what is given. Re-pointing an endpoint that gets job events, or making one get them,
     needs jobs:read (FORBIDDEN otherwise); describing, enabling or disabling it does not."""
@@ -378,10 +518,12 @@ def update_endpoint(
         endpoint.event_types = new_types
     if description is not None:
         endpoint.description = _validate_description(description)
+    _apply_policy(endpoint, policy or DeliveryPolicy())
     if enabled is not None and enabled != endpoint.enabled:
         endpoint.enabled = enabled
         endpoint.disabled_reason = None if enabled else "disabled by the tenant"
         endpoint.failing_since = None
+        endpoint.failing_alerts = 0
     endpoint.updated_at = utcnow()
     session.add(endpoint)
     session.flush()
@@ -484,7 +626,9 @@ def redeliver(session: Session, principal: Principal, event_id: str, endpoint_id
     deliveries = DeliveryRepository(session, tenant_id)
     delivery = deliveries.for_event(event.id, endpoint.id)
     if delivery is None:
-        delivery = WebhookDelivery(tenant_id=tenant_id, event_id=event.id, endpoint_id=endpoint.id)
+        delivery = WebhookDelivery(
+            tenant_id=tenant_id, event_id=event.id, endpoint_id=endpoint.id, job_id=event.job_id
+        )
         deliveries.stage(delivery)
     _due_now(delivery)
     session.flush()
