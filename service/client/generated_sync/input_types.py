@@ -12,6 +12,14 @@ class CreateWebhookEndpointInput(BaseModel):
     event_types: Optional[list[str]] = Field(alias="eventTypes", default=None)
     description: Optional[str] = None
     signing: Optional[SigningScheme] = None
+    rate_limit_per_second: Optional[float] = Field(
+        alias="rateLimitPerSecond", default=None
+    )
+    "At most this many deliveries a second to it (0.01 to 1000)."
+    timeout_seconds: Optional[float] = Field(alias="timeoutSeconds", default=None)
+    "Each attempt's deadline, 1 to 60 s (default WEBHOOK_TIMEOUT_SECONDS)."
+    retry_schedule: Optional[list[float]] = Field(alias="retrySchedule", default=None)
+    "Seconds before each attempt: at most 20, each at most 86400."
 
 
 class GenerateSpeechInput(BaseModel):
@@ -36,3 +44,11 @@ class UpdateWebhookEndpointInput(BaseModel):
     event_types: Optional[list[str]] = Field(alias="eventTypes", default=None)
     description: Optional[str] = None
     enabled: Optional[bool] = None
+    rate_limit_per_second: Optional[float] = Field(
+        alias="rateLimitPerSecond", default=None
+    )
+    "0: no limit."
+    timeout_seconds: Optional[float] = Field(alias="timeoutSeconds", default=None)
+    "0: the default."
+    retry_schedule: Optional[list[float]] = Field(alias="retrySchedule", default=None)
+    "[]: the default."
