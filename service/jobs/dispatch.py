@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import queue
-import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -58,55 +55,6 @@ def enqueue_job(
         except DuplicateJobError:
             return False
         return True
-
-
-class _Dispatcher:
-    """Enqueues committed jobs from a thread of its own, in commit order, so that a request does not
-    wait for RQ. A job that never gets there (the process dies first, Redis is away) is enqueued by
-    the outbox sweep, as after any failed enqueue."""
-
-    _pending: queue.SimpleQueue[tuple[str, str, Carrier, str]]
-    _thread: threading.Thread | None
-    _starting: threading.Lock
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def submit(self, job_id: str, kind_name: str, carrier: Carrier, priority: str) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._starting:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(target=self._run, name="claimcheck-enqueue", daemon=True)
-                    self._thread.start()
-        self._pending.put((job_id, kind_name, carrier, priority))
-
-    def reset(self) -> None:
-        """Nothing pending and no thread yet (also a forked child's state: it has no thread)."""
-        self._pending = queue.SimpleQueue()
-        self._thread = None
-        self._starting = threading.Lock()
-
-    def _run(self) -> None:
-        while True:
-            job_id, kind_name, carrier, priority = self._pending.get()
-            try:
-                enqueue_job(job_id, kind_name, carrier, priority=priority)
-            except Exception as error:  # the outbox sweep enqueues it later
-                log.warning(
-                    "could not enqueue job %s (the outbox sweep will): %s",
-                    job_id,
-                    describe(error),
-                    exc_info=not is_outage(error),
-                )
-
-
-_DISPATCHER = _Dispatcher()
-os.register_at_fork(after_in_child=_DISPATCHER.reset)
-
-
-def enqueue_soon(job_id: str, kind_name: str, carrier: Carrier = None, *, priority: str = "NORMAL") -> None:
-    """enqueue_job, from this process's dispatcher thread: call it once the job is committed."""
-    _DISPATCHER.submit(job_id, kind_name, carrier, priority)
 
 
 def enqueue_afresh(job_id: str, kind_name: str, carrier: Carrier, *, priority: str) -> bool:

@@ -26,7 +26,7 @@ from service.errors import (
 )
 from service.ids import has_prefix
 from service.jobs import repository
-from service.jobs.dispatch import dequeue_job, enqueue_afresh, enqueue_soon
+from service.jobs.dispatch import dequeue_job, enqueue_afresh, enqueue_job
 from service.jobs.kinds import get_kind, kind_names
 from service.jobs.models import TERMINAL_STATUSES, Job, JobEvent, JobOutbox, JobStatus
 from service.jobs.payloads import job_event_data
@@ -167,7 +167,7 @@ def create_job(
             if earlier is None:
                 raise
             return _same_request_or_conflict(earlier, fingerprint)
-    after_commit(session, lambda: enqueue_soon(job.id, kind_name, job.trace_context, priority=priority))
+    after_commit(session, lambda: enqueue_job(job.id, kind_name, job.trace_context, priority=priority))
     after_commit(session, lambda: record_job_created(kind_name))
     return job
 
