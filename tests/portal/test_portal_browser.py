@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from playwright.sync_api import Browser, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from callbacks import verify
 from service.db import session_scope
@@ -155,9 +156,13 @@ def test_cancel_then_delete_a_job_after_confirming(signed_in: Portal) -> None:
     page.get_by_text("Cancel job…").click()
     confirm.click()
     expect(page.get_by_role("status")).to_contain_text("canceled")
-    page.evaluate("window.beforeTheEnd = true")
+    try:
+        page.evaluate("window.beforeTheEnd = true")
+    except PlaywrightError:  # the run already ended and the page is reloading itself
+        page.wait_for_load_state()
+    else:
+        page.wait_for_function("window.beforeTheEnd === undefined")  # the page reloads itself at the end
     expect(page.locator('[data-field="status"]')).to_have_text("CANCELED", timeout=20_000)
-    page.wait_for_function("window.beforeTheEnd === undefined")  # the page reloads itself at the end
     assert signed_in.gql.wait_for_job(job_id)["status"] == "CANCELED"
 
     page.get_by_text("Delete job…").click()
