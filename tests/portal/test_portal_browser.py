@@ -161,7 +161,7 @@ def test_cancel_then_delete_a_job_after_confirming(signed_in: Portal) -> None:
     except PlaywrightError:  # the run already ended and the page is reloading itself
         page.wait_for_load_state()
     else:
-        page.wait_for_function("window.beforeTheEnd === undefined")  # the page reloads itself at the end
+        page.wait_for_function("() => window.beforeTheEnd === undefined")  # it reloads itself at the end
     expect(page.locator('[data-field="status"]')).to_have_text("CANCELED", timeout=20_000)
     assert signed_in.gql.wait_for_job(job_id)["status"] == "CANCELED"
 
@@ -202,7 +202,7 @@ def test_add_an_endpoint_send_a_test_event_see_the_attempt_and_redeliver(
         page.reload()
     expect(delivery.locator(".code.ok")).to_have_text("200")
     delivery.get_by_text("Request and response").click()
-    expect(delivery.locator("pre.body")).to_have_text("thanks from the receiver")
+    expect(delivery.locator("pre.response-body")).to_have_text("thanks from the receiver")
 
     delivery.get_by_role("button", name="Redeliver").click()
     expect(page.get_by_role("status")).to_contain_text("sent again")
