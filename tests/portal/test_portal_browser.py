@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, ViewportSize, expect
 from playwright.sync_api import Error as PlaywrightError
 
 from callbacks import verify
@@ -22,6 +22,7 @@ from tests.receiver import Answer, Receiver
 from tests.servers import ROOMY_PLAN, ApiProcess
 
 README_SCREENSHOT = Path(__file__).parents[2] / "service" / "portal" / "static" / "img" / "portal-jobs.png"
+SCREENSHOT = ViewportSize(width=1100, height=580)
 PAGES = ["/portal/jobs", "/portal/webhooks", "/portal/deliveries", "/portal/keys", "/portal/usage"]
 
 
@@ -348,20 +349,28 @@ def test_usage_shows_running_and_queued_against_the_caps_and_a_chart_of_jobs_per
 
 def test_the_jobs_page_as_shown_in_the_readme(signed_in: Portal, tmp_path: Path) -> None:
     """A screenshot for README; UPDATE_SCREENSHOTS=1 writes it to service/portal/static/img/."""
-    for text in ("Your order has shipped.", "Welcome aboard.", "Quarterly report, read aloud."):
-        signed_in.gql.wait_for_job(speech_job(signed_in, text))
+    for text, priority in (
+        ("Quarterly report, read aloud.", "LOW"),
+        ("Welcome aboard.", "NORMAL"),
+        ("Your order has shipped.", "HIGH"),
+    ):
+        signed_in.gql.wait_for_job(speech_job(signed_in, text, priority))
     export = signed_in.gql("mutation { startExport(input: {}) { job { id } } }")["startExport"]["job"]["id"]
     signed_in.gql.wait_for_job(export)
-    running = slow_job(signed_in, seconds=40, steps=40)
+    running = slow_job(signed_in, seconds=20, steps=20)
+    page = signed_in.page
+    page.set_viewport_size(SCREENSHOT)
     signed_in.open("/portal/jobs")
-    expect(signed_in.page.locator(f'tr[data-job="{running}"] [data-field="percent"]')).to_have_text(
+    expect(page.locator(f'tr[data-job="{running}"] [data-field="percent"]')).to_have_text(
         re.compile(r"^[1-3]\d%$"), timeout=20_000
     )
+    expect(page.locator(".priority-high")).to_have_text("High")
     shot = tmp_path / "portal-jobs.png"
-    signed_in.page.screenshot(path=str(shot))
-    assert shot.stat().st_size > 10_000
+    page.screenshot(path=str(shot))
+    assert 10_000 < shot.stat().st_size < 100_000
     if os.environ.get("UPDATE_SCREENSHOTS"):
         shutil.copyfile(shot, README_SCREENSHOT)
+    signed_in.gql("mutation C($id: ID!) { cancelJob(id: $id) { job { id } } }", {"id": running})
 
 
 def test_a_link_followed_from_another_site_signs_in(
