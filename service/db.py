@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, LiteralString, cast
 
-from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import DisconnectionError
+import psycopg
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session as SASession
 from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -105,7 +106,36 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
             raise
 
 
-_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', :milliseconds, true)")
+Statement = tuple[LiteralString, Mapping[str, Any]]
+"""Plain SQL in psycopg's placeholder style (``%(name)s``) and its parameters."""
+
+
+def run_pipelined(session: Session, statements: Sequence[Statement]) -> None:
+    """Run statements whose results nobody reads (settings, inserts) on the session's connection, in
+    order, in one round trip to Postgres (psycopg's pipeline mode): with the transaction's BEGIN when
+    they are its first. Each statement through SQLAlchemy waits for its own answer, BEGIN too.
+
+    Not flushed first: pending ORM objects reach Postgres later. An error is raised as SQLAlchemy
+    raises it (IntegrityError...), and a lost connection leaves the pool as it would."""
+    connection = session.connection()
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
+    try:
+        with raw.pipeline(), raw.cursor() as cursor:
+            for sql, parameters in statements:
+                cursor.execute(sql, parameters)
+    except psycopg.Error as error:
+        lost = connection.dialect.is_disconnect(cast(Any, error), connection.connection, None)
+        if lost:
+            connection.invalidate(error)
+        sql = "; ".join(statement for statement, _ in statements)
+        parameters = statements[0][1] if len(statements) == 1 else {}
+        raise DBAPIError.instance(
+            sql, parameters, error, psycopg.Error, connection_invalidated=lost
+        ) from error
+
+
+_STATEMENT_TIMEOUT: LiteralString = "SELECT set_config('statement_timeout', %(milliseconds)s, true)"
 
 
 @contextmanager
@@ -113,22 +143,23 @@ def bounded_session_scope(timeout_seconds: float) -> Iterator[Session]:
     """A unit of work whose statements give up after timeout_seconds: for reads that must not hang
     their caller (the gauges a metrics scrape reads)."""
     with session_scope() as session:
-        session.execute(_STATEMENT_TIMEOUT, {"milliseconds": str(int(timeout_seconds * 1000))})
+        run_pipelined(session, [(_STATEMENT_TIMEOUT, {"milliseconds": str(int(timeout_seconds * 1000))})])
         yield session
 
 
 TENANT_ROLE = "claimcheck_tenant"
 """The role tenant-facing transactions take: Postgres row-level security applies to it (migration 0006)."""
 
-_ENTER_TENANT = text(
-    "SELECT set_config('app.tenant_id', :tenant_id, true), set_config('role', :role, true)"
-).bindparams(role=TENANT_ROLE)
+_ENTER_TENANT: LiteralString = (
+    "SELECT set_config('app.tenant_id', %(tenant_id)s, true), set_config('role', %(role)s, true)"
+)
 
 
 def enter_tenant(session: Session, tenant_id: str) -> None:
     """For the rest of the session's transaction, act as the tenant: row-level security shows only
-    its rows, whatever a query forgets to filter. Both settings end with the transaction."""
-    session.execute(_ENTER_TENANT, {"tenant_id": tenant_id})
+    its rows, whatever a query forgets to filter. Both settings end with the transaction. One round
+    trip with the BEGIN of a new transaction (every tenant request starts with it)."""
+    run_pipelined(session, [(_ENTER_TENANT, {"tenant_id": tenant_id, "role": TENANT_ROLE})])
 
 
 @contextmanager
