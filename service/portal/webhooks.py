@@ -23,7 +23,6 @@ from service.webhooks.service import (
     current_public_key,
     delete_endpoint,
     find_endpoint,
-    last_successes,
     list_endpoints,
     rotate_key,
     send_test,
@@ -42,11 +41,9 @@ EndpointChange = Callable[[Session, Principal, str], object]
 def _endpoints_context(viewer: Viewer) -> dict[str, object]:
     with tenant_session_scope(viewer.tenant_id) as session:
         endpoints = list_endpoints(session, viewer.tenant_id)
-        successes = last_successes(session, viewer.tenant_id)
     return {
         "section": "webhooks",
         "endpoints": endpoints,
-        "last_success": successes,
         "event_types": EVENT_TYPES,
         "schemes": [scheme.value for scheme in SigningScheme],
         "form": None,
@@ -107,12 +104,10 @@ def _endpoint_context(viewer: Viewer, endpoint_id: str) -> dict[str, object]:
         endpoint = find_endpoint(session, viewer.tenant_id, endpoint_id)
         if endpoint is None:
             raise PageNotFound
-        last_success = last_successes(session, viewer.tenant_id).get(endpoint.id)
     return {
         "section": "webhooks",
         "endpoint": endpoint,
         "public_key": current_public_key(endpoint),
-        "last_success": last_success,
         "event_types": EVENT_TYPES,
         "keep_old_choices": KEEP_OLD_CHOICES,
     }

@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
 from callbacks import verify
@@ -146,6 +147,27 @@ def test_a_finished_jobs_file_downloads_through_a_fresh_signed_url(signed_in: Po
     assert any("/downloads/" in url for url in signed_in.requests)
 
 
+def _wait_for_the_reload_at_the_end(page: Page) -> None:
+    """A job's page reloads itself once its run ends: wait until it has (a mark set on the window now
+    is gone after the reload). Polled with evaluate, because the portal's CSP forbids the eval that
+    wait_for_function needs."""
+    deadline = time.monotonic() + 20
+    try:
+        page.evaluate("window.beforeTheEnd = true")
+    except PlaywrightError:  # the run already ended and the page is reloading itself
+        page.wait_for_load_state()
+        return
+    while time.monotonic() < deadline:
+        try:
+            if page.evaluate("window.beforeTheEnd") is None:
+                page.wait_for_load_state()
+                return
+        except PlaywrightError:  # between two documents
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the job's page did not reload itself when the run ended")
+
+
 def test_cancel_then_delete_a_job_after_confirming(signed_in: Portal) -> None:
     page = signed_in.page
     job_id = _slow_job(signed_in, seconds=30, steps=60)
@@ -156,12 +178,7 @@ def test_cancel_then_delete_a_job_after_confirming(signed_in: Portal) -> None:
     page.get_by_text("Cancel job…").click()
     confirm.click()
     expect(page.get_by_role("status")).to_contain_text("canceled")
-    try:
-        page.evaluate("window.beforeTheEnd = true")
-    except PlaywrightError:  # the run already ended and the page is reloading itself
-        page.wait_for_load_state()
-    else:
-        page.wait_for_function("window.beforeTheEnd === undefined")  # the page reloads itself at the end
+    _wait_for_the_reload_at_the_end(page)
     expect(page.locator('[data-field="status"]')).to_have_text("CANCELED", timeout=20_000)
     assert signed_in.gql.wait_for_job(job_id)["status"] == "CANCELED"
 
