@@ -57,6 +57,9 @@ class EventRepository(TenantRepository[WebhookEvent]):
             statement = statement.where(col(WebhookEvent.type).in_(types))
         return self.session.exec(statement.order_by(col(WebhookEvent.id)).limit(limit)).all()
 
+    def by_ids(self, event_ids: Sequence[str]) -> Sequence[WebhookEvent]:
+        return self.session.exec(self.base_statement().where(col(WebhookEvent.id).in_(event_ids))).all()
+
 
 class DeliveryRepository(TenantRepository[WebhookDelivery]):
     """One tenant's deliveries and their attempts."""

@@ -740,6 +740,13 @@ def delivery_log(
     return DeliveryLog(deliveries=views, job_ids=job_ids, has_more=len(rows) > first)
 
 
+def events_by_id(session: Session, tenant_id: str, event_ids: list[str]) -> dict[str, WebhookEvent]:
+    """The tenant's events of these ids (what deliveries carry), by id."""
+    if not event_ids:
+        return {}
+    return {event.id: event for event in EventRepository(session, tenant_id).by_ids(event_ids)}
+
+
 def count_deliveries(session: Session, tenant_id: str, since: datetime | None) -> int:
     return DeliveryRepository(session, tenant_id).count_since(since)
 
