@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +20,13 @@ def tenant_env(env: dict[str, str], api_url: str, api_key: str) -> dict[str, str
     """A tenant's shell: only the API's URL and a key (no server settings)."""
     shell = {k: v for k, v in env.items() if not k.startswith(("DATABASE_", "REDIS_", "SECRET_KEY"))}
     return {**shell, "CLAIMCHECK_API_URL": api_url, "CLAIMCHECK_API_KEY": api_key}
+
+
+def default_ctrl_c() -> None:
+    """In the child before it runs: Ctrl-C interrupts it, as in a user's shell. A test session started
+    in the background of a non-interactive shell ignores SIGINT, and its children would inherit that
+    (Python keeps an ignored SIGINT ignored), so the tests of Ctrl-C would see nothing happen."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 Claimcheck = Callable[..., subprocess.CompletedProcess[str]]

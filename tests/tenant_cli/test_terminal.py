@@ -9,7 +9,7 @@ import pexpect
 
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.servers import ApiProcess, ServiceProcess
-from tests.tenant_cli.conftest import Claimcheck, start_job, tenant_env
+from tests.tenant_cli.conftest import Claimcheck, default_ctrl_c, start_job, tenant_env
 
 
 def test_a_terminal_shows_a_moving_progress_bar_and_ctrl_c_leaves_the_job_running(
@@ -28,6 +28,7 @@ def test_a_terminal_shows_a_moving_progress_bar_and_ctrl_c_leaves_the_job_runnin
         encoding="utf-8",
         dimensions=(24, 120),
         timeout=30,
+        preexec_fn=default_ctrl_c,
     )
     bar = r"step (\d+) of 40 at [\d.]+[^\r\n]*?━[^\r\n]*?(\d+)%[^\r\n]*?RUNNING"  # message, bar, percent
     child.expect(bar)

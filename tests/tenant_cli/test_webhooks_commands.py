@@ -22,7 +22,7 @@ from service.webhooks.listeners import PREFIX
 from tests.conftest import TenantHandle
 from tests.receiver import Received, Receiver
 from tests.servers import ApiProcess, ServiceProcess
-from tests.tenant_cli.conftest import CLI, start_job, tenant_env
+from tests.tenant_cli.conftest import CLI, default_ctrl_c, start_job, tenant_env
 from tests.tenant_cli.conftest import Claimcheck as ClaimcheckCommand
 
 
@@ -50,7 +50,12 @@ class Listener:
         self.stderr_path = log
         with log.open("wb") as stderr:
             self.process = subprocess.Popen(
-                [*CLI, "webhooks", "listen", *args], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+                [*CLI, "webhooks", "listen", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                preexec_fn=default_ctrl_c,
             )
         assert self.process.stdout is not None
         first = self.process.stdout.readline().strip()

@@ -83,12 +83,23 @@ def world(
     return World(a=a, b=b_client, ids=ids, b_endpoint=b_endpoint, b_event=b_event)
 
 
+DELIVERERS_BOOKKEEPING = (
+    "failing_since",
+    "failing_alerts",
+    "last_success_at",
+    "last_error",
+    "rate_tat",
+    "updated_at",
+)
+"""Endpoint columns the deliverer moves while the tenant's own deliveries go out, whatever B does."""
+
+
 def _snapshot(tenant_id: str) -> dict[str, Any]:
     """Everything of the tenant's that an operation could change (owner role: no RLS)."""
     with session_scope() as session:
         jobs = [j.model_dump() for j in session.exec(select(Job).where(Job.tenant_id == tenant_id))]
         endpoints = [
-            {k: v for k, v in e.model_dump().items() if k not in ("failing_since", "updated_at")}
+            {k: v for k, v in e.model_dump().items() if k not in DELIVERERS_BOOKKEEPING}
             for e in session.exec(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id))
         ]
         events = [e.id for e in session.exec(select(WebhookEvent).where(WebhookEvent.tenant_id == tenant_id))]
