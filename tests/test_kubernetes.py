@@ -8,19 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import opentelemetry.environment_variables
-import opentelemetry.sdk.environment_variables
 import pytest
 import yaml
 
 from service.cli import build_parser
 from service.settings import Settings
+from tests.variables import variables_the_service_reads
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
 SECRET_EXAMPLE = BASE / "secret.example.yaml"
 WORKLOADS = {"Deployment", "Job"}
-READ_BY_LIBRARIES = {"GOOGLE_APPLICATION_CREDENTIALS"}  # google-auth, for the GCS client
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -38,16 +36,6 @@ def pod_specs() -> list[tuple[str, dict[str, Any]]]:
         for doc in base_resources()
         if doc["kind"] in WORKLOADS
     ]
-
-
-def variables_the_service_reads() -> set[str]:
-    otel = {
-        str(value)
-        for module in (opentelemetry.environment_variables, opentelemetry.sdk.environment_variables)
-        for name, value in vars(module).items()
-        if name.startswith("OTEL_") and isinstance(value, str)
-    }
-    return {name.upper() for name in Settings.model_fields} | otel | READ_BY_LIBRARIES
 
 
 def test_the_kustomization_lists_every_manifest_but_the_secret_example() -> None:
