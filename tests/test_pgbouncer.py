@@ -138,7 +138,7 @@ def test_a_run_through_a_pgbouncer_restart_succeeds_on_its_first_attempt_and_sta
     )
     direct = make_engine(env["DATABASE_URL"])
 
-    def status() -> str:
+    def status_now() -> str:
         with direct.connect() as connection:
             query = text("SELECT status FROM jobs WHERE id = :id")
             return str(connection.execute(query, {"id": job_id}).scalar_one())
@@ -149,7 +149,7 @@ def test_a_run_through_a_pgbouncer_restart_succeeds_on_its_first_attempt_and_sta
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             run = pool.submit(run_job, job_id)
-            wait_until(lambda: status() == "RUNNING", "the run started", 10, None)
+            wait_until(lambda: status_now() == "RUNNING", "the run started", 10, None)
             time.sleep(0.3)  # the heartbeat has written the first progress: the handler writes the next
             own.restart(down_seconds=1.5)
             result = run.result(timeout=30)
