@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -51,3 +53,55 @@ def test_downgrade_to_base_and_back(empty_database: str) -> None:
     assert _tables(empty_database) == {"alembic_version"}
     upgrade(empty_database)
     assert _schema_diff(empty_database) == []
+
+
+def test_0013_fills_last_success_and_event_types_from_history(empty_database: str) -> None:
+    """0013 fills endpoints' last_success_at from the newest succeeded delivery's 2xx attempt (an
+    endpoint that never succeeded keeps none) and deliveries' event_type from their event."""
+    upgrade(empty_database, "0011_webhook_contract")
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (id, name, plan, created_at) VALUES ('ten_a', 'a', 'free', now())")
+        for endpoint in ("wep_ok", "wep_failing"):
+            conn.execute(
+                """
+                INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, enabled, signing,
+                                               signing_keys, failing_alerts, created_at, updated_at)
+                VALUES (%s, 'ten_a', 'https://receiver.example/', '["*"]', true, 'V1', '[]', 0, now(), now())
+                """,
+                [endpoint],
+            )
+        conn.execute(
+            "INSERT INTO webhook_events (id, tenant_id, type, data, created_at)"
+            " VALUES ('whe_1', 'ten_a', 'job.queued', '{}', now())"
+        )
+        outcomes = {
+            "whd_1": ("wep_ok", "SUCCEEDED", [(500, "2026-01-01T10:00:00Z"), (200, "2026-01-01T10:00:05Z")]),
+            "whd_2": ("wep_failing", "FAILED", [(500, "2026-01-01T10:00:00Z")]),
+        }
+        for delivery, (endpoint, status, attempts) in outcomes.items():
+            conn.execute(
+                """
+                INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, status, attempt_count,
+                                                next_trigger, created_at, updated_at)
+                VALUES (%s, 'ten_a', 'whe_1', %s, %s, %s, 'scheduled', now(), now())
+                """,
+                [delivery, endpoint, status, len(attempts)],
+            )
+            for number, (code, at) in enumerate(attempts):
+                conn.execute(
+                    """
+                    INSERT INTO webhook_attempts
+                        (id, delivery_id, tenant_id, at, status_code, duration_ms, trigger)
+                    VALUES (%s, %s, 'ten_a', %s, %s, 10, 'scheduled')
+                    """,
+                    [f"wha_{delivery}_{number}", delivery, at, code],
+                )
+    upgrade(empty_database)
+    with psycopg.connect(empty_database) as conn:
+        rows: dict[str, datetime | None] = dict(
+            conn.execute("SELECT id, last_success_at FROM webhook_endpoints").fetchall()
+        )
+        types = conn.execute("SELECT DISTINCT event_type FROM webhook_deliveries").fetchall()
+    assert rows["wep_ok"] == datetime(2026, 1, 1, 10, 0, 5, tzinfo=UTC)
+    assert rows["wep_failing"] is None
+    assert types == [("job.queued",)]

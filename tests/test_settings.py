@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 
 from service.settings import ConfigurationError, Settings, load_settings
 
 SECRET = "settings-test-secret-" + "x" * 20
+
+A_FERNET_KEY = "Fze0bNQX5drA51Z9UqFlqOFu95_0xEJcFLSDhc-To0s="  # fixed: xdist workers collect the same ids
 
 BAD_VALUES = [
     ("SECRET_KEY", "", "SECRET_KEY: not set"),
@@ -24,7 +25,7 @@ BAD_VALUES = [
         "WEBHOOK_ALLOWED_CIDRS: '10.0.0.1/8' is not a network",
     ),
     ("WEBHOOK_ALLOWED_CIDRS", "localhost", "WEBHOOK_ALLOWED_CIDRS: 'localhost' is not a network"),
-    ("ENCRYPTION_KEYS", f"{Fernet.generate_key().decode()},not-a-fernet-key", "ENCRYPTION_KEYS: key 2 of 2"),
+    ("ENCRYPTION_KEYS", f"{A_FERNET_KEY},not-a-fernet-key", "ENCRYPTION_KEYS: key 2 of 2"),
     ("PUBLIC_BASE_URL", "ftp://files.example.com", "PUBLIC_BASE_URL: 'ftp://files.example.com' must be"),
     ("PUBLIC_BASE_URL", "api.example.com", "PUBLIC_BASE_URL: 'api.example.com' must be an http"),
     ("PUBLIC_BASE_URL", "https://api.example.com:99999", "PUBLIC_BASE_URL:"),

@@ -37,11 +37,14 @@ class JobRepository(TenantRepository[Job]):
         statuses: Sequence[JobStatus],
         kind: str | None,
         dead_lettered: bool | None = None,
+        newer_than_id: str | None = None,
     ) -> list[Job]:
         """Newest first; one more row than asked so the caller knows whether there is a next page."""
         statement = self.base_statement()
         if after_id:
             statement = statement.where(col(Job.id) < after_id)
+        if newer_than_id:
+            statement = statement.where(col(Job.id) > newer_than_id)
         if statuses:
             statement = statement.where(col(Job.status).in_([status.value for status in statuses]))
         if kind:

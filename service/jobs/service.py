@@ -33,7 +33,7 @@ from service.jobs.payloads import job_event_data
 from service.jobs.priority import RANKS, JobPriority, highest_allowed
 from service.jobs.repository import JobRepository
 from service.jobs.states import STATUS_EVENTS, check_transition
-from service.jobs.updates import announce
+from service.jobs.updates import announce, announce_new
 from service.models import utcnow
 from service.plans import Limits
 from service.principal import Principal
@@ -169,6 +169,7 @@ def create_job(
             return _same_request_or_conflict(earlier, fingerprint)
     after_commit(session, lambda: enqueue_job(job.id, kind_name, job.trace_context, priority=priority))
     after_commit(session, lambda: record_job_created(kind_name))
+    after_commit(session, lambda: announce_new(tenant_id, job.id))
     return job
 
 
@@ -514,13 +515,20 @@ def list_jobs(
     statuses: Sequence[JobStatus],
     kind: str | None,
     dead_lettered: bool | None = None,
+    newer_than_id: str | None = None,
 ) -> tuple[list[Job], bool]:
-    """The tenant's jobs, newest first, after a job id: a page of at most `first`, and whether more
-    follow. dead_lettered True: only the dead letter; False: none of it."""
+    """The tenant's jobs, newest first, after a job id (and, if given, made after newer_than_id): a
+    page of at most `first`, and whether more follow. dead_lettered True: only the dead letter; False:
+    none of it."""
     if not 0 <= first <= MAX_PAGE:
         raise ValidationError(f"first must be between 0 and {MAX_PAGE}", field=["first"])
     rows = JobRepository(session, tenant_id).page(
-        first=first, after_id=after_id, statuses=statuses, kind=kind, dead_lettered=dead_lettered
+        first=first,
+        after_id=after_id,
+        statuses=statuses,
+        kind=kind,
+        dead_lettered=dead_lettered,
+        newer_than_id=newer_than_id,
     )
     return rows[:first], len(rows) > first
 

@@ -31,6 +31,7 @@ from service.settings import get_settings
 log = logging.getLogger(__name__)
 
 PREFIX = "claimcheck:job-updates:"
+NEW_JOBS_PREFIX = "claimcheck:new-jobs:"
 RECHECK_SECONDS = 15.0
 """A subscription re-reads its job this often without a message: a lost message costs at most this."""
 
@@ -47,17 +48,30 @@ def announce(job_id: str) -> None:
         log.warning("could not announce a change of job %s: %s", job_id, error)
 
 
+def new_jobs_channel(tenant_id: str) -> str:
+    return NEW_JOBS_PREFIX + tenant_id
+
+
+def announce_new(tenant_id: str, job_id: str) -> None:
+    """Tell the tenant's watchers (the portal's jobs list) of a job it just created (after commit)."""
+    try:
+        get_redis().publish(new_jobs_channel(tenant_id), job_id)
+    except RedisError as error:
+        log.warning("could not announce new job %s: %s", job_id, error)
+
+
 def _load(job_id: str) -> Job | None:
     with session_scope() as session:
         return get_by_id(session, job_id)
 
 
 class JobFeed:
-    """This process's watchers of job changes, served by one Redis subscription."""
+    """This process's watchers of job changes and of tenants' new jobs, served by one Redis subscription."""
 
     def __init__(self, load: Callable[[str], Job | None] = _load) -> None:
         self._load = load
         self._watchers: dict[str, set[asyncio.Queue[Job | None]]] = defaultdict(set)
+        self._new_watchers: dict[str, set[asyncio.Queue[str]]] = defaultdict(set)
         self._pubsub: redis.asyncio.client.PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._refreshing: dict[str, bool] = {}
@@ -74,23 +88,48 @@ class JobFeed:
         self._watchers[job_id].add(queue)
         try:
             if first:
-                await self._subscribe(job_id)
+                await self._subscribe(channel(job_id))
             yield queue
         finally:
             self._watchers[job_id].discard(queue)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
-                with contextlib.suppress(RedisError, OSError):
-                    if self._pubsub is not None:
-                        await self._pubsub.unsubscribe(channel(job_id))
+                await self._unsubscribe(channel(job_id))
 
-    async def _subscribe(self, job_id: str) -> None:
+    @contextlib.asynccontextmanager
+    async def watch_new(self, tenant_id: str) -> AsyncIterator[asyncio.Queue[str]]:
+        """A queue receiving the id of each job the tenant creates while the block runs (at most
+        once: a message lost while Redis is away is not made up for)."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        first = not self._new_watchers[tenant_id]
+        self._new_watchers[tenant_id].add(queue)
+        try:
+            if first:
+                await self._subscribe(new_jobs_channel(tenant_id))
+            yield queue
+        finally:
+            self._new_watchers[tenant_id].discard(queue)
+            if not self._new_watchers[tenant_id]:
+                del self._new_watchers[tenant_id]
+                await self._unsubscribe(new_jobs_channel(tenant_id))
+
+    def _channels(self) -> list[str]:
+        return [channel(job_id) for job_id in self._watchers] + [
+            new_jobs_channel(tenant_id) for tenant_id in self._new_watchers
+        ]
+
+    async def _unsubscribe(self, name: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            if self._pubsub is not None:
+                await self._pubsub.unsubscribe(name)
+
+    async def _subscribe(self, name: str) -> None:
         try:
             async with self._subscribing:
                 if self._pubsub is None:
                     client = new_async_redis()
                     self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await self._pubsub.subscribe(channel(job_id))
+                await self._pubsub.subscribe(name)
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read())
         except (RedisError, OSError) as error:
@@ -98,19 +137,22 @@ class JobFeed:
 
     async def _read(self) -> None:
         """Turn messages into refreshes; after a lost connection, resubscribe and refresh everything."""
-        while self._watchers:
+        while self._watchers or self._new_watchers:
             try:
                 assert self._pubsub is not None
                 async for message in self._pubsub.listen():
-                    name = message["channel"]
-                    job_id = (name.decode() if isinstance(name, bytes) else str(name)).removeprefix(PREFIX)
-                    self._refresh(job_id)
+                    name = _text(message["channel"])
+                    if name.startswith(NEW_JOBS_PREFIX):
+                        for queue in list(self._new_watchers.get(name.removeprefix(NEW_JOBS_PREFIX), ())):
+                            queue.put_nowait(_text(message["data"]))
+                    else:
+                        self._refresh(name.removeprefix(PREFIX))
             except (RedisError, OSError) as error:
                 log.warning("job feed lost Redis (%s); reconnecting", error)
                 await asyncio.sleep(1)
                 with contextlib.suppress(RedisError, OSError):
-                    if self._pubsub is not None:
-                        await self._pubsub.subscribe(*(channel(job_id) for job_id in self._watchers))
+                    if self._pubsub is not None and self._channels():
+                        await self._pubsub.subscribe(*self._channels())
                 for job_id in list(self._watchers):
                     self._refresh(job_id)
 
@@ -139,6 +181,10 @@ class JobFeed:
             log_failure(log, "job feed could not read job %s", job_id)
         finally:
             self._refreshing.pop(job_id, None)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _feeds: dict[asyncio.AbstractEventLoop, JobFeed] = {}

@@ -4,6 +4,7 @@ time, each with its attempts; redeliver one, or recover every failure of an endp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -13,10 +14,18 @@ from fastapi.responses import HTMLResponse, Response
 from service.db import tenant_session_scope
 from service.errors import ClaimcheckError, ValidationError
 from service.ids import has_prefix
+from service.portal.exchange import request_body, shown_headers
 from service.portal.web import Form, Viewer, failed, is_htmx, posted_form, render, see_other, signed_in
 from service.webhooks.events import EVENT_TYPES
 from service.webhooks.models import DeliveryStatus
-from service.webhooks.service import DeliveryLog, delivery_log, list_endpoints, recover, redeliver
+from service.webhooks.service import (
+    DeliveryLog,
+    delivery_log,
+    events_by_id,
+    list_endpoints,
+    recover,
+    redeliver,
+)
 
 router = APIRouter()
 
@@ -52,7 +61,16 @@ def _status(value: str) -> DeliveryStatus | None:
         raise ValidationError(f"unknown delivery status {value!r}", field=["status"]) from None
 
 
-def _log(viewer: Viewer, filters: Mapping[str, str], before: str) -> tuple[DeliveryLog, dict[str, str]]:
+@dataclass(frozen=True)
+class Page:
+    """A page of the log, with the endpoints' URLs and the body each event's deliveries send."""
+
+    log: DeliveryLog
+    endpoints: dict[str, str]
+    bodies: dict[str, str]
+
+
+def _log(viewer: Viewer, filters: Mapping[str, str], before: str) -> Page:
     with tenant_session_scope(viewer.tenant_id) as session:
         endpoints = {endpoint.id: endpoint.url for endpoint in list_endpoints(session, viewer.tenant_id)}
         log = delivery_log(
@@ -67,15 +85,23 @@ def _log(viewer: Viewer, filters: Mapping[str, str], before: str) -> tuple[Deliv
             since=parse_time(filters["since"], "since"),
             until=parse_time(filters["until"], "until"),
         )
-    return log, endpoints
+        event_ids = list({view.delivery.event_id for view in log.deliveries})
+        events = events_by_id(session, viewer.tenant_id, event_ids)
+    bodies = {event_id: request_body(event) for event_id, event in events.items()}
+    return Page(log, endpoints, bodies)
 
 
 def _context(
-    log: DeliveryLog | None, endpoints: dict[str, str], filters: Mapping[str, str]
+    log: DeliveryLog | None,
+    endpoints: dict[str, str],
+    filters: Mapping[str, str],
+    bodies: Mapping[str, str] | None = None,
 ) -> dict[str, object]:
     return {
         "section": "deliveries",
         "log": log,
+        "bodies": bodies or {},
+        "headers": shown_headers,
         "endpoints": endpoints,
         "filters": filters,
         "statuses": [status.value for status in DeliveryStatus],
@@ -105,11 +131,11 @@ def deliveries_page(
     filters |= {"since": since, "until": until}
     template = "deliveries_results.html" if is_htmx(request) else "deliveries.html"
     try:
-        log, endpoints = _log(viewer, filters, before)
+        page = _log(viewer, filters, before)
     except ClaimcheckError as error:
         return failed(request, viewer, template, error, _context(None, _endpoint_names(viewer), filters))
     recovered = request.query_params.get("recovered", "")
-    context = _context(log, endpoints, filters) | {
+    context = _context(page.log, page.endpoints, filters, page.bodies) | {
         "recovered": int(recovered) if recovered.isdigit() else None
     }
     return render(request, viewer, template, context)

@@ -1,22 +1,17 @@
-"""The jobs pages: the list (filters, cursor paging, live progress), one job (priority, deadline,
-timeline, download, cancel, retry from the dead letter, delete, trace), and the server-sent events
-that move progress bars."""
+"""The jobs pages: the list (filters, cursor paging; live.py keeps it live), one job (priority,
+deadline, timeline, download, cancel, retry from the dead letter, delete, trace)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from service.db import tenant_session_scope
 from service.errors import ClaimcheckError, ValidationError
-from service.ids import has_prefix
-from service.jobs import updates
+from service.ids import first_id_at, has_prefix
 from service.jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from service.jobs.remediation import remediation
 from service.jobs.service import (
@@ -32,18 +27,13 @@ from service.jobs.service import (
     retry_job,
 )
 from service.models import utcnow
+from service.portal.live import LIVE_STATUSES
 from service.portal.web import PageNotFound, Viewer, failed, is_htmx, render, see_other, signed_in
 from service.settings import get_settings
-from service.subscription_caps import subscription_caps
 
 router = APIRouter()
 
 PAGE_SIZE = 25
-MAX_LIVE_JOBS = 50
-STREAM_SECONDS = 300.0
-"""A stream ends after this long; the browser reconnects, and so shows its session still holds."""
-KEEPALIVE_SECONDS = 15.0
-LIVE_STATUSES = ("QUEUED", "RUNNING", "CANCELING")
 
 
 def _status_filter(status: str) -> list[JobStatus]:
@@ -67,6 +57,7 @@ def jobs_page(
     results when a filter changes."""
     filters = {"status": status, "kind": kind}
     template = "jobs_results.html" if is_htmx(request) else "jobs.html"
+    rendered_at = first_id_at("job", utcnow())  # jobs made from now on arrive live (live.py)
     try:
         if after and not has_prefix(after, "job"):
             raise ValidationError("after is not a job id", field=["after"])
@@ -80,12 +71,15 @@ def jobs_page(
                 kind=kind or None,
             )
     except ClaimcheckError as error:
-        return failed(request, viewer, template, error, _list_context([], False, filters, after))
-    return render(request, viewer, template, _list_context(rows, more, filters, after))
+        return failed(request, viewer, template, error, _list_context([], False, filters, after, ""))
+    return render(request, viewer, template, _list_context(rows, more, filters, after, rendered_at))
 
 
-def _list_context(rows: list[Job], more: bool, filters: Mapping[str, str], after: str) -> dict[str, object]:
+def _list_context(
+    rows: list[Job], more: bool, filters: Mapping[str, str], after: str, rendered_at: str
+) -> dict[str, object]:
     return {
+        "rendered_at": rendered_at,
         "section": "jobs",
         "jobs": rows,
         "more": more,
@@ -95,72 +89,6 @@ def _list_context(rows: list[Job], more: bool, filters: Mapping[str, str], after
         "kinds": known_kinds(),
         "live_statuses": LIVE_STATUSES,
     }
-
-
-@router.get("/jobs/live", include_in_schema=False)
-async def live(
-    viewer: Annotated[Viewer, Depends(signed_in)], id: Annotated[list[str], Query()]
-) -> StreamingResponse:
-    """Server-sent events: `job` with {id, status, progress, message} when one of these jobs changes
-    (fed by the job feed, one Redis subscription per API process), then `done` once all have ended.
-    Another tenant's id, or an unknown one, is left out."""
-    ids = list(dict.fromkeys(job_id for job_id in id if has_prefix(job_id, "job")))[:MAX_LIVE_JOBS]
-    return StreamingResponse(
-        _job_events(viewer.tenant_id, ids),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
-
-
-def _snapshot(row: Job) -> str:
-    terminal = row.status in TERMINAL_STATUSES
-    body = {
-        "id": row.id,
-        "status": row.status,
-        "progress": row.progress,
-        "message": row.message,
-        "terminal": terminal,
-    }
-    return f"event: job\ndata: {json.dumps(body)}\n\n"
-
-
-async def _job_events(tenant_id: str, ids: list[str]) -> AsyncIterator[str]:
-    changes: asyncio.Queue[str | None] = asyncio.Queue()
-
-    async def follow(job_id: str) -> None:
-        try:
-            async with subscription_caps().place(tenant_id):
-                async for row in updates.follow(tenant_id, job_id):
-                    changes.put_nowait(_snapshot(row))
-        except ClaimcheckError:
-            pass  # not the tenant's job, or too many open streams: that row just stays still
-        finally:
-            changes.put_nowait(None)
-
-    followers = [asyncio.create_task(follow(job_id)) for job_id in ids]
-    running = len(followers)
-    try:
-        yield "retry: 2000\n\n"
-        async with asyncio.timeout(STREAM_SECONDS):
-            while running:
-                try:
-                    async with asyncio.timeout(KEEPALIVE_SECONDS):
-                        change = await changes.get()
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if change is None:
-                    running -= 1
-                else:
-                    yield change
-            yield "event: done\ndata: {}\n\n"
-    except TimeoutError:
-        return  # the browser reconnects
-    finally:
-        for task in followers:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*followers, return_exceptions=True)
 
 
 def _job_or_404(viewer: Viewer, job_id: str) -> Job:

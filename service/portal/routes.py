@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.portal import auth, deliveries, jobs, keys, usage, webhooks
+from service.portal import auth, deliveries, jobs, keys, live, usage, webhooks
 from service.portal.web import BadForm, CsrfRefused, NotSignedIn, PageNotFound, csrf_guard, render
 
 PREFIX = "/portal"
@@ -87,7 +87,7 @@ def _error_pages(app: FastAPI) -> None:
 def install_portal(app: FastAPI) -> None:
     """Serve the portal from this application under /portal."""
     signed_in_pages = APIRouter(dependencies=[Depends(csrf_guard)])
-    for module in (auth, jobs, webhooks, deliveries, keys, usage):
+    for module in (auth, live, jobs, webhooks, deliveries, keys, usage):  # /jobs/live before /jobs/{id}
         signed_in_pages.include_router(module.router)
     app.include_router(auth.public, prefix=PREFIX)
     app.include_router(signed_in_pages, prefix=PREFIX)

@@ -191,7 +191,12 @@ def _link(path: str, **parameters: str) -> str:
 
 
 TEMPLATES.filters.update(
-    when=_when, iso=_iso, size=_size, percent=lambda fraction: round(fraction * 100), number="{:,}".format
+    when=_when,
+    iso=_iso,
+    size=_size,
+    percent=lambda fraction: round(fraction * 100),
+    number="{:,}".format,
+    g="{:g}".format,
 )
 TEMPLATES.globals.update(link=_link)
 

@@ -12,8 +12,17 @@ from sqlmodel import Session
 
 from service.db import tenant_session_scope
 from service.errors import ClaimcheckError, ValidationError
+from service.portal.endpoint_form import (
+    BOUNDS,
+    delivery_policy,
+    form_values,
+    in_form_terms,
+    invalid_field,
+    stored_values,
+)
 from service.portal.web import Form, PageNotFound, Viewer, failed, posted_form, render, see_other, signed_in
 from service.principal import Principal
+from service.settings import get_settings
 from service.webhooks.events import EVENT_TYPES
 from service.webhooks.models import SigningScheme, WebhookEndpoint
 from service.webhooks.service import (
@@ -23,7 +32,6 @@ from service.webhooks.service import (
     current_public_key,
     delete_endpoint,
     find_endpoint,
-    last_successes,
     list_endpoints,
     rotate_key,
     send_test,
@@ -39,17 +47,33 @@ EndpointChange = Callable[[Session, Principal, str], object]
 """An action on one endpoint: (session, who acts, endpoint id)."""
 
 
-def _endpoints_context(viewer: Viewer) -> dict[str, object]:
+def _policy_context(
+    form: Form | None, error: ClaimcheckError | None, endpoint: WebhookEndpoint | None = None
+) -> dict[str, object]:
+    """What a form with the delivery settings needs: their values (posted, after an error; else the
+    endpoint's), the field an error is about, the bounds and the defaults."""
+    settings = get_settings()
+    return {
+        "form": form,
+        "policy": form_values(form) if form is not None else stored_values(endpoint),
+        "invalid": invalid_field(error),
+        "bounds": BOUNDS,
+        "default_timeout": settings.webhook_timeout_seconds,
+        "default_schedule": settings.webhook_retry_schedule,
+    }
+
+
+def _endpoints_context(
+    viewer: Viewer, form: Form | None = None, error: ClaimcheckError | None = None
+) -> dict[str, object]:
     with tenant_session_scope(viewer.tenant_id) as session:
         endpoints = list_endpoints(session, viewer.tenant_id)
-        successes = last_successes(session, viewer.tenant_id)
     return {
         "section": "webhooks",
         "endpoints": endpoints,
-        "last_success": successes,
         "event_types": EVENT_TYPES,
         "schemes": [scheme.value for scheme in SigningScheme],
-        "form": None,
+        **_policy_context(form, error),
     }
 
 
@@ -73,6 +97,7 @@ def add_endpoint(
 ) -> Response:
     """Add an endpoint and show its secret (V1) or public key (V1A), this once."""
     try:
+        policy = delivery_policy(form, editing=False)
         url = check_endpoint_url(form.get("url"))  # resolved before the transaction: DNS may be slow
         with tenant_session_scope(viewer.tenant_id) as session:
             issued = create_endpoint(
@@ -82,9 +107,11 @@ def add_endpoint(
                 event_types=form.all("event_types"),
                 description=form.get("description") or None,
                 signing=_signing(form),
+                policy=policy,
             )
-    except ClaimcheckError as error:
-        context = {**_endpoints_context(viewer), "form": form}
+    except ClaimcheckError as raised:
+        error = in_form_terms(raised)
+        context = _endpoints_context(viewer, form, error)
         return failed(request, viewer, "webhooks.html", error, context)
     return _secret_page(request, viewer, issued, created=True)
 
@@ -102,19 +129,20 @@ def _secret_page(request: Request, viewer: Viewer, issued: IssuedEndpoint, *, cr
     return response
 
 
-def _endpoint_context(viewer: Viewer, endpoint_id: str) -> dict[str, object]:
+def _endpoint_context(
+    viewer: Viewer, endpoint_id: str, form: Form | None = None, error: ClaimcheckError | None = None
+) -> dict[str, object]:
     with tenant_session_scope(viewer.tenant_id) as session:
         endpoint = find_endpoint(session, viewer.tenant_id, endpoint_id)
         if endpoint is None:
             raise PageNotFound
-        last_success = last_successes(session, viewer.tenant_id).get(endpoint.id)
     return {
         "section": "webhooks",
         "endpoint": endpoint,
         "public_key": current_public_key(endpoint),
-        "last_success": last_success,
         "event_types": EVENT_TYPES,
         "keep_old_choices": KEEP_OLD_CHOICES,
+        **_policy_context(form, error, endpoint),
     }
 
 
@@ -146,23 +174,28 @@ def edit_endpoint(
     form: Annotated[Form, Depends(posted_form)],
     endpoint_id: str,
 ) -> Response:
+    """Save the settings form: URL, description, event types and the delivery settings."""
     try:
+        policy = delivery_policy(form, editing=True)
         url = check_endpoint_url(form.get("url"))  # resolved before the transaction: DNS may be slow
-    except ClaimcheckError as error:
-        return failed(request, viewer, "endpoint.html", error, _endpoint_context(viewer, endpoint_id))
-
-    def change(session: Session, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
-        return update_endpoint(
-            session,
-            principal,
-            endpoint_id,
-            url=url,
-            event_types=form.all("event_types"),
-            description=form.get("description"),
-            enabled=None,
-        )
-
-    return _act(request, viewer, endpoint_id, f"/portal/webhooks/{endpoint_id}", "endpoint-updated", change)
+        with tenant_session_scope(viewer.tenant_id) as session:
+            update_endpoint(
+                session,
+                viewer.principal,
+                endpoint_id,
+                url=url,
+                event_types=form.all("event_types"),
+                description=form.get("description"),
+                enabled=None,
+                policy=policy,
+            )
+    except ClaimcheckError as raised:
+        if raised.code == "NOT_FOUND":
+            raise PageNotFound from raised
+        error = in_form_terms(raised)
+        context = _endpoint_context(viewer, endpoint_id, form, error)
+        return failed(request, viewer, "endpoint.html", error, context)
+    return see_other(f"/portal/webhooks/{endpoint_id}", "endpoint-updated")
 
 
 @router.post("/webhooks/{endpoint_id}/enabled", include_in_schema=False)

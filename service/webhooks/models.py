@@ -103,6 +103,7 @@ class WebhookDelivery(SQLModel, table=True):
         Index("ix_webhook_deliveries_tenant_id_id", "tenant_id", "id"),  # the delivery log
         Index("ix_webhook_deliveries_tenant_id_status_id", "tenant_id", "status", "id"),  # by status
         Index("ix_webhook_deliveries_tenant_id_job_id_id", "tenant_id", "job_id", "id"),  # by job
+        Index("ix_webhook_deliveries_tenant_id_event_type_id", "tenant_id", "event_type", "id"),  # by type
         Index(  # per-job order: a job's earlier deliveries to the endpoint still pending
             "ix_webhook_deliveries_endpoint_id_job_id_id",
             "endpoint_id",
@@ -130,6 +131,8 @@ class WebhookDelivery(SQLModel, table=True):
     endpoint_id: str = Field(foreign_key="webhook_endpoints.id", ondelete="CASCADE")
     job_id: str | None = Field(default=None, max_length=40)
     """The event's job (copied from it): the log filters by it, and a job's deliveries keep their order."""
+    event_type: str | None = Field(default=None, max_length=50)
+    """The event's type (copied from it): the log filters by it, reading one index newest first."""
     status: str = Field(default=DeliveryStatus.PENDING, max_length=20)
     attempt_count: int = 0
     """Scheduled attempts made; indexes the retry schedule."""

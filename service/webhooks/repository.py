@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, text, update
@@ -56,6 +56,9 @@ class EventRepository(TenantRepository[WebhookEvent]):
         if types:
             statement = statement.where(col(WebhookEvent.type).in_(types))
         return self.session.exec(statement.order_by(col(WebhookEvent.id)).limit(limit)).all()
+
+    def by_ids(self, event_ids: Sequence[str]) -> Sequence[WebhookEvent]:
+        return self.session.exec(self.base_statement().where(col(WebhookEvent.id).in_(event_ids))).all()
 
 
 class DeliveryRepository(TenantRepository[WebhookDelivery]):
@@ -125,6 +128,11 @@ class DeliveryRepository(TenantRepository[WebhookDelivery]):
         yield from rows.tuples()
 
 
+ID_CLOCK_SLACK = timedelta(minutes=1)
+"""How far a delivery's id time may stray from its created_at (both are taken as it is made): the id
+bounds of a time filter are widened by this much, and created_at then decides exactly."""
+
+
 @dataclass(frozen=True)
 class DeliveryFilter:
     """Which deliveries a log shows; None: any."""
@@ -138,7 +146,7 @@ class DeliveryFilter:
 
 
 class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
-    """One tenant's deliveries as a filtered log, newest first, and its endpoints' last successes."""
+    """One tenant's deliveries as a filtered log, newest first."""
 
     model = WebhookDelivery
 
@@ -147,7 +155,8 @@ class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
     ) -> list[tuple[WebhookDelivery, str, str | None]]:
         """Deliveries with their event's type and job id, newest first, older than before_id; one more
         than asked, so the caller knows whether a next page exists. Delivery ids sort by creation time,
-        so the time bounds are bounds on the (tenant_id, id) index too."""
+        so both time bounds are also bounds on the id, which keep a time range an index range read
+        (without the upper one, a range deep in the past read every newer delivery: 393 ms at 5M)."""
         statement = (
             select(WebhookDelivery, col(WebhookEvent.type), col(WebhookEvent.job_id))
             .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
@@ -160,38 +169,23 @@ class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
         if where.status is not None:
             statement = statement.where(col(WebhookDelivery.status) == where.status)
         if where.event_type is not None:
-            statement = statement.where(col(WebhookEvent.type) == where.event_type)
+            statement = statement.where(col(WebhookDelivery.event_type) == where.event_type)
         if where.job_id is not None:
             statement = statement.where(col(WebhookDelivery.job_id) == where.job_id)
         if where.since is not None:
             statement = statement.where(
-                col(WebhookDelivery.id) >= first_id_at("whd", where.since),
+                col(WebhookDelivery.id) >= first_id_at("whd", where.since - ID_CLOCK_SLACK),
                 col(WebhookDelivery.created_at) >= where.since,
             )
         if where.until is not None:
-            statement = statement.where(col(WebhookDelivery.created_at) < where.until)
+            statement = statement.where(
+                col(WebhookDelivery.id) < first_id_at("whd", where.until + ID_CLOCK_SLACK),
+                col(WebhookDelivery.created_at) < where.until,
+            )
         statement = statement.order_by(col(WebhookDelivery.id).desc()).limit(first + 1)
         return [
             (delivery, event_type, job_id) for delivery, event_type, job_id in self.session.exec(statement)
         ]
-
-    def last_successes(self) -> dict[str, datetime]:
-        """Per endpoint, when its newest succeeded delivery succeeded (walks the (endpoint_id, id) index
-        back to that delivery; endpoints with none are absent)."""
-        statement = text(
-            """
-            SELECT e.id, (
-                SELECT max(a.at) FROM webhook_attempts a
-                WHERE a.status_code BETWEEN 200 AND 299 AND a.delivery_id = (
-                    SELECT d.id FROM webhook_deliveries d
-                    WHERE d.endpoint_id = e.id AND d.status = 'SUCCEEDED'
-                    ORDER BY d.id DESC LIMIT 1
-                )
-            ) FROM webhook_endpoints e WHERE e.tenant_id = :tenant_id
-            """
-        )
-        rows = self.session.execute(statement, {"tenant_id": self.tenant_id})
-        return {endpoint_id: at for endpoint_id, at in rows if at is not None}
 
 
 _INSERT_EVENT = text(
@@ -202,9 +196,9 @@ _INSERT_EVENT = text(
         VALUES (:event_id, :tenant_id, :type, CAST(:data AS jsonb), :job_id, :artifact_key,
                 CAST(:trace_context AS jsonb), :now)
     )
-    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, job_id, status, attempt_count,
-                                    next_attempt_at, next_trigger, created_at, updated_at)
-    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id, :job_id,
+    INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, job_id, event_type, status,
+                                    attempt_count, next_attempt_at, next_trigger, created_at, updated_at)
+    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id, :job_id, :type,
            'PENDING', 0, :now, 'scheduled', :now, :now
     FROM unnest(CAST(:delivery_ids AS text[]), CAST(:endpoint_ids AS text[])) AS delivery(id, endpoint_id)
     """

@@ -52,10 +52,11 @@ def active_keys(signing_keys: list[dict[str, Any]], now: datetime) -> list[str]:
 
 def signs_a_download_url(claimed: Claimed) -> bool:
     """Whether the body carries a download URL signed for this attempt (a job.succeeded with a file)."""
-    return _signs_a_download_url(claimed.event_type, claimed.event_data, claimed.artifact_key)
+    return carries_download_url(claimed.event_type, claimed.event_data, claimed.artifact_key)
 
 
-def _signs_a_download_url(event_type: str, data: dict[str, Any], artifact_key: str | None) -> bool:
+def carries_download_url(event_type: str, data: dict[str, Any], artifact_key: str | None) -> bool:
+    """Whether this event's body gets a download URL signed for each attempt."""
     if event_type != "job.succeeded" or not artifact_key:
         return False
     return bool((data.get("job") or {}).get("artifact"))
@@ -75,7 +76,7 @@ def event_body(
 ) -> bytes:
     """An event's JSON body as every delivery of it is sent (and the webhookEvents subscription streams
     it); a job.succeeded with a file gets a fresh download URL, which may block to sign."""
-    if _signs_a_download_url(event_type, data, artifact_key):
+    if carries_download_url(event_type, data, artifact_key):
         assert artifact_key is not None
         artifact = data["job"]["artifact"]
         with get_tracer().start_as_current_span("storage.sign_url"):

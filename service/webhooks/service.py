@@ -627,7 +627,11 @@ def redeliver(session: Session, principal: Principal, event_id: str, endpoint_id
     delivery = deliveries.for_event(event.id, endpoint.id)
     if delivery is None:
         delivery = WebhookDelivery(
-            tenant_id=tenant_id, event_id=event.id, endpoint_id=endpoint.id, job_id=event.job_id
+            tenant_id=tenant_id,
+            event_id=event.id,
+            endpoint_id=endpoint.id,
+            job_id=event.job_id,
+            event_type=event.type,
         )
         deliveries.stage(delivery)
     _due_now(delivery)
@@ -736,9 +740,11 @@ def delivery_log(
     return DeliveryLog(deliveries=views, job_ids=job_ids, has_more=len(rows) > first)
 
 
-def last_successes(session: Session, tenant_id: str) -> dict[str, datetime]:
-    """Per endpoint id, when a delivery to it last succeeded, where known."""
-    return DeliveryLogRepository(session, tenant_id).last_successes()
+def events_by_id(session: Session, tenant_id: str, event_ids: list[str]) -> dict[str, WebhookEvent]:
+    """The tenant's events of these ids (what deliveries carry), by id."""
+    if not event_ids:
+        return {}
+    return {event.id: event for event in EventRepository(session, tenant_id).by_ids(event_ids)}
 
 
 def count_deliveries(session: Session, tenant_id: str, since: datetime | None) -> int:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from service.jobs.models import Job
-from service.jobs.updates import JobFeed, announce
+from service.jobs.updates import JobFeed, announce, announce_new
 
 
 def _row(job_id: str) -> Job:
@@ -59,3 +59,31 @@ def test_watchers_that_arrive_together_on_a_fresh_feed_all_hear_their_jobs(env: 
         return heard
 
     assert asyncio.run(scenario()) == {job_id: job_id for job_id in job_ids}
+
+
+def test_a_tenants_new_jobs_reach_its_watchers_and_no_one_elses(env: dict[str, str]) -> None:
+    """The portal's jobs list hears each job its tenant makes, on the same subscription as the changes;
+    a job being watched meanwhile still gets its change."""
+
+    async def scenario() -> tuple[list[str], list[str], str | None]:
+        feed = JobFeed(load=_row)
+        try:
+            async with (
+                feed.watch_new("ten_new_a") as mine,
+                feed.watch_new("ten_new_b") as theirs,
+                feed.watch("job_new_watched") as changes,
+            ):
+                announce_new("ten_new_a", "job_new_1")
+                announce("job_new_watched")
+                announce_new("ten_new_a", "job_new_2")
+                async with asyncio.timeout(3):
+                    heard = [await mine.get(), await mine.get()]
+                    changed = await changes.get()
+                await asyncio.sleep(0.2)  # anything for the other tenant would have come by now
+                other = [theirs.get_nowait() for _ in range(theirs.qsize())]
+            assert not feed._new_watchers  # the last watcher leaving unsubscribes
+        finally:
+            await _close(feed)
+        return heard, other, changed.id if changed else None
+
+    assert asyncio.run(scenario()) == (["job_new_1", "job_new_2"], [], "job_new_watched")

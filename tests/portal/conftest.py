@@ -16,7 +16,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, ViewportSize, expect, sync_playwright
 
-from tests.conftest import GraphQLClient, TenantHandle
+from service.db import session_scope
+from service.jobs.service import create_job
+from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
+from tests.receiver import Receiver
 from tests.servers import ApiProcess
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -75,8 +78,13 @@ class Portal:
         assert response is not None
         assert response.status == 200, (path, response.status)
 
+    def open_disclosures(self) -> None:
+        """Open every <details> (confirmations, an attempt's request and response) as a user would."""
+        self.page.evaluate("document.querySelectorAll('details').forEach((d) => { d.open = true; })")
+
     def audit(self) -> None:
-        """axe-core on the page as it is: no serious or critical violation."""
+        """axe-core on the page with its disclosures open: no serious or critical violation."""
+        self.open_disclosures()
         self.page.evaluate(AXE)
         violations: list[dict[str, Any]] = self.page.evaluate(
             """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations.map(
@@ -87,11 +95,35 @@ class Portal:
         assert not blocking, (self.page.url, blocking)
 
     def fits(self) -> None:
-        """Nothing makes the page itself scroll sideways (wide tables scroll inside their own box)."""
+        """Nothing makes the page itself scroll sideways (wide tables scroll inside their own box), with
+        its disclosures open."""
+        self.open_disclosures()
         overflow = self.page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, (self.page.url, overflow)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver().start()
+    yield running
+    running.stop()
+
+
+def slow_job(portal: Portal, seconds: float, steps: int) -> str:
+    """A test-slow job (tests/plugin_kinds.py), created and enqueued as a mutation does."""
+    with session_scope() as session:
+        job = create_job(session, portal.tenant.id, "test-slow", {"seconds": seconds, "steps": steps}, None)
+    return job.id
+
+
+def speech_job(portal: Portal, text: str = "Hello from the portal.", priority: str = "NORMAL") -> str:
+    """A speech job started over the API with the tenant's key."""
+    created = portal.gql(SPEECH_MUTATION, {"input": {"text": text, "priority": priority}})["generateSpeech"]
+    assert created["userErrors"] == []
+    job_id: str = created["job"]["id"]
+    return job_id
 
 
 def _record(requests: list[str]) -> Callable[[Request], None]:

@@ -20,7 +20,7 @@ from service.storage.tokens import DownloadTokens
 from tests.conftest import GraphQLClient, TenantHandle
 from tests.servers import ServiceProcess
 
-ESCAPE = f"escaped-{uuid.uuid4().hex}.txt"
+ESCAPE = "escaped-by-a-hostile-filename.txt"  # fixed: pytest-xdist workers must collect the same ids
 NAMES = {
     "speech.wav": "speech.wav",
     "résumé final (1).pdf": "résumé final (1).pdf",  # odd but safe: kept

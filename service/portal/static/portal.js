@@ -1,20 +1,42 @@
-// The portal's behaviour beyond plain HTML: live progress over server-sent events, copy buttons and the
-// usage chart. Every page works without it; nothing here loads from another host.
+// The portal's behaviour beyond plain HTML: live progress and new jobs over server-sent events, copy
+// buttons and the usage chart. Every page works without it; nothing here loads from another host.
 (function () {
   "use strict";
 
   let source = null;
 
-  // One EventSource per page for the jobs still moving; each `job` event updates that job's rows.
+  // One EventSource per page: each `job` event updates that job's rows; on the list's first page,
+  // each `row` is a job made since the page was rendered, already matching its filters.
   function followLiveJobs() {
     if (source) { source.close(); source = null; }
     const live = Array.from(document.querySelectorAll("[data-job][data-live]"));
     const ids = Array.from(new Set(live.map((element) => element.dataset.job)));
-    if (!ids.length) { return; }
-    const query = ids.map((id) => "id=" + encodeURIComponent(id)).join("&");
-    source = new EventSource("/portal/jobs/live?" + query);
+    const list = document.querySelector("[data-new-jobs]");
+    const query = ids.map((id) => "id=" + encodeURIComponent(id));
+    if (list) {
+      query.push("new=1");
+      ["since", "status", "kind"].forEach((name) => {
+        query.push(name + "=" + encodeURIComponent(list.dataset[name] || ""));
+      });
+    } else if (!ids.length) {
+      return;
+    }
+    source = new EventSource("/portal/jobs/live?" + query.join("&"));
     source.addEventListener("job", (message) => show(JSON.parse(message.data)));
+    source.addEventListener("row", (message) => insertRow(list, JSON.parse(message.data)));
     source.addEventListener("done", () => { source.close(); source = null; });
+    source.addEventListener("renew", () => followLiveJobs());
+  }
+
+  // A new job's row goes where its id sorts (ids sort as their creation times: newest first).
+  function insertRow(list, row) {
+    if (!list || document.querySelector('tr[data-job="' + CSS.escape(row.id) + '"]')) { return; }
+    const body = list.querySelector("tbody");
+    body.querySelectorAll("tr.none").forEach((element) => element.remove());
+    const template = document.createElement("template");
+    template.innerHTML = row.html.trim();
+    const older = Array.from(body.querySelectorAll("tr[data-job]")).find((element) => element.dataset.job < row.id);
+    body.insertBefore(template.content.firstElementChild, older || null);
   }
 
   function show(job) {
