@@ -124,3 +124,29 @@ def test_workers_autoscale_and_every_deployment_has_a_disruption_budget() -> Non
     assert budgets == deployments
     (autoscaler,) = [doc for doc in resources if doc["kind"] == "HorizontalPodAutoscaler"]
     assert autoscaler["spec"]["scaleTargetRef"]["name"] == "claimcheck-worker"
+
+
+def test_services_and_disruption_budgets_select_a_deployments_pods_and_name_their_ports() -> None:
+    resources = base_resources()
+    pods = {
+        doc["metadata"]["name"]: (
+            doc["spec"]["template"]["metadata"]["labels"],
+            {
+                port["name"]
+                for container in doc["spec"]["template"]["spec"]["containers"]
+                for port in container.get("ports", [])
+            },
+        )
+        for doc in resources
+        if doc["kind"] == "Deployment"
+    }
+    for doc in resources:
+        if doc["kind"] not in ("Service", "PodDisruptionBudget"):
+            continue
+        selector = doc["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        matched = [name for name, (labels, _) in pods.items() if selector.items() <= labels.items()]
+        assert len(matched) == 1, f"{doc['kind']} {doc['metadata']['name']} selects {matched}"
+        if doc["kind"] == "Service":
+            for port in doc["spec"]["ports"]:
+                assert port["targetPort"] in pods[matched[0]][1], (doc["metadata"]["name"], port)
