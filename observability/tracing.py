@@ -390,15 +390,18 @@ def instrument_fastapi(app: Any, excluded_urls: str = "/healthz") -> bool:
 
     A no-op returning False while tracing is off. Call on the app before it serves. The spans are
     redacted as logs are: a download token in the path (``url.path``, ``http.target``, ``http.url``...)
-    never reaches the exporter.
+    never reaches the exporter. Spans only: the instrumentation's own HTTP metrics (duration and size
+    histograms per request) would duplicate observability.asgi's, which exist with tracing off too.
     """
     if _provider is None:
         return False
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.metrics import NoOpMeterProvider
 
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=_provider,
+        meter_provider=NoOpMeterProvider(),
         excluded_urls=excluded_urls,
         exclude_spans=["receive", "send"],
         server_request_hook=_redact_server_span,

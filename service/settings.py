@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     database_prepared_statements: bool | None = None
     """Whether psycopg prepares statements it runs often; default: yes, unless DATABASE_DIRECT_URL is
     set (DATABASE_URL is then a transaction pooler, which cannot carry them before PgBouncer 1.21)."""
+    database_pool_size: int = Field(default=15, ge=1, le=1000)
+    """Postgres connections each process keeps open and uses at most (they open as needed; a request
+    waits for one when all are in use). Kept, not closed after a burst: opening a connection costs
+    Postgres far more than the statements of a request."""
     redis_url: str = ""
     redis_sentinels: str = ""
     """Comma-separated host:port of Redis Sentinels; when set, Redis is the master they name (REDIS_URL,
@@ -139,6 +143,10 @@ class Settings(BaseSettings):
     also announced through Redis at once); a WebSocket's key is checked again this often, and at most
     this long after its revocation the socket runs no further operation and is closed (4403)."""
 
+    trace_client_spans: bool = False
+    """With tracing on, also a span for each SQL statement and Redis command made inside traced work;
+    off: the request, enqueue, run, upload and webhook-attempt spans only (a mutation
+    makes several times more client spans than these)."""
     # The tenant portal (/portal): how long a browser stays signed in, and where a job's trace id links.
     portal_session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     trace_url_template: str = ""

@@ -1,10 +1,16 @@
-"""after_commit: callbacks run once the outermost transaction commits, never for rolled-back work."""
+"""after_commit: callbacks run once the outermost transaction commits, never for rolled-back work;
+the pool keeps what a burst opened; run_pipelined: statements sent together, in the session's
+transaction, failing as SQLAlchemy fails."""
 
 from __future__ import annotations
 
+import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, text
 
-from service.db import after_commit, get_engine
+from service.db import after_commit, get_engine, make_engine, run_pipelined
+from service.settings import get_settings
 
 
 def test_callbacks_wait_for_the_outer_commit_and_skip_rolled_back_savepoints(env: dict[str, str]) -> None:
@@ -33,3 +39,35 @@ def test_callbacks_are_dropped_when_the_transaction_rolls_back(env: dict[str, st
         session.execute(text("select 1"))
         session.commit()
     assert ran == []
+
+
+def test_pipelined_statements_run_in_order_in_the_sessions_transaction(env: dict[str, str]) -> None:
+    with Session(get_engine()) as session:
+        run_pipelined(
+            session,
+            [
+                ("CREATE TEMPORARY TABLE pipelined (n int PRIMARY KEY) ON COMMIT DROP", {}),
+                ("INSERT INTO pipelined VALUES (%(n)s)", {"n": 1}),
+                ("INSERT INTO pipelined SELECT max(n) + 1 FROM pipelined", {}),  # sees the row before it
+            ],
+        )
+        assert session.execute(text("SELECT array_agg(n ORDER BY n) FROM pipelined")).scalar() == [1, 2]
+        with pytest.raises(IntegrityError), session.begin_nested():
+            run_pipelined(session, [("INSERT INTO pipelined VALUES (%(n)s)", {"n": 2})])
+        assert session.execute(text("SELECT count(*) FROM pipelined")).scalar() == 2  # savepoint undone
+        session.rollback()
+        assert session.execute(text("SELECT to_regclass('pg_temp.pipelined')")).scalar() is None
+
+
+def test_the_pool_keeps_the_connections_a_burst_opened(env: dict[str, str]) -> None:
+    engine = make_engine(get_settings().required_url("database_url"), pool_size=8)
+    opened: list[object] = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    try:
+        for _ in range(3):
+            burst = [engine.connect() for _ in range(8)]
+            for connection in burst:
+                connection.close()
+    finally:
+        engine.dispose()
+    assert len(opened) == 8  # the second and third bursts reuse the first one's connections

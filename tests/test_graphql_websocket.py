@@ -3,6 +3,8 @@ their own transaction, and a socket whose API key is revoked runs nothing more a
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +17,8 @@ from websockets.sync.client import ClientConnection
 from service.db import session_scope
 from service.jobs.models import Job
 from service.settings import get_settings
-from service.tenants.service import revoke_key
+from service.tenants.service import key_is_active, revoke_key
+from service.websocket import ActiveKeys
 from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess
 from tests.websocket import open_socket, receive, subscribe, ws_url_of
@@ -117,3 +120,27 @@ def test_a_revoked_keys_open_subscription_ends_with_its_socket_closed_with_4403(
         started = time.monotonic()
         assert _closed_code(socket, timeout=3 * get_settings().key_recheck_seconds + 2) == 4403
     assert time.monotonic() - started <= 2 * get_settings().key_recheck_seconds + 1
+
+
+def test_sockets_asking_about_one_key_together_share_one_read(tenant: TenantHandle) -> None:
+    """A thousand sockets of one key wake together: one database read answers them all, and the key
+    is trusted for the period after it."""
+    reads: list[str] = []
+    release = threading.Event()
+
+    def read(key_id: str) -> bool:
+        reads.append(key_id)
+        release.wait(5)
+        with session_scope() as session:
+            return key_is_active(session, key_id)
+
+    async def ask_together() -> list[bool]:
+        keys = ActiveKeys(read)
+        asking = [asyncio.ensure_future(keys.is_active(tenant.key_id, 60)) for _ in range(1000)]
+        await asyncio.sleep(0.1)
+        release.set()
+        answers = await asyncio.gather(*asking)
+        return [*answers, await keys.is_active(tenant.key_id, 60)]
+
+    assert asyncio.run(ask_together()) == [True] * 1001
+    assert reads == [tenant.key_id]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import LiteralString
 
-from sqlalchemy import TextClause, delete, func, or_, text, update
+from sqlalchemy import delete, func, or_, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
+from service.db import run_pipelined
 from service.ids import first_id_at
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
 from service.models import utcnow
@@ -111,32 +113,35 @@ class JobRepository(TenantRepository[Job]):
         return list(self.session.exec(statement))
 
 
-def _insert_queued_statement() -> TextClause:
+def _insert_queued_statement() -> LiteralString:
     """The job (every column of the model) and its first event, in one statement built once."""
     columns = list(Job.__table__.columns)  # type: ignore[attr-defined]
-    values = [f"CAST(:{c.name} AS jsonb)" if isinstance(c.type, JSONB) else f":{c.name}" for c in columns]
-    return text(
-        f"""
+    values = [
+        f"CAST(%({c.name})s AS jsonb)" if isinstance(c.type, JSONB) else f"%({c.name})s" for c in columns
+    ]
+    statement = f"""
         WITH new_job AS (
             INSERT INTO jobs ({", ".join(c.name for c in columns)}) VALUES ({", ".join(values)})
             RETURNING id, tenant_id
         )
         INSERT INTO job_events (job_id, tenant_id, type, at, data)
-        SELECT id, tenant_id, :event_type, :event_at, CAST(:event_data AS jsonb) FROM new_job
+        SELECT id, tenant_id, %(event_type)s, %(event_at)s, CAST(%(event_data)s AS jsonb) FROM new_job
         """  # noqa: S608 - column names come from the model, values are bound
-    )
+    return statement
 
 
 _INSERT_QUEUED = _insert_queued_statement()
 _JSON_COLUMNS = {c.name for c in Job.__table__.columns if isinstance(c.type, JSONB)}  # type: ignore[attr-defined]
-_INSERT_OUTBOX = text("INSERT INTO job_outbox (job_id, created_at) VALUES (:job_id, :created_at)")
+_INSERT_OUTBOX: LiteralString = (
+    "INSERT INTO job_outbox (job_id, created_at) VALUES (%(job_id)s, %(created_at)s)"
+)
 
 
 def insert_queued(session: Session, job: Job, first_event: JobEvent) -> None:
     """Write a new job with its first event in one statement, then its outbox row (the outbox's
-    row-level security looks for the job, which the first statement's own snapshot cannot see).
-    Plain SQL built once: this runs for every job created, and building the statement per call cost
-    more than running it."""
+    row-level security looks for the job, which the first statement's own snapshot cannot see), both
+    in one round trip. Plain SQL built once: this runs for every job created, and building the
+    statement per call cost more than running it."""
     row = job.model_dump()
     for name in _JSON_COLUMNS:
         if row[name] is not None:
@@ -146,8 +151,10 @@ def insert_queued(session: Session, job: Job, first_event: JobEvent) -> None:
         "event_at": first_event.at,
         "event_data": None if first_event.data is None else json.dumps(first_event.data),
     }
-    session.execute(_INSERT_QUEUED, {**row, **event})
-    session.execute(_INSERT_OUTBOX, {"job_id": job.id, "created_at": utcnow()})
+    run_pipelined(
+        session,
+        [(_INSERT_QUEUED, {**row, **event}), (_INSERT_OUTBOX, {"job_id": job.id, "created_at": utcnow()})],
+    )
 
 
 def lock_job(session: Session, job_id: str) -> Job | None:

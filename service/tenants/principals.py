@@ -10,18 +10,22 @@ first request does. Unknown or malformed keys are never remembered.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from redis.client import Pipeline
+import anyio.to_thread
+import redis.asyncio
 
 from service.outages import is_outage
 from service.principal import Principal
-from service.redis import get_redis
+from service.redis import get_redis, new_async_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,21 @@ class PrincipalCache:
             self._keep(digest, _Remembered(principal, version, time.monotonic()))
         return principal
 
+    async def authenticate_async(
+        self, token: str, load: Callable[[str], Principal | None]
+    ) -> Principal | None:
+        """authenticate() for an event loop: a remembered key is checked over this loop's own Redis
+        client, without a thread; reading Postgres (or a Redis the loop cannot reach) takes a thread."""
+        digest = hashlib.sha256(token.encode()).digest()
+        remembered = self._remembered.get(digest)
+        if (
+            remembered is not None
+            and time.monotonic() - remembered.read_at < get_settings().key_recheck_seconds
+            and await _still_valid_async(remembered)
+        ):
+            return remembered.principal
+        return await anyio.to_thread.run_sync(self.authenticate, token, load)
+
     def clear(self) -> None:
         """Forget every key."""
         with self._lock:
@@ -129,6 +148,30 @@ def _still_valid(remembered: _Remembered) -> bool:
     return not revoked and version == remembered.limits_version
 
 
+_LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _still_valid_async(remembered: _Remembered) -> bool:
+    """_still_valid() over the running loop's Redis client."""
+    loop = asyncio.get_running_loop()
+    client = _LOOP_CLIENTS.get(loop)
+    if client is None:
+        client = _LOOP_CLIENTS[loop] = new_async_redis()
+    principal = remembered.principal
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.exists(revoked_marker(principal.key_id))
+            pipe.get(LIMITS_VERSION)
+            _note_use(pipe, principal.key_id)
+            revoked, version, _ = await pipe.execute()
+    except Exception as error:
+        _warn(f"could not check API key {principal.key_id} in Redis", error)
+        return False
+    return not revoked and version == remembered.limits_version
+
+
 def _noted(principal: Principal | None) -> Principal | None:
     """The principal, its key's use noted for api_keys.last_used_at (never failing the request)."""
     if principal is not None:
@@ -141,7 +184,7 @@ def _noted(principal: Principal | None) -> Principal | None:
     return principal
 
 
-def _note_use(pipe: Pipeline, key_id: str) -> None:
+def _note_use(pipe: Any, key_id: str) -> None:
     """At most one write of the key's last use per KEY_LAST_USED_RESOLUTION_SECONDS: the first request
     of each period sets the "seen" marker and the time (a Lua script: one round trip either way)."""
     pipe.eval(

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,8 +81,18 @@ async def _deliver_until(receiver: Receiver, path: str, event_type: str) -> None
     await deliverer
 
 
+@pytest.fixture
+def client_spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """TRACE_CLIENT_SPANS=true for the app this test creates (SQL and Redis spans as well)."""
+    monkeypatch.setenv("TRACE_CLIENT_SPANS", "true")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
 def test_mutation_enqueue_run_upload_and_webhook_share_one_trace(
-    spans: InMemorySpanExporter, tenant: TenantHandle, receiver: Receiver, no_worker: None
+    spans: InMemorySpanExporter, tenant: TenantHandle, receiver: Receiver, no_worker: None, client_spans: None
 ) -> None:
     app = create_app()
     path = f"/{uuid.uuid4().hex}"
@@ -101,7 +115,7 @@ def test_mutation_enqueue_run_upload_and_webhook_share_one_trace(
     in_trace = [s for s in finished if s.context.trace_id == trace_id]
     names = {s.name for s in in_trace}
     assert {"job.enqueue", "job.run", "storage.upload", "webhook.attempt"} <= names, names
-    # Our spans carry both ids; the database and Redis client spans (instrumented as in production)
+    # Our spans carry both ids; the database and Redis client spans (TRACE_CLIENT_SPANS=true)
     # carry them from the job's run on. Before the job exists, the request's own lookups (the API
     # key, the rate limit) cannot know its id.
     by_id = {s.context.span_id: s for s in in_trace}
@@ -136,3 +150,36 @@ def _descends_from(span: ReadableSpan, name: str, by_id: dict[int, ReadableSpan]
             return True
         parent = ancestor.parent
     return False
+
+
+@pytest.mark.usefixtures("env")
+def test_sql_and_redis_spans_only_with_trace_client_spans() -> None:
+    # A process of its own for each setting: instrumentation, once installed, stays for the process.
+    script = (
+        "from sqlalchemy import text\n"
+        "from observability.tracing import flush, get_tracer\n"
+        "from service.db import session_scope\n"
+        "from service.redis import get_redis\n"
+        "from service.startup import start_process\n"
+        "start_process('claimcheck-test')\n"
+        "with get_tracer().start_as_current_span('work'):\n"
+        "    with session_scope() as session:\n"
+        "        session.execute(text('SELECT 1'))\n"
+        "    get_redis().ping()\n"
+        "flush()\n"
+    )
+    names = {}
+    for setting in ("false", "true"):
+        environ = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "TRACE_CLIENT_SPANS": setting}
+        printed = subprocess.run(
+            [sys.executable, "-c", script],
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        names[setting] = set(re.findall(r'"name": "([^"]+)"', printed))
+    assert names["false"] == {"work"}
+    assert {"work", "PING"} <= names["true"]
+    assert any(name.startswith("SELECT") for name in names["true"]), names["true"]
