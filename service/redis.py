@@ -53,8 +53,9 @@ def get_redis() -> Redis:
     return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
 
 
-def new_async_redis() -> redis.asyncio.Redis:
-    """A new asyncio client on the same Redis as get_redis (for the caller's event loop)."""
+def new_async_redis(socket_timeout: float | None = None) -> redis.asyncio.Redis:
+    """A new asyncio client on the same Redis as get_redis (for the caller's event loop); with
+    socket_timeout, a command that gets no answer for that long fails."""
     settings = get_settings()
     if settings.redis_sentinels:
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
@@ -63,11 +64,14 @@ def new_async_redis() -> redis.asyncio.Redis:
         async_client: redis.asyncio.Redis = sentinel.master_for(
             settings.redis_sentinel_master,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=socket_timeout,
             **_master_options(settings),
         )
         return async_client
     return redis.asyncio.Redis.from_url(
-        settings.required_url("redis_url"), socket_connect_timeout=CONNECT_TIMEOUT_SECONDS
+        settings.required_url("redis_url"),
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=socket_timeout,
     )
 
 

@@ -26,6 +26,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from service.errors import QuotaExceededError
+from service.redis import new_async_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ return 1
 class SubscriptionCaps:
     """This process's share of each tenant's open subscriptions, published in Redis under a lease."""
 
-    def __init__(self, redis_url: str, lease_seconds: float) -> None:
+    def __init__(self, client: redis.asyncio.Redis, lease_seconds: float) -> None:
         self.process_id = uuid.uuid4().hex
-        self._redis = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        self._redis = client
         self._lease_ms = max(int(lease_seconds * 1000), 1)
         self._open: Counter[str] = Counter()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -140,7 +141,6 @@ def subscription_caps() -> SubscriptionCaps:
     loop = asyncio.get_running_loop()
     if loop not in _caps:
         settings = get_settings()
-        _caps[loop] = SubscriptionCaps(
-            settings.required_url("redis_url"), settings.subscription_lease_seconds
-        )
+        # REDIS_URL, or the master the Sentinels name (as for RQ, rate limits and the job feed)
+        _caps[loop] = SubscriptionCaps(new_async_redis(socket_timeout=2), settings.subscription_lease_seconds)
     return _caps[loop]

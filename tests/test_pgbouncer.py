@@ -4,6 +4,7 @@ DATABASE_DIRECT_URL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,10 +15,11 @@ from sqlalchemy.engine import make_url
 
 from service.db import enter_tenant, make_engine, session_scope
 from service.embedded import EmbeddedRedis
-from tests.clusters import PgBouncer
-from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
+from service.jobs.runner import run_job
+from tests.clusters import PgBouncer, wait_until
+from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.receiver import Receiver
-from tests.servers import ApiProcess, ServiceProcess
+from tests.servers import ApiProcess, ServiceProcess, clear_caches
 from tests.webhooks.support import create_endpoint
 
 WHO_AM_I = text("SELECT current_user, coalesce(current_setting('app.tenant_id', true), '')")
@@ -114,3 +116,55 @@ def test_jobs_webhooks_and_tenant_isolation_hold_through_pgbouncer(
     assert len(requests) == len(mine)
     for client in clients:
         client.http.close()
+
+
+def test_a_run_through_a_pgbouncer_restart_succeeds_on_its_first_attempt_and_starts_once(
+    env: dict[str, str],
+    postgres_server_url: str,
+    make_tenant: Callable[..., TenantHandle],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The pooler goes down (1.5 s) during a run and is back after it ended. The handler's last
+    progress report (test-slow with one step: reported by the handler itself, 1.2 s in) and the final
+    write both meet the outage: the progress is kept for the final write, which waits for the pooler.
+    Neither may fail the run (its retry would run the handler again) or leave the job RUNNING for the
+    lost-runs sweep to run again."""
+    import tests.plugin_kinds  # noqa: F401 - registers test-slow in this process, as the test worker does
+
+    own = PgBouncer(postgres_server_url, tmp_path / "pgbouncer").start()  # the module's stays undisturbed
+    job_id = commit_job_without_enqueue(
+        make_tenant("pooler-restart").id, "test-slow", {"seconds": 1.2, "steps": 1}
+    )
+    direct = make_engine(env["DATABASE_URL"])
+
+    def status_now() -> str:
+        with direct.connect() as connection:
+            query = text("SELECT status FROM jobs WHERE id = :id")
+            return str(connection.execute(query, {"id": job_id}).scalar_one())
+
+    monkeypatch.setenv("DATABASE_URL", own.url_for(env["DATABASE_URL"]))
+    monkeypatch.setenv("DATABASE_DIRECT_URL", env["DATABASE_URL"])
+    clear_caches()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            run = pool.submit(run_job, job_id)
+            wait_until(lambda: status_now() == "RUNNING", "the run started", 10, None)
+            time.sleep(0.3)  # the heartbeat has written the first progress: the handler writes the next
+            own.restart(down_seconds=1.5)
+            result = run.result(timeout=30)
+    finally:
+        clear_caches()
+        own.stop()
+    assert result is not None
+    assert result.status == "SUCCEEDED"
+    with direct.connect() as connection:
+        status, attempt, final = connection.execute(
+            text("SELECT status, attempt, progress FROM jobs WHERE id = :id"), {"id": job_id}
+        ).one()
+        started = connection.execute(
+            text("SELECT count(*) FROM job_events WHERE job_id = :id AND type = 'job.started'"),
+            {"id": job_id},
+        ).scalar_one()
+    direct.dispose()
+    assert (status, attempt, final, started) == ("SUCCEEDED", 1, 1.0, 1)

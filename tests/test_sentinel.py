@@ -3,6 +3,7 @@ Sentinels) mid-run loses no job; the outbox sweep re-enqueues what the dead prim
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,9 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from service.db import session_scope
+from service.subscription_caps import PREFIX, subscription_caps
 from tests.clusters import SentinelRedis
 from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
-from tests.servers import ApiProcess, ServiceProcess
+from tests.servers import ApiProcess, ServiceProcess, clear_caches
 
 
 def submit_as(client: GraphQLClient, index: int) -> str:
@@ -90,3 +92,24 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_subscription_caps_find_redis_through_the_sentinels_alone(
+    env: dict[str, str], sentinels: SentinelRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscriber's place in its tenant's cap is held in the master the Sentinels name, with no
+    REDIS_URL at all (as for RQ, rate limits and the job feed)."""
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.setenv("REDIS_SENTINELS", sentinels.addresses)
+    clear_caches()
+
+    async def held() -> list[str]:
+        async with subscription_caps().place("ten_sentinel"):
+            return [
+                str(count) for count in sentinels.primary.client().hgetall(PREFIX + "ten_sentinel").values()
+            ]
+
+    try:
+        assert asyncio.run(held()) == ["1"]
+    finally:
+        clear_caches()

@@ -84,19 +84,28 @@ class RunContext:
             raise JobCanceled
 
     def flush(self) -> None:
-        """Write pending progress now (the heartbeat calls it for progress reported too recently to write)."""
+        """Write pending progress now (the heartbeat calls it for progress reported too recently to write).
+
+        While Postgres is out of reach the progress is kept for the next write (or the final one): a
+        handler that failed on it would be retried, running the job again for a progress bar."""
         with self._lock:
             pending, self._pending = self._pending, None
             self._last_write = time.monotonic()
             if pending is None or self._canceled:
                 return
-            with session_scope() as session:
-                job = repository.lock_job(session, self.job_id)
-                if job is None or job.status != JobStatus.RUNNING:
-                    self._canceled = True  # CANCELING, or the scheduler took the run away
-                    return
-                read_endpoints(session, job.tenant_id)
-                service.report_progress(session, job, pending[0], pending[1])
+            try:
+                with session_scope() as session:
+                    job = repository.lock_job(session, self.job_id)
+                    if job is None or job.status != JobStatus.RUNNING:
+                        self._canceled = True  # CANCELING, or the scheduler took the run away
+                        return
+                    read_endpoints(session, job.tenant_id)
+                    service.report_progress(session, job, pending[0], pending[1])
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                self._pending = pending  # nothing newer: progress() waits for this lock
+                log.warning("progress of job %s kept for the next write: %s", self.job_id, describe(error))
 
     def unwritten(self) -> tuple[float, str | None] | None:
         """The progress not written yet, for the final transition (which then writes it; the handler
