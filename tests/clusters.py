@@ -55,7 +55,7 @@ def _listening(port: int) -> bool:
         return True
 
 
-def _let_everyone_through(directory: Path) -> None:
+def let_everyone_through(directory: Path) -> None:
     """Let any user reach Postgres's socket in directory (pgbouncer, started by root, runs as nobody)."""
     for path in (directory, *directory.parents):
         mode = path.stat().st_mode
@@ -80,7 +80,7 @@ class PgBouncer:
         url = make_url(server_url)
         host = url.host or str(url.query.get("host", "127.0.0.1"))
         if as_nobody and host.startswith("/"):
-            _let_everyone_through(Path(host))
+            let_everyone_through(Path(host))
         server = f"host={host} port={url.port or 5432} user={url.username or 'postgres'}"
         if url.password:
             server += f" password={url.password}"
