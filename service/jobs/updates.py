@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import anyio.to_thread
 import redis.asyncio
@@ -29,6 +30,8 @@ from service.redis import get_redis, new_async_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PREFIX = "claimcheck:job-updates:"
 NEW_JOBS_PREFIX = "claimcheck:new-jobs:"
@@ -83,35 +86,34 @@ class JobFeed:
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[asyncio.Queue[Job | None]]:
         """A queue receiving the job's row (None once deleted) after each change, while the block runs."""
-        queue: asyncio.Queue[Job | None] = asyncio.Queue()
-        first = not self._watchers[job_id]
-        self._watchers[job_id].add(queue)
-        try:
-            if first:
-                await self._subscribe(channel(job_id))
+        async with self._registered(self._watchers, job_id, channel(job_id)) as queue:
             yield queue
-        finally:
-            self._watchers[job_id].discard(queue)
-            if not self._watchers[job_id]:
-                del self._watchers[job_id]
-                await self._unsubscribe(channel(job_id))
 
     @contextlib.asynccontextmanager
     async def watch_new(self, tenant_id: str) -> AsyncIterator[asyncio.Queue[str]]:
         """A queue receiving the id of each job the tenant creates while the block runs (at most
         once: a message lost while Redis is away is not made up for)."""
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        first = not self._new_watchers[tenant_id]
-        self._new_watchers[tenant_id].add(queue)
+        async with self._registered(self._new_watchers, tenant_id, new_jobs_channel(tenant_id)) as queue:
+            yield queue
+
+    @contextlib.asynccontextmanager
+    async def _registered(
+        self, watchers: dict[str, set[asyncio.Queue[T]]], key: str, name: str
+    ) -> AsyncIterator[asyncio.Queue[T]]:
+        """A new queue among `watchers[key]` while the block runs; the channel `name` is subscribed
+        while the key has any queue."""
+        queue: asyncio.Queue[T] = asyncio.Queue()
+        first = not watchers[key]
+        watchers[key].add(queue)
         try:
             if first:
-                await self._subscribe(new_jobs_channel(tenant_id))
+                await self._subscribe(name)
             yield queue
         finally:
-            self._new_watchers[tenant_id].discard(queue)
-            if not self._new_watchers[tenant_id]:
-                del self._new_watchers[tenant_id]
-                await self._unsubscribe(new_jobs_channel(tenant_id))
+            watchers[key].discard(queue)
+            if not watchers[key]:
+                del watchers[key]
+                await self._unsubscribe(name)
 
     def _channels(self) -> list[str]:
         return [channel(job_id) for job_id in self._watchers] + [
