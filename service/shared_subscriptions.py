@@ -8,10 +8,18 @@ and one encoding per group, however many subscribe to it. A member joining a run
 follows; if the field is a snapshot stream (service.graphql_base.SNAPSHOT_STREAM: jobUpdates), the
 group's latest result first, which is the current state.
 
-Each member keeps its own operation task (strawberry's graphql-transport-ws handler), so `complete`
-from the client, a closed socket and a revoked key (service.websocket) end only that member; the
-group's execution ends with its last member. A document that fails before execution (syntax,
-validation, an unknown operation) runs alone for each member, so each gets the protocol's own answer.
+The group sends each result to its members itself: every member's send starts at once, in the
+group's own step of the event loop (`start_now`), so a change costs no task, no queue and no future
+per subscriber (each used to wait on a queue of its own: a thousand futures alive per change, and
+the garbage collector's full passes over them stalled the process for 200-350 ms). A send that has
+to wait (that socket's buffer is full) holds back only that member: its next results wait in its
+backlog, in order, and a member MAX_BACKLOG results behind is closed (SLOW_CONSUMER).
+
+Each member keeps its own operation task (strawberry's graphql-transport-ws handler), waiting for
+the end of its membership, so `complete` from the client, a closed socket and a revoked key
+(service.websocket) end only that member; the group's execution ends with its last member. A
+document that fails before execution (syntax, validation, an unknown operation) runs alone for each
+member, so each gets the protocol's own answer.
 
 Subscription operations are capped here, whatever the field: per connection, and per tenant across
 every API process (service.subscription_caps).
@@ -23,7 +31,8 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -71,7 +80,8 @@ class _Behind:
     """The member fell MAX_BACKLOG results behind."""
 
 
-Item = str | _End | _Alone | _Behind
+Ending = _End | _Alone | _Behind
+Item = str | Ending
 END, ALONE, BEHIND = _End(), _Alone(), _Behind()
 
 
@@ -85,6 +95,105 @@ def render(result: ExecutionResult) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
+class _Resume:
+    """Awaiting it carries on a coroutine that has already run up to its first wait (`waiting`)."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        waiting = self._waiting
+        while True:
+            try:
+                sent = yield waiting  # to the task: what the coroutine waits for
+            except BaseException as error:  # thrown into the task (its cancellation)
+                try:
+                    waiting = self._coroutine.throw(error)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = self._coroutine.send(sent)
+            except StopIteration:
+                return
+
+
+async def _finish(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _Resume(coroutine, waiting)
+
+
+def start_now(coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
+    """Run the coroutine at once, up to its first wait: None if it finished without waiting (a socket's
+    send does, while its buffer has room), else a task that finishes it. (Python 3.12's eager tasks.)"""
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration:
+        return None
+    except Exception:
+        log.exception("a subscription result could not be sent")
+        return None
+    return asyncio.ensure_future(_finish(coroutine, waiting))
+
+
+class TextSocket(Protocol):
+    """The WebSocket adapter's way to send text already encoded (service.graphql_decoding)."""
+
+    async def send_text(self, text: str) -> None: ...
+
+
+class Member:
+    """One subscriber of a group: its socket and operation id, and its results waiting to go out.
+
+    `ended` is done once the membership is: the group ended (END, or ALONE) after the member's last
+    result went out, or the member fell behind (BEHIND)."""
+
+    __slots__ = ("_backlog", "_head", "_sending", "_socket", "ended")
+
+    def __init__(self, socket: TextSocket, operation_id: str) -> None:
+        self._socket = socket
+        self._head = '{"id":' + json.dumps(operation_id) + ',"type":"next","payload":'
+        self._backlog: deque[Item] = deque()
+        self._sending: asyncio.Future[None] | None = None
+        self.ended: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
+
+    def deliver(self, item: Item) -> None:
+        """Send a result now (or, while an earlier send waits, after the ones before it); an ending
+        once every result before it has gone out."""
+        if self.ended.done():
+            return
+        if len(self._backlog) >= MAX_BACKLOG:
+            self._end(BEHIND)
+            return
+        self._backlog.append(item)
+        if self._sending is None:
+            self._pump()
+
+    def _pump(self) -> None:
+        while self._backlog:
+            item = self._backlog.popleft()
+            if not isinstance(item, str):
+                self._end(item)
+                return
+            sending = start_now(self._socket.send_text(self._head + item + "}"))
+            if sending is not None:  # the socket's buffer is full: the rest waits for this send
+                self._sending = sending
+                sending.add_done_callback(self._sent)
+                return
+
+    def _sent(self, sending: asyncio.Future[None]) -> None:
+        self._sending = None
+        if not sending.cancelled() and sending.exception() is not None:
+            log.error("a subscription result could not be sent", exc_info=sending.exception())
+        if not self.ended.done():
+            self._pump()
+
+    def _end(self, ending: Ending) -> None:
+        self._backlog.clear()
+        if not self.ended.done():
+            self.ended.set_result(ending)
+
+
 @dataclass(eq=False)
 class Group:
     """One execution of a subscription and the members its results go to."""
@@ -92,18 +201,13 @@ class Group:
     key: GroupKey
     snapshots: bool
     """Each result is the whole state: a member joining late starts from the latest."""
-    members: set[asyncio.Queue[Item]] = field(default_factory=set)
+    members: set[Member] = field(default_factory=set)
     latest: str | None = None
     task: asyncio.Task[None] | None = None
 
     def send(self, item: Item) -> None:
-        for inbox in self.members:
-            try:
-                inbox.put_nowait(item)
-            except asyncio.QueueFull:
-                while not inbox.empty():
-                    inbox.get_nowait()
-                inbox.put_nowait(BEHIND)
+        for member in tuple(self.members):
+            member.deliver(item)
 
 
 class SharedSubscriptions:
@@ -116,31 +220,21 @@ class SharedSubscriptions:
         return len(self._groups)
 
     async def follow(
-        self, key: GroupKey, start: Callable[[], Awaitable[Stream]], *, snapshots: bool
-    ) -> AsyncIterator[str]:
-        """The group's rendered results for one member (of a snapshot stream: the latest first, if
-        any); RunAlone when the document cannot be shared."""
+        self, key: GroupKey, start: Callable[[], Awaitable[Stream]], member: Member, *, snapshots: bool
+    ) -> Ending:
+        """Make member one of the group's (joining a snapshot stream's running group, it gets the
+        latest result first) until its membership ends; how it ended."""
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(key, snapshots)
             group.task = asyncio.create_task(self._run(group, start))
-        inbox: asyncio.Queue[Item] = asyncio.Queue(MAX_BACKLOG)
         if group.snapshots and group.latest is not None:
-            inbox.put_nowait(group.latest)
-        group.members.add(inbox)
+            member.deliver(group.latest)
+        group.members.add(member)
         try:
-            while True:
-                item = await inbox.get()
-                if isinstance(item, str):
-                    yield item
-                elif isinstance(item, _Alone):
-                    raise RunAlone
-                elif isinstance(item, _Behind):
-                    raise OverflowError("too far behind the subscription's results")
-                else:
-                    return
+            return await member.ended
         finally:
-            group.members.discard(inbox)
+            group.members.discard(member)
             if not group.members and group.task is not None and not group.task.done():
                 self._forget(group)
                 group.task.cancel()
@@ -194,12 +288,6 @@ def subscription_field(query: str, operation_name: str | None) -> str | None:
         return None
     fields = [node for node in operation.selection_set.selections if isinstance(node, FieldNode)]
     return fields[0].name.value if len(fields) == 1 else None
-
-
-class TextSocket(Protocol):
-    """The WebSocket adapter's way to send text already encoded (service.graphql_decoding)."""
-
-    async def send_text(self, text: str) -> None: ...
 
 
 class SharedSubscriptionsTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
@@ -262,10 +350,10 @@ class SharedSubscriptionsTransportWS(BaseGraphQLTransportWSHandler[Context, None
             )
             return cast(Stream, stream)
 
-        socket = cast(TextSocket, self.websocket)
-        head = '{"id":' + json.dumps(operation.id) + ',"type":"next","payload":'
-        async for payload in shared_subscriptions().follow(key, start, snapshots=snapshots):
-            if operation.completed:
-                return
-            await socket.send_text(head + payload + "}")
+        member = Member(cast(TextSocket, self.websocket), operation.id)
+        ended = await shared_subscriptions().follow(key, start, member, snapshots=snapshots)
+        if ended is ALONE:
+            raise RunAlone
+        if ended is BEHIND:
+            raise OverflowError("too far behind the subscription's results")
         await operation.send_operation_message({"id": operation.id, "type": "complete"})
