@@ -1,9 +1,12 @@
 """graphql-transport-ws whose API key is checked again while the socket lives.
 
 A socket authenticates once, in connection_init (service.app). After that its key is checked before
-each operation starts and, while subscriptions are open on it, every KEY_RECHECK_SECONDS. A key seen
-active is trusted for that long, so this costs one database read per key per period in each process.
-Once the key is revoked the socket is closed with 4403, which ends its subscriptions.
+each operation starts, and one task per process (RevocationWatch) checks the keys of every open
+socket every KEY_RECHECK_SECONDS, idle or not. A key seen active is trusted for that long, so this
+costs one database read per key per period in each process, and nothing per socket but a place in a
+set (a timer per socket, each waking to ask, cost a third of the process's loop at a thousand
+sockets, and its futures fed the garbage collector's full passes). Once the key is revoked its
+sockets are closed with 4403, which ends their subscriptions.
 """
 
 from __future__ import annotations
@@ -73,31 +76,87 @@ def _key_in_database_is_active(key_id: str) -> bool:
 ACTIVE_KEYS = ActiveKeys(_key_in_database_is_active)
 
 
+class RevocationWatch:
+    """This process's open sockets, whose keys one task checks every KEY_RECHECK_SECONDS: the sockets of
+    a revoked key are closed with 4403."""
+
+    def __init__(self, keys: ActiveKeys) -> None:
+        self._keys = keys
+        self._sockets: set[KeyCheckingTransportWS] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def add(self, socket: KeyCheckingTransportWS) -> None:
+        self._sockets.add(socket)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._watch())
+
+    def discard(self, socket: KeyCheckingTransportWS) -> None:
+        self._sockets.discard(socket)
+
+    async def _watch(self) -> None:
+        while self._sockets:
+            period = get_settings().key_recheck_seconds
+            await asyncio.sleep(period)
+            try:
+                await self.check(period)
+            except Exception:
+                log.exception("could not check the API keys of open sockets")
+
+    async def check(self, ttl: float) -> int:
+        """Close the sockets whose key is revoked (reading each key at most once per ttl); how many."""
+        by_key: dict[str, list[KeyCheckingTransportWS]] = {}
+        for socket in self._sockets:
+            principal = socket.context.principal
+            if principal is not None:  # not acknowledged yet: the protocol refuses its operations (4401)
+                by_key.setdefault(principal.key_id, []).append(socket)
+        keys = list(by_key)
+        active = await asyncio.gather(*(self._keys.is_active(key_id, ttl) for key_id in keys))
+        closed = 0
+        for key_id, is_active in zip(keys, active, strict=True):
+            if not is_active:
+                for socket in by_key[key_id]:
+                    self._sockets.discard(socket)
+                    await socket.close_revoked()
+                    closed += 1
+        return closed
+
+
+_watches: dict[asyncio.AbstractEventLoop, RevocationWatch] = {}
+
+
+def revocation_watch() -> RevocationWatch:
+    """The watch of the running event loop (one per API process)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _watches:
+        _watches[loop] = RevocationWatch(ACTIVE_KEYS)
+    return _watches[loop]
+
+
 class KeyCheckingTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws that closes the socket with 4403 once its API key is revoked."""
 
     async def handle(self) -> None:
-        watch = asyncio.create_task(self._close_once_revoked_while_subscribed())
+        watch = revocation_watch()
+        watch.add(self)
         try:
             await super().handle()
         finally:
-            watch.cancel()
+            watch.discard(self)
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         if self.connection_acknowledged and not await self._key_is_active():
-            await self.websocket.close(REVOKED, "API key revoked")
+            await self.close_revoked()
             return
         await super().handle_subscribe(message)
 
-    async def _close_once_revoked_while_subscribed(self) -> None:
-        """An idle socket leaks nothing and its next operation is checked; subscriptions send on
-        their own, so while any is open the key is checked on a timer."""
-        period = get_settings().key_recheck_seconds
-        while True:
-            await asyncio.sleep(period)
-            if self.context.connection.subscriptions and not await self._key_is_active():
-                await self.websocket.close(REVOKED, "API key revoked")
-                return
+    async def close_revoked(self) -> None:
+        try:
+            await self.websocket.close(REVOKED, "API key revoked")
+        except Exception as error:  # already closed by the client or the protocol
+            log.debug("closing a revoked key's socket: %s", error)
 
     async def _key_is_active(self) -> bool:
         principal = self.context.principal

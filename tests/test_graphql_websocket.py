@@ -4,10 +4,11 @@ their own transaction, and a socket whose API key is revoked runs nothing more a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlmodel import func, select
@@ -15,10 +16,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from service.db import session_scope
+from service.graphql_base import Connection, Context
 from service.jobs.models import Job
+from service.plans import Limits
+from service.principal import Principal
 from service.settings import get_settings
 from service.tenants.service import key_is_active, revoke_key
-from service.websocket import ActiveKeys
+from service.websocket import ActiveKeys, KeyCheckingTransportWS, RevocationWatch
 from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess
 from tests.websocket import open_socket, receive, subscribe, ws_url_of
@@ -101,9 +105,58 @@ def test_a_revoked_keys_socket_runs_no_further_operation_and_is_closed_with_4403
         with session_scope() as session:
             revoke_key(session, tenant.key_id)
         time.sleep(get_settings().key_recheck_seconds + 0.5)  # what the API remembered has lapsed
-        subscribe(socket, "after", SPEECH_MUTATION, {"input": {"text": "After revocation."}})
+        with contextlib.suppress(ConnectionClosed):  # the process's watch may have closed it already
+            subscribe(socket, "after", SPEECH_MUTATION, {"input": {"text": "After revocation."}})
         assert _closed_code(socket, timeout=10) == 4403
     assert _jobs_of(tenant.id) == 1
+
+
+def test_a_revoked_keys_idle_socket_is_closed_with_4403(api: ApiProcess, tenant: TenantHandle) -> None:
+    """A socket with no operation open is closed too, by the process's one watch over every socket's
+    key: it holds no subscription to end, but nothing more should run on a revoked key's connection."""
+    with open_socket(ws_url_of(api.url), tenant.api_key) as socket:
+        with session_scope() as session:
+            revoke_key(session, tenant.key_id)
+        started = time.monotonic()
+        assert _closed_code(socket, timeout=3 * get_settings().key_recheck_seconds + 2) == 4403
+    assert time.monotonic() - started <= 2 * get_settings().key_recheck_seconds + 1
+
+
+def test_one_watch_checks_every_open_sockets_key_with_one_read_per_key() -> None:
+    """A thousand sockets of two keys: one check reads each key once and closes exactly the revoked
+    key's sockets; no socket has a timer of its own."""
+    reads: list[str] = []
+
+    def read(key_id: str) -> bool:
+        reads.append(key_id)
+        return key_id == "key_active"
+
+    async def check() -> tuple[int, int, list[str]]:
+        watch = RevocationWatch(ActiveKeys(read))
+        sockets = [_FakeSocket("key_active" if n % 2 else "key_revoked") for n in range(1000)]
+        for socket in sockets:
+            watch.add(cast(KeyCheckingTransportWS, socket))
+        tasks_with_sockets = len(asyncio.all_tasks())
+        closed = await watch.check(60)
+        assert tasks_with_sockets <= 2  # this test and the watch: nothing per socket
+        return closed, len(watch), sorted({socket.key_id for socket in sockets if socket.closed_with})
+
+    closed, left, closed_keys = asyncio.run(check())
+    assert (closed, left, closed_keys) == (500, 500, ["key_revoked"])
+    assert sorted(reads) == ["key_active", "key_revoked"]
+
+
+class _FakeSocket:
+    """What RevocationWatch uses of a graphql-transport-ws handler: its caller, and closing it."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        principal = Principal(tenant_id="ten_x", key_id=key_id, scopes=frozenset(), limits=cast(Limits, None))
+        self.context = Context(connection=Connection(principal=principal))
+        self.closed_with: int | None = None
+
+    async def close_revoked(self) -> None:
+        self.closed_with = 4403
 
 
 def test_a_revoked_keys_open_subscription_ends_with_its_socket_closed_with_4403(
