@@ -7,7 +7,10 @@ the process's lease key `claimcheck:subscriptions:alive:<process>` lives: a hear
 third of SUBSCRIPTION_LEASE_SECONDS and rewrites the process's counts (so a Redis that lost them gets
 them back). A process that dies stops renewing; once its lease expires, the next place taken for that
 tenant drops its field. Taking a place is one Lua script: sum the live processes' counts with this one's
-new count, drop the dead ones' fields, and write the new count if the sum is within the cap.
+new count, drop the dead ones' fields, and write the new count if the sum is within the cap. Places
+given back are written together: the counts of every tenant that gave some back since the last write,
+in one round trip (the thousand subscribers of a job that ends give theirs back at once; written one
+by one, in turn, they held up every place taken meanwhile).
 
 While Redis is unreachable a process counts only its own subscriptions against the cap: a Redis
 outage must not end live updates, and the heartbeat publishes the counts again once it is back.
@@ -70,6 +73,9 @@ class SubscriptionCaps:
         self._writing = asyncio.Lock()
         """This process's writes reach Redis one at a time, so the last count written is the current one."""
         self._published: set[str] = set()
+        self._given_back: set[str] = set()
+        """Tenants whose count went down since it was last written."""
+        self._writing_back: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def place(self, tenant_id: str) -> AsyncIterator[None]:
@@ -83,13 +89,7 @@ class SubscriptionCaps:
         try:
             yield
         finally:
-            async with self._writing:
-                self._open[tenant_id] -= 1
-                count = self._open[tenant_id]
-                if not count:
-                    del self._open[tenant_id]
-                with contextlib.suppress(RedisError, OSError):
-                    await self._publish(tenant_id, count)
+            self._give_back(tenant_id)
 
     async def _take(self, tenant_id: str, cap: int) -> None:
         count = self._open[tenant_id] + 1
@@ -103,11 +103,31 @@ class SubscriptionCaps:
         if not taken:
             raise QuotaExceededError("too many open subscriptions for this tenant")
 
-    async def _publish(self, tenant_id: str, count: int) -> None:
-        if count:
-            await self._redis.hset(PREFIX + tenant_id, self.process_id, count)
-        else:
-            await self._redis.hdel(PREFIX + tenant_id, self.process_id)
+    def _give_back(self, tenant_id: str) -> None:
+        self._open[tenant_id] -= 1
+        if not self._open[tenant_id]:
+            del self._open[tenant_id]
+        self._given_back.add(tenant_id)
+        if self._writing_back is None or self._writing_back.done():
+            self._writing_back = asyncio.create_task(self._write_back())
+
+    async def _write_back(self) -> None:
+        """Write the current count of every tenant that gave places back, all in one round trip (and
+        again for those given back meanwhile). Should Redis miss it, the heartbeat writes them."""
+        async with self._writing:
+            while self._given_back:
+                tenants, self._given_back = self._given_back, set()
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for tenant_id in tenants:
+                            count = self._open.get(tenant_id, 0)
+                            if count:
+                                pipe.hset(PREFIX + tenant_id, self.process_id, count)
+                            else:
+                                pipe.hdel(PREFIX + tenant_id, self.process_id)
+                        await pipe.execute()
+                except (RedisError, OSError) as error:
+                    log.warning("subscription caps: could not give places back (%s)", error)
 
     def _keep_alive(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
