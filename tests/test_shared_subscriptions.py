@@ -4,19 +4,32 @@ subscriptions holds across API processes, a killed process's share coming free o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
+from strawberry.types.execution import ExecutionResult
 from websockets.sync.client import ClientConnection
 
 from service.embedded import free_port
 from service.jobs.dispatch import enqueue_job
+from service.shared_subscriptions import (
+    BEHIND,
+    END,
+    MAX_BACKLOG,
+    GroupKey,
+    Member,
+    SharedSubscriptions,
+    Stream,
+)
+from service.subscription_caps import PREFIX, SubscriptionCaps
 from tests.conftest import TenantHandle, commit_job_without_enqueue
 from tests.servers import ApiProcess, ServiceProcess
 from tests.websocket import open_socket, receive, subscribe, ws_url_of
@@ -199,3 +212,153 @@ def test_a_subscriber_joining_a_running_job_starts_from_its_current_state(
         assert current["progress"] > 0
         rest = [json.loads(text)["payload"]["data"]["jobUpdates"] for text in _raw_messages(late)]
     assert (rest[-1] if rest else current)["status"] == "SUCCEEDED"
+
+
+# --- a group's sends, in one process ----------------------------------------------------------------
+
+GROUP_KEY: GroupKey = ("ten_x", frozenset({"jobs:read"}), "subscription { n }", None, "{}")
+
+
+class _Socket:
+    """A member's socket: records what is sent; a blocked one never finishes a send (its buffer is
+    full), a slow one takes a while over each."""
+
+    def __init__(self, *, blocked: bool = False, slow: bool = False) -> None:
+        self.texts: list[str] = []
+        self.blocked, self.slow = blocked, slow
+
+    async def send_text(self, text: str) -> None:
+        if self.blocked:
+            await asyncio.Event().wait()
+        if self.slow:
+            await asyncio.sleep(0.001)
+        self.texts.append(text)
+
+
+def _results(
+    count: int, before_each: Callable[[int], None] = lambda _: None
+) -> Callable[[], Awaitable[Stream]]:
+    async def stream() -> Stream:
+        for n in range(count):
+            before_each(n)
+            yield ExecutionResult(data={"n": n}, errors=None)
+
+    async def start() -> Stream:
+        return stream()
+
+    return start
+
+
+async def _follow_all(sockets: list[_Socket], start: Callable[[], Awaitable[Stream]]) -> list[object]:
+    """Every socket a member of one group (all joined before its first result); how each ended."""
+    shared = SharedSubscriptions()
+    members = [Member(socket, "1") for socket in sockets]
+    return await asyncio.gather(
+        *(shared.follow(GROUP_KEY, start, member, snapshots=True) for member in members)
+    )
+
+
+def test_a_change_goes_to_every_member_in_the_groups_own_step_and_is_rendered_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """500 members, 20 changes: each change is rendered once and its bytes are on every member's
+    socket before the group takes the next one (no task, queue or future per subscriber: such
+    waiting objects, one per subscriber and change, fed the collector's full passes)."""
+    renders: list[int] = []
+    monkeypatch.setattr("service.shared_subscriptions.record_subscription_render", renders.append)
+    sockets = [_Socket() for _ in range(500)]
+    tasks_seen: list[int] = []
+
+    def before_each(n: int) -> None:
+        assert all(len(socket.texts) == n for socket in sockets), "an earlier change is not out yet"
+        tasks_seen.append(len(asyncio.all_tasks()))
+
+    endings = asyncio.run(_follow_all(sockets, _results(20, before_each)))
+
+    assert endings == [END] * 500
+    assert renders == [500] * 20
+    assert all(socket.texts == sockets[0].texts for socket in sockets), "the same bytes to every member"
+    assert sockets[0].texts[3] == '{"id":"1","type":"next","payload":{"data":{"n":3}}}'
+    assert set(tasks_seen) == {1 + 500 + 1}  # asyncio.run's, the members' own and the group's: none per send
+
+
+def test_a_blocked_subscriber_does_not_delay_the_others_and_is_dropped_once_too_far_behind() -> None:
+    sockets = [_Socket(blocked=True)] + [_Socket() for _ in range(20)]
+    endings = asyncio.run(_follow_all(sockets, _results(MAX_BACKLOG + 10)))
+
+    assert endings[0] is BEHIND
+    assert endings[1:] == [END] * 20
+    assert sockets[0].texts == []
+    assert all(len(socket.texts) == MAX_BACKLOG + 10 for socket in sockets[1:])
+
+
+def test_a_member_whose_sends_wait_gets_every_result_in_order_then_the_end() -> None:
+    sockets = [_Socket(slow=True), _Socket()]
+    endings = asyncio.run(_follow_all(sockets, _results(50)))
+
+    assert endings == [END, END]
+    assert sockets[0].texts == sockets[1].texts
+    assert [json.loads(text)["payload"]["data"]["n"] for text in sockets[0].texts] == list(range(50))
+
+
+def test_places_given_back_together_are_written_to_redis_together(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """150 subscriptions of a job that ends give their places back at once: one write to Redis (not
+    150 in turn, each holding up the places taken meanwhile), and the process's count is gone."""
+    client = redis.asyncio.Redis.from_url(env["REDIS_URL"])
+    round_trips: list[str] = []
+    execute_command = client.execute_command
+    make_pipeline = client.pipeline
+
+    async def counted_command(*args: Any, **options: Any) -> Any:
+        round_trips.append(str(args[0]))
+        return await execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def counted_pipeline(*args: Any, **options: Any) -> Any:
+        pipe = make_pipeline(*args, **options)
+        execute = pipe.execute
+
+        async def counted_execute(*execute_args: Any, **execute_options: Any) -> Any:
+            round_trips.append("pipeline")
+            return await execute(*execute_args, **execute_options)
+
+        monkeypatch.setattr(pipe, "execute", counted_execute)
+        return pipe
+
+    monkeypatch.setattr(client, "execute_command", counted_command)
+    monkeypatch.setattr(client, "pipeline", counted_pipeline)
+    tenant_id = "ten_given_back_together"
+
+    async def scenario() -> tuple[int, dict[Any, Any], dict[Any, Any]]:
+        caps = SubscriptionCaps(client, lease_seconds=15)
+        held, release = asyncio.Event(), asyncio.Event()
+        holding = 0
+
+        async def hold() -> None:
+            nonlocal holding
+            async with caps.place(tenant_id):
+                holding += 1
+                if holding == 150:
+                    held.set()
+                await release.wait()
+
+        holders = [asyncio.create_task(hold()) for _ in range(150)]
+        await held.wait()
+        await asyncio.sleep(0.1)  # the heartbeat's first beat is done
+        while_held = await client.hgetall(PREFIX + tenant_id)
+        before = len(round_trips)
+        release.set()
+        await asyncio.gather(*holders)
+        async with asyncio.timeout(5):
+            while await client.hexists(PREFIX + tenant_id, caps.process_id):
+                await asyncio.sleep(0.01)
+        writes = len(round_trips) - before - sum(name == "HEXISTS" for name in round_trips[before:])
+        after = await client.hgetall(PREFIX + tenant_id)
+        await client.aclose()
+        return writes, while_held, after
+
+    writes, while_held, after = asyncio.run(scenario())
+    assert list(while_held.values()) == [b"150"]
+    assert after == {}
+    assert writes == 1
