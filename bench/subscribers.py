@@ -11,7 +11,10 @@ subscribing.
    API process's CPU seconds each way.
 
 Each run opens every subscription first (the jobs wait in the queue: the workers start once all are
-open), so every progress write is heard by all. The clients run in --clients processes of their own.
+open), so every subscriber can hear every progress write; each run prints how many it heard. jobUpdates
+is a snapshot stream: a change read together with a later one is sent as the later state alone, so a
+job's last step, written just before SUCCEEDED, may reach its subscribers only as SUCCEEDED (those
+are counted apart). The clients run in --clients processes of their own.
 The API processes serve metrics, and the script reads how many results the subscription groups
 rendered against how many they sent: one rendering per change and group, not one per subscriber.
 
@@ -30,7 +33,7 @@ import multiprocessing.synchronize
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -69,7 +72,21 @@ def start_slow_jobs(stack: Stack, count: int, seconds: float, steps: int) -> lis
     return ids
 
 
-async def subscribe(url: str, api_key: str, job_id: str, delays: list[float], opened: asyncio.Event) -> None:
+@dataclass
+class Heard:
+    """What one client process's subscribers heard of their jobs' progress writes."""
+
+    delays: list[float] = field(default_factory=list)
+    """Write -> receipt, one per progress write heard."""
+    missed: int = 0
+    """Progress writes a subscriber never heard, but for a job's last one, heard as SUCCEEDED."""
+    last_in_final: int = 0
+    """A job's last progress write, heard only in the SUCCEEDED state that followed at once."""
+    failed: int = 0
+    """Subscriptions that failed."""
+
+
+async def subscribe(url: str, api_key: str, job_id: str, heard: Heard, opened: asyncio.Event) -> None:
     async with connect(url, subprotocols=[PROTOCOL], open_timeout=120, max_queue=None) as socket:
         await socket.send(
             json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {api_key}"}})
@@ -81,15 +98,24 @@ async def subscribe(url: str, api_key: str, job_id: str, delays: list[float], op
             "payload": {"query": UPDATES, "variables": {"id": job_id}},
         }
         await socket.send(json.dumps(subscribe_message))
+        steps_heard: set[int] = set()
+        steps = 0
         async for raw in socket:
             opened.set()  # the API has answered the subscription: it is a member of its group
             message = json.loads(raw)
             if message["type"] != "next":
-                return
+                break
             job = message["payload"]["data"]["jobUpdates"]
             text = job["message"] or ""
-            if " at " in text and job["status"] == "RUNNING":
-                delays.append(time.time() - float(text.rsplit(" at ", 1)[1]))
+            if " at " in text and job["status"] == "RUNNING":  # "step 3 of 40 at <unix time>"
+                heard.delays.append(time.time() - float(text.rsplit(" at ", 1)[1]))
+                step, _, of = text.removeprefix("step ").partition(" at ")[0].partition(" of ")
+                steps_heard.add(int(step))
+                steps = int(of)
+            if job["status"] == "SUCCEEDED" and steps:
+                missing = set(range(1, steps + 1)) - steps_heard
+                heard.last_in_final += steps in missing
+                heard.missed += len(missing - {steps})
 
 
 @dataclass(frozen=True)
@@ -109,23 +135,24 @@ def _start_client(opened: multiprocessing.synchronize.Barrier) -> None:
     _opened = opened
 
 
-def _client(share: ClientShare) -> tuple[list[float], int]:
+def _client(share: ClientShare) -> Heard:
     """A client process: open every subscription of its share, wait at the barrier (all open), then
-    collect delays until the jobs end. Returns the delays and the subscriptions that failed."""
+    collect delays until the jobs end."""
     opened = _opened
     assert opened is not None
 
-    async def run() -> tuple[list[float], int]:
-        delays: list[float] = []
+    async def run() -> Heard:
+        heard = Heard()
         events = [asyncio.Event() for _ in share.targets]
         tasks = [
-            asyncio.create_task(subscribe(url, share.api_key, job_id, delays, event))
+            asyncio.create_task(subscribe(url, share.api_key, job_id, heard, event))
             for (url, job_id), event in zip(share.targets, events, strict=True)
         ]
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in events)), timeout=600)
         await asyncio.to_thread(opened.wait)
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        return delays, sum(isinstance(result, BaseException) for result in results)
+        heard.failed = sum(isinstance(result, BaseException) for result in results)
+        return heard
 
     return asyncio.run(run())
 
@@ -169,6 +196,10 @@ def apis(stack: Stack, count: int) -> Iterator[list[Api]]:
 @dataclass
 class RunResult:
     delays: list[float]
+    expected: int
+    """Progress writes times their subscribers."""
+    missed: int
+    last_in_final: int
     failed: int
     rss_before: list[float]
     rss_open: list[float]
@@ -206,9 +237,13 @@ def watch_many(stack: Stack, servers: list[Api], subscribers: int, args: argpars
     def grown(name: str) -> float:
         return sum(a.get(name, 0) - b.get(name, 0) for a, b in zip(after, before, strict=True))
 
+    heard: list[Heard] = results
     return RunResult(
-        delays=[delay for delays, _ in results for delay in delays],
-        failed=sum(failed for _, failed in results),
+        delays=[delay for client in heard for delay in client.delays],
+        expected=subscribers * steps,
+        missed=sum(client.missed for client in heard),
+        last_in_final=sum(client.last_in_final for client in heard),
+        failed=sum(client.failed for client in heard),
         rss_before=rss_before,
         rss_open=rss_open,
         renders=sum(a.get(RENDERS, 0) - b.get(RENDERS, 0) for a, b in zip(after, before, strict=True)),
@@ -235,6 +270,11 @@ def report(
         f"{before:.0f} -> {open_:.0f} MiB"
         for before, open_ in zip(result.rss_before, result.rss_open, strict=True)
     )
+    print(
+        f"  heard {len(result.delays)} of {result.expected} progress writes; "
+        f"{result.last_in_final} jobs' last steps heard only as SUCCEEDED (a snapshot stream sends the "
+        f"newest state), {result.missed} others missed"
+    )
     print(f"  API RSS {rss} with them open: {grown * 1024 / subscribers:.1f} KiB per subscriber")
     if result.renders:
         print(
@@ -260,11 +300,11 @@ async def follow(stack: Stack, api_url: str, api_pid: int, seconds: float, *, po
 
             await asyncio.gather(*(poll(job_id) for job_id in job_ids))
     else:
-        delays: list[float] = []
+        heard = Heard()
         events = [asyncio.Event() for _ in job_ids]
         ws_url = api_url.replace("http://", "ws://") + "/graphql"
         tasks = [
-            asyncio.create_task(subscribe(ws_url, stack.api_key, job_id, delays, event))
+            asyncio.create_task(subscribe(ws_url, stack.api_key, job_id, heard, event))
             for job_id, event in zip(job_ids, events, strict=True)
         ]
         await asyncio.sleep(max(deadline - time.monotonic(), 0))
