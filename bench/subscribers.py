@@ -271,9 +271,9 @@ def report(
         for before, open_ in zip(result.rss_before, result.rss_open, strict=True)
     )
     print(
-        f"  heard {len(result.delays)} of {result.expected} progress writes; "
-        f"{result.last_in_final} jobs' last steps heard only as SUCCEEDED (a snapshot stream sends the "
-        f"newest state), {result.missed} others missed"
+        f"  heard {len(result.delays)} of {result.expected} progress writes; of those missing, "
+        f"{result.last_in_final} were a job's last step, heard only as the SUCCEEDED state that followed "
+        f"it (jobUpdates sends the newest state), {result.missed} others"
     )
     print(f"  API RSS {rss} with them open: {grown * 1024 / subscribers:.1f} KiB per subscriber")
     if result.renders:

@@ -93,7 +93,7 @@ HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 class TransportWS(CheckedTransportWSHandler, KeyCheckingTransportWS, SharedSubscriptionsTransportWS):
     """graphql-transport-ws: each message's fields checked (service.graphql_decoding), then the key
-    checked again before each operation and while subscriptions are open (service.websocket);
+    checked again before each operation and on a period for every open socket (service.websocket);
     subscriptions capped and executed once per group of identical ones (service.shared_subscriptions)."""
 
 
