@@ -190,12 +190,13 @@ class Supervisor:
             horse.deadline = (
                 time.monotonic() + float(limit) + self.kill_grace_seconds if limit and limit > 0 else None
             )
-        elif event == "idle":
+        elif event == "idle":  # the job's end, with how its run ended when it ran here
             horse.job, horse.deadline = None, None
-        elif event == "finished":
-            record_queue_wait(message["kind"], message["queue_wait_seconds"])
-            if message["status"] in TERMINAL_STATUSES and message["run_seconds"] is not None:
-                record_job_finished(message["kind"], message["status"], message["run_seconds"])
+            ended = message.get("finished")
+            if ended is not None:
+                record_queue_wait(ended["kind"], ended["queue_wait_seconds"])
+                if ended["status"] in TERMINAL_STATUSES and ended["run_seconds"] is not None:
+                    record_job_finished(ended["kind"], ended["status"], ended["run_seconds"])
 
     # --- a job whose horse died ----------------------------------------------------------------------
 
