@@ -11,8 +11,9 @@ from functools import lru_cache
 from typing import Any, LiteralString, cast
 
 import psycopg
-from sqlalchemy import Engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from psycopg.rows import dict_row
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError, StatementError
 from sqlalchemy.orm import Session as SASession
 from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -125,14 +126,43 @@ def run_pipelined(session: Session, statements: Sequence[Statement]) -> None:
             for sql, parameters in statements:
                 cursor.execute(sql, parameters)
     except psycopg.Error as error:
-        lost = connection.dialect.is_disconnect(cast(Any, error), connection.connection, None)
-        if lost:
-            connection.invalidate(error)
-        sql = "; ".join(statement for statement, _ in statements)
-        parameters = statements[0][1] if len(statements) == 1 else {}
-        raise DBAPIError.instance(
-            sql, parameters, error, psycopg.Error, connection_invalidated=lost
-        ) from error
+        raise _as_sqlalchemy_error(connection, statements, error) from error
+
+
+def read_pipelined(session: Session, statements: Sequence[Statement]) -> list[list[dict[str, Any]]]:
+    """run_pipelined, keeping each statement's rows (as dicts of column to value), in order.
+
+    Postgres runs the statements one after another in the transaction, each with a snapshot taken
+    when it starts: a row one of them locks (or waits for) is read as committed by the ones after."""
+    connection = session.connection()
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
+    cursors: list[psycopg.Cursor[dict[str, Any]]] = []
+    try:
+        try:
+            with raw.pipeline():
+                for sql, parameters in statements:
+                    cursor = raw.cursor(row_factory=dict_row)
+                    cursors.append(cursor)
+                    cursor.execute(sql, parameters)
+            return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+        finally:
+            for cursor in cursors:
+                cursor.close()
+    except psycopg.Error as error:
+        raise _as_sqlalchemy_error(connection, statements, error) from error
+
+
+def _as_sqlalchemy_error(
+    connection: Connection, statements: Sequence[Statement], error: psycopg.Error
+) -> StatementError:
+    """The error SQLAlchemy would have raised (IntegrityError...); a lost connection leaves the pool."""
+    lost = connection.dialect.is_disconnect(cast(Any, error), connection.connection, None)
+    if lost:
+        connection.invalidate(error)
+    sql = "; ".join(statement for statement, _ in statements)
+    parameters = statements[0][1] if len(statements) == 1 else {}
+    return DBAPIError.instance(sql, parameters, error, psycopg.Error, connection_invalidated=lost)
 
 
 _STATEMENT_TIMEOUT: LiteralString = "SELECT set_config('statement_timeout', %(milliseconds)s, true)"

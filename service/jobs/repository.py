@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import LiteralString
+from typing import Any, LiteralString
 
 from sqlalchemy import delete, func, or_, text, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
-from service.db import run_pipelined
+from service.db import Statement, run_pipelined
 from service.ids import first_id_at
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
 from service.models import utcnow
@@ -155,6 +156,46 @@ def insert_queued(session: Session, job: Job, first_event: JobEvent) -> None:
         session,
         [(_INSERT_QUEUED, {**row, **event}), (_INSERT_OUTBOX, {"job_id": job.id, "created_at": utcnow()})],
     )
+
+
+_COLUMNS = ", ".join(c.name for c in Job.__table__.columns)  # type: ignore[attr-defined]
+_LOCK_JOB: LiteralString = f"SELECT {_COLUMNS} FROM jobs WHERE id = %(job_id)s FOR UPDATE"  # noqa: S608 - names from the model
+TENANT_OF_JOB: LiteralString = "(SELECT tenant_id FROM jobs WHERE id = %(job_id)s)"
+"""SQL for the tenant of the job %(job_id)s: the other domains' statements read beside lock_statement."""
+_RUNNING_COUNT: LiteralString = (  # the index on (tenant_id, status)
+    "SELECT count(*) AS running FROM jobs WHERE tenant_id = (SELECT tenant_id FROM jobs WHERE id = %(job_id)s)"  # noqa: E501
+    " AND status IN ('RUNNING', 'CANCELING')"
+)
+_TAKE_FROM_OUTBOX: LiteralString = (
+    "DELETE FROM job_outbox WHERE job_id = %(job_id)s"
+    " AND EXISTS (SELECT 1 FROM jobs WHERE id = %(job_id)s AND status = 'QUEUED')"
+)
+
+
+def lock_statement(job_id: str) -> Statement:
+    """Plain SQL locking the job (any tenant's, by id) for the transaction, for read_pipelined: its
+    row, for adopt()."""
+    return _LOCK_JOB, {"job_id": job_id}
+
+
+def running_count_statement(job_id: str) -> Statement:
+    """running_count of the job's tenant in plain SQL, for read_pipelined: one row, `running`."""
+    return _RUNNING_COUNT, {"job_id": job_id}
+
+
+def take_from_outbox_statement(job_id: str) -> Statement:
+    """remove_from_outbox in plain SQL for read_pipelined, if the job is QUEUED (a job starting here
+    leaves the outbox; one failed at its deadline leaves it anyway, and a deferred one is put back)."""
+    return _TAKE_FROM_OUTBOX, {"job_id": job_id}
+
+
+def adopt(session: Session, row: Mapping[str, Any]) -> Job:
+    """The Job of a row read (and locked) in plain SQL, as the session would have loaded it: its
+    changes are flushed as usual."""
+    job = Job(**row)
+    make_transient_to_detached(job)
+    session.add(job)
+    return job
 
 
 def lock_job(session: Session, job_id: str) -> Job | None:

@@ -24,18 +24,19 @@ from rq.timeouts import JobTimeoutException
 from sqlmodel import Session
 
 from observability.tracing import continue_trace, get_tracer, set_ids
-from service.db import session_scope
+from service.db import read_pipelined, session_scope
 from service.jobs import repository, service
 from service.jobs.dispatch import drop_waiting
 from service.jobs.kinds import ArtifactOutput, JobFailure, Kind, get_kind
 from service.jobs.models import Job, JobStatus
 from service.models import utcnow
 from service.outages import describe, is_outage, log_failure
+from service.plans import Limits
 from service.settings import get_settings
 from service.storage.base import StoredObject, artifact_key, safe_filename
 from service.storage.factory import get_storage
-from service.tenants.service import lock_for_start
-from service.webhooks.service import read_endpoints
+from service.tenants.service import limits_locked, lock_for_start_statement
+from service.webhooks.service import endpoints_statement, remember_endpoints
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -95,11 +96,10 @@ class RunContext:
                 return
             try:
                 with session_scope() as session:
-                    job = repository.lock_job(session, self.job_id)
+                    job = _lock_with_endpoints(session, self.job_id)
                     if job is None or job.status != JobStatus.RUNNING:
                         self._canceled = True  # CANCELING, or the scheduler took the run away
                         return
-                    read_endpoints(session, job.tenant_id)
                     service.report_progress(session, job, pending[0], pending[1])
             except Exception as error:
                 if not is_outage(error):
@@ -167,10 +167,12 @@ def start(job_id: str) -> Job | None:
     duplicate run), its deadline passed (it fails, never started), or its tenant already runs its plan's
     max_running jobs. Then the job and all the tenant's other QUEUED jobs wait in the outbox for
     JOB_DEFER_SECONDS and leave RQ, so the next job a worker finds is another tenant's, however many
-    this one queued (fairness; each job returns to its own priority's queue, so it holds inside each)."""
+    this one queued (fairness; each job returns to its own priority's queue, so it holds inside each).
+
+    Everything the start reads goes to Postgres in one round trip (_lock_for_start)."""
     parked: list[str] = []
     with session_scope() as session:
-        job = repository.lock_job(session, job_id)
+        job, limits, running = _lock_for_start(session, job_id)
         if job is None or job.status != JobStatus.QUEUED:
             log.info("job %s is not queued (%s); skipping", job_id, job.status if job else "deleted")
             return None
@@ -178,11 +180,14 @@ def start(job_id: str) -> Job | None:
             log.info("job %s missed its deadline before it started; failing it", job_id)
             service.miss_deadline(session, job, taken=True)
             return None
-        if _tenant_busy(session, job):
+        if running >= limits.max_running:
+            # Starts of one tenant are serialised (its row is locked), so two workers cannot both
+            # take the last slot.
+            log.info("tenant %s runs its %d jobs; job %s waits", job.tenant_id, limits.max_running, job.id)
+            service.defer(session, job, delay=get_settings().job_defer_seconds)
             parked = service.park_tenant_queue(session, job.tenant_id, delay=get_settings().job_defer_seconds)
         else:
             service.transition(session, job, JobStatus.RUNNING, message="starting")
-            repository.remove_from_outbox(session, job_id)
     if not parked:
         return job
     dropped = drop_waiting([other for other in parked if other != job_id])
@@ -192,15 +197,44 @@ def start(job_id: str) -> Job | None:
     return None
 
 
-def _tenant_busy(session: Session, job: Job) -> bool:
-    """Whether the (locked, QUEUED) job's tenant runs its max_running jobs already. Starts of one
-    tenant are serialised, so two workers cannot both take the last slot."""
-    max_running = lock_for_start(session, job.tenant_id).max_running
-    if repository.running_count(session, job.tenant_id) < max_running:
-        return False
-    log.info("tenant %s runs its %d jobs; job %s waits", job.tenant_id, max_running, job.id)
-    service.defer(session, job, delay=get_settings().job_defer_seconds)
-    return True
+def _lock_for_start(session: Session, job_id: str) -> tuple[Job | None, Limits, int]:
+    """In one round trip (with the transaction's BEGIN): the job, locked; its tenant's row, locked
+    until the transaction ends, so starts of one tenant take turns; the tenant's jobs holding a
+    worker, counted once that lock is held; its endpoints, for the transition's webhook events; and
+    the job taken out of the outbox if it is QUEUED."""
+    tenant, parameters = repository.TENANT_OF_JOB, {"job_id": job_id}
+    job_rows, plan_rows, count_rows, endpoint_rows, _ = read_pipelined(
+        session,
+        [
+            repository.lock_statement(job_id),
+            lock_for_start_statement(tenant, parameters),
+            repository.running_count_statement(job_id),
+            endpoints_statement(tenant, parameters),
+            repository.take_from_outbox_statement(job_id),
+        ],
+    )
+    if not job_rows:
+        return None, limits_locked(plan_rows), 0
+    job = repository.adopt(session, job_rows[0])
+    remember_endpoints(session, job.tenant_id, endpoint_rows)
+    return job, limits_locked(plan_rows), int(count_rows[0]["running"])
+
+
+def _lock_with_endpoints(session: Session, job_id: str) -> Job | None:
+    """The job, locked, with its tenant's endpoints read for the webhook events of what follows: one
+    round trip (with the transaction's BEGIN)."""
+    job_rows, endpoint_rows = read_pipelined(
+        session,
+        [
+            repository.lock_statement(job_id),
+            endpoints_statement(repository.TENANT_OF_JOB, {"job_id": job_id}),
+        ],
+    )
+    if not job_rows:
+        return None
+    job = repository.adopt(session, job_rows[0])
+    remember_endpoints(session, job.tenant_id, endpoint_rows)
+    return job
 
 
 def run_job(job_id: str, carrier: Mapping[str, str] | None = None) -> RunResult | None:
@@ -312,10 +346,9 @@ def _finish_succeeded(
     job_id: str, stored: StoredObject | None, output: ArtifactOutput | None, context: RunContext
 ) -> str | None:
     with session_scope() as session:
-        job = repository.lock_job(session, job_id)
+        job = _lock_with_endpoints(session, job_id)
         if job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
             return None
-        read_endpoints(session, job.tenant_id)
         if service.stopped_for_deadline(job):  # done, but too late: the deadline stop wins
             if stored is not None:
                 get_storage().delete(stored.key)
@@ -333,7 +366,7 @@ def _finish_canceled(job: Job, output: ArtifactOutput | None) -> str | None:
     if output is not None:
         get_storage().delete(artifact_key(job.tenant_id, job.id, output.filename))  # a partial upload
     with session_scope() as session:
-        locked = repository.lock_job(session, job.id)
+        locked = _lock_with_endpoints(session, job.id)
         if locked is None or locked.status != JobStatus.CANCELING:
             return None
         service.finish_stopped(session, locked)
@@ -351,10 +384,9 @@ def _finish_failed(
 ) -> str | None:
     """Retry a transient failure with backoff while attempts remain; otherwise FAILED."""
     with session_scope() as session:
-        job = repository.lock_job(session, job_id)
+        job = _lock_with_endpoints(session, job_id)
         if job is None:
             return None
-        read_endpoints(session, job.tenant_id)
         if job.status == JobStatus.CANCELING:
             service.finish_stopped(session, job)
         elif job.status != JobStatus.RUNNING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, LiteralString, NamedTuple
 
 from sqlalchemy import bindparam, delete, func, update
 from sqlalchemy import select as sql_select
@@ -49,6 +49,10 @@ def key_is_active(session: Session, key_id: str) -> bool:
     """Whether the key exists and is not revoked."""
     statement = select(ApiKey.id).where(ApiKey.id == key_id, col(ApiKey.revoked_at).is_(None))
     return session.exec(statement).first() is not None
+
+
+LOCK_PLAN: LiteralString = "SELECT plan, limits FROM tenants WHERE id = {tenant} FOR NO KEY UPDATE"
+"""plan_of(lock=True) in plain SQL, the tenant's id given as SQL in place of {tenant}."""
 
 
 def plan_of(

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
 from sqlmodel import Session
 
 from observability.metrics import record_rate_limited
-from service.db import after_commit
+from service.db import Statement, after_commit
 from service.errors import NotFoundError, RateLimitedError, ValidationError
 from service.models import utcnow
 from service.outages import is_outage
@@ -197,6 +198,17 @@ def lock_for_start(session: Session, tenant_id: str) -> Limits:
     """The tenant's limits, its row locked until the transaction ends: job starts of one tenant take
     turns, so two workers never both take its last max_running slot."""
     return _resolve(repository.plan_of(session, tenant_id, lock=True))
+
+
+def lock_for_start_statement(tenant: LiteralString, parameters: Mapping[str, Any]) -> Statement:
+    """lock_for_start in plain SQL, for read_pipelined: `tenant` is SQL giving the tenant's id (with
+    its parameters); limits_locked() reads its rows."""
+    return repository.LOCK_PLAN.format(tenant=tenant), parameters
+
+
+def limits_locked(rows: Sequence[Mapping[str, Any]]) -> Limits:
+    """The limits of the tenant that lock_for_start_statement locked."""
+    return _resolve((rows[0]["plan"], rows[0]["limits"]) if rows else None)
 
 
 def _resolve(row: tuple[str, dict[str, Any] | None] | None) -> Limits:

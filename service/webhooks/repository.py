@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
 from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
@@ -42,6 +42,12 @@ class EndpointRepository(TenantRepository[WebhookEndpoint]):
         )
         with self.session.no_autoflush:  # a lookup; the caller's pending rows are flushed with its writes
             return [(endpoint_id, list(types)) for endpoint_id, types in self.session.exec(statement)]
+
+
+ENABLED_FILTERS: LiteralString = (
+    "SELECT id, event_types FROM webhook_endpoints WHERE tenant_id = {tenant} AND enabled ORDER BY id"
+)
+"""EndpointRepository.enabled_filters in plain SQL, the tenant's id given as SQL in place of {tenant}."""
 
 
 class EventRepository(TenantRepository[WebhookEvent]):

@@ -4,10 +4,10 @@ delete, rotate keys, test, redeliver, recover); and the reads the API and export
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
 from sqlmodel import Session
 
@@ -15,6 +15,7 @@ from callbacks.keys import generate_keypair, generate_secret, public_key_for
 from observability.metrics import record_endpoint_disabled
 from observability.tracing import inject
 from service.crypto import decrypt, encrypt, reencrypt
+from service.db import Statement
 from service.errors import (
     ForbiddenError,
     InvalidStateError,
@@ -191,6 +192,17 @@ def read_endpoints(session: Session, tenant_id: str) -> None:
     _enabled_endpoints(session, tenant_id)
 
 
+def endpoints_statement(tenant: LiteralString, parameters: Mapping[str, Any]) -> Statement:
+    """read_endpoints in plain SQL, for read_pipelined beside other reads: `tenant` is SQL giving the
+    tenant's id (with its parameters); remember_endpoints() takes its rows."""
+    return repository.ENABLED_FILTERS.format(tenant=tenant), parameters
+
+
+def remember_endpoints(session: Session, tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """What endpoints_statement read, for this transaction's publishes (as read_endpoints would)."""
+    _endpoints_cache(session)[tenant_id] = [(row["id"], list(row["event_types"])) for row in rows]
+
+
 _ENDPOINTS = "webhooks.enabled_endpoints"
 _LISTENING = "webhooks.listening"
 _WOKEN = "webhooks.woken"
@@ -198,15 +210,20 @@ _WOKEN = "webhooks.woken"
 
 def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list[str]]]:
     """The tenant's enabled endpoints and their filters, read once per transaction."""
+    by_tenant = _endpoints_cache(session)
+    if tenant_id not in by_tenant:
+        by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
+    return by_tenant[tenant_id]
+
+
+def _endpoints_cache(session: Session) -> dict[str, list[tuple[str, list[str]]]]:
+    """Endpoints read in this transaction, by tenant."""
     transaction = session.get_transaction()
     cache: tuple[object, dict[str, list[tuple[str, list[str]]]]] | None = session.info.get(_ENDPOINTS)
     if cache is None or cache[0] is not transaction:
         cache = (transaction, {})
         session.info[_ENDPOINTS] = cache
-    by_tenant = cache[1]
-    if tenant_id not in by_tenant:
-        by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
-    return by_tenant[tenant_id]
+    return cache[1]
 
 
 def _listening(session: Session, tenant_id: str) -> bool:
