@@ -3,9 +3,9 @@ and draining a backlog across tenants.
 
 1. Raw loop: a bare `httpx.AsyncClient` posts N signed bodies to the receiver, as many at a time as a
    deliverer may send to one endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT).
-2. Throughput: N `webhook.test` events are committed for one endpoint, then one deliverer process
-   (`claimcheck worker --queues webhooks`) starts and sends them; the rate runs from the first
-   delivery the receiver gets to the last (process start-up left out), and the run waits until every
+2. Throughput: one deliverer process (`claimcheck worker --queues webhooks`) starts; once it is idle,
+   N `webhook.test` events for one endpoint are committed in one transaction and it sends them; the
+   rate runs from the first delivery the receiver gets to the last, and the run waits until every
    attempt is recorded. Then the same with two deliverer processes (each with its own per-endpoint
    cap). Targets: one deliverer >= 0.8x the raw loop and >= 500/s; two >= one.
 3. Latency: with one deliverer running, events are committed at --latency-rate per second (a few per
@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import REPO_ROOT, CpuMeter, Stack, ms, percentile, service_stack
+from bench.common import REPO_ROOT, CpuMeter, Stack, ms, percentile, process_tree_cpu, service_stack
 from service.embedded import free_port
 from tests.servers import ServiceProcess
 
@@ -307,8 +307,11 @@ def throughput(
     """(deliveries/s from the first arrival to the last, seconds from start-up until all recorded,
     CPU) for `processes` deliverers sending `events` to one new endpoint (over `jobs` jobs: ordered)."""
     endpoint = new_endpoint(stack.tenant_id, receiver.url, f"/throughput-{processes}-{jobs}")
-    publish_tests(endpoint, events, jobs=jobs)
     deliverers = start_deliverers(stack, processes, f"throughput-{processes}")
+    # Every deliverer started up (its CPU settled) before the events come due, all in one commit: a
+    # second process's start-up (a second of imports) does not eat into the first one's sending.
+    wait_until(lambda: _settled([d.pid for d in deliverers]), 60, "the deliverers to start", interval=0)
+    publish_tests(endpoint, events, per_transaction=events, jobs=jobs)
     started = time.perf_counter()
     wait_until(lambda: stats(receiver)["received"] > 0, 60, "the first delivery", interval=0.01)
     meter = CpuMeter({"deliverers": [d.pid for d in deliverers], "receiver": receiver.pids})
@@ -333,6 +336,13 @@ def throughput(
         f"{per_delivery:.2f} ms; receiver processes got {'/'.join(map(str, split))}"
     )
     return (events - 1) / (path["last"] - path["first"]), recorded, cpu
+
+
+def _settled(pids: list[int], window: float = 0.3, most: float = 0.03) -> bool:
+    """Whether these processes used under `most` of a core over the next `window` seconds."""
+    before = [process_tree_cpu([pid]) for pid in pids]
+    time.sleep(window)
+    return all(process_tree_cpu([pid]) - used < most * window for pid, used in zip(pids, before, strict=True))
 
 
 def latency(stack: Stack, receiver: Receiver, rate: float, seconds: float, per_transaction: int) -> str:
