@@ -18,6 +18,7 @@ from collections import Counter
 import psycopg
 from sqlalchemy.engine import make_url
 
+from observability.forks import fork_safe_loop
 from service.db import session_scope
 from service.outages import describe, is_outage, log_failure
 from service.settings import Settings, get_settings
@@ -242,7 +243,8 @@ class DelivererThread(threading.Thread):
         self._stop_event: asyncio.Event | None = None
 
     def run(self) -> None:
-        asyncio.run(self._main())
+        with fork_safe_loop() as runner:  # the supervisor forks horses meanwhile
+            runner.run(self._main())
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -14,7 +14,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -26,6 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from callbacks.errors import MalformedKeyError
 from callbacks.signing import build_headers
+from observability.forks import ForkSafeExecutor
 from observability.metrics import attempt_outcome, record_webhook_attempt, record_webhook_delivered
 from observability.tracing import continue_trace, get_tracer, inject
 from service.crypto import decrypt
@@ -187,7 +187,7 @@ class Sender:
         self._resolved = AddressCache(MAX_RESOLVED, RESOLVE_TTL_SECONDS)
         self._pins: OrderedDict[str, _Pin] = OrderedDict()
         self._ssl_context = default_ssl_context()
-        self._signing = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="webhook-signing")
+        self._signing = ForkSafeExecutor(SIGNING_THREADS, thread_name_prefix="webhook-signing")
 
     async def send(self, claimed: Claimed) -> Outcome:
         """One attempt, in a client span continuing the event's trace (its first attempt) or linking
