@@ -11,6 +11,8 @@ import asyncio
 import logging
 import signal
 
+from sqlalchemy.orm import configure_mappers
+
 import service.jobs.tasks  # noqa: F401  (imported before the horses are forked, not in each)
 from observability.metrics import (
     SCRAPE_READ_SECONDS,
@@ -58,6 +60,7 @@ def run_worker(
         asyncio.run(_deliver_until_signalled())
         return
     prepare_kinds()
+    configure_mappers()  # once here, not in each horse at its first job
     start_job_counters(kind_names())
     register_queue_depth(lambda: {name: get_queue(name).count for name in job_queues})
     deliverer = DelivererThread() if WEBHOOKS in wanted and not burst else None
