@@ -12,7 +12,9 @@ All in one run, on one-sentence speech jobs:
 7. one worker again, on jobs of mixed priorities (HIGH, NORMAL, LOW in turn), beside the same run of
    all NORMAL jobs just before it (the priority path's cost: its queues, order and starvation guard);
 
-then each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3,
+then each drain's CPU left on the machine (what other processes left idle), the workers' own CPU per
+job (start-up included; less swayed by what else the machine runs than the rates), each worker's RSS at start
+and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3,
 7 >= 0.95x its all-NORMAL run).
 Every drain starts with the queue full and the worker not yet running, and ends when the last job is
 done; the worker's start-up is counted, as it would be for RQ. `--rss-jobs N` adds a long run of N jobs
@@ -38,7 +40,14 @@ from typing import Any
 
 import httpx
 
-from bench.common import REPO_ROOT, SPEECH_MUTATION, CpuMeter, Stack, descendants, service_stack
+from bench.common import (
+    REPO_ROOT,
+    SPEECH_MUTATION,
+    CpuMeter,
+    Stack,
+    descendants,
+    service_stack,
+)
 
 PLAIN_QUEUE = "bench-plain"
 # A plain forking RQ worker as RQ's docs advise running one: the job's module and its library loaded
@@ -90,10 +99,17 @@ class Drain:
     cpu_left: float
     rss_start: float
     rss_end: float
+    worker_cpu: float
+    """CPU seconds of the worker processes and their horses over the drain, start-up included."""
 
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
+
+    @property
+    def worker_cpu_ms(self) -> float:
+        """The workers' CPU per job: what the drain costs them, whatever else the machine runs."""
+        return 1000 * self.worker_cpu / self.jobs
 
 
 def work_alone(count: int) -> float:
@@ -118,14 +134,16 @@ def plain_rq(stack: Stack, count: int) -> Drain:
     started = time.perf_counter()
     worker = subprocess.Popen(command, env=stack.env, cwd=REPO_ROOT)
     rss = _Rss(worker.pid)
+    cpu = 0.0
     while worker.poll() is None:
         rss.sample()
+        cpu = max(cpu, _worker_cpu(worker.pid))
         time.sleep(0.05)
     seconds = time.perf_counter() - started
     window = meter.stop()
     if worker.returncode != 0 or queue.count:
         raise RuntimeError(f"rq worker exited {worker.returncode} with {queue.count} jobs left")
-    return Drain(count, seconds, window.cores - window.machine_busy, rss.first, rss.last)
+    return Drain(count, seconds, window.cores - window.machine_busy, rss.first, rss.last, cpu)
 
 
 def submit(
@@ -166,15 +184,17 @@ def claimcheck(
     started = time.perf_counter()
     processes = [stack.start_worker(api_url) for _ in range(workers)]
     rss = _Rss(*(process.pid for process in processes))
+    cpu = 0.0
     while _unfinished() > 0:
         rss.sample()
+        cpu = max(cpu, _worker_cpu(*(process.pid for process in processes)))
         time.sleep(0.05)
     seconds = time.perf_counter() - started
     window = meter.stop()
     for process in processes:
         process.stop()
         stack.processes.remove(process)
-    return Drain(count, seconds, window.cores - window.machine_busy, rss.first, rss.last)
+    return Drain(count, seconds, window.cores - window.machine_busy, rss.first, rss.last, cpu)
 
 
 def _unfinished() -> int:
@@ -185,6 +205,24 @@ def _unfinished() -> int:
     with session_scope() as session:
         statement = text("SELECT count(*) FROM jobs WHERE status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELED')")
         return int(session.execute(statement).scalar_one())
+
+
+def _worker_cpu(*pids: int) -> float:
+    """CPU seconds used so far by worker processes: their own, their reaped children's (RQ's forked
+    horses, Claimcheck's replaced ones) and their live descendants' (the running horses)."""
+    total = 0.0
+    for pid in pids:
+        total += _cpu_fields(pid, 4)
+        total += sum(_cpu_fields(child, 2) for child in descendants(pid))
+    return total
+
+
+def _cpu_fields(pid: int, count: int) -> float:
+    """utime + stime (count 2), with cutime + cstime (count 4), in seconds; 0 for a process gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(value) for value in fields[11 : 11 + count]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 class _Rss:
@@ -286,11 +324,15 @@ def main() -> None:
         rows["Claimcheck, one worker, mixed priorities"] = mixed
         samples = long_run(stack, api.url, args.rss_jobs) if args.rss_jobs else []
     plain = rows["plain RQ, one forking worker"]
-    print(f"{'':54s} {'jobs/s':>8s} {'per job':>9s} {'CPU left':>9s} {'RSS start → end':>18s}")
+    header = (
+        f"{'jobs/s':>8s} {'per job':>9s} {'CPU left':>9s} {'worker CPU/job':>15s} {'RSS start → end':>18s}"
+    )
+    print(f"{'':54s} {header}")
     print(f"{'the work alone, in one process':54s} {alone:8.1f} {1000 / alone:7.1f}ms")
     for name, drain in rows.items():
         rss = f"{drain.rss_start:6.1f} → {drain.rss_end:6.1f} MiB"
-        print(f"{name:54s} {drain.rate:8.1f} {1000 / drain.rate:7.1f}ms {drain.cpu_left:8.2f}c {rss:>18s}")
+        rate = f"{drain.rate:8.1f} {1000 / drain.rate:7.1f}ms"
+        print(f"{name:54s} {rate} {drain.cpu_left:8.2f}c {drain.worker_cpu_ms:13.1f}ms {rss:>18s}")
     print(f"Claimcheck / plain RQ:        {one.rate / plain.rate:5.2f}  (target >= 1.0, stretch 2.0)")
     print(f"with an endpoint / without:   {hooked.rate / one.rate:5.2f}  (target >= 0.8)")
     print(f"two workers / one:            {two.rate / one.rate:5.2f}  (target >= 1.6; 2 cores run all of it)")
