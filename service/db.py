@@ -117,13 +117,39 @@ def run_pipelined(session: Session, statements: Sequence[Statement]) -> None:
 
     Not flushed first: pending ORM objects reach Postgres later. An error is raised as SQLAlchemy
     raises it (IntegrityError...), and a lost connection leaves the pool as it would."""
+    _pipelined(session, statements, read=False)
+
+
+PendingRead = tuple[Statement, Callable[[list[tuple[Any, ...]]], None]]
+"""A read to run along others: its statement, and what takes its rows."""
+
+
+def read_together(session: Session, reads: Sequence[PendingRead]) -> None:
+    """Run the reads' statements as run_pipelined runs statements, in one round trip, and hand each
+    its rows."""
+    found = _pipelined(session, [statement for statement, _ in reads], read=True)
+    for (_, keep), rows in zip(reads, found, strict=True):
+        keep(rows)
+
+
+Rows = list[tuple[Any, ...]]
+
+
+def _pipelined(session: Session, statements: Sequence[Statement], *, read: bool) -> list[Rows]:
     connection = session.connection()
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
+    rows: list[Rows] = []
     try:
-        with raw.pipeline(), raw.cursor() as cursor:
-            for sql, parameters in statements:
+        with raw.pipeline() as pipeline:
+            cursors = [raw.cursor() for _ in statements] if read else [raw.cursor()] * len(statements)
+            for cursor, (sql, parameters) in zip(cursors, statements, strict=True):
                 cursor.execute(sql, parameters)
+            if read:
+                pipeline.sync()
+                rows = [cursor.fetchall() for cursor in cursors]
+            for cursor in set(cursors):
+                cursor.close()
     except psycopg.Error as error:
         lost = connection.dialect.is_disconnect(cast(Any, error), connection.connection, None)
         if lost:
@@ -133,6 +159,7 @@ def run_pipelined(session: Session, statements: Sequence[Statement]) -> None:
         raise DBAPIError.instance(
             sql, parameters, error, psycopg.Error, connection_invalidated=lost
         ) from error
+    return rows
 
 
 _STATEMENT_TIMEOUT: LiteralString = "SELECT set_config('statement_timeout', %(milliseconds)s, true)"

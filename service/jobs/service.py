@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from observability.metrics import record_job_created, record_job_finished, record_rate_limited
 from observability.tracing import inject, set_ids
-from service.db import after_commit
+from service.db import PendingRead, after_commit, read_together
 from service.errors import (
     ForbiddenError,
     IdempotencyConflictError,
@@ -42,7 +42,7 @@ from service.storage.base import StoredObject
 from service.storage.factory import get_storage
 from service.tenants.service import check_rate
 from service.webhooks.events import DEADLINE_AT_RISK, JOB_EVENT_TYPES, JOB_REQUEUED
-from service.webhooks.service import forget_artifact, publish
+from service.webhooks.service import endpoints_read, forget_artifact, publish
 
 MAX_IDEMPOTENCY_KEY = 200
 MIN_PROGRESS_FOR_ESTIMATE = 0.05
@@ -202,8 +202,17 @@ def check_deadline(deadline: datetime | None) -> datetime | None:
 
 
 def check_queued_quota(jobs: JobRepository, limits: Limits) -> None:
-    """QUOTA_EXCEEDED when the tenant already holds its plan's max_queued QUEUED jobs."""
-    if jobs.count_in([JobStatus.QUEUED]) >= limits.max_queued:
+    """QUOTA_EXCEEDED when the tenant already holds its plan's max_queued QUEUED jobs. The tenant's
+    webhook endpoints, which the job's first event needs, are read in the same round trip."""
+    counted: list[int] = []
+    reads: list[PendingRead] = [
+        (jobs.count_in_statement([JobStatus.QUEUED]), lambda rows: counted.append(int(rows[0][0])))
+    ]
+    endpoints = endpoints_read(jobs.session, jobs.tenant_id)
+    if endpoints is not None:
+        reads.append(endpoints)
+    read_together(jobs.session, reads)
+    if counted[0] >= limits.max_queued:
         record_rate_limited("quota")
         raise QuotaExceededError(
             f"this tenant already has {limits.max_queued} queued jobs (its plan's maximum); "

@@ -7,18 +7,22 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
 from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
+from service.db import Statement
 from service.ids import first_id_at
 from service.repository import TenantRepository
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 NOTIFY_CHANNEL = "webhook_deliveries"
 HISTORY_BATCH_ROWS = 500
+_ENABLED_FILTERS: LiteralString = (
+    "SELECT id, event_types FROM webhook_endpoints WHERE tenant_id = %(tenant_id)s AND enabled ORDER BY id"
+)
 
 
 class EndpointRepository(TenantRepository[WebhookEndpoint]):
@@ -32,6 +36,10 @@ class EndpointRepository(TenantRepository[WebhookEndpoint]):
     def count(self) -> int:
         statement = select(func.count()).where(WebhookEndpoint.tenant_id == self.tenant_id)
         return int(self.session.exec(statement).one())
+
+    def enabled_filters_statement(self) -> Statement:
+        """enabled_filters() as plain SQL, to run along other reads (service.db.read_pipelined)."""
+        return (_ENABLED_FILTERS, {"tenant_id": self.tenant_id})
 
     def enabled_filters(self) -> list[tuple[str, list[str]]]:
         """(id, event types) of the tenant's enabled endpoints, by id; no types: every type."""

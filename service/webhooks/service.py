@@ -15,6 +15,7 @@ from callbacks.keys import generate_keypair, generate_secret, public_key_for
 from observability.metrics import record_endpoint_disabled
 from observability.tracing import inject
 from service.crypto import decrypt, encrypt, reencrypt
+from service.db import PendingRead
 from service.errors import (
     ForbiddenError,
     InvalidStateError,
@@ -191,6 +192,19 @@ def read_endpoints(session: Session, tenant_id: str) -> None:
     _enabled_endpoints(session, tenant_id)
 
 
+def endpoints_read(session: Session, tenant_id: str) -> PendingRead | None:
+    """read_endpoints() as a read to run along others in one round trip (service.db.read_together);
+    None when this transaction has read them already."""
+    by_tenant = _endpoints_cache(session)
+    if tenant_id in by_tenant:
+        return None
+
+    def keep(rows: list[tuple[Any, ...]]) -> None:
+        by_tenant[tenant_id] = [(endpoint_id, list(types or [])) for endpoint_id, types in rows]
+
+    return EndpointRepository(session, tenant_id).enabled_filters_statement(), keep
+
+
 _ENDPOINTS = "webhooks.enabled_endpoints"
 _LISTENING = "webhooks.listening"
 _WOKEN = "webhooks.woken"
@@ -198,15 +212,20 @@ _WOKEN = "webhooks.woken"
 
 def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list[str]]]:
     """The tenant's enabled endpoints and their filters, read once per transaction."""
+    by_tenant = _endpoints_cache(session)
+    if tenant_id not in by_tenant:
+        by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
+    return by_tenant[tenant_id]
+
+
+def _endpoints_cache(session: Session) -> dict[str, list[tuple[str, list[str]]]]:
+    """This transaction's endpoints by tenant."""
     transaction = session.get_transaction()
     cache: tuple[object, dict[str, list[tuple[str, list[str]]]]] | None = session.info.get(_ENDPOINTS)
     if cache is None or cache[0] is not transaction:
         cache = (transaction, {})
         session.info[_ENDPOINTS] = cache
-    by_tenant = cache[1]
-    if tenant_id not in by_tenant:
-        by_tenant[tenant_id] = EndpointRepository(session, tenant_id).enabled_filters()
-    return by_tenant[tenant_id]
+    return cache[1]
 
 
 def _listening(session: Session, tenant_id: str) -> bool:
