@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -37,6 +39,7 @@ from service.jobs.updates import announce, announce_new
 from service.models import utcnow
 from service.plans import Limits
 from service.principal import Principal
+from service.redis import get_redis
 from service.settings import get_settings
 from service.storage.base import StoredObject
 from service.storage.factory import get_storage
@@ -49,6 +52,8 @@ MIN_PROGRESS_FOR_ESTIMATE = 0.05
 MIN_SECONDS_FOR_ESTIMATE = 1.0
 MAX_PAGE = 100
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+
+log = logging.getLogger(__name__)
 
 
 def validate_input(kind_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -167,10 +172,21 @@ def create_job(
             if earlier is None:
                 raise
             return _same_request_or_conflict(earlier, fingerprint)
-    after_commit(session, lambda: enqueue_job(job.id, kind_name, job.trace_context, priority=priority))
+    after_commit(session, lambda: _hand_over(job, priority))
     after_commit(session, lambda: record_job_created(kind_name))
-    after_commit(session, lambda: announce_new(tenant_id, job.id))
     return job
+
+
+def _hand_over(job: Job, priority: JobPriority) -> None:
+    """Enqueue a new job and announce it to the tenant's watchers, in two round trips to Redis: RQ's
+    unique enqueue, then its bookkeeping with the announcement (after commit)."""
+    with get_redis().pipeline() as pipeline:
+        enqueue_job(job.id, job.kind, job.trace_context, priority=priority, pipeline=pipeline)
+        announce_new(pipeline, job.tenant_id, job.id)
+        try:
+            pipeline.execute()
+        except RedisError as error:  # enqueued already: only the announcement (and RQ's set of queues)
+            log.warning("could not announce new job %s: %s", job.id, error)
 
 
 def check_priority(priority: JobPriority, limits: Limits) -> None:
