@@ -45,7 +45,7 @@ from service.storage.base import StoredObject
 from service.storage.factory import get_storage
 from service.tenants.service import check_rate
 from service.webhooks.events import DEADLINE_AT_RISK, JOB_EVENT_TYPES, JOB_REQUEUED
-from service.webhooks.service import endpoints_read, forget_artifact, publish
+from service.webhooks.service import endpoints_read, forget_artifact, listening_read, publish
 
 MAX_IDEMPOTENCY_KEY = 200
 MIN_PROGRESS_FOR_ESTIMATE = 0.05
@@ -129,7 +129,8 @@ def create_job(
         return _same_request_or_conflict(
             earlier, input_fingerprint(kind_name, validate_input(kind_name, raw_input))
         )
-    limits = check_rate(session, caller)
+    listening = listening_read(session, tenant_id)  # asked with the rate check: its first event needs it
+    limits = check_rate(session, caller, [listening] if listening is not None else [])
     check_priority(priority, limits)
     deadline = check_deadline(deadline)
     text = raw_input.get("text")
