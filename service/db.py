@@ -136,12 +136,16 @@ Rows = list[tuple[Any, ...]]
 
 
 def _pipelined(session: Session, statements: Sequence[Statement], *, read: bool) -> list[Rows]:
+    settings = session.info.pop(_TENANT_SETTINGS, None)  # taken before the transaction begins
     connection = session.connection()
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
     rows: list[Rows] = []
     try:
         with raw.pipeline() as pipeline:
+            if settings is not None:
+                with raw.cursor() as cursor:
+                    cursor.execute(*settings)
             cursors = [raw.cursor() for _ in statements] if read else [raw.cursor()] * len(statements)
             for cursor, (sql, parameters) in zip(cursors, statements, strict=True):
                 cursor.execute(sql, parameters)
@@ -182,11 +186,31 @@ _ENTER_TENANT: LiteralString = (
 )
 
 
+_TENANT_SETTINGS = "tenant_settings"
+
+
 def enter_tenant(session: Session, tenant_id: str) -> None:
     """For the rest of the session's transaction, act as the tenant: row-level security shows only
-    its rows, whatever a query forgets to filter. Both settings end with the transaction. One round
-    trip with the BEGIN of a new transaction (every tenant request starts with it)."""
-    run_pipelined(session, [(_ENTER_TENANT, {"tenant_id": tenant_id, "role": TENANT_ROLE})])
+    its rows, whatever a query forgets to filter. Both settings end with the transaction.
+
+    In a session whose transaction has not begun (every tenant request's), the settings wait for its
+    first statements: run_pipelined and read_together send them first in their own round trip, with
+    BEGIN; any other first statement has them run just before it, as the transaction begins
+    (_enter_waiting_tenant). Nothing runs in that transaction without them."""
+    settings: Statement = (_ENTER_TENANT, {"tenant_id": tenant_id, "role": TENANT_ROLE})
+    if session.in_transaction():
+        run_pipelined(session, [settings])
+    else:
+        session.info[_TENANT_SETTINGS] = settings
+
+
+@event.listens_for(SASession, "after_begin")
+def _enter_waiting_tenant(session: SASession, _transaction: SessionTransaction, connection: Any) -> None:
+    """The settings enter_tenant left for the transaction, run on its connection before its first
+    statement (unless run_pipelined or read_together took them to send along)."""
+    settings = session.info.pop(_TENANT_SETTINGS, None)
+    if settings is not None:
+        connection.exec_driver_sql(*settings)
 
 
 @contextmanager
