@@ -13,6 +13,7 @@ from sqlmodel import Session, text
 
 from service.db import (
     TENANT_ROLE,
+    Rows,
     after_commit,
     enter_tenant,
     get_engine,
@@ -73,18 +74,16 @@ WHO = "SELECT current_setting('app.tenant_id', true), current_user"
 
 
 def test_read_together_hands_each_read_its_rows_after_the_tenants_settings(env: dict[str, str]) -> None:
-    found: dict[str, object] = {}
-    statements = {"who": (WHO, {}), "n": ("SELECT n FROM generate_series(1, %(last)s) n", {"last": 3})}
+    who: list[Rows] = []
+    numbers: list[Rows] = []
     with Session(get_engine()) as session:
         enter_tenant(session, "ten_together")
         read_together(
             session,
-            [
-                (statement, lambda rows, name=name: found.setdefault(name, rows))
-                for name, statement in statements.items()
-            ],
+            [((WHO, {}), who.append), (("SELECT generate_series(1, %(last)s)", {"last": 3}), numbers.append)],
         )
-        assert found == {"who": [("ten_together", TENANT_ROLE)], "n": [(1,), (2,), (3,)]}
+        assert who == [[("ten_together", TENANT_ROLE)]]
+        assert numbers == [[(1,), (2,), (3,)]]
         assert session.execute(text(WHO)).one() == ("ten_together", TENANT_ROLE)  # the same transaction
 
 
