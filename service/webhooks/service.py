@@ -221,7 +221,7 @@ def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list
 
 def _endpoints_cache(session: Session) -> dict[str, list[tuple[str, list[str]]]]:
     """This transaction's endpoints by tenant."""
-    transaction = session.get_transaction()
+    transaction = session.get_transaction() or session.begin()  # begun, its connection still to come
     cache: tuple[object, dict[str, list[tuple[str, list[str]]]]] | None = session.info.get(_ENDPOINTS)
     if cache is None or cache[0] is not transaction:
         cache = (transaction, {})
@@ -252,7 +252,7 @@ def _listening(session: Session, tenant_id: str) -> bool:
 
 def _listening_cache(session: Session) -> dict[str, bool]:
     """This transaction's answers of whether a tenant's listener streams."""
-    transaction = session.get_transaction()
+    transaction = session.get_transaction() or session.begin()  # begun, its connection still to come
     cache: tuple[object, dict[str, bool]] | None = session.info.get(_LISTENING)
     if cache is None or cache[0] is not transaction:
         cache = (transaction, {})
