@@ -334,14 +334,14 @@ class Injector:
 
     def _fail_over_redis(self) -> bool:
         sentinels = self.infrastructure.sentinels
-        if sentinels is None:
+        if sentinels is None or self.infrastructure.failovers_off:
             return False
         try:
             sentinels.fail_over()
             sentinels.rejoin()  # the old primary comes back as a replica: ready for the next failover
         except RuntimeError as error:  # the Sentinels did not settle in time: the next failover is off
             print(f"  (redis failover: {error})")
-            self.infrastructure.sentinels = None
+            self.infrastructure.failovers_off = True
         return True
 
     def _restart_pgbouncer(self) -> bool:
@@ -464,6 +464,8 @@ class Infrastructure:
 
     sentinels: SentinelRedis | None = None
     pgbouncer: PgBouncer | None = None
+    failovers_off: bool = False
+    """A failover did not settle in time: no more (the Sentinels still stop at the end)."""
 
 
 @contextlib.contextmanager

@@ -3,9 +3,9 @@ and draining a backlog across tenants.
 
 1. Raw loop: a bare `httpx.AsyncClient` posts N signed bodies to the receiver, as many at a time as a
    deliverer may send to one endpoint (WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT).
-2. Throughput: N `webhook.test` events are committed for one endpoint, then one deliverer process
-   (`claimcheck worker --queues webhooks`) starts and sends them; the rate runs from the first
-   delivery the receiver gets to the last (process start-up left out), and the run waits until every
+2. Throughput: one deliverer process (`claimcheck worker --queues webhooks`) starts; once it is idle,
+   N `webhook.test` events for one endpoint are committed in one transaction and it sends them; the
+   rate runs from the first delivery the receiver gets to the last, and the run waits until every
    attempt is recorded. Then the same with two deliverer processes (each with its own per-endpoint
    cap). Targets: one deliverer >= 0.8x the raw loop and >= 500/s; two >= one.
 3. Latency: with one deliverer running, events are committed at --latency-rate per second (a few per
@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +36,8 @@ from typing import Any
 
 import httpx
 
-from bench.common import CpuMeter, Stack, UvicornApi, ms, percentile, service_stack
+from bench.common import REPO_ROOT, CpuMeter, Stack, ms, percentile, process_tree_cpu, service_stack
+from service.embedded import free_port
 from tests.servers import ServiceProcess
 
 BACKLOG_SHARES = {"tenant-a": 0.60, "tenant-b": 0.20, "tenant-c": 0.10, "tenant-d": 0.05, "tenant-e": 0.05}
@@ -152,9 +155,101 @@ def failures(endpoint_ids: list[str]) -> str:
     return ", ".join(f"{n} x {code or ''} {error or ''}".strip() for code, error, n in rows) or "none"
 
 
-def stats(receiver: str, *, delays: bool = False) -> dict[str, Any]:
-    found: dict[str, Any] = httpx.get(f"{receiver}/stats" + ("?delays" if delays else "")).json()
-    return found
+class _ReceiverProcess(ServiceProcess):
+    """One process of the receiver: `python -m bench.fast_receiver` on the shared port."""
+
+    def __init__(self, port: int, env: dict[str, str], log_path: Any) -> None:
+        self.control_port = free_port()
+        super().__init__(["--port", str(port), "--control-port", str(self.control_port)], env, log_path)
+
+    def start(self) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.fast_receiver", *self.args],
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+
+class Receiver:
+    """The fast receiver as `processes` processes sharing one port (SO_REUSEPORT: the kernel spreads
+    connections over them), so the receiver is not what two deliverers (or the raw loop) run into.
+    Each process counts what it got; stats() adds them up."""
+
+    def __init__(self, stack: Stack, processes: int) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.processes = [
+            _ReceiverProcess(port, stack.env, stack.workdir / f"receiver-{n}.log") for n in range(processes)
+        ]
+        for process in self.processes:
+            stack.processes.append(process)
+            process.start()
+        for process in self.processes:
+            wait_until(lambda p=process: _answers(p.control_port), 30, "the receiver to start")
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def each(self, *, delays: bool = False) -> list[dict[str, Any]]:
+        suffix = "?delays" if delays else ""
+        return [
+            httpx.get(f"http://127.0.0.1:{p.control_port}/stats{suffix}", timeout=30).json()
+            for p in self.processes
+        ]
+
+    def reset(self) -> None:
+        for p in self.processes:
+            httpx.delete(f"http://127.0.0.1:{p.control_port}/stats")
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def stats(receiver: Receiver, *, delays: bool = False) -> dict[str, Any]:
+    """Every receiver process's stats added up: per path, the first and last arrival over all, and the
+    most requests in flight at once, from the requests' spans where the path has them."""
+    found = receiver.each(delays=delays)
+    total: dict[str, Any] = {"received": sum(f["received"] for f in found)}
+    if not delays:
+        return total
+    total["delays"] = [d for f in found for d in f["delays"]]
+    paths: dict[str, dict[str, Any]] = {}
+    for f in found:
+        for path, mine in f["paths"].items():
+            merged = paths.get(path)
+            if merged is None:
+                paths[path] = {**mine, "delays": list(mine["delays"]), "spans": list(mine["spans"])}
+                continue
+            merged["received"] += mine["received"]
+            merged["delays"] += mine["delays"]
+            merged["spans"] += mine["spans"]
+            merged["first"] = min(x for x in (merged["first"], mine["first"]) if x is not None)
+            merged["last"] = max(x for x in (merged["last"], mine["last"]) if x is not None)
+            merged["max_in_flight"] = max(merged["max_in_flight"], mine["max_in_flight"])
+    for merged in paths.values():
+        if merged["spans"]:
+            merged["max_in_flight"] = most_at_once(merged["spans"])
+    total["paths"] = paths
+    return total
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of these [start, end] intervals open at one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: e)
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
 
 
 async def raw_loop(url: str, secret: str, count: int, concurrency: int) -> float:
@@ -207,18 +302,24 @@ def stop_deliverers(stack: Stack, deliverers: list[ServiceProcess]) -> None:
 
 
 def throughput(
-    stack: Stack, receiver: str, processes: int, events: int, jobs: int = 0
+    stack: Stack, receiver: Receiver, processes: int, events: int, jobs: int = 0
 ) -> tuple[float, float, str]:
     """(deliveries/s from the first arrival to the last, seconds from start-up until all recorded,
     CPU) for `processes` deliverers sending `events` to one new endpoint (over `jobs` jobs: ordered)."""
-    endpoint = new_endpoint(stack.tenant_id, receiver, f"/throughput-{processes}-{jobs}")
-    publish_tests(endpoint, events, jobs=jobs)
+    endpoint = new_endpoint(stack.tenant_id, receiver.url, f"/throughput-{processes}-{jobs}")
     deliverers = start_deliverers(stack, processes, f"throughput-{processes}")
+    # Every deliverer started up (its CPU settled) before the events come due, all in one commit: a
+    # second process's start-up (a second of imports) does not eat into the first one's sending.
+    wait_until(lambda: _settled([d.pid for d in deliverers]), 60, "the deliverers to start", interval=0)
+    publish_tests(endpoint, events, per_transaction=events, jobs=jobs)
     started = time.perf_counter()
-    meter = CpuMeter({"deliverers": [d.pid for d in deliverers]})
+    wait_until(lambda: stats(receiver)["received"] > 0, 60, "the first delivery", interval=0.01)
+    meter = CpuMeter({"deliverers": [d.pid for d in deliverers], "receiver": receiver.pids})
     meter.start()
-    wait_until(lambda: stats(receiver)["received"] >= events, 600, "deliveries")
+    at_start = stats(receiver)["received"]
+    wait_until(lambda: stats(receiver)["received"] >= events, 600, "deliveries", interval=0.02)
     window = meter.stop()
+    split = [f["received"] for f in receiver.each()]
     wait_until(
         lambda: counts([endpoint.id]) == (0, events),
         120,
@@ -228,20 +329,32 @@ def throughput(
     recorded = time.perf_counter() - started
     path = stats(receiver, delays=True)["paths"][endpoint.path]
     stop_deliverers(stack, deliverers)
-    httpx.delete(f"{receiver}/stats")
-    return (events - 1) / (path["last"] - path["first"]), recorded, window.describe()
+    receiver.reset()
+    per_delivery = window.groups["deliverers"] * window.wall / max(events - at_start, 1) * 1000
+    cpu = (
+        f"{window.describe()} (from the first delivery to the last); deliverer CPU per delivery "
+        f"{per_delivery:.2f} ms; receiver processes got {'/'.join(map(str, split))}"
+    )
+    return (events - 1) / (path["last"] - path["first"]), recorded, cpu
 
 
-def latency(stack: Stack, receiver: str, rate: float, seconds: float, per_transaction: int) -> str:
-    endpoint = new_endpoint(stack.tenant_id, receiver, "/latency")
+def _settled(pids: list[int], window: float = 0.3, most: float = 0.03) -> bool:
+    """Whether these processes used under `most` of a core over the next `window` seconds."""
+    before = [process_tree_cpu([pid]) for pid in pids]
+    time.sleep(window)
+    return all(process_tree_cpu([pid]) - used < most * window for pid, used in zip(pids, before, strict=True))
+
+
+def latency(stack: Stack, receiver: Receiver, rate: float, seconds: float, per_transaction: int) -> str:
+    endpoint = new_endpoint(stack.tenant_id, receiver.url, "/latency")
     deliverers = start_deliverers(stack, 1, "latency")
     wait_until(lambda: _deliverer_ready(endpoint, receiver), 60, "the deliverer to start")
-    httpx.delete(f"{receiver}/stats")
+    receiver.reset()
     sent, reached = publish_at_rate(endpoint, rate, seconds, per_transaction)
     wait_until(lambda: stats(receiver)["received"] >= sent, 120, "latency events")
     delays = stats(receiver, delays=True)["delays"]
     stop_deliverers(stack, deliverers)
-    httpx.delete(f"{receiver}/stats")
+    receiver.reset()
     return (
         f"transition -> receiver, {len(delays)} events at {reached:.0f}/s "
         f"({per_transaction} per transaction) for {seconds:g} s: "
@@ -249,7 +362,7 @@ def latency(stack: Stack, receiver: str, rate: float, seconds: float, per_transa
     )
 
 
-def _deliverer_ready(endpoint: Endpoint, receiver: str) -> bool:
+def _deliverer_ready(endpoint: Endpoint, receiver: Receiver) -> bool:
     """Publish one event and see whether it arrived (the deliverer is up and listening)."""
     if stats(receiver)["received"]:
         return True
@@ -258,7 +371,9 @@ def _deliverer_ready(endpoint: Endpoint, receiver: str) -> bool:
     return bool(stats(receiver)["received"])
 
 
-def drain(stack: Stack, receiver: str, backlog: int, answer_ms: int, healthy_rate: float | None) -> list[str]:
+def drain(
+    stack: Stack, receiver: Receiver, backlog: int, answer_ms: int, healthy_rate: float | None
+) -> list[str]:
     """Build the backlog with no deliverer running, then drain it with one; the figures as lines."""
     from service.settings import get_settings
 
@@ -266,7 +381,7 @@ def drain(stack: Stack, receiver: str, backlog: int, answer_ms: int, healthy_rat
     for name in BACKLOG_SHARES:
         tenant_id = new_tenant(name)
         endpoints[name] = [
-            new_endpoint(tenant_id, receiver, f"/drain/{name}/{n}?delay_ms={answer_ms}")
+            new_endpoint(tenant_id, receiver.url, f"/drain/{name}/{n}?delay_ms={answer_ms}")
             for n in range(ENDPOINTS_PER_TENANT)
         ]
     built = time.perf_counter()
@@ -277,7 +392,7 @@ def drain(stack: Stack, receiver: str, backlog: int, answer_ms: int, healthy_rat
     total = sum(
         round(backlog * s / ENDPOINTS_PER_TENANT) * ENDPOINTS_PER_TENANT for s in BACKLOG_SHARES.values()
     )
-    fresh = new_endpoint(new_tenant("tenant-fresh"), receiver, "/drain-fresh")
+    fresh = new_endpoint(new_tenant("tenant-fresh"), receiver.url, "/drain-fresh")
 
     deliverers = start_deliverers(stack, 1, "drain")
     started = time.perf_counter()
@@ -297,7 +412,7 @@ def drain(stack: Stack, receiver: str, backlog: int, answer_ms: int, healthy_rat
     recorded = time.perf_counter() - started
     stop_deliverers(stack, deliverers)
     paths = stats(receiver, delays=True)["paths"]
-    httpx.delete(f"{receiver}/stats")
+    receiver.reset()
 
     drained = [paths[e.path] for group in endpoints.values() for e in group]
     first = min(p["first"] for p in drained)
@@ -334,20 +449,20 @@ def drain(stack: Stack, receiver: str, backlog: int, answer_ms: int, healthy_rat
     return lines
 
 
-def rate_limit(stack: Stack, receiver: str, rate: float, seconds: float) -> list[str]:
+def rate_limit(stack: Stack, receiver: Receiver, rate: float, seconds: float) -> list[str]:
     """An endpoint limited to `rate`/s gets rate x seconds events at once, beside an unlimited one with
     as many: the limited one's achieved rate over the run (target within 10 % of the limit, never
     above it) and the other's rate beside the healthy one."""
     events = int(rate * seconds)
-    limited = new_endpoint(stack.tenant_id, receiver, "/rate-limited", rate=rate)
-    free = new_endpoint(stack.tenant_id, receiver, "/rate-free")
+    limited = new_endpoint(stack.tenant_id, receiver.url, "/rate-limited", rate=rate)
+    free = new_endpoint(stack.tenant_id, receiver.url, "/rate-free")
     publish_tests(limited, events)
     publish_tests(free, events)
     deliverers = start_deliverers(stack, 1, "rate")
     wait_until(lambda: stats(receiver)["received"] >= 2 * events, seconds * 3 + 60, "deliveries")
     paths = stats(receiver, delays=True)["paths"]
     stop_deliverers(stack, deliverers)
-    httpx.delete(f"{receiver}/stats")
+    receiver.reset()
     took = paths[limited.path]["last"] - paths[limited.path]["first"]
     achieved = (events - 1) / took
     free_rate = (events - 1) / (paths[free.path]["last"] - paths[free.path]["first"])
@@ -373,6 +488,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50, help="the rate-limited endpoint's limit")
     parser.add_argument("--rate-seconds", type=float, default=30, help="how long the rate run lasts")
     parser.add_argument(
+        "--receivers", type=int, default=3, help="receiver processes sharing its port (SO_REUSEPORT)"
+    )
+    parser.add_argument(
         "--runs", default="throughput,order,rate,latency,drain", help="which runs, comma-separated"
     )
     args = parser.parse_args()
@@ -383,29 +501,28 @@ def main() -> None:
 def run(stack: Stack, args: argparse.Namespace) -> None:
     from service.settings import get_settings
 
-    receiver_process = UvicornApi("bench.fast_receiver:create", stack.env, stack.workdir / "receiver.log")
-    stack.processes.append(receiver_process)
-    receiver_process.start()
-    receiver = receiver_process.url
+    receiver = Receiver(stack, args.receivers)
     concurrency = get_settings().webhook_max_in_flight_per_endpoint
 
     runs = set(args.runs.split(","))
     healthy = None
     if "throughput" in runs:
-        raw = new_endpoint(stack.tenant_id, receiver, "/raw")
-        raw_rate = asyncio.run(raw_loop(receiver + raw.path, raw.secret, args.events, concurrency))
-        httpx.delete(f"{receiver}/stats")
+        raw = new_endpoint(stack.tenant_id, receiver.url, "/raw")
+        raw_rate = asyncio.run(raw_loop(receiver.url + raw.path, raw.secret, args.events, concurrency))
+        receiver.reset()
         one, one_recorded, one_cpu = throughput(stack, receiver, 1, args.events)
-        two, two_recorded, _ = throughput(stack, receiver, 2, args.events)
+        two, two_recorded, two_cpu = throughput(stack, receiver, 2, args.events)
         healthy = one
         print(
-            f"{args.events} deliveries to one endpoint, at most {concurrency} in flight per deliverer process"
+            f"{args.events} deliveries to one endpoint, at most {concurrency} in flight per deliverer "
+            f"process; receiver: {args.receivers} processes sharing one port (SO_REUSEPORT)"
         )
         print(f"raw httpx loop:  {raw_rate:7.1f} posts/s")
         print(f"one deliverer:   {one:7.1f} deliveries/s (all recorded {one_recorded:.1f} s from start)")
         print(f"two deliverers:  {two:7.1f} deliveries/s (all recorded {two_recorded:.1f} s from start)")
         print(f"one / raw {one / raw_rate:.2f} (target >= 0.8, >= 500/s); two / one {two / one:.2f} (>= 1)")
-        print(one_cpu + " (one deliverer, from its start-up)")
+        print("one deliverer:  " + one_cpu)
+        print("two deliverers: " + two_cpu)
     if "order" in runs:
         unordered, _, _ = throughput(stack, receiver, 1, args.events)
         jobs = max(args.events // 5, 1)

@@ -35,8 +35,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.registry import Collector
 
+from observability.forks import GATE
 from observability.recent import RecentOutcomes
 
 log = logging.getLogger(__name__)
@@ -338,9 +340,24 @@ def start_metrics_server(port: int, addr: str = "0.0.0.0") -> tuple[Any, threadi
 
     Returns prometheus_client's (server, thread); ``server.shutdown()`` stops it.
     """
-    server, thread = start_http_server(port, addr=addr)
+    server, thread = start_http_server(port, addr=addr, registry=_ForkSafeCollector(REGISTRY))
     log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
     return server, thread
+
+
+class _ForkSafeCollector(Collector):
+    """A scrape reads Postgres and Redis from the server's thread: it holds the fork gate meanwhile
+    (observability/forks.py), as the worker forks its horses."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterable[Any]:
+        with GATE.shared():
+            return list(self._inner.collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> _ForkSafeCollector:
+        return _ForkSafeCollector(self._inner.restricted_registry(names))
 
 
 # --- recording -----------------------------------------------------------------------------------

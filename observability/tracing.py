@@ -47,6 +47,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.util import types
 
+from observability.forks import GATE
 from observability.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,12 @@ class PerProcessExporter(SpanExporter):
         return self._exporter
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self._current().export(spans)
+        with GATE.shared():  # an export may hold TLS locks: no fork meanwhile (observability/forks.py)
+            return self._current().export(spans)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._current().force_flush(timeout_millis)
+        with GATE.shared():
+            return self._current().force_flush(timeout_millis)
 
     def shutdown(self) -> None:
         if self._exporter is not None and self._pid == os.getpid():

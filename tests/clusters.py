@@ -249,7 +249,8 @@ class SentinelRedis:
         old, self.primary = self.primary, self.replica
         wait_until(self._master_agreed, "every Sentinel naming the promoted master", timeout, None)
         old.extra = [f"replicaof 127.0.0.1 {self.primary.port}"]
-        self.replica = old.start()
+        self.replica = old  # before it starts: stop() stops it even if it never answers
+        old.start()
         wait_until(self._ready, "the old primary rejoining as a replica", timeout, None)
 
     def _master_agreed(self) -> bool:

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 
+from observability.forks import GATE
 from observability.metrics import record_job_finished, record_queue_wait
 from service.db import session_scope
 from service.jobs.horse import run_horse
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 RESPAWN_BACKOFF_SECONDS = 1.0
+FORK_WAIT_SECONDS = 1.0
+"""How long a fork waits for the process's other threads to let go of the fork gate."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -86,7 +89,7 @@ class Supervisor:
         """Supervise until every horse has exited for good."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request_stop)
-        for _ in range(self.concurrency):
+        while len(self.horses) < self.concurrency and not self.stopping:
             self._spawn()
         while self.horses or not (self.stopping or self.burst):
             self._read(POLL_SECONDS)
@@ -106,8 +109,16 @@ class Supervisor:
     # --- horses --------------------------------------------------------------------------------------
 
     def _spawn(self) -> None:
+        """Fork a horse, through the fork gate: this process's other threads (the deliverer, the
+        metrics scrape, the span exporter) are out of any C library's lock while it forks."""
         reader, writer = os.pipe()
-        pid = os.fork()
+        pid = GATE.fork(FORK_WAIT_SECONDS)
+        if pid is None:
+            os.close(reader)
+            os.close(writer)
+            log.warning("no work horse forked: a thread held the fork gate for %.0f s", FORK_WAIT_SECONDS)
+            self._next_spawn = time.monotonic() + RESPAWN_BACKOFF_SECONDS
+            return
         if pid == 0:  # the horse
             os.close(reader)
             for horse in self.horses.values():

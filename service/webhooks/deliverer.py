@@ -15,10 +15,10 @@ import logging
 import threading
 from collections import Counter
 
-import anyio.to_thread
 import psycopg
 from sqlalchemy.engine import make_url
 
+from observability.forks import fork_safe_loop
 from service.db import session_scope
 from service.outages import describe, is_outage, log_failure
 from service.settings import Settings, get_settings
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 RECORD_BATCH = 200
 RECORD_INTERVAL = 0.05
+CLAIM_INTERVAL = 0.01
+"""Claims start at most this often: wake-ups that come closer together (replies ending, NOTIFYs) are
+served by one claim, not one each."""
 LEASE_MARGIN_SECONDS = 30.0
 
 
@@ -50,8 +53,14 @@ class Deliverer:
     async def run(self, stop: asyncio.Event) -> None:
         listener = asyncio.create_task(self._listen(stop))
         recorder = asyncio.create_task(self._record_loop())
+        loop = asyncio.get_running_loop()
+        last_claim = -CLAIM_INTERVAL
         try:
             while not stop.is_set():
+                wait = last_claim + CLAIM_INTERVAL - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                last_claim = loop.time()
                 self.wake.clear()
                 try:
                     full = await self._claim_and_send()
@@ -79,12 +88,14 @@ class Deliverer:
             return False
         # Copies: tasks ending while the claim runs lower the counts, and the claim may only count high.
         endpoints, tenants = dict(self.in_flight), dict(self.tenants_in_flight)
-        claimed = await anyio.to_thread.run_sync(self._claim, capacity, endpoints, tenants)
+        loop = asyncio.get_running_loop()
+        claimed = await loop.run_in_executor(None, self._claim, capacity, endpoints, tenants)
         for item in claimed:
             self.in_flight[item.endpoint_id] += 1
             self.tenants_in_flight[item.tenant_id] += 1
-            task = asyncio.create_task(self._send(item))
+            task = loop.create_task(self._send(item))
             self.tasks.add(task)
+            task.add_done_callback(self._sent)
         return len(claimed) == capacity
 
     async def _send(self, claimed: Claimed) -> None:
@@ -97,20 +108,20 @@ class Deliverer:
         finally:
             _release_slot(self.tenants_in_flight, claimed.tenant_id)
             left = _release_slot(self.in_flight, claimed.endpoint_id)
-            task = asyncio.current_task()
-            if task is not None:
-                self.tasks.discard(task)
-            if left <= 0 or self._refill_due(left):
+            if left <= 0 or self._refill_due(left, len(self.tasks) - 1):
                 self.wake.set()
 
-    def _refill_due(self, endpoint_left: int) -> bool:
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+
+    def _refill_due(self, endpoint_left: int, tasks_left: int) -> bool:
         """Claim again once a quarter of an endpoint's slots (or of all) are free: the claim runs
         while the other attempts go on, so the slots stay nearly full, and one claim query serves a
         batch of replies rather than each."""
         per_endpoint = self.settings.webhook_max_in_flight_per_endpoint
         overall = self.settings.webhook_max_in_flight
         endpoint_refill = endpoint_left == per_endpoint - _quarter(per_endpoint)
-        return endpoint_refill or len(self.tasks) == overall - _quarter(overall)
+        return endpoint_refill or tasks_left == overall - _quarter(overall)
 
     async def _record_loop(self) -> None:
         while True:
@@ -121,7 +132,7 @@ class Deliverer:
         while self.outcomes:
             batch, self.outcomes = self.outcomes[:RECORD_BATCH], self.outcomes[RECORD_BATCH:]
             try:
-                await anyio.to_thread.run_sync(self._record, batch)
+                await asyncio.get_running_loop().run_in_executor(None, self._record, batch)
             except Exception:
                 log_failure(log, "recording %d webhook attempts failed; retrying", len(batch))
                 self.outcomes[:0] = batch
@@ -232,7 +243,8 @@ class DelivererThread(threading.Thread):
         self._stop_event: asyncio.Event | None = None
 
     def run(self) -> None:
-        asyncio.run(self._main())
+        with fork_safe_loop() as runner:  # the supervisor forks horses meanwhile
+            runner.run(self._main())
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

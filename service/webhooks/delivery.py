@@ -18,10 +18,11 @@ from typing import Any
 from sqlmodel import Session
 
 from observability.metrics import OVERDUE_SECONDS, DeliveryBacklog
+from service.ids import new_id
 from service.models import utcnow
 from service.settings import Settings
 from service.webhooks import repository
-from service.webhooks.models import AttemptTrigger, DeliveryStatus, WebhookAttempt
+from service.webhooks.models import AttemptTrigger, DeliveryStatus
 from service.webhooks.retry import next_delay
 from service.webhooks.service import disable, recovered
 
@@ -154,7 +155,8 @@ def record(session: Session, outcomes: list[Outcome], settings: Settings) -> lis
     repository.add_attempts(
         session,
         [
-            WebhookAttempt(
+            repository.AttemptRow(
+                id=new_id("wha"),
                 delivery_id=o.claimed.delivery_id,
                 tenant_id=o.claimed.tenant_id,
                 at=o.at,

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
@@ -457,7 +457,23 @@ def lock_for_recording(
     return set(session.execute(_LOCK_DELIVERIES, {"ids": list(delivery_ids)}).scalars())
 
 
-def add_attempts(session: Session, attempts: Sequence[WebhookAttempt]) -> None:
+class AttemptRow(NamedTuple):
+    """A webhook_attempts row as the deliverer inserts it (plain values: no model object per row)."""
+
+    id: str
+    delivery_id: str
+    tenant_id: str
+    at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response_body: str | None
+    request_headers: dict[str, str] | None
+    response_headers: dict[str, str] | None
+    trigger: str
+
+
+def add_attempts(session: Session, attempts: Sequence[AttemptRow]) -> None:
     """Insert them in one statement, so a row the database refuses fails here (inside the caller's
     savepoint)."""
     if not attempts:

@@ -14,16 +14,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 from cryptography.fernet import InvalidToken
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from callbacks.errors import MalformedKeyError
 from callbacks.signing import build_headers
+from observability.forks import ForkSafeExecutor
 from observability.metrics import attempt_outcome, record_webhook_attempt, record_webhook_delivered
 from observability.tracing import continue_trace, get_tracer, inject
 from service.crypto import decrypt
@@ -31,23 +33,34 @@ from service.models import utcnow
 from service.outages import describe
 from service.settings import Settings
 from service.storage.factory import get_storage
-from service.webhooks.delivery import RESPONSE_BODY_LIMIT, Claimed, Failure, Outcome, clean_body
+from service.webhooks.delivery import Claimed, Failure, Outcome, clean_body
 from service.webhooks.retry import parse_retry_after
 from service.webhooks.service import keys_in_use
 from service.webhooks.ssrf import UnsafeURLError, check_url, pinned_url, resolve_within_async
-from service.webhooks.transport import Transport
+from service.webhooks.transport import Pool, TransportError, default_ssl_context, request_bytes
 
 log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 256
+"""Connection pools kept (one per checked origin), the least recently used closed first."""
 MAX_RESOLVED = 1024
+MAX_PINS = 4096
+"""Checked URLs kept (each at most as long as the address it resolved to)."""
+MAX_DECRYPTED = 1024
 RESOLVE_TTL_SECONDS = 60.0
 SIGNING_THREADS = 16
 
 
 def active_keys(signing_keys: list[dict[str, Any]], now: datetime) -> list[str]:
     """The decrypted keys that sign now: the newest, and older ones still inside their overlap."""
-    return [decrypt(entry["key"]) for entry in keys_in_use(signing_keys, now)]
+    return [_decrypted(entry["key"]) for entry in keys_in_use(signing_keys, now)]
+
+
+@lru_cache(maxsize=MAX_DECRYPTED)
+def _decrypted(token: str) -> str:
+    """A stored key decrypted, once per stored (encrypted) form: the same ciphertext always decrypts
+    to the same key, and a rotated key is a new ciphertext. A failure is not kept."""
+    return decrypt(token)
 
 
 def signs_a_download_url(claimed: Claimed) -> bool:
@@ -131,6 +144,11 @@ class AddressCache:
         return len(self._entries)
 
     def get(self, host: str, port: int) -> str | None:
+        entry = self.entry(host, port)
+        return None if entry is None else entry[0]
+
+    def entry(self, host: str, port: int) -> tuple[str, float] | None:
+        """(address, when it expires on this cache's clock), or None."""
         entry = self._entries.get((host, port))
         if entry is None:
             return None
@@ -138,7 +156,7 @@ class AddressCache:
             del self._entries[(host, port)]
             return None
         self._entries.move_to_end((host, port))
-        return entry[0]
+        return entry
 
     def put(self, host: str, port: int, address: str) -> None:
         self._entries[(host, port)] = (address, self.clock() + self.ttl)
@@ -147,15 +165,29 @@ class AddressCache:
             self._entries.popitem(last=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pin:
+    """A checked URL aimed at its checked address: the pool key, the request target and Host header."""
+
+    origin: tuple[str, str, int, str, str | None]
+    """(scheme, address, port, Host header, TLS server name): requests that may share connections."""
+    target: str
+    host_header: str
+    expires: float
+    """When the address it was aimed at must be looked up again."""
+
+
 class Sender:
     """Sends claimed deliveries; never raises for anything the receiver, the network, or the endpoint's
     stored settings do: each becomes a failed attempt with its reason."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._clients: OrderedDict[str, httpx.AsyncClient] = OrderedDict()
+        self._pools: OrderedDict[tuple[str, str, int, str, str | None], Pool] = OrderedDict()
         self._resolved = AddressCache(MAX_RESOLVED, RESOLVE_TTL_SECONDS)
-        self._signing = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="webhook-signing")
+        self._pins: OrderedDict[str, _Pin] = OrderedDict()
+        self._ssl_context = default_ssl_context()
+        self._signing = ForkSafeExecutor(SIGNING_THREADS, thread_name_prefix="webhook-signing")
 
     async def send(self, claimed: Claimed) -> Outcome:
         """One attempt, in a client span continuing the event's trace (its first attempt) or linking
@@ -206,10 +238,13 @@ class Sender:
         if not claimed.endpoint_enabled:
             return outcome(error="endpoint disabled", attempted=False)
         try:
-            target, host_header, sni_hostname = await self._pin(claimed.url)
+            pin = await self._pin(claimed.url)
             body = await self._body(claimed)
             keys = active_keys(claimed.signing_keys, at)
             headers = build_headers(claimed.event_id, int(time.time()), body, keys)
+            headers.update(inject(include_baggage=False))  # traceparent: the receiver continues the trace
+            headers["host"] = pin.host_header
+            request = request_bytes(pin.target, headers.items(), body)
         except UnsafeURLError as error:
             return outcome(error=f"refused: {error}", failure=Failure.REFUSED)
         except Exception as error:
@@ -218,44 +253,26 @@ class Sender:
                 "delivery %s not sent: %s", claimed.delivery_id, describe(error), exc_info=not expected
             )
             return outcome(error=unprepared(error), failure=Failure.NOT_SENT)
-        headers.update(inject(include_baggage=False))  # traceparent: the receiver continues the trace
-        headers["host"] = host_header
         sent = stored_headers(headers.items())
-        extensions = {"sni_hostname": sni_hostname} if sni_hostname else {}
-        client = self._client(host_header)
+        pool = self._pool(pin)
         deadline = claimed.timeout_seconds or self.settings.webhook_timeout_seconds
         try:
             async with asyncio.timeout(deadline):
-                request = client.build_request(
-                    "POST",
-                    target,
-                    content=body,
-                    headers=headers,
-                    extensions=extensions,
-                    timeout=httpx.Timeout(deadline, connect=min(5.0, deadline)),
-                )
-                response = await client.send(request, stream=True)
-                try:
-                    raw = await _read_prefix(response)
-                finally:
-                    await response.aclose()
+                response = await pool.send(request, connect_timeout=min(5.0, deadline))
         except TimeoutError:
             return outcome(
                 error=f"no response within {deadline:g} s", failure=Failure.TIMEOUT, request_headers=sent
             )
-        except httpx.HTTPError as error:
-            return outcome(
-                error=f"{type(error).__name__}: {error}" if str(error) else type(error).__name__,
-                request_headers=sent,
-            )
-        redirect = response.headers.get("location", "?") if response.is_redirect else None
+        except TransportError as error:
+            return outcome(error=str(error), request_headers=sent)
+        redirect = response.header("location") if response.is_redirect else None
         return outcome(
             status_code=response.status_code,
             error=f"redirect to {redirect} not followed" if redirect else None,
-            response_body=clean_body(raw),
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            response_body=clean_body(response.body),
+            retry_after=parse_retry_after(response.header("retry-after")),
             request_headers=sent,
-            response_headers=stored_headers(response.headers.multi_items()),
+            response_headers=stored_headers(response.headers),
         )
 
     async def _body(self, claimed: Claimed) -> bytes:
@@ -267,50 +284,52 @@ class Sender:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._signing, context.run, payload, claimed, self.settings)
 
-    async def _pin(self, url: str) -> tuple[str, str, str | None]:
-        """Check the URL, resolve its host to one public (or allowed) address, and aim at that address."""
+    async def _pin(self, url: str) -> _Pin:
+        """Check the URL, resolve its host to one public (or allowed) address, and aim at that address.
+        The check of a URL is kept as long as the address it resolved to (RESOLVE_TTL_SECONDS at most)."""
+        pin = self._pins.get(url)
+        if pin is not None:
+            if pin.expires > time.monotonic():
+                self._pins.move_to_end(url)
+                return pin
+            del self._pins[url]
         allowed = self.settings.webhook_allowed_networks
         target = check_url(url, allowed_cidrs=allowed, allow_http=self.settings.webhook_allow_http)
-        address = self._resolved.get(target.host, target.port)
-        if address is None:
+        found = self._resolved.entry(target.host, target.port)
+        if found is None:
             timeout = self.settings.webhook_resolve_timeout_seconds
             addresses = await resolve_within_async(target.host, target.port, allowed, timeout=timeout)
-            address = str(addresses[0])
-            self._resolved.put(target.host, target.port, address)
-        return pinned_url(url, address)
+            self._resolved.put(target.host, target.port, str(addresses[0]))
+            found = self._resolved.entry(target.host, target.port)
+            assert found is not None
+        address, expires = found
+        pinned = pinned_url(url, address)
+        parts = urlsplit(pinned.url)
+        request_target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        origin = (target.scheme, address, target.port, pinned.host_header, pinned.sni_hostname)
+        pin = _Pin(origin, request_target, pinned.host_header, expires)
+        self._pins[url] = pin
+        if len(self._pins) > MAX_PINS:
+            self._pins.popitem(last=False)
+        return pin
 
-    def _client(self, host: str) -> httpx.AsyncClient:
-        client = self._clients.get(host)
-        if client is not None:
-            self._clients.move_to_end(host)
-            return client
-        # The deliverer caps requests per endpoint; the pool must never make one wait.
-        pool = self.settings.webhook_max_in_flight
-        timeout = self.settings.webhook_timeout_seconds
-        client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
-            transport=Transport(httpx.Limits(max_connections=pool, max_keepalive_connections=pool)),
-        )
-        self._clients[host] = client
-        if len(self._clients) > MAX_CLIENTS:
-            _, oldest = self._clients.popitem(last=False)
-            asyncio.get_running_loop().create_task(oldest.aclose())
-        return client
+    def _pool(self, pin: _Pin) -> Pool:
+        pool = self._pools.get(pin.origin)
+        if pool is not None:
+            self._pools.move_to_end(pin.origin)
+            return pool
+        scheme, address, port, _, sni_hostname = pin.origin
+        # The deliverer caps requests per endpoint; the pool keeps as many idle as may be in flight.
+        idle = self.settings.webhook_max_in_flight
+        pool = Pool(scheme, address, port, sni_hostname, self._ssl_context, idle)
+        self._pools[pin.origin] = pool
+        if len(self._pools) > MAX_CLIENTS:
+            _, oldest = self._pools.popitem(last=False)
+            oldest.close()
+        return pool
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
         self._signing.shutdown(wait=False)
-
-
-async def _read_prefix(response: httpx.Response) -> bytes:
-    """Up to the stored limit of the body; the rest is not read."""
-    buffer = bytearray()
-    async for chunk in response.aiter_raw():
-        buffer += chunk
-        if len(buffer) >= RESPONSE_BODY_LIMIT:
-            break
-    return bytes(buffer)

@@ -31,6 +31,7 @@ from service.webhooks.ssrf import (
     resolve_within,
     resolve_within_async,
 )
+from service.webhooks.transport import Pool, TransportError, request_bytes
 
 REFUSED_URLS = [
     ("http://example.com/hook", "URL_SCHEME"),
@@ -327,3 +328,31 @@ def test_a_pinned_request_reaches_the_checked_address_with_tls_for_the_hostname(
         # Without the SNI hostname the certificate is checked against the address, and fails.
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             client.post(pinned.url, content=b"{}", headers={"host": pinned.host_header})
+
+
+def test_the_deliverers_client_connects_to_the_checked_address_with_tls_for_the_hostname(
+    tls_server: tuple[int, ssl.SSLContext, list[dict[str, str | None]]],
+) -> None:
+    port, context, seen = tls_server
+    pinned = pinned_url(f"https://{HOSTNAME}:{port}/hook", "127.0.0.1")
+    request = request_bytes("/hook", [("host", pinned.host_header)], b"{}")
+
+    async def post(server_hostname: str | None) -> int:
+        pool = Pool("https", "127.0.0.1", port, server_hostname, context)
+        try:
+            return (await pool.send(request)).status_code
+        finally:
+            pool.close()
+
+    assert asyncio.run(post(pinned.sni_hostname)) == 204
+    assert seen == [{"host": f"{HOSTNAME}:{port}", "sni": HOSTNAME}]
+    # Without the server name the certificate is checked against the address, and fails.
+    with pytest.raises(TransportError, match=r"ConnectError: .*CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(post(None))
+
+    # The default context trusts only the usual roots, not this self-signed certificate.
+    async def default_roots() -> None:
+        await Pool("https", "127.0.0.1", port, HOSTNAME).send(request)
+
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(default_roots())
