@@ -147,20 +147,25 @@ def service_stack(
         cleanup.callback(_restore_environ, saved_environ)
         cleanup.callback(_empty_jobs_queue)
 
-        from service.db import get_engine, session_scope
-        from service.settings import get_settings
-        from service.tenants.service import create_tenant
-
-        with session_scope() as session:
-            tenant, issued = create_tenant(session, "bench", server_secret=get_settings().secret_key)
-        get_engine().dispose()
-
-        stack = Stack(workdir, env, issued.full_key, tenant.id, postgres=postgres, redis=redis)
+        tenant_id, api_key = new_tenant("bench")
+        stack = Stack(workdir, env, api_key, tenant_id, postgres=postgres, redis=redis)
         try:
             yield stack
         finally:
             for process in reversed(stack.processes):
                 process.stop()
+
+
+def new_tenant(name: str) -> tuple[str, str]:
+    """A new tenant of the stack's database with an API key (all scopes): (tenant id, key)."""
+    from service.db import get_engine, session_scope
+    from service.settings import get_settings
+    from service.tenants.service import create_tenant
+
+    with session_scope() as session:
+        tenant, issued = create_tenant(session, name, server_secret=get_settings().secret_key)
+    get_engine().dispose()
+    return tenant.id, issued.full_key
 
 
 def _empty_jobs_queue() -> None:

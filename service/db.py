@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any, LiteralString, cast
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import RowFactory, dict_row, tuple_row
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError, StatementError
 from sqlalchemy.orm import Session as SASession
@@ -118,15 +118,19 @@ def run_pipelined(session: Session, statements: Sequence[Statement]) -> None:
 
     Not flushed first: pending ORM objects reach Postgres later. An error is raised as SQLAlchemy
     raises it (IntegrityError...), and a lost connection leaves the pool as it would."""
-    connection = session.connection()
-    raw = connection.connection.driver_connection
-    assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
-    try:
-        with raw.pipeline(), raw.cursor() as cursor:
-            for sql, parameters in statements:
-                cursor.execute(sql, parameters)
-    except psycopg.Error as error:
-        raise _as_sqlalchemy_error(connection, statements, error) from error
+    _pipelined(session, statements)
+
+
+PendingRead = tuple[Statement, Callable[[list[tuple[Any, ...]]], None]]
+"""A read to run along others: its statement, and what takes its rows."""
+
+
+def read_together(session: Session, reads: Sequence[PendingRead]) -> None:
+    """Run the reads' statements as run_pipelined runs statements, in one round trip, and hand each
+    its rows."""
+    found = _pipelined(session, [statement for statement, _ in reads], tuple_row)
+    for (_, keep), rows in zip(reads, found, strict=True):
+        keep(rows)
 
 
 def read_pipelined(session: Session, statements: Sequence[Statement]) -> list[list[dict[str, Any]]]:
@@ -134,23 +138,41 @@ def read_pipelined(session: Session, statements: Sequence[Statement]) -> list[li
 
     Postgres runs the statements one after another in the transaction, each with a snapshot taken
     when it starts: a row one of them locks (or waits for) is read as committed by the ones after."""
+    return cast(list[list[dict[str, Any]]], _pipelined(session, statements, dict_row))
+
+
+def _pipelined(
+    session: Session, statements: Sequence[Statement], row_factory: RowFactory[Any] | None = None
+) -> list[list[Any]]:
+    """The statements in one round trip, after the tenant's settings if they are still to be sent;
+    with a row factory, each statement's rows (none for a statement that returns no rows)."""
+    settings = session.info.pop(_TENANT_SETTINGS, None)  # taken before the transaction begins
     connection = session.connection()
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
-    cursors: list[psycopg.Cursor[dict[str, Any]]] = []
+    rows: list[list[Any]] = []
     try:
-        try:
-            with raw.pipeline():
-                for sql, parameters in statements:
-                    cursor = raw.cursor(row_factory=dict_row)
-                    cursors.append(cursor)
+        with raw.pipeline() as pipeline:
+            if settings is not None:
+                with raw.cursor() as cursor:
+                    cursor.execute(*settings)
+            if row_factory is None:
+                with raw.cursor() as cursor:
+                    for sql, parameters in statements:
+                        cursor.execute(sql, parameters)
+                return rows
+            cursors = [raw.cursor(row_factory=row_factory) for _ in statements]
+            try:
+                for cursor, (sql, parameters) in zip(cursors, statements, strict=True):
                     cursor.execute(sql, parameters)
-            return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
-        finally:
-            for cursor in cursors:
-                cursor.close()
+                pipeline.sync()
+                rows = [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+            finally:
+                for cursor in cursors:
+                    cursor.close()
     except psycopg.Error as error:
         raise _as_sqlalchemy_error(connection, statements, error) from error
+    return rows
 
 
 def _as_sqlalchemy_error(
@@ -185,11 +207,31 @@ _ENTER_TENANT: LiteralString = (
 )
 
 
+_TENANT_SETTINGS = "tenant_settings"
+
+
 def enter_tenant(session: Session, tenant_id: str) -> None:
     """For the rest of the session's transaction, act as the tenant: row-level security shows only
-    its rows, whatever a query forgets to filter. Both settings end with the transaction. One round
-    trip with the BEGIN of a new transaction (every tenant request starts with it)."""
-    run_pipelined(session, [(_ENTER_TENANT, {"tenant_id": tenant_id, "role": TENANT_ROLE})])
+    its rows, whatever a query forgets to filter. Both settings end with the transaction.
+
+    In a session whose transaction has not begun (every tenant request's), the settings wait for its
+    first statements: run_pipelined and read_together send them first in their own round trip, with
+    BEGIN; any other first statement has them run just before it, as the transaction begins
+    (_enter_waiting_tenant). Nothing runs in that transaction without them."""
+    settings: Statement = (_ENTER_TENANT, {"tenant_id": tenant_id, "role": TENANT_ROLE})
+    if session.in_transaction():
+        run_pipelined(session, [settings])
+    else:
+        session.info[_TENANT_SETTINGS] = settings
+
+
+@event.listens_for(SASession, "after_begin")
+def _enter_waiting_tenant(session: SASession, _transaction: SessionTransaction, connection: Any) -> None:
+    """The settings enter_tenant left for the transaction, run on its connection before its first
+    statement (unless run_pipelined or read_together took them to send along)."""
+    settings = session.info.pop(_TENANT_SETTINGS, None)
+    if settings is not None:
+        connection.exec_driver_sql(*settings)
 
 
 @contextmanager

@@ -6,17 +6,22 @@ REDIS_SENTINEL_MASTER: a client finds the new master by itself after a failover.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import redis.asyncio
 import redis.asyncio.sentinel
 from redis import Redis
+from redis.client import Pipeline
 from redis.connection import parse_url
 from redis.sentinel import Sentinel
 from rq import Queue
 
 from service.settings import Settings, get_settings
+
+RedisRead = tuple[Callable[[Pipeline], object], Callable[[Any], None]]
+"""A read to send along other commands: what queues it on a pipeline, and what takes its answer."""
 
 JOBS_QUEUE = "jobs"
 CONNECT_TIMEOUT_SECONDS = 5

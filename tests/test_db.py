@@ -1,15 +1,27 @@
 """after_commit: callbacks run once the outermost transaction commits, never for rolled-back work;
 the pool keeps what a burst opened; run_pipelined: statements sent together, in the session's
-transaction, failing as SQLAlchemy fails."""
+transaction, failing as SQLAlchemy fails; read_together: reads sent together, each handed its rows;
+enter_tenant: its settings reach Postgres before any statement of the transaction, in the same round
+trip as the first pipelined ones."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, text
 
-from service.db import after_commit, get_engine, make_engine, run_pipelined
+from service.db import (
+    TENANT_ROLE,
+    after_commit,
+    enter_tenant,
+    get_engine,
+    make_engine,
+    read_together,
+    run_pipelined,
+)
 from service.settings import get_settings
 
 
@@ -57,6 +69,35 @@ def test_pipelined_statements_run_in_order_in_the_sessions_transaction(env: dict
         assert session.execute(text("SELECT count(*) FROM pipelined")).scalar() == 2  # savepoint undone
         session.rollback()
         assert session.execute(text("SELECT to_regclass('pg_temp.pipelined')")).scalar() is None
+
+
+WHO = "SELECT current_setting('app.tenant_id', true), current_user"
+
+
+def test_read_together_hands_each_read_its_rows_after_the_tenants_settings(env: dict[str, str]) -> None:
+    who: list[list[tuple[Any, ...]]] = []
+    numbers: list[list[tuple[Any, ...]]] = []
+    with Session(get_engine()) as session:
+        enter_tenant(session, "ten_together")
+        read_together(
+            session,
+            [((WHO, {}), who.append), (("SELECT generate_series(1, %(last)s)", {"last": 3}), numbers.append)],
+        )
+        assert who == [[("ten_together", TENANT_ROLE)]]
+        assert numbers == [[(1,), (2,), (3,)]]
+        assert session.execute(text(WHO)).one() == ("ten_together", TENANT_ROLE)  # the same transaction
+
+
+def test_a_tenant_sessions_first_statement_of_any_kind_runs_under_its_settings(env: dict[str, str]) -> None:
+    with Session(get_engine()) as session:
+        enter_tenant(session, "ten_first")
+        assert session.execute(text(WHO)).one() == ("ten_first", TENANT_ROLE)
+        session.commit()
+        assert session.execute(text(WHO)).one()[1] != TENANT_ROLE  # they end with the transaction
+        session.rollback()
+        session.execute(text("SELECT 1"))  # a transaction under way: the settings go at once
+        enter_tenant(session, "ten_later")
+        assert session.execute(text(WHO)).one() == ("ten_later", TENANT_ROLE)
 
 
 def test_the_pool_keeps_the_connections_a_burst_opened(env: dict[str, str]) -> None:

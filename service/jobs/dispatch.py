@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from opentelemetry.trace import SpanKind
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
@@ -32,12 +33,20 @@ Carrier = Mapping[str, str] | None
 
 
 def enqueue_job(
-    job_id: str, kind_name: str, carrier: Carrier = None, *, link_only: bool = False, priority: str = "NORMAL"
+    job_id: str,
+    kind_name: str,
+    carrier: Carrier = None,
+    *,
+    link_only: bool = False,
+    priority: str = "NORMAL",
+    pipeline: Pipeline | None = None,
 ) -> bool:
     """Put the job on its priority's RQ queue under its own id; False when RQ already holds it.
 
     An `enqueue` span continues the trace in carrier (the request's, stored with the job), or links
-    to it (a sweep's re-enqueue); RQ job meta carries the context on to the worker.
+    to it (a sweep's re-enqueue); RQ job meta carries the context on to the worker. With a pipeline,
+    RQ's unique enqueue still runs at once (one script), and its bookkeeping (the queue's entry in
+    the set of queues) waits in the pipeline for the caller to execute.
     """
     with continue_trace("job.enqueue", carrier, kind=SpanKind.PRODUCER, link_only=link_only, job_id=job_id):
         try:
@@ -51,6 +60,7 @@ def enqueue_job(
                 failure_ttl=24 * 3600,
                 description=f"{kind_name} {job_id}",
                 meta={TRACE_META: inject()},
+                pipeline=pipeline,
             )
         except DuplicateJobError:
             return False

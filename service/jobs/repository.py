@@ -22,6 +22,9 @@ HISTORY_BATCH_ROWS = 500
 
 
 _COUNT_IN = text("SELECT count(*) FROM jobs WHERE tenant_id = :tenant_id AND status = ANY(:statuses)")
+_COUNT_IN_PLAIN: LiteralString = (
+    "SELECT count(*) FROM jobs WHERE tenant_id = %(tenant_id)s AND status = ANY(%(statuses)s)"
+)
 
 
 class JobRepository(TenantRepository[Job]):
@@ -68,6 +71,11 @@ class JobRepository(TenantRepository[Job]):
         this runs for every job created and started)."""
         values = {"tenant_id": self.tenant_id, "statuses": [status.value for status in statuses]}
         return int(self.session.execute(_COUNT_IN, values).scalar_one())
+
+    def count_in_statement(self, statuses: Sequence[JobStatus]) -> Statement:
+        """count_in() as plain SQL, to run along other reads (service.db.read_together)."""
+        values = {"tenant_id": self.tenant_id, "statuses": [status.value for status in statuses]}
+        return _COUNT_IN_PLAIN, values
 
     def count_since(self, since: datetime | None) -> int:
         statement = select(func.count()).where(Job.tenant_id == self.tenant_id)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from observability.metrics import record_job_created, record_job_finished, record_rate_limited
 from observability.tracing import inject, set_ids
-from service.db import after_commit
+from service.db import PendingRead, after_commit, read_together
 from service.errors import (
     ForbiddenError,
     IdempotencyConflictError,
@@ -37,18 +39,21 @@ from service.jobs.updates import announce, announce_new
 from service.models import utcnow
 from service.plans import Limits
 from service.principal import Principal
+from service.redis import get_redis
 from service.settings import get_settings
 from service.storage.base import StoredObject
 from service.storage.factory import get_storage
 from service.tenants.service import check_rate
 from service.webhooks.events import DEADLINE_AT_RISK, JOB_EVENT_TYPES, JOB_REQUEUED
-from service.webhooks.service import forget_artifact, publish
+from service.webhooks.service import endpoints_read, forget_artifact, listening_read, publish
 
 MAX_IDEMPOTENCY_KEY = 200
 MIN_PROGRESS_FOR_ESTIMATE = 0.05
 MIN_SECONDS_FOR_ESTIMATE = 1.0
 MAX_PAGE = 100
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+
+log = logging.getLogger(__name__)
 
 
 def validate_input(kind_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +129,8 @@ def create_job(
         return _same_request_or_conflict(
             earlier, input_fingerprint(kind_name, validate_input(kind_name, raw_input))
         )
-    limits = check_rate(session, caller)
+    listening = listening_read(session, tenant_id)  # asked with the rate check: its first event needs it
+    limits = check_rate(session, caller, [listening] if listening is not None else [])
     check_priority(priority, limits)
     deadline = check_deadline(deadline)
     text = raw_input.get("text")
@@ -167,10 +173,21 @@ def create_job(
             if earlier is None:
                 raise
             return _same_request_or_conflict(earlier, fingerprint)
-    after_commit(session, lambda: enqueue_job(job.id, kind_name, job.trace_context, priority=priority))
+    after_commit(session, lambda: _hand_over(job, priority))
     after_commit(session, lambda: record_job_created(kind_name))
-    after_commit(session, lambda: announce_new(tenant_id, job.id))
     return job
+
+
+def _hand_over(job: Job, priority: JobPriority) -> None:
+    """Enqueue a new job and announce it to the tenant's watchers, in two round trips to Redis: RQ's
+    unique enqueue, then its bookkeeping with the announcement (after commit)."""
+    with get_redis().pipeline() as pipeline:
+        enqueue_job(job.id, job.kind, job.trace_context, priority=priority, pipeline=pipeline)
+        announce_new(pipeline, job.tenant_id, job.id)
+        try:
+            pipeline.execute()
+        except RedisError as error:  # enqueued already: only the announcement (and RQ's set of queues)
+            log.warning("could not announce new job %s: %s", job.id, error)
 
 
 def check_priority(priority: JobPriority, limits: Limits) -> None:
@@ -202,8 +219,17 @@ def check_deadline(deadline: datetime | None) -> datetime | None:
 
 
 def check_queued_quota(jobs: JobRepository, limits: Limits) -> None:
-    """QUOTA_EXCEEDED when the tenant already holds its plan's max_queued QUEUED jobs."""
-    if jobs.count_in([JobStatus.QUEUED]) >= limits.max_queued:
+    """QUOTA_EXCEEDED when the tenant already holds its plan's max_queued QUEUED jobs. The tenant's
+    webhook endpoints, which the job's first event needs, are read in the same round trip."""
+    counted: list[int] = []
+    reads: list[PendingRead] = [
+        (jobs.count_in_statement([JobStatus.QUEUED]), lambda rows: counted.append(int(rows[0][0])))
+    ]
+    endpoints = endpoints_read(jobs.session, jobs.tenant_id)
+    if endpoints is not None:
+        reads.append(endpoints)
+    read_together(jobs.session, reads)
+    if counted[0] >= limits.max_queued:
         record_rate_limited("quota")
         raise QuotaExceededError(
             f"this tenant already has {limits.max_queued} queued jobs (its plan's maximum); "

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 import redis.asyncio
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from service.db import session_scope, tenant_session_scope
@@ -55,12 +56,10 @@ def new_jobs_channel(tenant_id: str) -> str:
     return NEW_JOBS_PREFIX + tenant_id
 
 
-def announce_new(tenant_id: str, job_id: str) -> None:
-    """Tell the tenant's watchers (the portal's jobs list) of a job it just created (after commit)."""
-    try:
-        get_redis().publish(new_jobs_channel(tenant_id), job_id)
-    except RedisError as error:
-        log.warning("could not announce new job %s: %s", job_id, error)
+def announce_new(pipeline: Pipeline, tenant_id: str, job_id: str) -> None:
+    """Tell the tenant's watchers (the portal's jobs list) of a job it just created (after commit),
+    when the caller executes the pipeline."""
+    pipeline.publish(new_jobs_channel(tenant_id), job_id)
 
 
 def _load(job_id: str) -> Job | None:

@@ -1,11 +1,12 @@
 """API keys authenticated recently, kept in the process: most requests authenticate without Postgres.
 
 A key's principal (tenant, scopes, limits) is read from Postgres at most once per KEY_RECHECK_SECONDS
-in each process. In between, one Redis round trip per request (a pipeline) asks what could have
-changed since: whether the key was revoked (a marker revocation writes once it commits) and whether
-any tenant's limits changed (a version number set_limits bumps); it also notes the key's use for
-api_keys.last_used_at. When Redis cannot answer, the request authenticates against Postgres, as a
-first request does. Unknown or malformed keys are never remembered.
+in each process. In between, one Redis command per request (MGET) asks what could have changed since:
+whether the key was revoked (a marker revocation writes once it commits) and whether any tenant's
+limits changed (a version number set_limits bumps). Each process also notes the key's use for
+api_keys.last_used_at, at most once per KEY_LAST_USED_RESOLUTION_SECONDS (in the same round trip).
+When Redis cannot answer, the request authenticates against Postgres, as a first request does.
+Unknown or malformed keys are never remembered.
 """
 
 from __future__ import annotations
@@ -97,9 +98,10 @@ class PrincipalCache:
         return await anyio.to_thread.run_sync(self.authenticate, token, load)
 
     def clear(self) -> None:
-        """Forget every key."""
+        """Forget every key (and when their uses were last sent)."""
         with self._lock:
             self._remembered.clear()
+        _NOTED.clear()
 
     def _forget(self, digest: bytes) -> None:
         with self._lock:
@@ -134,18 +136,20 @@ def mark_limits_changed() -> None:
 
 def _still_valid(remembered: _Remembered) -> bool:
     """Whether the key is unrevoked and the limits unchanged (noting the key's use); False when Redis
-    cannot say, so that Postgres decides."""
+    cannot say, so that Postgres decides. One command (MGET); with the use to note, one pipeline."""
     principal = remembered.principal
     try:
-        with get_redis().pipeline(transaction=False) as pipe:
-            pipe.exists(revoked_marker(principal.key_id))
-            pipe.get(LIMITS_VERSION)
-            _note_use(pipe, principal.key_id)
-            revoked, version, _ = pipe.execute()
+        if not _NOTED.due(principal.key_id):
+            revoked, version = get_redis().mget(revoked_marker(principal.key_id), LIMITS_VERSION)
+        else:
+            with get_redis().pipeline(transaction=False) as pipe:
+                pipe.mget(revoked_marker(principal.key_id), LIMITS_VERSION)
+                _note_use(pipe, principal.key_id)
+                (revoked, version), _ = pipe.execute()
     except Exception as error:
         _warn(f"could not check API key {principal.key_id} in Redis", error)
         return False
-    return not revoked and version == remembered.limits_version
+    return revoked is None and version == remembered.limits_version
 
 
 _LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
@@ -161,20 +165,47 @@ async def _still_valid_async(remembered: _Remembered) -> bool:
         client = _LOOP_CLIENTS[loop] = new_async_redis()
     principal = remembered.principal
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.exists(revoked_marker(principal.key_id))
-            pipe.get(LIMITS_VERSION)
-            _note_use(pipe, principal.key_id)
-            revoked, version, _ = await pipe.execute()
+        if not _NOTED.due(principal.key_id):
+            revoked, version = await client.mget(revoked_marker(principal.key_id), LIMITS_VERSION)
+        else:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.mget(revoked_marker(principal.key_id), LIMITS_VERSION)
+                _note_use(pipe, principal.key_id)
+                (revoked, version), _ = await pipe.execute()
     except Exception as error:
         _warn(f"could not check API key {principal.key_id} in Redis", error)
         return False
-    return not revoked and version == remembered.limits_version
+    return revoked is None and version == remembered.limits_version
+
+
+class _UseNotes:
+    """When this process last sent each key's use to Redis: at most once per
+    KEY_LAST_USED_RESOLUTION_SECONDS (Redis keeps one write per period across processes anyway)."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, float] = {}
+
+    def due(self, key_id: str) -> bool:
+        """Whether this key's use is to be sent now; if so, it counts as sent."""
+        now = time.monotonic()
+        sent = self._sent.get(key_id)
+        if sent is not None and now - sent < get_settings().key_last_used_resolution_seconds:
+            return False
+        if len(self._sent) >= MAX_REMEMBERED:
+            self._sent.clear()
+        self._sent[key_id] = now
+        return True
+
+    def clear(self) -> None:
+        self._sent.clear()
+
+
+_NOTED = _UseNotes()
 
 
 def _noted(principal: Principal | None) -> Principal | None:
     """The principal, its key's use noted for api_keys.last_used_at (never failing the request)."""
-    if principal is not None:
+    if principal is not None and _NOTED.due(principal.key_id):
         try:
             with get_redis().pipeline(transaction=False) as pipe:
                 _note_use(pipe, principal.key_id)

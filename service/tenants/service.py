@@ -19,7 +19,7 @@ from service.models import utcnow
 from service.outages import is_outage
 from service.plans import Limits, resolve_limits
 from service.principal import Principal
-from service.redis import get_redis
+from service.redis import RedisRead, get_redis
 from service.settings import get_settings
 from service.tenants import repository
 from service.tenants.keys import generate_key, hash_key, key_matches, parse_key
@@ -217,17 +217,18 @@ def _resolve(row: tuple[str, dict[str, Any] | None] | None) -> Limits:
     return resolve_limits(settings.plans, settings.default_plan, plan, overrides)
 
 
-def check_rate(session: Session, caller: Principal | str) -> Limits:
+def check_rate(session: Session, caller: Principal | str, along: Sequence[RedisRead] = ()) -> Limits:
     """The tenant's limits, after taking a token from its mutation bucket (RATE_LIMITED when empty).
 
-    A principal brings the limits it authenticated with (no database read); a tenant id reads them."""
+    A principal brings the limits it authenticated with (no database read); a tenant id reads them.
+    along: Redis reads sent in the same round trip when the rate is checked (see RateLimiter.check)."""
     if isinstance(caller, Principal):
         tenant_id, limits = caller.tenant_id, caller.limits
     else:
         tenant_id, limits = caller, limits_for(session, caller)
     if get_settings().rate_limits_enabled:
         try:
-            get_rate_limiter().check(tenant_id, limits)
+            get_rate_limiter().check(tenant_id, limits, along)
         except RateLimitedError:
             record_rate_limited("rate")
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from service.redis import get_redis
@@ -24,6 +25,11 @@ RENEW_SECONDS = 30.0
 def mark_listening(tenant_id: str) -> None:
     """Record events of this tenant for the next LISTENER_TTL_SECONDS."""
     get_redis().set(PREFIX + tenant_id, "1", ex=LISTENER_TTL_SECONDS)
+
+
+def ask_listening(pipeline: Pipeline, tenant_id: str) -> None:
+    """Queue is_listening()'s question on a pipeline (its answer: 1 when a listener streams)."""
+    pipeline.exists(PREFIX + tenant_id)
 
 
 def is_listening(tenant_id: str) -> bool:

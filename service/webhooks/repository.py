@@ -13,12 +13,17 @@ from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
+from service.db import Statement
 from service.ids import first_id_at
 from service.repository import TenantRepository
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 NOTIFY_CHANNEL = "webhook_deliveries"
 HISTORY_BATCH_ROWS = 500
+ENABLED_FILTERS: LiteralString = (
+    "SELECT id, event_types FROM webhook_endpoints WHERE tenant_id = {tenant} AND enabled ORDER BY id"
+)
+"""EndpointRepository.enabled_filters in plain SQL, the tenant's id given as SQL in place of {tenant}."""
 
 
 class EndpointRepository(TenantRepository[WebhookEndpoint]):
@@ -33,6 +38,10 @@ class EndpointRepository(TenantRepository[WebhookEndpoint]):
         statement = select(func.count()).where(WebhookEndpoint.tenant_id == self.tenant_id)
         return int(self.session.exec(statement).one())
 
+    def enabled_filters_statement(self) -> Statement:
+        """enabled_filters() as plain SQL, to run along other reads (service.db.read_pipelined)."""
+        return (ENABLED_FILTERS.format(tenant="%(tenant_id)s"), {"tenant_id": self.tenant_id})
+
     def enabled_filters(self) -> list[tuple[str, list[str]]]:
         """(id, event types) of the tenant's enabled endpoints, by id; no types: every type."""
         statement = (
@@ -42,12 +51,6 @@ class EndpointRepository(TenantRepository[WebhookEndpoint]):
         )
         with self.session.no_autoflush:  # a lookup; the caller's pending rows are flushed with its writes
             return [(endpoint_id, list(types)) for endpoint_id, types in self.session.exec(statement)]
-
-
-ENABLED_FILTERS: LiteralString = (
-    "SELECT id, event_types FROM webhook_endpoints WHERE tenant_id = {tenant} AND enabled ORDER BY id"
-)
-"""EndpointRepository.enabled_filters in plain SQL, the tenant's id given as SQL in place of {tenant}."""
 
 
 class EventRepository(TenantRepository[WebhookEvent]):

@@ -15,7 +15,7 @@ from callbacks.keys import generate_keypair, generate_secret, public_key_for
 from observability.metrics import record_endpoint_disabled
 from observability.tracing import inject
 from service.crypto import decrypt, encrypt, reencrypt
-from service.db import Statement
+from service.db import PendingRead, Statement
 from service.errors import (
     ForbiddenError,
     InvalidStateError,
@@ -26,6 +26,7 @@ from service.errors import (
 from service.ids import has_prefix, new_id
 from service.models import utcnow
 from service.principal import Principal
+from service.redis import RedisRead
 from service.settings import get_settings
 from service.tenants.service import check_rate
 from service.webhooks import repository
@@ -38,7 +39,7 @@ from service.webhooks.events import (
     JOB_EVENT_TYPES,
     WEBHOOK_TEST,
 )
-from service.webhooks.listeners import is_listening
+from service.webhooks.listeners import ask_listening, is_listening
 from service.webhooks.models import (
     AttemptTrigger,
     DeliveryStatus,
@@ -203,6 +204,19 @@ def remember_endpoints(session: Session, tenant_id: str, rows: Sequence[Mapping[
     _endpoints_cache(session)[tenant_id] = [(row["id"], list(row["event_types"])) for row in rows]
 
 
+def endpoints_read(session: Session, tenant_id: str) -> PendingRead | None:
+    """read_endpoints() as a read to run along others in one round trip (service.db.read_together);
+    None when this transaction has read them already."""
+    by_tenant = _endpoints_cache(session)
+    if tenant_id in by_tenant:
+        return None
+
+    def keep(rows: list[tuple[Any, ...]]) -> None:
+        by_tenant[tenant_id] = [(endpoint_id, list(types or [])) for endpoint_id, types in rows]
+
+    return EndpointRepository(session, tenant_id).enabled_filters_statement(), keep
+
+
 _ENDPOINTS = "webhooks.enabled_endpoints"
 _LISTENING = "webhooks.listening"
 _WOKEN = "webhooks.woken"
@@ -217,8 +231,8 @@ def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list
 
 
 def _endpoints_cache(session: Session) -> dict[str, list[tuple[str, list[str]]]]:
-    """Endpoints read in this transaction, by tenant."""
-    transaction = session.get_transaction()
+    """This transaction's endpoints by tenant."""
+    transaction = session.get_transaction() or session.begin()  # begun, its connection still to come
     cache: tuple[object, dict[str, list[tuple[str, list[str]]]]] | None = session.info.get(_ENDPOINTS)
     if cache is None or cache[0] is not transaction:
         cache = (transaction, {})
@@ -226,16 +240,35 @@ def _endpoints_cache(session: Session) -> dict[str, list[tuple[str, list[str]]]]
     return cache[1]
 
 
+def listening_read(session: Session, tenant_id: str) -> RedisRead | None:
+    """The listener check publish() makes, to send along other Redis commands in one round trip;
+    None when this transaction has asked already."""
+    by_tenant = _listening_cache(session)
+    if tenant_id in by_tenant:
+        return None
+
+    def keep(answer: Any) -> None:
+        by_tenant[tenant_id] = bool(answer)
+
+    return (lambda pipeline: ask_listening(pipeline, tenant_id)), keep
+
+
 def _listening(session: Session, tenant_id: str) -> bool:
     """Whether a listener of the tenant's streams its events, asked of Redis once per transaction."""
-    transaction = session.get_transaction()
+    by_tenant = _listening_cache(session)
+    if tenant_id not in by_tenant:
+        by_tenant[tenant_id] = is_listening(tenant_id)
+    return by_tenant[tenant_id]
+
+
+def _listening_cache(session: Session) -> dict[str, bool]:
+    """This transaction's answers of whether a tenant's listener streams."""
+    transaction = session.get_transaction() or session.begin()  # begun, its connection still to come
     cache: tuple[object, dict[str, bool]] | None = session.info.get(_LISTENING)
     if cache is None or cache[0] is not transaction:
         cache = (transaction, {})
         session.info[_LISTENING] = cache
-    if tenant_id not in cache[1]:
-        cache[1][tenant_id] = is_listening(tenant_id)
-    return cache[1][tenant_id]
+    return cache[1]
 
 
 def _forget_endpoints(session: Session) -> None:

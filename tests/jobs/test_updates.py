@@ -7,6 +7,7 @@ import contextlib
 
 from service.jobs.models import Job
 from service.jobs.updates import JobFeed, announce, announce_new
+from service.redis import get_redis
 
 
 def _row(job_id: str) -> Job:
@@ -73,9 +74,13 @@ def test_a_tenants_new_jobs_reach_its_watchers_and_no_one_elses(env: dict[str, s
                 feed.watch_new("ten_new_b") as theirs,
                 feed.watch("job_new_watched") as changes,
             ):
-                announce_new("ten_new_a", "job_new_1")
+                with get_redis().pipeline() as pipeline:
+                    announce_new(pipeline, "ten_new_a", "job_new_1")
+                    pipeline.execute()
                 announce("job_new_watched")
-                announce_new("ten_new_a", "job_new_2")
+                with get_redis().pipeline() as pipeline:
+                    announce_new(pipeline, "ten_new_a", "job_new_2")
+                    pipeline.execute()
                 async with asyncio.timeout(3):
                     heard = [await mine.get(), await mine.get()]
                     changed = await changes.get()

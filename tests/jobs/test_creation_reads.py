@@ -1,0 +1,71 @@
+"""Creating a job reads what its first event needs (the tenant's endpoints, whether a listener
+streams) once, along with the quota's count and the rate check, and still delivers to every endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlmodel import col, select
+
+from service.db import AFTER_COMMIT, get_engine, session_scope, tenant_session_scope
+from service.jobs.service import create_job
+from service.principal import Principal
+from service.tenants.service import limits_for
+from service.webhooks.listeners import mark_listening
+from service.webhooks.models import WebhookDelivery, WebhookEvent
+from tests.conftest import GraphQLClient, TenantHandle
+
+CREATE_ENDPOINT = "mutation C($u: String!) { createWebhookEndpoint(input: {url: $u}) { endpoint { id } } }"
+
+
+def _caller(tenant: TenantHandle) -> Principal:
+    """The tenant as an API request brings it: its limits known, so nothing is read before the job."""
+    with session_scope() as session:
+        limits = limits_for(session, tenant.id)
+    return Principal(tenant.id, tenant.key_id, frozenset({"jobs:write"}), limits)
+
+
+def _statements_through_sqlalchemy() -> tuple[list[str], Any]:
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(get_engine(), "before_cursor_execute", note)
+    return seen, note
+
+
+def test_a_new_jobs_event_reaches_every_endpoint_with_no_read_of_its_own(
+    gql: GraphQLClient, tenant: TenantHandle
+) -> None:
+    endpoint_ids = {
+        gql(CREATE_ENDPOINT, {"u": f"http://127.0.0.1:9/{n}"})["createWebhookEndpoint"]["endpoint"]["id"]
+        for n in range(2)
+    }
+    caller = _caller(tenant)
+    seen, note = _statements_through_sqlalchemy()
+    try:
+        with tenant_session_scope(tenant.id) as session:
+            job = create_job(session, caller, "test-slow", {"seconds": 1}, None)
+            session.info.pop(AFTER_COMMIT, None)  # no worker takes it
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", note)
+    assert not [statement for statement in seen if "webhook_endpoints" in statement], seen
+    with tenant_session_scope(tenant.id) as session:
+        delivered = session.exec(
+            select(WebhookDelivery.endpoint_id)
+            .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
+            .where(WebhookEvent.job_id == job.id)
+        ).all()
+    assert set(delivered) == endpoint_ids
+
+
+def test_a_new_jobs_event_is_recorded_while_a_listener_streams(tenant: TenantHandle) -> None:
+    mark_listening(tenant.id)
+    with tenant_session_scope(tenant.id) as session:
+        job = create_job(session, _caller(tenant), "test-slow", {"seconds": 1}, None)
+        session.info.pop(AFTER_COMMIT, None)
+    with tenant_session_scope(tenant.id) as session:
+        events = session.exec(select(WebhookEvent.type).where(WebhookEvent.job_id == job.id)).all()
+    assert events == ["job.queued"]
