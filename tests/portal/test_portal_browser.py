@@ -157,13 +157,18 @@ def test_a_finished_jobs_file_downloads_through_a_fresh_signed_url(signed_in: Po
 
 def _wait_for_the_reload_at_the_end(page: Page) -> None:
     """A job's page reloads itself once its run ends: wait until it has (a mark set on the window now
-    is gone after the reload). Polled with evaluate, because the portal's CSP forbids the eval that
-    wait_for_function needs."""
+    is gone after the reload). A page rendered after the run ended is not live and has nothing to
+    wait for (a worker can stop a canceled job before the page the cancel redirects to is rendered).
+    Polled with evaluate, because the portal's CSP forbids the eval that wait_for_function needs."""
     deadline = time.monotonic() + 20
     try:
-        page.evaluate("window.beforeTheEnd = true")
+        live = page.evaluate(
+            "window.beforeTheEnd = document.querySelector('[data-reload-when-done]') != null"
+        )
     except PlaywrightError:  # the run already ended and the page is reloading itself
         page.wait_for_load_state()
+        return
+    if not live:
         return
     while time.monotonic() < deadline:
         try:
