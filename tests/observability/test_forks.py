@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -168,25 +168,25 @@ def test_a_metrics_scrape_and_a_span_export_hold_the_gate() -> None:
     server, _ = metrics.start_metrics_server(0, "127.0.0.1")
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
-        scrape = threading.Thread(target=lambda: urllib.request.urlopen(url, timeout=10).read())
-        scrape.start()
-        assert scraping.wait(5)
-        assert not _fork_and_reap(0.1)
-        release.set()
-        scrape.join(10)
-        assert _fork_and_reap(1)
+        _forks_wait_for(lambda: urllib.request.urlopen(url, timeout=10).read(), scraping, release)
     finally:
         server.shutdown()
         server.server_close()
         REGISTRY.unregister(slow)
 
     release.clear()
-    export = threading.Thread(target=PerProcessExporter(SlowExporter).export, args=([],))
-    export.start()
-    assert exporting.wait(5)
+    _forks_wait_for(lambda: PerProcessExporter(SlowExporter).export([]), exporting, release)
+
+
+def _forks_wait_for(work: Callable[[], object], working: threading.Event, release: threading.Event) -> None:
+    """While `work` runs in another thread (it sets `working`, then waits for `release`), no fork
+    happens; once it is done, one does."""
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert working.wait(5)
     assert not _fork_and_reap(0.1)
     release.set()
-    export.join(5)
+    thread.join(10)
     assert _fork_and_reap(1)
 
 
