@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 from sqlmodel import SQLModel
 
-from service.jobs.models import Job, JobEvent, JobOutbox
+from service.jobs.models import Job, JobEvent, JobOutbox, JobQueueCount
 from service.tenants.models import ApiKey, PortalLink, PortalSession, Tenant
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
@@ -19,6 +19,7 @@ TABLES: tuple[type[SQLModel], ...] = (
     Job,
     JobEvent,
     JobOutbox,
+    JobQueueCount,
     WebhookEndpoint,
     WebhookEvent,
     WebhookDelivery,

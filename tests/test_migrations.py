@@ -105,3 +105,35 @@ def test_0013_fills_last_success_and_event_types_from_history(empty_database: st
     assert rows["wep_ok"] == datetime(2026, 1, 1, 10, 0, 5, tzinfo=UTC)
     assert rows["wep_failing"] is None
     assert types == [("job.queued",)]
+
+
+def test_0014_counts_the_queued_jobs_there_are_and_downgrades(empty_database: str) -> None:
+    """0014 fills each tenant's queued count from its jobs, its trigger counts from then on, and its
+    downgrade leaves jobs as they were (no table, no trigger)."""
+    upgrade(empty_database, "0013_delivery_log_at_scale")
+    job = (
+        "INSERT INTO jobs (id, tenant_id, kind, status, progress, attempt, input, input_hash, created_at)"
+        " VALUES (%s, %s, 'speech', %s, 0, 0, '{}', 'x', now())"
+    )
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        for tenant in ("ten_a", "ten_b"):
+            conn.execute(
+                "INSERT INTO tenants (id, name, plan, created_at) VALUES (%s, %s, 'free', now())",
+                [tenant, tenant],
+            )
+        for number, (tenant, status) in enumerate(
+            [("ten_a", "QUEUED"), ("ten_a", "QUEUED"), ("ten_a", "RUNNING"), ("ten_b", "SUCCEEDED")]
+        ):
+            conn.execute(job, [f"job_{number}", tenant, status])
+    upgrade(empty_database)
+    counted = "SELECT tenant_id, sum(queued) FROM job_queue_counts GROUP BY tenant_id"
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert dict(conn.execute(counted).fetchall()) == {"ten_a": 2}
+        conn.execute(job, ["job_new", "ten_b", "QUEUED"])
+        conn.execute("UPDATE jobs SET status = 'RUNNING' WHERE id = 'job_0'")
+        assert dict(conn.execute(counted).fetchall()) == {"ten_a": 1, "ten_b": 1}
+    downgrade(empty_database, "0013_delivery_log_at_scale")
+    assert "job_queue_counts" not in _tables(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(job, ["job_after", "ten_b", "QUEUED"])  # no trigger left to fail
+        conn.execute("DELETE FROM jobs WHERE status = 'QUEUED'")

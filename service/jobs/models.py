@@ -109,6 +109,17 @@ class JobEvent(SQLModel, table=True):
     data: dict[str, Any] | None = Field(default=None, sa_column=jsonb_column(nullable=True))
 
 
+class JobQueueCount(SQLModel, table=True):
+    """A share of a tenant's count of QUEUED jobs, kept by a trigger on jobs (migration 0014): the
+    tenant's count is the sum of its rows, one per slot its transactions wrote to."""
+
+    __tablename__ = "job_queue_counts"
+
+    tenant_id: str = Field(foreign_key="tenants.id", primary_key=True, ondelete="CASCADE")
+    slot: int = Field(primary_key=True)
+    queued: int
+
+
 class JobOutbox(SQLModel, table=True):
     """A committed job not yet taken by a worker: the sweep re-enqueues it until one does.
 

@@ -222,9 +222,7 @@ def check_queued_quota(jobs: JobRepository, limits: Limits) -> None:
     """QUOTA_EXCEEDED when the tenant already holds its plan's max_queued QUEUED jobs. The tenant's
     webhook endpoints, which the job's first event needs, are read in the same round trip."""
     counted: list[int] = []
-    reads: list[PendingRead] = [
-        (jobs.count_in_statement([JobStatus.QUEUED]), lambda rows: counted.append(int(rows[0][0])))
-    ]
+    reads: list[PendingRead] = [(jobs.queued_count_statement(), lambda rows: counted.append(int(rows[0][0])))]
     endpoints = endpoints_read(jobs.session, jobs.tenant_id)
     if endpoints is not None:
         reads.append(endpoints)
