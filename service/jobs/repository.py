@@ -147,7 +147,7 @@ _INSERT_OUTBOX: LiteralString = (
 )
 
 
-def insert_queued(session: Session, job: Job, first_event: JobEvent) -> None:
+def insert_queued(session: Session, job: Job, event_type: str, event_data: dict[str, Any] | None) -> None:
     """Write a new job with its first event in one statement, then its outbox row (the outbox's
     row-level security looks for the job, which the first statement's own snapshot cannot see), both
     in one round trip. Plain SQL built once: this runs for every job created, and building the
@@ -157,9 +157,9 @@ def insert_queued(session: Session, job: Job, first_event: JobEvent) -> None:
         if row[name] is not None:
             row[name] = json.dumps(row[name])
     event = {
-        "event_type": first_event.type,
-        "event_at": first_event.at,
-        "event_data": None if first_event.data is None else json.dumps(first_event.data),
+        "event_type": event_type,
+        "event_at": utcnow(),
+        "event_data": None if event_data is None else json.dumps(event_data),
     }
     run_pipelined(
         session,

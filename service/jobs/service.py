@@ -26,7 +26,7 @@ from service.errors import (
     QuotaExceededError,
     ValidationError,
 )
-from service.ids import has_prefix
+from service.ids import has_prefix, new_id
 from service.jobs import repository
 from service.jobs.dispatch import dequeue_job, enqueue_afresh, enqueue_job
 from service.jobs.kinds import get_kind, kind_names
@@ -36,7 +36,7 @@ from service.jobs.priority import RANKS, JobPriority, highest_allowed
 from service.jobs.repository import JobRepository
 from service.jobs.states import STATUS_EVENTS, check_transition
 from service.jobs.updates import announce, announce_new
-from service.models import utcnow
+from service.models import construct, utcnow
 from service.plans import Limits
 from service.principal import Principal
 from service.redis import get_redis
@@ -141,7 +141,11 @@ def create_job(
     params = validate_input(kind_name, raw_input)
     fingerprint = input_fingerprint(kind_name, params)
     check_queued_quota(jobs, limits)
-    job = Job(
+    job_id = new_id("job")
+    set_ids(job_id=job_id, tenant_id=tenant_id)  # the request's span and what follows carry them
+    job = construct(
+        Job,
+        id=job_id,
         tenant_id=tenant_id,
         kind=kind_name,
         input=params,
@@ -149,17 +153,13 @@ def create_job(
         idempotency_key=idempotency_key,
         priority=priority,
         deadline_at=deadline,
+        trace_context=inject(),
     )
-    set_ids(job_id=job.id, tenant_id=tenant_id)  # the request's span and what follows carry them
-    job.trace_context = inject()
-
-    first_event = JobEvent(
-        job_id=job.id, tenant_id=tenant_id, type=STATUS_EVENTS[JobStatus.QUEUED], data={"kind": kind_name}
-    )
+    event_type, event_data = STATUS_EVENTS[JobStatus.QUEUED], {"kind": kind_name}
 
     def write() -> None:
-        repository.insert_queued(session, job, first_event)
-        _publish_event(session, job, first_event.type, first_event.data)
+        repository.insert_queued(session, job, event_type, event_data)
+        _publish_event(session, job, event_type, event_data)
 
     if idempotency_key is None:
         write()
