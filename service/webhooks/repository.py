@@ -13,7 +13,7 @@ from sqlalchemy import func, text, update
 from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
-from service.db import Statement
+from service.db import Statement, read_pipelined
 from service.ids import first_id_at
 from service.repository import TenantRepository
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -363,9 +363,32 @@ _CLAIM = text(
     """
 )
 
-# One statement for a whole batch: each delivery's new status, attempt count and next attempt.
-_UPDATE_DELIVERIES = text(
-    """
+# Recording a batch of attempts' outcomes: one round trip (with the transaction's BEGIN), in this order.
+# FOR NO KEY UPDATE on endpoints: publishing (which only references endpoints) goes on; a deletion waits.
+# Endpoints, then deliveries, each in id order: deliverers recording at once never deadlock. The
+# writes after the locks skip deliveries that no longer exist (an endpoint deleted while in flight).
+_LOCK_ENDPOINTS: LiteralString = (
+    "SELECT id FROM webhook_endpoints WHERE id = ANY(%(ids)s) ORDER BY id FOR NO KEY UPDATE"
+)
+_LOCK_DELIVERIES: LiteralString = (
+    "SELECT id FROM webhook_deliveries WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
+)
+_INSERT_ATTEMPTS: LiteralString = """
+    INSERT INTO webhook_attempts
+        (id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+         request_headers, response_headers)
+    SELECT a.id, a.delivery_id, a.tenant_id, a.at, a.status_code, a.duration_ms, a.error, a.response_body,
+           a.trigger, CAST(a.request_headers AS jsonb), CAST(a.response_headers AS jsonb)
+    FROM unnest(
+        CAST(%(ids)s AS text[]), CAST(%(delivery_ids)s AS text[]), CAST(%(tenant_ids)s AS text[]),
+        CAST(%(ats)s AS timestamptz[]), CAST(%(status_codes)s AS int[]), CAST(%(durations)s AS int[]),
+        CAST(%(errors)s AS text[]), CAST(%(response_bodies)s AS text[]), CAST(%(triggers)s AS text[]),
+        CAST(%(request_headers)s AS text[]), CAST(%(response_headers)s AS text[]))
+        AS a(id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+             request_headers, response_headers)
+    WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)
+"""
+_UPDATE_DELIVERIES: LiteralString = """
     UPDATE webhook_deliveries d SET
         status = u.status,
         attempt_count = u.attempt_count,
@@ -373,33 +396,127 @@ _UPDATE_DELIVERIES = text(
         next_trigger = 'scheduled',
         lease_until = NULL,
         updated_at = now()
-    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:attempt_counts AS int[]),
-                CAST(:delays AS double precision[])) AS u(id, status, attempt_count, delay)
+    FROM unnest(CAST(%(ids)s AS text[]), CAST(%(statuses)s AS text[]), CAST(%(attempt_counts)s AS int[]),
+                CAST(%(delays)s AS double precision[])) AS u(id, status, attempt_count, delay)
     WHERE d.id = u.id
-    """
-)
-
-_INSERT_ATTEMPTS = text(
-    """
-    INSERT INTO webhook_attempts
-        (id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
-         request_headers, response_headers)
-    SELECT a.id, a.delivery_id, a.tenant_id, a.at, a.status_code, a.duration_ms, a.error, a.response_body,
-           a.trigger, CAST(a.request_headers AS jsonb), CAST(a.response_headers AS jsonb)
-    FROM unnest(
-        CAST(:ids AS text[]), CAST(:delivery_ids AS text[]), CAST(:tenant_ids AS text[]),
-        CAST(:ats AS timestamptz[]), CAST(:status_codes AS int[]), CAST(:durations AS int[]),
-        CAST(:errors AS text[]), CAST(:response_bodies AS text[]), CAST(:triggers AS text[]),
-        CAST(:request_headers AS text[]), CAST(:response_headers AS text[]))
-        AS a(id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
-             request_headers, response_headers)
-    """
-)
+"""
+# Each endpoint's latest success ends its failing streak; `old` is the row as this statement found it.
+_SUCCEEDED: LiteralString = """
+    UPDATE webhook_endpoints ep
+    SET last_success_at = GREATEST(ep.last_success_at, s.at), failing_since = NULL, failing_alerts = 0,
+        last_error = NULL
+    FROM (
+        SELECT u.id, max(u.at) AS at
+        FROM unnest(CAST(%(ids)s AS text[]), CAST(%(ats)s AS timestamptz[]), CAST(%(delivery_ids)s AS text[]))
+            AS u(id, at, delivery_id)
+        WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = u.delivery_id)
+        GROUP BY u.id
+    ) s, webhook_endpoints old
+    WHERE ep.id = s.id AND old.id = ep.id
+    RETURNING ep.id, ep.tenant_id, ep.url, s.at, old.failing_since AS was_failing_since,
+              old.failing_alerts AS alerts_sent
+"""
 
 
-# FOR NO KEY UPDATE: publishing (which only references endpoints) goes on; a deletion waits.
-_LOCK_ENDPOINTS = text("SELECT id FROM webhook_endpoints WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE")
-_LOCK_DELIVERIES = text("SELECT id FROM webhook_deliveries WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
+class AttemptRow(NamedTuple):
+    """A webhook_attempts row as the deliverer inserts it (plain values: no model object per row)."""
+
+    id: str
+    delivery_id: str
+    tenant_id: str
+    at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response_body: str | None
+    request_headers: dict[str, str] | None
+    response_headers: dict[str, str] | None
+    trigger: str
+
+
+class DeliveryUpdate(NamedTuple):
+    """A delivery's new status, attempt count and next attempt (in `delay` seconds); its lease ends."""
+
+    id: str
+    status: str
+    attempt_count: int
+    delay: float | None
+
+
+class Success(NamedTuple):
+    """A delivery its endpoint accepted, and when."""
+
+    endpoint_id: str
+    at: datetime
+    delivery_id: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What record_outcomes found: the deliveries that still exist, and for each endpoint whose
+    failing streak a success ended, the streak (was_failing_since, alerts_sent) as it was."""
+
+    present: set[str]
+    recovered: list[dict[str, Any]]
+
+
+def record_outcomes(
+    session: Session,
+    endpoint_ids: Sequence[str],
+    attempts: Sequence[AttemptRow],
+    updates: Sequence[DeliveryUpdate],
+    successes: Sequence[Success],
+) -> Recorded:
+    """Lock the endpoints and deliveries, insert the attempts, move the deliveries on and end the
+    succeeded endpoints' failing streaks, in one round trip; only for deliveries that still exist.
+    A row the database refuses fails the whole batch here (inside the caller's savepoint)."""
+    statements: list[Statement] = [
+        (_LOCK_ENDPOINTS, {"ids": list(endpoint_ids)}),
+        (_LOCK_DELIVERIES, {"ids": [u.id for u in updates]}),
+    ]
+    if attempts:
+        statements.append((_INSERT_ATTEMPTS, _attempt_columns(attempts)))
+    statements.append(
+        (
+            _UPDATE_DELIVERIES,
+            {
+                "ids": [u.id for u in updates],
+                "statuses": [u.status for u in updates],
+                "attempt_counts": [u.attempt_count for u in updates],
+                "delays": [u.delay for u in updates],
+            },
+        )
+    )
+    if successes:
+        columns = {
+            "ids": [s.endpoint_id for s in successes],
+            "ats": [s.at for s in successes],
+            "delivery_ids": [s.delivery_id for s in successes],
+        }
+        statements.append((_SUCCEEDED, columns))
+    rows = read_pipelined(session, statements)
+    streaks = rows[-1] if successes else []
+    return Recorded({row["id"] for row in rows[1]}, streaks)
+
+
+def _attempt_columns(attempts: Sequence[AttemptRow]) -> dict[str, list[Any]]:
+    return {
+        "ids": [a.id for a in attempts],
+        "delivery_ids": [a.delivery_id for a in attempts],
+        "tenant_ids": [a.tenant_id for a in attempts],
+        "ats": [a.at for a in attempts],
+        "status_codes": [a.status_code for a in attempts],
+        "durations": [a.duration_ms for a in attempts],
+        "errors": [a.error for a in attempts],
+        "response_bodies": [a.response_body for a in attempts],
+        "triggers": [a.trigger for a in attempts],
+        "request_headers": [_json_or_none(a.request_headers) for a in attempts],
+        "response_headers": [_json_or_none(a.response_headers) for a in attempts],
+    }
+
+
+def _json_or_none(value: dict[str, str] | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def claim_due(
@@ -447,92 +564,6 @@ def count_due(session: Session, *, overdue_seconds: float) -> tuple[int, int]:
     """Deliveries due that no deliverer holds: (all of them, those due for over overdue_seconds)."""
     due, overdue = session.execute(_DUE, {"overdue": overdue_seconds}).one()
     return int(due), int(overdue)
-
-
-def lock_for_recording(
-    session: Session, endpoint_ids: Sequence[str], delivery_ids: Sequence[str]
-) -> set[str]:
-    """Lock these endpoints, then these deliveries (each in id order, so deliverers recording at once
-    never deadlock); the ids of the deliveries that still exist."""
-    session.execute(_LOCK_ENDPOINTS, {"ids": list(endpoint_ids)})
-    return set(session.execute(_LOCK_DELIVERIES, {"ids": list(delivery_ids)}).scalars())
-
-
-class AttemptRow(NamedTuple):
-    """A webhook_attempts row as the deliverer inserts it (plain values: no model object per row)."""
-
-    id: str
-    delivery_id: str
-    tenant_id: str
-    at: datetime
-    status_code: int | None
-    duration_ms: int
-    error: str | None
-    response_body: str | None
-    request_headers: dict[str, str] | None
-    response_headers: dict[str, str] | None
-    trigger: str
-
-
-def add_attempts(session: Session, attempts: Sequence[AttemptRow]) -> None:
-    """Insert them in one statement, so a row the database refuses fails here (inside the caller's
-    savepoint)."""
-    if not attempts:
-        return
-    session.execute(
-        _INSERT_ATTEMPTS,
-        {
-            "ids": [a.id for a in attempts],
-            "delivery_ids": [a.delivery_id for a in attempts],
-            "tenant_ids": [a.tenant_id for a in attempts],
-            "ats": [a.at for a in attempts],
-            "status_codes": [a.status_code for a in attempts],
-            "durations": [a.duration_ms for a in attempts],
-            "errors": [a.error for a in attempts],
-            "response_bodies": [a.response_body for a in attempts],
-            "triggers": [a.trigger for a in attempts],
-            "request_headers": [_json_or_none(a.request_headers) for a in attempts],
-            "response_headers": [_json_or_none(a.response_headers) for a in attempts],
-        },
-    )
-
-
-def _json_or_none(value: dict[str, str] | None) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> None:
-    """Each delivery's new status, attempt count, next attempt (in `delay` seconds) and no lease."""
-    if updates:
-        session.execute(
-            _UPDATE_DELIVERIES,
-            {
-                "ids": [u["id"] for u in updates],
-                "statuses": [str(u["status"]) for u in updates],
-                "attempt_counts": [u["attempt_count"] for u in updates],
-                "delays": [u["delay"] for u in updates],
-            },
-        )
-
-
-_SUCCEEDED = text(
-    """
-    UPDATE webhook_endpoints ep
-    SET last_success_at = GREATEST(ep.last_success_at, s.at), failing_since = NULL, failing_alerts = 0,
-        last_error = NULL
-    FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS s(id, at), webhook_endpoints old
-    WHERE ep.id = s.id AND old.id = ep.id  -- old: the row as this statement found it
-    RETURNING ep.id, ep.tenant_id, ep.url, s.at, old.failing_since AS was_failing_since,
-              old.failing_alerts AS alerts_sent
-    """
-)
-
-
-def mark_succeeded(session: Session, successes: Mapping[str, datetime]) -> Sequence[Row[Any]]:
-    """These endpoints just succeeded (endpoint id -> when): their failing streak ends. Each row: the
-    endpoint, and the streak it ended (was_failing_since, alerts_sent), read before the update."""
-    parameters = {"ids": list(successes), "ats": list(successes.values())}
-    return session.execute(_SUCCEEDED, parameters).all()
 
 
 def lock_endpoints(session: Session, endpoint_ids: Sequence[str]) -> Sequence[WebhookEndpoint]:
