@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from typing import Any, LiteralString, NamedTuple
 
 from sqlalchemy import func, text, update
-from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
 from service.db import Statement, read_pipelined
@@ -265,13 +264,12 @@ def forget_artifact(session: Session, job_id: str) -> None:
 #      each delivery with its event and endpoint.
 # The cost follows what is claimed and the number of endpoints with pending deliveries, never the
 # size of a backlog.
-_CLAIM = text(
-    """
+_CLAIM: LiteralString = """
     WITH RECURSIVE endpoint_load AS (
-        SELECT * FROM unnest(CAST(:endpoint_ids AS text[]), CAST(:endpoint_counts AS int[]))
+        SELECT * FROM unnest(CAST(%(endpoint_ids)s AS text[]), CAST(%(endpoint_counts)s AS int[]))
             AS l(endpoint_id, n)
     ), tenant_load AS (
-        SELECT * FROM unnest(CAST(:tenant_ids AS text[]), CAST(:tenant_counts AS int[]))
+        SELECT * FROM unnest(CAST(%(tenant_ids)s AS text[]), CAST(%(tenant_counts)s AS int[]))
             AS l(tenant_id, n)
     ), pending_endpoints(endpoint_id) AS (
         (SELECT endpoint_id FROM webhook_deliveries WHERE status = 'PENDING' ORDER BY endpoint_id LIMIT 1)
@@ -294,8 +292,8 @@ _CLAIM = text(
         -- limit what its pace allows (GCRA: the theoretical arrival time, tat, may run ahead of now by
         -- at most one second, or one interval when slower than 1/s: a burst of one second's worth)
         SELECT p.endpoint_id, LEAST(
-            :per_endpoint - coalesce(el.n, 0),
-            CASE WHEN pe.id IS NULL THEN :per_endpoint
+            %(per_endpoint)s - coalesce(el.n, 0),
+            CASE WHEN pe.id IS NULL THEN %(per_endpoint)s
                  ELSE floor(pe.rate_limit_per_second * extract(epoch FROM
                         now() + make_interval(secs => GREATEST(1.0, 1.0 / pe.rate_limit_per_second))
                         - pe.tat))::int
@@ -303,7 +301,7 @@ _CLAIM = text(
         FROM pending_endpoints p
         LEFT JOIN paced_endpoints pe ON pe.id = p.endpoint_id
         LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
-        WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < :per_endpoint
+        WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < %(per_endpoint)s
     ), due AS (
         SELECT d.id, d.tenant_id, d.next_attempt_at
         FROM endpoint_room r CROSS JOIN LATERAL (
@@ -329,7 +327,8 @@ _CLAIM = text(
     ), share AS (
         -- each tenant with work (due here, or in flight here) gets an equal share of the slots but
         -- one endpoint's worth, kept free for a tenant that starts sending; at least one endpoint's worth
-        SELECT GREATEST(:per_endpoint, (:max_in_flight - :per_endpoint) / NULLIF(count(*), 0)) AS slots
+        SELECT GREATEST(%(per_endpoint)s, (%(max_in_flight)s - %(per_endpoint)s) / NULLIF(count(*), 0))
+            AS slots
         FROM (SELECT tenant_id FROM due UNION SELECT tenant_id FROM tenant_load) AS working
     ), picked AS (
         SELECT d.id FROM webhook_deliveries d JOIN sendable s ON s.id = d.id, share
@@ -340,11 +339,11 @@ _CLAIM = text(
           AND (d.lease_until IS NULL OR d.lease_until < now())
         -- the least loaded tenants first: round robin between tenants, oldest due first within each
         ORDER BY s.tenant_place, s.next_attempt_at
-        LIMIT :limit
+        LIMIT %(limit)s
         FOR UPDATE OF d SKIP LOCKED
     ), leased AS (
         UPDATE webhook_deliveries d
-        SET lease_until = now() + make_interval(secs => :lease)
+        SET lease_until = now() + make_interval(secs => %(lease)s)
         FROM picked, webhook_events e, webhook_endpoints ep
         WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
         RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
@@ -361,7 +360,6 @@ _CLAIM = text(
     )
     SELECT * FROM leased
     """
-)
 
 # Recording a batch of attempts' outcomes: one round trip (with the transaction's BEGIN), in this order.
 # FOR NO KEY UPDATE on endpoints: publishing (which only references endpoints) goes on; a deletion waits.
@@ -528,8 +526,9 @@ def claim_due(
     lease_seconds: float,
     endpoints_in_flight: Mapping[str, int],
     tenants_in_flight: Mapping[str, int],
-) -> Sequence[Row[Any]]:
-    """Lease up to `limit` due deliveries; each row carries its event and endpoint.
+) -> list[dict[str, Any]]:
+    """Lease up to `limit` due deliveries, in one round trip with the transaction's BEGIN; each row
+    carries its event and endpoint.
 
     Counting what the caller already has in flight, no endpoint gets more than `per_endpoint` and no
     tenant more than its share of `max_in_flight` (see _CLAIM); the least loaded tenants come first,
@@ -545,7 +544,7 @@ def claim_due(
         "tenant_ids": list(tenants_in_flight),
         "tenant_counts": list(tenants_in_flight.values()),
     }
-    return session.execute(_CLAIM, parameters).all()
+    return read_pipelined(session, [(_CLAIM, parameters)])[0]
 
 
 _DUE = text(
