@@ -12,7 +12,7 @@ from typing import Any, LiteralString, NamedTuple
 from sqlalchemy import func, text, update
 from sqlmodel import Session, col, select
 
-from service.db import Statement, read_pipelined
+from service.db import Statement, read_pipelined, write_with_next
 from service.ids import first_id_at
 from service.repository import TenantRepository
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -196,46 +196,44 @@ class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
         ]
 
 
-_INSERT_EVENT = text(
-    """
+_INSERT_EVENT: LiteralString = """
     WITH event AS (
         INSERT INTO webhook_events
             (id, tenant_id, type, data, job_id, artifact_key, trace_context, created_at)
-        VALUES (:event_id, :tenant_id, :type, CAST(:data AS jsonb), :job_id, :artifact_key,
-                CAST(:trace_context AS jsonb), :now)
+        VALUES (%(event_id)s, %(tenant_id)s, %(type)s, CAST(%(data)s AS jsonb), %(job_id)s, %(artifact_key)s,
+                CAST(%(trace_context)s AS jsonb), %(now)s)
     )
     INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, job_id, event_type, status,
                                     attempt_count, next_attempt_at, next_trigger, created_at, updated_at)
-    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id, :job_id, :type,
-           'PENDING', 0, :now, 'scheduled', :now, :now
-    FROM unnest(CAST(:delivery_ids AS text[]), CAST(:endpoint_ids AS text[])) AS delivery(id, endpoint_id)
-    """
-)
+    SELECT delivery.id, %(tenant_id)s, %(event_id)s, delivery.endpoint_id, %(job_id)s, %(type)s,
+           'PENDING', 0, %(now)s, 'scheduled', %(now)s, %(now)s
+    FROM unnest(CAST(%(delivery_ids)s AS text[]), CAST(%(endpoint_ids)s AS text[]))
+        AS delivery(id, endpoint_id)
+"""
 
 
 def insert_event(session: Session, event: WebhookEvent, deliveries: Sequence[tuple[str, str]]) -> None:
-    """The event and a pending delivery (id, endpoint id) of it for each endpoint, in one statement."""
-    session.execute(
-        _INSERT_EVENT,
-        {
-            "event_id": event.id,
-            "tenant_id": event.tenant_id,
-            "type": event.type,
-            "data": json.dumps(event.data),
-            "job_id": event.job_id,
-            "artifact_key": event.artifact_key,
-            "trace_context": json.dumps(event.trace_context) if event.trace_context is not None else None,
-            "now": event.created_at,
-            "delivery_ids": [delivery_id for delivery_id, _ in deliveries],
-            "endpoint_ids": [endpoint_id for _, endpoint_id in deliveries],
-        },
-    )
+    """The event and a pending delivery (id, endpoint id) of it for each endpoint, in one statement,
+    sent with the transaction's next round trip when it defers writes (service.db.write_with_next)."""
+    parameters = {
+        "event_id": event.id,
+        "tenant_id": event.tenant_id,
+        "type": event.type,
+        "data": json.dumps(event.data),
+        "job_id": event.job_id,
+        "artifact_key": event.artifact_key,
+        "trace_context": json.dumps(event.trace_context) if event.trace_context is not None else None,
+        "now": event.created_at,
+        "delivery_ids": [delivery_id for delivery_id, _ in deliveries],
+        "endpoint_ids": [endpoint_id for _, endpoint_id in deliveries],
+    }
+    write_with_next(session, (_INSERT_EVENT, parameters))
 
 
 def wake_deliverers(session: Session) -> None:
     """Ask the deliverers to look for due deliveries once this transaction commits (NOTIFY is
     transactional: Postgres sends it only if the transaction commits)."""
-    session.execute(text("SELECT pg_notify(:channel, '')").bindparams(channel=NOTIFY_CHANNEL))
+    write_with_next(session, ("SELECT pg_notify(%(channel)s, '')", {"channel": NOTIFY_CHANNEL}))
 
 
 def forget_artifact(session: Session, job_id: str) -> None:
