@@ -171,11 +171,18 @@ def _send_deferred_first(state: Any) -> None:
         _pipelined(state.session, [])
 
 
+_COMMIT: Statement = ("COMMIT", {})
+
+
 @event.listens_for(SASession, "before_commit")
-def _send_deferred_before_commit(session: SASession) -> None:
-    if _deferred(session):
-        session.flush()
-        _pipelined(cast(Session, session), [])
+def _send_deferred_with_commit(session: SASession) -> None:
+    """Held writes go with the COMMIT, in one round trip after the ORM's flush: the commit SQLAlchemy
+    then asks of psycopg finds the transaction ended and sends nothing (psycopg commits only a
+    connection inside a transaction). A COMMIT that fails raises here, and the session rolls back."""
+    if session.in_nested_transaction() or not _deferred(session):
+        return
+    session.flush()
+    _pipelined(cast(Session, session), [_COMMIT])
 
 
 @event.listens_for(SASession, "after_transaction_create")

@@ -152,15 +152,25 @@ def test_held_writes_go_with_the_next_pipeline_in_order(env: dict[str, str]) -> 
         assert _sent(session) == []  # ON COMMIT DELETE ROWS: they were in the transaction that committed
 
 
-def test_held_writes_are_sent_by_the_commit(env: dict[str, str]) -> None:
+def test_held_writes_go_with_the_commit_and_the_session_goes_on(env: dict[str, str]) -> None:
+    committed: list[str] = []
     with session_scope() as session:
         run_pipelined(session, [("CREATE TABLE IF NOT EXISTS held_kept (n int PRIMARY KEY)", {})])
         run_pipelined(session, [("TRUNCATE held_kept", {})])
-    with session_scope() as session:
+    with Session(get_engine()) as session:
         defer_writes(session)
         write_with_next(session, ("INSERT INTO held_kept VALUES (%(n)s)", {"n": 7}))
-    with session_scope() as session:
+        after_commit(session, lambda: committed.append("yes"))
+        session.commit()  # the held write and COMMIT in one pipeline; psycopg then has nothing to commit
+        assert committed == ["yes"]
+        defer_writes(session)  # the next transaction on the same session
+        write_with_next(session, ("INSERT INTO held_kept VALUES (%(n)s)", {"n": 7}))  # a duplicate key
+        with pytest.raises(IntegrityError):
+            session.commit()
+        session.rollback()
         assert session.execute(text("SELECT array_agg(n) FROM held_kept")).scalar() == [7]
+        session.commit()
+    with session_scope() as session:
         run_pipelined(session, [("DROP TABLE held_kept", {})])
 
 
