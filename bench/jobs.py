@@ -14,8 +14,8 @@ All in one run, on one-sentence speech jobs:
 
 then each drain's rate once its workers are at work (from the first job's start to the last one's end:
 their start-up left out), each drain's CPU left on the machine (what other processes left idle), the
-workers' own CPU per job (start-up included; less swayed by what else the machine runs than the rates), each worker's RSS at start
-and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3,
+workers' own CPU per job (start-up included; less swayed by what else the machine runs than the
+rates), each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3,
 7 >= 0.95x its all-NORMAL run).
 Every drain starts with the queue full and the worker not yet running, and ends when the last job is
 done; the worker's start-up is counted, as it would be for RQ. `--rss-jobs N` adds a long run of N jobs
