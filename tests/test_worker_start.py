@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from service import collector
 from tests.servers import service_env
 
@@ -36,21 +38,24 @@ for module in BUILTIN_KIND_MODULES:
 print(json.dumps(sorted(sys.modules)))
 """
 
-# `claimcheck worker --queues jobs` up to the fork of its first horse, where it reports the collector.
-WORKER_UNTIL_FORK = """
-import gc, sys
+# `claimcheck worker --queues ...` up to where its start-up ends (the fork of its first horse, or the
+# deliverer's loop when it works only on webhooks), where it reports the collector.
+WORKER_UNTIL_STARTED = """
+import asyncio, gc, sys
 from service.jobs.supervisor import Supervisor
-def report(self):
+def report(*args):
     print(gc.isenabled(), gc.get_freeze_count())
-Supervisor.run = report
+    if asyncio.iscoroutine(args[0]):
+        args[0].close()
+Supervisor.run = asyncio.run = report
 from service.cli import main
-sys.exit(main(["worker", "--queues", "jobs"]))
+sys.exit(main(["worker", "--queues", sys.argv[1]]))
 """
 
 
-def _python(code: str, env: dict[str, str] | None = None) -> str:
+def _python(code: str, env: dict[str, str] | None = None, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -66,12 +71,15 @@ def test_a_worker_imports_none_of_the_api_only_libraries() -> None:
     assert pulled == []
 
 
-def test_a_worker_forks_its_horses_with_its_start_up_frozen_and_the_collector_on(tmp_path: Path) -> None:
-    # Nothing connects before the first fork: the URLs need no servers.
+@pytest.mark.parametrize("queue", ["jobs", "webhooks"])
+def test_a_worker_starts_work_with_its_start_up_frozen_and_the_collector_on(
+    queue: str, tmp_path: Path
+) -> None:
+    # Nothing connects before its start-up ends: the URLs need no servers.
     env = service_env(
         "postgresql://claimcheck@127.0.0.1:9/none", "redis://127.0.0.1:9/0", tmp_path, "http://127.0.0.1:9"
     )
-    enabled, frozen = _python(WORKER_UNTIL_FORK, env).split()
+    enabled, frozen = _python(WORKER_UNTIL_STARTED, env, queue).split()
     assert enabled == "True"
     assert int(frozen) > 10_000  # the modules, classes and mappers made at start-up
 
