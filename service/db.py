@@ -121,6 +121,85 @@ def run_pipelined(session: Session, statements: Sequence[Statement]) -> None:
     _pipelined(session, statements)
 
 
+def write_with_next(session: Session, statement: Statement) -> None:
+    """A write nobody reads the result of, sent along with the transaction's next round trip to
+    Postgres when it defers writes (defer_writes): the next run_pipelined, read_pipelined or
+    read_together, else just before any other statement or the commit (after the ORM's flush), in
+    the order written. Otherwise it is sent now, after the ORM's flush (as a statement through the
+    session would be), in a round trip of its own."""
+    deferred = _deferred(session)
+    if deferred is None:
+        session.flush()
+        run_pipelined(session, [statement])
+    else:
+        deferred.append(statement)
+
+
+def defer_writes(session: Session) -> None:
+    """Until the session's transaction ends, write_with_next holds writes for the next round trip:
+    for transactions that write several rows nobody reads back (a job's transition and its webhook
+    events). Such a transaction may not open a savepoint while writes are held (a rollback to it
+    would take them along)."""
+    transaction = session.get_transaction() or session.begin()
+    session.info[_DEFERRED] = (transaction, [])
+
+
+_DEFERRED = "deferred_writes"
+
+
+def _deferred(session: SASession) -> list[Statement] | None:
+    """This transaction's held writes, when it defers them and no savepoint is open."""
+    held: tuple[SessionTransaction, list[Statement]] | None = session.info.get(_DEFERRED)
+    if held is None or held[0] is not session.get_transaction() or session.in_nested_transaction():
+        return None
+    return held[1]
+
+
+def _take_deferred(session: SASession) -> list[Statement]:
+    held = _deferred(session)
+    if not held:
+        return []
+    writes = list(held)
+    held.clear()
+    return writes
+
+
+@event.listens_for(SASession, "do_orm_execute")
+def _send_deferred_first(state: Any) -> None:
+    """A statement runs after the writes held before it."""
+    if _deferred(state.session):
+        _pipelined(state.session, [])
+
+
+_COMMIT: Statement = ("COMMIT", {})
+
+
+@event.listens_for(SASession, "before_commit")
+def _send_deferred_with_commit(session: SASession) -> None:
+    """Held writes go with the COMMIT, in one round trip after the ORM's flush: the commit SQLAlchemy
+    then asks of psycopg finds the transaction ended and sends nothing (psycopg commits only a
+    connection inside a transaction). A COMMIT that fails raises here, and the session rolls back."""
+    if session.in_nested_transaction() or not _deferred(session):
+        return
+    session.flush()
+    _pipelined(cast(Session, session), [_COMMIT])
+
+
+@event.listens_for(SASession, "after_transaction_create")
+def _refuse_savepoint_over_deferred(session: SASession, transaction: SessionTransaction) -> None:
+    held: tuple[SessionTransaction, list[Statement]] | None = session.info.get(_DEFERRED)
+    if transaction.nested and held is not None and held[1] and held[0] is session.get_transaction():
+        raise RuntimeError("a savepoint was opened while writes were deferred (service.db.defer_writes)")
+
+
+@event.listens_for(SASession, "after_transaction_end")
+def _drop_deferred(session: SASession, transaction: SessionTransaction) -> None:
+    """A transaction that ends with writes still held rolled back: they go with it."""
+    held: tuple[SessionTransaction, list[Statement]] | None = session.info.get(_DEFERRED)
+    if held is not None and held[0] is transaction:
+        del session.info[_DEFERRED]
+
+
 PendingRead = tuple[Statement, Callable[[list[tuple[Any, ...]]], None]]
 """A read to run along others: its statement, and what takes its rows."""
 
@@ -148,14 +227,16 @@ def _pipelined(
     with a row factory, each statement's rows (none for a statement that returns no rows)."""
     settings = session.info.pop(_TENANT_SETTINGS, None)  # taken before the transaction begins
     connection = session.connection()
+    writes = _take_deferred(session)
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
     rows: list[list[Any]] = []
     try:
         with raw.pipeline() as pipeline:
-            if settings is not None:
+            if settings is not None or writes:
                 with raw.cursor() as cursor:
-                    cursor.execute(*settings)
+                    for sql, parameters in [settings, *writes] if settings is not None else writes:
+                        cursor.execute(sql, parameters)
             if row_factory is None:
                 with raw.cursor() as cursor:
                     for sql, parameters in statements:

@@ -2,7 +2,8 @@
 the pool keeps what a burst opened; run_pipelined: statements sent together, in the session's
 transaction, failing as SQLAlchemy fails; read_together: reads sent together, each handed its rows;
 enter_tenant: its settings reach Postgres before any statement of the transaction, in the same round
-trip as the first pipelined ones."""
+trip as the first pipelined ones; write_with_next: writes a deferring transaction holds go with its
+next round trip, in order, and never outlive a rollback."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from sqlmodel import Session, text
 from service.db import (
     TENANT_ROLE,
     after_commit,
+    defer_writes,
     enter_tenant,
     get_engine,
     make_engine,
+    read_pipelined,
     read_together,
     run_pipelined,
+    session_scope,
+    write_with_next,
 )
 from service.settings import get_settings
 
@@ -112,3 +117,86 @@ def test_the_pool_keeps_the_connections_a_burst_opened(env: dict[str, str]) -> N
     finally:
         engine.dispose()
     assert len(opened) == 8  # the second and third bursts reuse the first one's connections
+
+
+HELD = "INSERT INTO held VALUES (%(n)s)"
+
+
+def _held_table(session: Session) -> None:
+    create = "CREATE TEMPORARY TABLE IF NOT EXISTS held (n int PRIMARY KEY) ON COMMIT DELETE ROWS"
+    run_pipelined(session, [(create, {})])
+
+
+def _sent(session: Session) -> list[int]:
+    """What the table holds, read on the raw connection (past the hooks that send held writes)."""
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    return [n for (n,) in raw.execute("SELECT n FROM held ORDER BY n").fetchall()]
+
+
+def test_held_writes_go_with_the_next_pipeline_in_order(env: dict[str, str]) -> None:
+    with Session(get_engine()) as session:
+        _held_table(session)
+        session.commit()
+        defer_writes(session)
+        write_with_next(session, (HELD, {"n": 1}))
+        write_with_next(session, ("INSERT INTO held SELECT max(n) + 1 FROM held", {}))  # after the first
+        assert _sent(session) == []  # held
+        [rows] = read_pipelined(session, [("SELECT array_agg(n ORDER BY n) AS ns FROM held", {})])
+        assert rows == [{"ns": [1, 2]}]
+        write_with_next(session, (HELD, {"n": 3}))
+        # a statement through the session sends them first
+        assert session.execute(text("SELECT count(*) FROM held")).scalar() == 3
+        write_with_next(session, (HELD, {"n": 4}))
+        session.commit()  # and the commit
+        assert _sent(session) == []  # ON COMMIT DELETE ROWS: they were in the transaction that committed
+
+
+def test_held_writes_go_with_the_commit_and_the_session_goes_on(env: dict[str, str]) -> None:
+    committed: list[str] = []
+    with session_scope() as session:
+        run_pipelined(session, [("CREATE TABLE IF NOT EXISTS held_kept (n int PRIMARY KEY)", {})])
+        run_pipelined(session, [("TRUNCATE held_kept", {})])
+    with Session(get_engine()) as session:
+        defer_writes(session)
+        write_with_next(session, ("INSERT INTO held_kept VALUES (%(n)s)", {"n": 7}))
+        after_commit(session, lambda: committed.append("yes"))
+        session.commit()  # the held write and COMMIT in one pipeline; psycopg then has nothing to commit
+        assert committed == ["yes"]
+        defer_writes(session)  # the next transaction on the same session
+        write_with_next(session, ("INSERT INTO held_kept VALUES (%(n)s)", {"n": 7}))  # a duplicate key
+        with pytest.raises(IntegrityError):
+            session.commit()
+        session.rollback()
+        assert session.execute(text("SELECT array_agg(n) FROM held_kept")).scalar() == [7]
+        session.commit()
+    with session_scope() as session:
+        run_pipelined(session, [("DROP TABLE held_kept", {})])
+
+
+def test_held_writes_go_with_a_rollback_and_not_into_the_next_transaction(env: dict[str, str]) -> None:
+    with Session(get_engine()) as session:
+        _held_table(session)
+        session.commit()
+        defer_writes(session)
+        write_with_next(session, (HELD, {"n": 1}))
+        session.rollback()
+        write_with_next(session, (HELD, {"n": 2}))  # a new transaction that does not defer: sent now
+        assert _sent(session) == [2]
+        session.rollback()
+
+
+def test_a_savepoint_is_refused_while_writes_are_held(env: dict[str, str]) -> None:
+    with Session(get_engine()) as session:
+        _held_table(session)
+        defer_writes(session)
+        write_with_next(session, (HELD, {"n": 1}))
+        with pytest.raises(RuntimeError, match="savepoint"):
+            session.begin_nested()
+        session.rollback()
+        defer_writes(session)
+        _held_table(session)
+        with session.begin_nested():  # nothing held: allowed, and a write in it is not held
+            write_with_next(session, (HELD, {"n": 5}))
+            assert _sent(session) == [5]
+        session.rollback()

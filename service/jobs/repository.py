@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
-from service.db import Statement, run_pipelined
+from service.db import Statement, run_pipelined, write_with_next
 from service.ids import first_id_at
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
 from service.models import utcnow
@@ -164,6 +164,25 @@ def insert_queued(session: Session, job: Job, first_event: JobEvent) -> None:
         session,
         [(_INSERT_QUEUED, {**row, **event}), (_INSERT_OUTBOX, {"job_id": job.id, "created_at": utcnow()})],
     )
+
+
+_INSERT_EVENT: LiteralString = (
+    "INSERT INTO job_events (job_id, tenant_id, type, at, data)"
+    " VALUES (%(job_id)s, %(tenant_id)s, %(type)s, %(at)s, CAST(%(data)s AS jsonb))"
+)
+
+
+def add_event(session: Session, job: Job, event_type: str, data: dict[str, Any] | None) -> None:
+    """A line of the job's audit trail, sent with the transaction's next round trip when it defers
+    writes (service.db.write_with_next)."""
+    parameters = {
+        "job_id": job.id,
+        "tenant_id": job.tenant_id,
+        "type": event_type,
+        "at": utcnow(),
+        "data": None if data is None else json.dumps(data),
+    }
+    write_with_next(session, (_INSERT_EVENT, parameters))
 
 
 _COLUMNS = ", ".join(c.name for c in Job.__table__.columns)  # type: ignore[attr-defined]

@@ -15,7 +15,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import ParamSpec
@@ -24,7 +25,7 @@ from rq.timeouts import JobTimeoutException
 from sqlmodel import Session
 
 from observability.tracing import continue_trace, get_tracer, set_ids
-from service.db import read_pipelined, session_scope
+from service.db import defer_writes, read_pipelined, session_scope
 from service.jobs import repository, service
 from service.jobs.dispatch import drop_waiting
 from service.jobs.kinds import ArtifactOutput, JobFailure, Kind, get_kind
@@ -95,7 +96,7 @@ class RunContext:
             if pending is None or self._canceled:
                 return
             try:
-                with session_scope() as session:
+                with run_transaction() as session:
                     job = _lock_with_endpoints(session, self.job_id)
                     if job is None or job.status != JobStatus.RUNNING:
                         self._canceled = True  # CANCELING, or the scheduler took the run away
@@ -162,6 +163,15 @@ class Heartbeat:
                 log_failure(log, "heartbeat of job %s failed", self.context.job_id)
 
 
+@contextmanager
+def run_transaction() -> Iterator[Session]:
+    """A transaction of the run: its writes nobody reads back (the webhook events of its transitions,
+    the deliverers' wake-up) go to Postgres with its next round trip, at the latest its commit."""
+    with session_scope() as session:
+        defer_writes(session)
+        yield session
+
+
 def start(job_id: str) -> Job | None:
     """QUEUED → RUNNING and out of the outbox, in one transaction; None when the job is not QUEUED (a
     duplicate run), its deadline passed (it fails, never started), or its tenant already runs its plan's
@@ -171,7 +181,7 @@ def start(job_id: str) -> Job | None:
 
     Everything the start reads goes to Postgres in one round trip (_lock_for_start)."""
     parked: list[str] = []
-    with session_scope() as session:
+    with run_transaction() as session:
         job, limits, running = _lock_for_start(session, job_id)
         if job is None or job.status != JobStatus.QUEUED:
             log.info("job %s is not queued (%s); skipping", job_id, job.status if job else "deleted")
@@ -345,7 +355,7 @@ def _patient(write: Callable[P, str | None]) -> Callable[P, str | None]:
 def _finish_succeeded(
     job_id: str, stored: StoredObject | None, output: ArtifactOutput | None, context: RunContext
 ) -> str | None:
-    with session_scope() as session:
+    with run_transaction() as session:
         job = _lock_with_endpoints(session, job_id)
         if job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELING):
             return None
@@ -365,7 +375,7 @@ def _finish_succeeded(
 def _finish_canceled(job: Job, output: ArtifactOutput | None) -> str | None:
     if output is not None:
         get_storage().delete(artifact_key(job.tenant_id, job.id, output.filename))  # a partial upload
-    with session_scope() as session:
+    with run_transaction() as session:
         locked = _lock_with_endpoints(session, job.id)
         if locked is None or locked.status != JobStatus.CANCELING:
             return None
@@ -383,7 +393,7 @@ def _finish_failed(
     context: RunContext | None = None,
 ) -> str | None:
     """Retry a transient failure with backoff while attempts remain; otherwise FAILED."""
-    with session_scope() as session:
+    with run_transaction() as session:
         job = _lock_with_endpoints(session, job_id)
         if job is None:
             return None

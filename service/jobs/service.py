@@ -78,7 +78,7 @@ def input_fingerprint(kind_name: str, params: dict[str, Any]) -> str:
 
 def record_event(session: Session, job: Job, event_type: str, data: dict[str, Any] | None = None) -> None:
     """Append a line to the job's audit trail and publish its webhook event, in the caller's transaction."""
-    session.add(JobEvent(job_id=job.id, tenant_id=job.tenant_id, type=event_type, data=data))
+    repository.add_event(session, job, event_type, data)
     _publish_event(session, job, event_type, data)
 
 

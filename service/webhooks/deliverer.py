@@ -108,7 +108,7 @@ class Deliverer:
         finally:
             _release_slot(self.tenants_in_flight, claimed.tenant_id)
             left = _release_slot(self.in_flight, claimed.endpoint_id)
-            if left <= 0 or self._refill_due(left, len(self.tasks) - 1):
+            if self._refill_due(left, len(self.tasks) - 1):
                 self.wake.set()
 
     def _sent(self, task: asyncio.Task[None]) -> None:
@@ -138,6 +138,9 @@ class Deliverer:
                 self.outcomes[:0] = batch
                 await asyncio.sleep(1)
                 return
+            # Recorded, each delivery lets the next of its job go (per-job order), and its endpoint's
+            # slot is free: one claim for the batch.
+            self.wake.set()
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """Set wake on each NOTIFY; reconnect (and catch up) when the connection drops."""

@@ -107,23 +107,23 @@ def claim_due(
     )
     return [
         Claimed(
-            delivery_id=row.id,
-            tenant_id=row.tenant_id,
-            endpoint_id=row.endpoint_id,
-            attempt_count=row.attempt_count,
-            trigger=row.next_trigger,
-            event_id=row.event_id,
-            event_type=row.type,
-            event_data=row.data,
-            event_created_at=row.created_at,
-            job_id=row.job_id,
-            url=row.url,
-            endpoint_enabled=row.enabled,
-            signing_keys=row.signing_keys,
-            artifact_key=row.artifact_key,
-            trace_context=row.trace_context,
-            timeout_seconds=row.timeout_seconds,
-            retry_schedule=row.retry_schedule,
+            delivery_id=row["id"],
+            tenant_id=row["tenant_id"],
+            endpoint_id=row["endpoint_id"],
+            attempt_count=row["attempt_count"],
+            trigger=row["next_trigger"],
+            event_id=row["event_id"],
+            event_type=row["type"],
+            event_data=row["data"],
+            event_created_at=row["created_at"],
+            job_id=row["job_id"],
+            url=row["url"],
+            endpoint_enabled=row["enabled"],
+            signing_keys=row["signing_keys"],
+            artifact_key=row["artifact_key"],
+            trace_context=row["trace_context"],
+            timeout_seconds=row["timeout_seconds"],
+            retry_schedule=row["retry_schedule"],
         )
         for row in rows
     ]
@@ -145,15 +145,15 @@ def record(session: Session, outcomes: list[Outcome], settings: Settings) -> lis
 
     Returns the outcomes whose delivery no longer exists (its endpoint was deleted while the attempt
     was in flight): they are dropped. The endpoints and then the deliveries are locked first, in the
-    order an endpoint's deletion locks them, so a deletion waits for this or this sees it done.
+    order an endpoint's deletion locks them, so a deletion waits for this or this sees it done. All of
+    it goes to Postgres in one round trip; only a failure needs more (_track_failures).
     """
     if not outcomes:
         return []
-    endpoint_ids = sorted({o.claimed.endpoint_id for o in outcomes})
-    present = repository.lock_for_recording(session, endpoint_ids, [o.claimed.delivery_id for o in outcomes])
-    kept = [o for o in outcomes if o.claimed.delivery_id in present]
-    repository.add_attempts(
+    attempted = [o for o in outcomes if o.attempted]
+    recorded = repository.record_outcomes(
         session,
+        sorted({o.claimed.endpoint_id for o in outcomes}),
         [
             repository.AttemptRow(
                 id=new_id("wha"),
@@ -168,31 +168,36 @@ def record(session: Session, outcomes: list[Outcome], settings: Settings) -> lis
                 response_headers=o.response_headers,
                 trigger=o.claimed.trigger,
             )
-            for o in kept
-            if o.attempted
+            for o in attempted
+        ],
+        sorted((_delivery_update(o, settings) for o in outcomes), key=lambda update: update.id),
+        [
+            repository.Success(o.claimed.endpoint_id, o.at, o.claimed.delivery_id)
+            for o in attempted
+            if o.succeeded
         ],
     )
-    repository.update_deliveries(session, [_delivery_update(o, settings) for o in kept])
-    _track_endpoint_health(session, kept, settings)
-    return [o for o in outcomes if o.claimed.delivery_id not in present]
+    for row in recorded.recovered:
+        if row["was_failing_since"] is not None and row["alerts_sent"] > 0:
+            recovered(session, row["tenant_id"], row["id"], row["url"], row["was_failing_since"], row["at"])
+    kept = [o for o in attempted if o.claimed.delivery_id in recorded.present]
+    _track_failures(session, kept, {o.claimed.endpoint_id for o in kept if o.succeeded}, settings)
+    return [o for o in outcomes if o.claimed.delivery_id not in recorded.present]
 
 
-def _delivery_update(outcome: Outcome, settings: Settings) -> dict[str, Any]:
+def _delivery_update(outcome: Outcome, settings: Settings) -> repository.DeliveryUpdate:
     claimed = outcome.claimed
     scheduled = claimed.trigger == AttemptTrigger.SCHEDULED
     attempts = claimed.attempt_count + (1 if scheduled and outcome.attempted else 0)
-    update: dict[str, Any] = {"id": claimed.delivery_id, "attempt_count": attempts, "delay": None}
     if outcome.succeeded:
-        update["status"] = DeliveryStatus.SUCCEEDED
-        return update
+        return repository.DeliveryUpdate(claimed.delivery_id, DeliveryStatus.SUCCEEDED, attempts, None)
     # A manual attempt does not use up the schedule: a pending delivery keeps its retries,
     # a failed one (schedule exhausted) stays failed.
     delay = None
     if outcome.attempted and outcome.status_code != 410:
         delay = next_delay(attempts, outcome.retry_after, settings, claimed.retry_schedule)
-    update["status"] = DeliveryStatus.FAILED if delay is None else DeliveryStatus.PENDING
-    update["delay"] = delay
-    return update
+    status = DeliveryStatus.FAILED if delay is None else DeliveryStatus.PENDING
+    return repository.DeliveryUpdate(claimed.delivery_id, status, attempts, delay)
 
 
 def describe_failure(outcome: Outcome) -> str:
@@ -202,23 +207,11 @@ def describe_failure(outcome: Outcome) -> str:
     return (f"HTTP {outcome.status_code}" + (f": {outcome.error}" if outcome.error else ""))[:500]
 
 
-def _note_successes(session: Session, succeeded: list[Outcome]) -> set[str]:
-    """Each endpoint's last success; an endpoint that had been reported failing has recovered."""
-    latest: dict[str, datetime] = {}
-    for o in succeeded:
-        latest[o.claimed.endpoint_id] = max(o.at, latest.get(o.claimed.endpoint_id, o.at))
-    if latest:
-        for row in repository.mark_succeeded(session, latest):
-            if row.was_failing_since is not None and row.alerts_sent > 0:
-                recovered(session, row.tenant_id, row.id, row.url, row.was_failing_since, row.at)
-    return set(latest)
-
-
-def _track_endpoint_health(session: Session, outcomes: list[Outcome], settings: Settings) -> None:
-    """Successes end an endpoint's failing streak (and, when it was reported failing, tell the tenant's
-    other endpoints it recovered); failures keep lastError; a 410 or a streak past the limit disables it."""
-    attempted = [o for o in outcomes if o.attempted]
-    healthy = _note_successes(session, [o for o in attempted if o.succeeded])
+def _track_failures(
+    session: Session, attempted: list[Outcome], healthy: set[str], settings: Settings
+) -> None:
+    """Failures keep lastError; a 410 or a streak past the limit disables the endpoint. An endpoint
+    that also succeeded in this batch (`healthy`) is not failing."""
     failing = {o.claimed.endpoint_id: o for o in attempted if not o.succeeded}
     failing_ids = [endpoint_id for endpoint_id in failing if endpoint_id not in healthy]
     if not failing_ids:

@@ -10,10 +10,9 @@ from datetime import datetime, timedelta
 from typing import Any, LiteralString, NamedTuple
 
 from sqlalchemy import func, text, update
-from sqlalchemy.engine import Row
 from sqlmodel import Session, col, select
 
-from service.db import Statement
+from service.db import Statement, read_pipelined, write_with_next
 from service.ids import first_id_at
 from service.repository import TenantRepository
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -197,46 +196,44 @@ class DeliveryLogRepository(TenantRepository[WebhookDelivery]):
         ]
 
 
-_INSERT_EVENT = text(
-    """
+_INSERT_EVENT: LiteralString = """
     WITH event AS (
         INSERT INTO webhook_events
             (id, tenant_id, type, data, job_id, artifact_key, trace_context, created_at)
-        VALUES (:event_id, :tenant_id, :type, CAST(:data AS jsonb), :job_id, :artifact_key,
-                CAST(:trace_context AS jsonb), :now)
+        VALUES (%(event_id)s, %(tenant_id)s, %(type)s, CAST(%(data)s AS jsonb), %(job_id)s, %(artifact_key)s,
+                CAST(%(trace_context)s AS jsonb), %(now)s)
     )
     INSERT INTO webhook_deliveries (id, tenant_id, event_id, endpoint_id, job_id, event_type, status,
                                     attempt_count, next_attempt_at, next_trigger, created_at, updated_at)
-    SELECT delivery.id, :tenant_id, :event_id, delivery.endpoint_id, :job_id, :type,
-           'PENDING', 0, :now, 'scheduled', :now, :now
-    FROM unnest(CAST(:delivery_ids AS text[]), CAST(:endpoint_ids AS text[])) AS delivery(id, endpoint_id)
-    """
-)
+    SELECT delivery.id, %(tenant_id)s, %(event_id)s, delivery.endpoint_id, %(job_id)s, %(type)s,
+           'PENDING', 0, %(now)s, 'scheduled', %(now)s, %(now)s
+    FROM unnest(CAST(%(delivery_ids)s AS text[]), CAST(%(endpoint_ids)s AS text[]))
+        AS delivery(id, endpoint_id)
+"""
 
 
 def insert_event(session: Session, event: WebhookEvent, deliveries: Sequence[tuple[str, str]]) -> None:
-    """The event and a pending delivery (id, endpoint id) of it for each endpoint, in one statement."""
-    session.execute(
-        _INSERT_EVENT,
-        {
-            "event_id": event.id,
-            "tenant_id": event.tenant_id,
-            "type": event.type,
-            "data": json.dumps(event.data),
-            "job_id": event.job_id,
-            "artifact_key": event.artifact_key,
-            "trace_context": json.dumps(event.trace_context) if event.trace_context is not None else None,
-            "now": event.created_at,
-            "delivery_ids": [delivery_id for delivery_id, _ in deliveries],
-            "endpoint_ids": [endpoint_id for _, endpoint_id in deliveries],
-        },
-    )
+    """The event and a pending delivery (id, endpoint id) of it for each endpoint, in one statement,
+    sent with the transaction's next round trip when it defers writes (service.db.write_with_next)."""
+    parameters = {
+        "event_id": event.id,
+        "tenant_id": event.tenant_id,
+        "type": event.type,
+        "data": json.dumps(event.data),
+        "job_id": event.job_id,
+        "artifact_key": event.artifact_key,
+        "trace_context": json.dumps(event.trace_context) if event.trace_context is not None else None,
+        "now": event.created_at,
+        "delivery_ids": [delivery_id for delivery_id, _ in deliveries],
+        "endpoint_ids": [endpoint_id for _, endpoint_id in deliveries],
+    }
+    write_with_next(session, (_INSERT_EVENT, parameters))
 
 
 def wake_deliverers(session: Session) -> None:
     """Ask the deliverers to look for due deliveries once this transaction commits (NOTIFY is
     transactional: Postgres sends it only if the transaction commits)."""
-    session.execute(text("SELECT pg_notify(:channel, '')").bindparams(channel=NOTIFY_CHANNEL))
+    write_with_next(session, ("SELECT pg_notify(%(channel)s, '')", {"channel": NOTIFY_CHANNEL}))
 
 
 def forget_artifact(session: Session, job_id: str) -> None:
@@ -265,13 +262,12 @@ def forget_artifact(session: Session, job_id: str) -> None:
 #      each delivery with its event and endpoint.
 # The cost follows what is claimed and the number of endpoints with pending deliveries, never the
 # size of a backlog.
-_CLAIM = text(
-    """
+_CLAIM: LiteralString = """
     WITH RECURSIVE endpoint_load AS (
-        SELECT * FROM unnest(CAST(:endpoint_ids AS text[]), CAST(:endpoint_counts AS int[]))
+        SELECT * FROM unnest(CAST(%(endpoint_ids)s AS text[]), CAST(%(endpoint_counts)s AS int[]))
             AS l(endpoint_id, n)
     ), tenant_load AS (
-        SELECT * FROM unnest(CAST(:tenant_ids AS text[]), CAST(:tenant_counts AS int[]))
+        SELECT * FROM unnest(CAST(%(tenant_ids)s AS text[]), CAST(%(tenant_counts)s AS int[]))
             AS l(tenant_id, n)
     ), pending_endpoints(endpoint_id) AS (
         (SELECT endpoint_id FROM webhook_deliveries WHERE status = 'PENDING' ORDER BY endpoint_id LIMIT 1)
@@ -294,8 +290,8 @@ _CLAIM = text(
         -- limit what its pace allows (GCRA: the theoretical arrival time, tat, may run ahead of now by
         -- at most one second, or one interval when slower than 1/s: a burst of one second's worth)
         SELECT p.endpoint_id, LEAST(
-            :per_endpoint - coalesce(el.n, 0),
-            CASE WHEN pe.id IS NULL THEN :per_endpoint
+            %(per_endpoint)s - coalesce(el.n, 0),
+            CASE WHEN pe.id IS NULL THEN %(per_endpoint)s
                  ELSE floor(pe.rate_limit_per_second * extract(epoch FROM
                         now() + make_interval(secs => GREATEST(1.0, 1.0 / pe.rate_limit_per_second))
                         - pe.tat))::int
@@ -303,7 +299,7 @@ _CLAIM = text(
         FROM pending_endpoints p
         LEFT JOIN paced_endpoints pe ON pe.id = p.endpoint_id
         LEFT JOIN endpoint_load el ON el.endpoint_id = p.endpoint_id
-        WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < :per_endpoint
+        WHERE p.endpoint_id IS NOT NULL AND coalesce(el.n, 0) < %(per_endpoint)s
     ), due AS (
         SELECT d.id, d.tenant_id, d.next_attempt_at
         FROM endpoint_room r CROSS JOIN LATERAL (
@@ -329,7 +325,8 @@ _CLAIM = text(
     ), share AS (
         -- each tenant with work (due here, or in flight here) gets an equal share of the slots but
         -- one endpoint's worth, kept free for a tenant that starts sending; at least one endpoint's worth
-        SELECT GREATEST(:per_endpoint, (:max_in_flight - :per_endpoint) / NULLIF(count(*), 0)) AS slots
+        SELECT GREATEST(%(per_endpoint)s, (%(max_in_flight)s - %(per_endpoint)s) / NULLIF(count(*), 0))
+            AS slots
         FROM (SELECT tenant_id FROM due UNION SELECT tenant_id FROM tenant_load) AS working
     ), picked AS (
         SELECT d.id FROM webhook_deliveries d JOIN sendable s ON s.id = d.id, share
@@ -340,11 +337,11 @@ _CLAIM = text(
           AND (d.lease_until IS NULL OR d.lease_until < now())
         -- the least loaded tenants first: round robin between tenants, oldest due first within each
         ORDER BY s.tenant_place, s.next_attempt_at
-        LIMIT :limit
+        LIMIT %(limit)s
         FOR UPDATE OF d SKIP LOCKED
     ), leased AS (
         UPDATE webhook_deliveries d
-        SET lease_until = now() + make_interval(secs => :lease)
+        SET lease_until = now() + make_interval(secs => %(lease)s)
         FROM picked, webhook_events e, webhook_endpoints ep
         WHERE d.id = picked.id AND e.id = d.event_id AND ep.id = d.endpoint_id
         RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, d.next_trigger,
@@ -361,11 +358,33 @@ _CLAIM = text(
     )
     SELECT * FROM leased
     """
-)
 
-# One statement for a whole batch: each delivery's new status, attempt count and next attempt.
-_UPDATE_DELIVERIES = text(
-    """
+# Recording a batch of attempts' outcomes: one round trip (with the transaction's BEGIN), in this order.
+# FOR NO KEY UPDATE on endpoints: publishing (which only references endpoints) goes on; a deletion waits.
+# Endpoints, then deliveries, each in id order: deliverers recording at once never deadlock. The
+# writes after the locks skip deliveries that no longer exist (an endpoint deleted while in flight).
+_LOCK_ENDPOINTS: LiteralString = (
+    "SELECT id FROM webhook_endpoints WHERE id = ANY(%(ids)s) ORDER BY id FOR NO KEY UPDATE"
+)
+_LOCK_DELIVERIES: LiteralString = (
+    "SELECT id FROM webhook_deliveries WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
+)
+_INSERT_ATTEMPTS: LiteralString = """
+    INSERT INTO webhook_attempts
+        (id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+         request_headers, response_headers)
+    SELECT a.id, a.delivery_id, a.tenant_id, a.at, a.status_code, a.duration_ms, a.error, a.response_body,
+           a.trigger, CAST(a.request_headers AS jsonb), CAST(a.response_headers AS jsonb)
+    FROM unnest(
+        CAST(%(ids)s AS text[]), CAST(%(delivery_ids)s AS text[]), CAST(%(tenant_ids)s AS text[]),
+        CAST(%(ats)s AS timestamptz[]), CAST(%(status_codes)s AS int[]), CAST(%(durations)s AS int[]),
+        CAST(%(errors)s AS text[]), CAST(%(response_bodies)s AS text[]), CAST(%(triggers)s AS text[]),
+        CAST(%(request_headers)s AS text[]), CAST(%(response_headers)s AS text[]))
+        AS a(id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
+             request_headers, response_headers)
+    WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)
+"""
+_UPDATE_DELIVERIES: LiteralString = """
     UPDATE webhook_deliveries d SET
         status = u.status,
         attempt_count = u.attempt_count,
@@ -373,89 +392,26 @@ _UPDATE_DELIVERIES = text(
         next_trigger = 'scheduled',
         lease_until = NULL,
         updated_at = now()
-    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:attempt_counts AS int[]),
-                CAST(:delays AS double precision[])) AS u(id, status, attempt_count, delay)
+    FROM unnest(CAST(%(ids)s AS text[]), CAST(%(statuses)s AS text[]), CAST(%(attempt_counts)s AS int[]),
+                CAST(%(delays)s AS double precision[])) AS u(id, status, attempt_count, delay)
     WHERE d.id = u.id
-    """
-)
-
-_INSERT_ATTEMPTS = text(
-    """
-    INSERT INTO webhook_attempts
-        (id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
-         request_headers, response_headers)
-    SELECT a.id, a.delivery_id, a.tenant_id, a.at, a.status_code, a.duration_ms, a.error, a.response_body,
-           a.trigger, CAST(a.request_headers AS jsonb), CAST(a.response_headers AS jsonb)
-    FROM unnest(
-        CAST(:ids AS text[]), CAST(:delivery_ids AS text[]), CAST(:tenant_ids AS text[]),
-        CAST(:ats AS timestamptz[]), CAST(:status_codes AS int[]), CAST(:durations AS int[]),
-        CAST(:errors AS text[]), CAST(:response_bodies AS text[]), CAST(:triggers AS text[]),
-        CAST(:request_headers AS text[]), CAST(:response_headers AS text[]))
-        AS a(id, delivery_id, tenant_id, at, status_code, duration_ms, error, response_body, trigger,
-             request_headers, response_headers)
-    """
-)
-
-
-# FOR NO KEY UPDATE: publishing (which only references endpoints) goes on; a deletion waits.
-_LOCK_ENDPOINTS = text("SELECT id FROM webhook_endpoints WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE")
-_LOCK_DELIVERIES = text("SELECT id FROM webhook_deliveries WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
-
-
-def claim_due(
-    session: Session,
-    *,
-    limit: int,
-    per_endpoint: int,
-    max_in_flight: int,
-    lease_seconds: float,
-    endpoints_in_flight: Mapping[str, int],
-    tenants_in_flight: Mapping[str, int],
-) -> Sequence[Row[Any]]:
-    """Lease up to `limit` due deliveries; each row carries its event and endpoint.
-
-    Counting what the caller already has in flight, no endpoint gets more than `per_endpoint` and no
-    tenant more than its share of `max_in_flight` (see _CLAIM); the least loaded tenants come first,
-    and within a tenant the oldest due.
-    """
-    parameters = {
-        "limit": limit,
-        "per_endpoint": per_endpoint,
-        "max_in_flight": max_in_flight,
-        "lease": lease_seconds,
-        "endpoint_ids": list(endpoints_in_flight),
-        "endpoint_counts": list(endpoints_in_flight.values()),
-        "tenant_ids": list(tenants_in_flight),
-        "tenant_counts": list(tenants_in_flight.values()),
-    }
-    return session.execute(_CLAIM, parameters).all()
-
-
-_DUE = text(
-    """
-    SELECT count(*) AS due,
-           count(*) FILTER (
-               WHERE next_attempt_at <= now() - make_interval(secs => CAST(:overdue AS double precision))
-           ) AS overdue
-    FROM webhook_deliveries
-    WHERE status = 'PENDING' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
-    """
-)
-
-
-def count_due(session: Session, *, overdue_seconds: float) -> tuple[int, int]:
-    """Deliveries due that no deliverer holds: (all of them, those due for over overdue_seconds)."""
-    due, overdue = session.execute(_DUE, {"overdue": overdue_seconds}).one()
-    return int(due), int(overdue)
-
-
-def lock_for_recording(
-    session: Session, endpoint_ids: Sequence[str], delivery_ids: Sequence[str]
-) -> set[str]:
-    """Lock these endpoints, then these deliveries (each in id order, so deliverers recording at once
-    never deadlock); the ids of the deliveries that still exist."""
-    session.execute(_LOCK_ENDPOINTS, {"ids": list(endpoint_ids)})
-    return set(session.execute(_LOCK_DELIVERIES, {"ids": list(delivery_ids)}).scalars())
+"""
+# Each endpoint's latest success ends its failing streak; `old` is the row as this statement found it.
+_SUCCEEDED: LiteralString = """
+    UPDATE webhook_endpoints ep
+    SET last_success_at = GREATEST(ep.last_success_at, s.at), failing_since = NULL, failing_alerts = 0,
+        last_error = NULL
+    FROM (
+        SELECT u.id, max(u.at) AS at
+        FROM unnest(CAST(%(ids)s AS text[]), CAST(%(ats)s AS timestamptz[]), CAST(%(delivery_ids)s AS text[]))
+            AS u(id, at, delivery_id)
+        WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = u.delivery_id)
+        GROUP BY u.id
+    ) s, webhook_endpoints old
+    WHERE ep.id = s.id AND old.id = ep.id
+    RETURNING ep.id, ep.tenant_id, ep.url, s.at, old.failing_since AS was_failing_since,
+              old.failing_alerts AS alerts_sent
+"""
 
 
 class AttemptRow(NamedTuple):
@@ -474,65 +430,137 @@ class AttemptRow(NamedTuple):
     trigger: str
 
 
-def add_attempts(session: Session, attempts: Sequence[AttemptRow]) -> None:
-    """Insert them in one statement, so a row the database refuses fails here (inside the caller's
-    savepoint)."""
-    if not attempts:
-        return
-    session.execute(
-        _INSERT_ATTEMPTS,
-        {
-            "ids": [a.id for a in attempts],
-            "delivery_ids": [a.delivery_id for a in attempts],
-            "tenant_ids": [a.tenant_id for a in attempts],
-            "ats": [a.at for a in attempts],
-            "status_codes": [a.status_code for a in attempts],
-            "durations": [a.duration_ms for a in attempts],
-            "errors": [a.error for a in attempts],
-            "response_bodies": [a.response_body for a in attempts],
-            "triggers": [a.trigger for a in attempts],
-            "request_headers": [_json_or_none(a.request_headers) for a in attempts],
-            "response_headers": [_json_or_none(a.response_headers) for a in attempts],
-        },
+class DeliveryUpdate(NamedTuple):
+    """A delivery's new status, attempt count and next attempt (in `delay` seconds); its lease ends."""
+
+    id: str
+    status: str
+    attempt_count: int
+    delay: float | None
+
+
+class Success(NamedTuple):
+    """A delivery its endpoint accepted, and when."""
+
+    endpoint_id: str
+    at: datetime
+    delivery_id: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What record_outcomes found: the deliveries that still exist, and for each endpoint whose
+    failing streak a success ended, the streak (was_failing_since, alerts_sent) as it was."""
+
+    present: set[str]
+    recovered: list[dict[str, Any]]
+
+
+def record_outcomes(
+    session: Session,
+    endpoint_ids: Sequence[str],
+    attempts: Sequence[AttemptRow],
+    updates: Sequence[DeliveryUpdate],
+    successes: Sequence[Success],
+) -> Recorded:
+    """Lock the endpoints and deliveries, insert the attempts, move the deliveries on and end the
+    succeeded endpoints' failing streaks, in one round trip; only for deliveries that still exist.
+    A row the database refuses fails the whole batch here (inside the caller's savepoint)."""
+    statements: list[Statement] = [
+        (_LOCK_ENDPOINTS, {"ids": list(endpoint_ids)}),
+        (_LOCK_DELIVERIES, {"ids": [u.id for u in updates]}),
+    ]
+    if attempts:
+        statements.append((_INSERT_ATTEMPTS, _attempt_columns(attempts)))
+    statements.append(
+        (
+            _UPDATE_DELIVERIES,
+            {
+                "ids": [u.id for u in updates],
+                "statuses": [u.status for u in updates],
+                "attempt_counts": [u.attempt_count for u in updates],
+                "delays": [u.delay for u in updates],
+            },
+        )
     )
+    if successes:
+        columns = {
+            "ids": [s.endpoint_id for s in successes],
+            "ats": [s.at for s in successes],
+            "delivery_ids": [s.delivery_id for s in successes],
+        }
+        statements.append((_SUCCEEDED, columns))
+    rows = read_pipelined(session, statements)
+    streaks = rows[-1] if successes else []
+    return Recorded({row["id"] for row in rows[1]}, streaks)
+
+
+def _attempt_columns(attempts: Sequence[AttemptRow]) -> dict[str, list[Any]]:
+    return {
+        "ids": [a.id for a in attempts],
+        "delivery_ids": [a.delivery_id for a in attempts],
+        "tenant_ids": [a.tenant_id for a in attempts],
+        "ats": [a.at for a in attempts],
+        "status_codes": [a.status_code for a in attempts],
+        "durations": [a.duration_ms for a in attempts],
+        "errors": [a.error for a in attempts],
+        "response_bodies": [a.response_body for a in attempts],
+        "triggers": [a.trigger for a in attempts],
+        "request_headers": [_json_or_none(a.request_headers) for a in attempts],
+        "response_headers": [_json_or_none(a.response_headers) for a in attempts],
+    }
 
 
 def _json_or_none(value: dict[str, str] | None) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def update_deliveries(session: Session, updates: Sequence[dict[str, Any]]) -> None:
-    """Each delivery's new status, attempt count, next attempt (in `delay` seconds) and no lease."""
-    if updates:
-        session.execute(
-            _UPDATE_DELIVERIES,
-            {
-                "ids": [u["id"] for u in updates],
-                "statuses": [str(u["status"]) for u in updates],
-                "attempt_counts": [u["attempt_count"] for u in updates],
-                "delays": [u["delay"] for u in updates],
-            },
-        )
+def claim_due(
+    session: Session,
+    *,
+    limit: int,
+    per_endpoint: int,
+    max_in_flight: int,
+    lease_seconds: float,
+    endpoints_in_flight: Mapping[str, int],
+    tenants_in_flight: Mapping[str, int],
+) -> list[dict[str, Any]]:
+    """Lease up to `limit` due deliveries, in one round trip with the transaction's BEGIN; each row
+    carries its event and endpoint.
 
-
-_SUCCEEDED = text(
+    Counting what the caller already has in flight, no endpoint gets more than `per_endpoint` and no
+    tenant more than its share of `max_in_flight` (see _CLAIM); the least loaded tenants come first,
+    and within a tenant the oldest due.
     """
-    UPDATE webhook_endpoints ep
-    SET last_success_at = GREATEST(ep.last_success_at, s.at), failing_since = NULL, failing_alerts = 0,
-        last_error = NULL
-    FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS s(id, at), webhook_endpoints old
-    WHERE ep.id = s.id AND old.id = ep.id  -- old: the row as this statement found it
-    RETURNING ep.id, ep.tenant_id, ep.url, s.at, old.failing_since AS was_failing_since,
-              old.failing_alerts AS alerts_sent
+    parameters = {
+        "limit": limit,
+        "per_endpoint": per_endpoint,
+        "max_in_flight": max_in_flight,
+        "lease": lease_seconds,
+        "endpoint_ids": list(endpoints_in_flight),
+        "endpoint_counts": list(endpoints_in_flight.values()),
+        "tenant_ids": list(tenants_in_flight),
+        "tenant_counts": list(tenants_in_flight.values()),
+    }
+    return read_pipelined(session, [(_CLAIM, parameters)])[0]
+
+
+_DUE = text(
+    """
+    SELECT count(*) AS due,
+           count(*) FILTER (
+               WHERE next_attempt_at <= now() - make_interval(secs => CAST(:overdue AS double precision))
+           ) AS overdue
+    FROM webhook_deliveries
+    WHERE status = 'PENDING' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
     """
 )
 
 
-def mark_succeeded(session: Session, successes: Mapping[str, datetime]) -> Sequence[Row[Any]]:
-    """These endpoints just succeeded (endpoint id -> when): their failing streak ends. Each row: the
-    endpoint, and the streak it ended (was_failing_since, alerts_sent), read before the update."""
-    parameters = {"ids": list(successes), "ats": list(successes.values())}
-    return session.execute(_SUCCEEDED, parameters).all()
+def count_due(session: Session, *, overdue_seconds: float) -> tuple[int, int]:
+    """Deliveries due that no deliverer holds: (all of them, those due for over overdue_seconds)."""
+    due, overdue = session.execute(_DUE, {"overdue": overdue_seconds}).one()
+    return int(due), int(overdue)
 
 
 def lock_endpoints(session: Session, endpoint_ids: Sequence[str]) -> Sequence[WebhookEndpoint]:

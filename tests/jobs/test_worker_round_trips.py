@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.connection
 from redis import Redis
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from service.db import get_engine, session_scope
 from service.jobs import runner
@@ -19,7 +19,9 @@ from service.jobs.horse import HorseWorker
 from service.jobs.kinds import prepare_kinds
 from service.jobs.models import Job, JobOutbox, JobStatus
 from service.jobs.priority import JOBS, expand_queues
+from service.jobs.states import STATUS_EVENTS
 from service.redis import get_queue, get_redis
+from service.webhooks.models import WebhookEndpoint
 from tests.conftest import TenantHandle, commit_job_without_enqueue
 from tests.tenants.support import set_limits
 
@@ -30,7 +32,8 @@ def _speech(tenant: TenantHandle, number: int = 0) -> str:
 
 @pytest.fixture
 def postgres_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
-    """Statements sent one at a time, pipelines of reads, and commits, counted while the test runs."""
+    """Statements sent one at a time through SQLAlchemy, pipelines of reads, and commits, counted
+    while the test runs."""
     calls = {"statements": 0, "pipelines": 0, "commits": 0}
 
     def statement(*_: Any) -> None:
@@ -65,15 +68,46 @@ def test_a_job_reads_what_its_start_and_its_end_need_in_one_round_trip_each(
 
     assert result is not None
     assert result.status == JobStatus.SUCCEEDED
-    # Two transactions; each reads in one pipeline (its BEGIN, the lock, the tenant's row and count,
-    # the endpoints, the outbox row) and writes the job's row and its event before its COMMIT.
-    assert postgres_calls == {"statements": 4, "pipelines": 2, "commits": 2}
+    # Two transactions, three round trips each: one pipeline reads (its BEGIN, the lock, the tenant's
+    # row and count, the endpoints, the outbox row), one statement writes the job's row, and its
+    # event goes in the pipeline that ends with the COMMIT.
+    assert postgres_calls == {"statements": 2, "pipelines": 2, "commits": 2}
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
         assert job.status == JobStatus.SUCCEEDED
         assert job.attempt == 1
         assert session.get(JobOutbox, job_id) is None
+
+
+def test_a_jobs_webhook_events_ride_along_with_its_transactions_round_trips(
+    env: dict[str, str], tenant: TenantHandle, postgres_calls: dict[str, int]
+) -> None:
+    with session_scope() as session:
+        endpoint = WebhookEndpoint(tenant_id=tenant.id, url="https://hooks.example.com/in")
+        session.add(endpoint)
+    job_id = _speech(tenant, 3)
+    prepare_kinds()
+    postgres_calls.update(statements=0, pipelines=0, commits=0)
+
+    result = runner.run_job(job_id, {})
+
+    assert result is not None
+    assert result.status == JobStatus.SUCCEEDED
+    # As many round trips as with no endpoint: each event with its delivery, and the deliverers'
+    # NOTIFY, go in the pipeline that ends with the COMMIT of its transaction.
+    assert postgres_calls == {"statements": 2, "pipelines": 2, "commits": 2}
+    with session_scope() as session:
+        statement = text(
+            "SELECT e.type, d.endpoint_id FROM webhook_events e"
+            " JOIN webhook_deliveries d ON d.event_id = e.id"
+            " WHERE e.job_id = :job_id ORDER BY d.created_at, d.id"
+        )
+        sent = session.execute(statement, {"job_id": job_id}).all()
+    types = [event_type for event_type, _ in sent]
+    assert types[:2] == [STATUS_EVENTS[JobStatus.QUEUED], STATUS_EVENTS[JobStatus.RUNNING]]
+    assert types[-1] == STATUS_EVENTS[JobStatus.SUCCEEDED]
+    assert {endpoint_id for _, endpoint_id in sent} == {endpoint.id}
 
 
 def test_a_tenant_at_max_running_has_its_job_wait_in_the_outbox_without_running_it(

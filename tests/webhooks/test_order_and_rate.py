@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from service.db import session_scope
 from service.webhooks.service import publish
-from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle
+from tests.conftest import SPEECH_MUTATION, GraphQLClient, TenantHandle, commit_job_without_enqueue
 from tests.receiver import Answer, Received, Receiver
-from tests.servers import ServiceProcess
+from tests.servers import ApiProcess, ServiceProcess
 from tests.webhooks.support import create_endpoint
 
 JOB_TYPES = ["job.queued", "job.started", "job.progress", "job.succeeded"]
@@ -63,6 +64,37 @@ def test_a_jobs_events_arrive_in_order_behind_a_retry_while_another_jobs_pass(
     of_second = [_type_of(r) for r in requests if _job_of(r) == second]
     assert of_second[0] == "job.queued"
     assert of_second[-1] == "job.succeeded"
+
+
+def test_a_jobs_next_event_goes_once_the_one_before_it_is_recorded_not_at_the_next_poll(
+    env: dict[str, str],
+    workdir: Path,
+    api: ApiProcess,
+    gql: GraphQLClient,
+    tenant: TenantHandle,
+    receiver: Receiver,
+    path: str,
+) -> None:
+    endpoint = create_endpoint(gql, receiver.url + path, eventTypes=["job.progress"])["endpoint"]
+    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "Held in order."})
+    worker_env = {**env, "PUBLIC_BASE_URL": api.url, "WEBHOOK_POLL_SECONDS": "120"}
+    worker = ServiceProcess(["worker"], worker_env, workdir / "ordered-worker.log").start()
+    try:
+        time.sleep(1)  # listening
+        with session_scope() as session:  # five events of one job, one NOTIFY
+            for step in range(5):
+                data = {"job": {"id": job_id}, "step": step}
+                publish(
+                    session, tenant.id, "job.progress", data, job_id=job_id, endpoint_ids=[endpoint["id"]]
+                )
+        started = time.monotonic()
+        requests = receiver.wait_for(path, lambda requests: len(requests) >= 5, timeout=20)
+        took = time.monotonic() - started
+    finally:
+        worker.stop()
+    # Each waits for the one before it to be recorded, and goes on the claim that recording wakes.
+    assert [json.loads(r.body)["data"]["step"] for r in requests] == [0, 1, 2, 3, 4]
+    assert took < 10, f"{took:.1f} s: a later event waited for a poll"
 
 
 RATE = 5
