@@ -1,5 +1,9 @@
 """The ``claimcheck`` CLI: operator commands (they reach the database) here, tenant commands (an API key
-over HTTP) in service.tenant_cli."""
+over HTTP) in service.tenant_cli.
+
+Server settings and logging are imported once the command is known: a worker pauses the garbage
+collector first (service/collector.py), and tenant commands never need them.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from observability.logging import setup_logging
-from service import tenant_cli
-from service.settings import ConfigurationError, get_settings
+from service import collector, tenant_cli
 
 SERVER_COMMANDS = ("api", "worker", "scheduler")
 
@@ -26,6 +28,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
+
+    from service.settings import ConfigurationError, get_settings
 
     if args.workers > 1 and get_settings().metrics_port is not None:
         raise ConfigurationError(
@@ -66,6 +70,7 @@ def cmd_scheduler(_args: argparse.Namespace) -> int:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     from service.migrate import upgrade
+    from service.settings import get_settings
 
     upgrade(get_settings().required_url("database_url"))
     print("database is at the latest schema")
@@ -74,6 +79,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 def cmd_tenants_create(args: argparse.Namespace) -> int:
     from service.db import session_scope
+    from service.settings import get_settings
     from service.tenants.service import create_tenant
 
     settings = get_settings()
@@ -89,6 +95,7 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from service.db import session_scope
+    from service.settings import get_settings
     from service.tenants.service import create_key
 
     settings = get_settings()
@@ -144,6 +151,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_portal_link(args: argparse.Namespace) -> int:
     from service.db import session_scope
+    from service.settings import get_settings
     from service.tenants.service import OPERATOR, create_portal_link
 
     with session_scope() as session:
@@ -349,8 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "tenant_command", False):
         return int(args.func(args))  # the API's client: no server settings, its own exit codes
+    if args.command == "worker":
+        collector.pause()  # until it forks its first work horse (service/worker.py)
     os.environ["DATA_DIR"] = args.data_dir
+    from observability.logging import setup_logging
     from service.errors import ClaimcheckError
+    from service.settings import get_settings
 
     try:
         # Every setting is checked before anything starts (`dev` makes its SECRET_KEY first; each of

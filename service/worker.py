@@ -24,6 +24,7 @@ from observability.metrics import (
     start_job_counters,
     start_metrics_server,
 )
+from service import collector
 from service.db import bounded_session_scope, get_engine
 from service.jobs.kinds import kind_names, prepare_kinds
 from service.jobs.priority import JOBS, expand_queues
@@ -57,6 +58,7 @@ def run_worker(
         register_webhook_backlog(_read_webhook_backlog)
     if not job_queues:
         register_deliverer(lambda: True)  # this process is the deliverer: it runs while the process does
+        collector.resume()
         asyncio.run(_deliver_until_signalled())
         return
     prepare_kinds()
@@ -80,6 +82,7 @@ def run_worker(
             supervisor.concurrency,
         )
     )
+    collector.resume()  # start-up ends: the horses are forked next (service/collector.py)
     try:
         supervisor.run()
     finally:

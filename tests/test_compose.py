@@ -614,6 +614,8 @@ def test_dockerfile_installs_the_project() -> None:
     for package in ("service", "callbacks", "observability", "migrations"):
         assert f"COPY {package} ./{package}" in dockerfile, package
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE), "not as root"
+    # Its bytecode is compiled at build: PYTHONDONTWRITEBYTECODE would have every process compile it.
+    assert "python -m compileall -q service callbacks observability" in dockerfile
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {"service", "callbacks", "observability", "migrations", "pyproject.toml", "README.md"}.isdisjoint(
         ignored
