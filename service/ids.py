@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -17,11 +18,38 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+_RANDOMNESS_LIMIT = 1 << 80
+_lock = threading.Lock()
+_last = (0, 0)  # the millisecond and randomness of this process's newest id
+
+
 def new_id(prefix: str) -> str:
-    """A new id: prefix, underscore, 10 chars of millisecond time, 16 chars of randomness."""
+    """A new id: prefix, underscore, 10 chars of millisecond time, 16 chars of randomness.
+
+    Monotonic in a process (as ULID's monotonic mode): an id made in the same millisecond as the one
+    before it takes that one's randomness plus one, so the ids of one transaction (a job's progress
+    and its success, made microseconds apart) sort in the order they were made. A forked child draws
+    fresh randomness, so it never continues its parent's sequence."""
+    global _last
     millis = time.time_ns() // 1_000_000
-    randomness = int.from_bytes(os.urandom(10), "big")
+    with _lock:
+        last_millis, last_randomness = _last
+        if millis <= last_millis:
+            millis, randomness = last_millis, last_randomness + 1
+            if randomness >= _RANDOMNESS_LIMIT:
+                millis, randomness = millis + 1, int.from_bytes(os.urandom(10), "big")
+        else:
+            randomness = int.from_bytes(os.urandom(10), "big")
+        _last = (millis, randomness)
     return f"{prefix}_{_encode(millis, 10)}{_encode(randomness, 16)}"
+
+
+def _forget_last() -> None:
+    global _last, _lock
+    _last, _lock = (0, 0), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_last)
 
 
 def first_id_at(prefix: str, at: datetime) -> str:

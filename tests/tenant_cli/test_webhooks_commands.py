@@ -43,6 +43,17 @@ def own_api(env: dict[str, str], workdir: Path) -> Iterator[ApiProcess]:
     process.stop()
 
 
+@pytest.fixture
+def listeners() -> Iterator[list[Listener]]:
+    """The listeners a test starts, killed at its end if it did not stop them (a failed assertion)."""
+    started: list[Listener] = []
+    yield started
+    for listener in started:
+        if listener.process.poll() is None:
+            listener.process.kill()
+            listener.process.communicate(timeout=20)
+
+
 class Listener:
     """A running `claimcheck webhooks listen`: its secret, and its output lines."""
 
@@ -121,12 +132,14 @@ def test_listen_forwards_every_event_verified_across_a_dropped_connection(
     tenant: TenantHandle,
     receiver: Receiver,
     tmp_path: Path,
+    listeners: list[Listener],
 ) -> None:
     listener = Listener(
         ["--forward-to", f"{receiver.url}/hook"],
         tenant_env(env, own_api.url, tenant.api_key),
         tmp_path / "listen.err",
     )
+    listeners.append(listener)
     listener.wait_until_listening(env["REDIS_URL"], tenant.id)
     before = start_job(tenant.id, "test-slow", {"seconds": 0.4, "steps": 4})
     receiver.wait_for("/hook", _succeeded(before))
@@ -171,6 +184,7 @@ def test_trigger_sends_the_catalogs_sample_to_the_endpoints_and_a_running_listen
     receiver: Receiver,
     claimcheck: ClaimcheckCommand,
     tmp_path: Path,
+    listeners: list[Listener],
 ) -> None:
     with Claimcheck(api.url, tenant.api_key) as sdk:
         endpoint = sdk.create_webhook_endpoint(
@@ -182,6 +196,7 @@ def test_trigger_sends_the_catalogs_sample_to_the_endpoints_and_a_running_listen
         tenant_env(env, api.url, tenant.api_key),
         tmp_path / "listen.err",
     )
+    listeners.append(listener)
     listener.wait_until_listening(env["REDIS_URL"], tenant.id)
 
     done = claimcheck("webhooks", "trigger", "job.succeeded", "--json")
