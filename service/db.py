@@ -323,6 +323,17 @@ def tenant_session_scope(tenant_id: str) -> Iterator[Session]:
         yield session
 
 
+def transaction_memo(session: Session, key: str) -> dict[Any, Any]:
+    """A dict that lives as long as the session's transaction (begun here if need be, its connection
+    still to come), kept under `key`: what the transaction reads once and reuses."""
+    transaction = session.get_transaction() or session.begin()
+    memo: tuple[SessionTransaction, dict[Any, Any]] | None = session.info.get(key)
+    if memo is None or memo[0] is not transaction:
+        memo = (transaction, {})
+        session.info[key] = memo
+    return memo[1]
+
+
 def after_commit(session: Session, callback: Callable[[], object], *, once: object = None) -> None:
     """Run callback once the session's outermost transaction commits.
 

@@ -37,10 +37,6 @@ class EndpointRepository(TenantRepository[WebhookEndpoint]):
         statement = select(func.count()).where(WebhookEndpoint.tenant_id == self.tenant_id)
         return int(self.session.exec(statement).one())
 
-    def enabled_filters_statement(self) -> Statement:
-        """enabled_filters() as plain SQL, to run along other reads (service.db.read_pipelined)."""
-        return (ENABLED_FILTERS.format(tenant="%(tenant_id)s"), {"tenant_id": self.tenant_id})
-
     def enabled_filters(self) -> list[tuple[str, list[str]]]:
         """(id, event types) of the tenant's enabled endpoints, by id; no types: every type."""
         statement = (

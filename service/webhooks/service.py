@@ -4,7 +4,7 @@ delete, rotate keys, test, redeliver, recover); and the reads the API and export
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, LiteralString
@@ -15,7 +15,7 @@ from callbacks.keys import generate_keypair, generate_secret, public_key_for
 from observability.metrics import record_endpoint_disabled
 from observability.tracing import inject
 from service.crypto import decrypt, encrypt, reencrypt
-from service.db import PendingRead, Statement
+from service.db import PendingRead, Statement, transaction_memo
 from service.errors import (
     ForbiddenError,
     InvalidStateError,
@@ -187,34 +187,32 @@ def publish(
     return Published(event.id, [delivery_id for delivery_id, _ in deliveries])
 
 
-def read_endpoints(session: Session, tenant_id: str) -> None:
-    """Read the tenant's endpoints for this transaction's publishes now, before its writes: they then
-    reach Postgres together at the next flush instead of being flushed ahead of that read."""
-    _enabled_endpoints(session, tenant_id)
-
-
 def endpoints_statement(tenant: LiteralString, parameters: Mapping[str, Any]) -> Statement:
-    """read_endpoints in plain SQL, for read_pipelined beside other reads: `tenant` is SQL giving the
-    tenant's id (with its parameters); remember_endpoints() takes its rows."""
+    """The tenant's enabled endpoints and filters in plain SQL, for read_pipelined beside other reads:
+    `tenant` is SQL giving the tenant's id (with its parameters); remember_endpoints() takes its rows."""
     return repository.ENABLED_FILTERS.format(tenant=tenant), parameters
 
 
 def remember_endpoints(session: Session, tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """What endpoints_statement read, for this transaction's publishes (as read_endpoints would)."""
-    _endpoints_cache(session)[tenant_id] = [(row["id"], list(row["event_types"])) for row in rows]
+    """What endpoints_statement read, for this transaction's publishes."""
+    _endpoints_cache(session)[tenant_id] = _filters((row["id"], row["event_types"]) for row in rows)
 
 
 def endpoints_read(session: Session, tenant_id: str) -> PendingRead | None:
-    """read_endpoints() as a read to run along others in one round trip (service.db.read_together);
-    None when this transaction has read them already."""
+    """endpoints_statement for a known tenant, as a read to run along others in one round trip
+    (service.db.read_together); None when this transaction has read them already."""
     by_tenant = _endpoints_cache(session)
     if tenant_id in by_tenant:
         return None
 
     def keep(rows: list[tuple[Any, ...]]) -> None:
-        by_tenant[tenant_id] = [(endpoint_id, list(types or [])) for endpoint_id, types in rows]
+        by_tenant[tenant_id] = _filters((endpoint_id, types) for endpoint_id, types in rows)
 
-    return EndpointRepository(session, tenant_id).enabled_filters_statement(), keep
+    return endpoints_statement("%(tenant_id)s", {"tenant_id": tenant_id}), keep
+
+
+def _filters(rows: Iterable[tuple[str, list[str] | None]]) -> list[tuple[str, list[str]]]:
+    return [(endpoint_id, list(types or [])) for endpoint_id, types in rows]
 
 
 _ENDPOINTS = "webhooks.enabled_endpoints"
@@ -232,12 +230,7 @@ def _enabled_endpoints(session: Session, tenant_id: str) -> list[tuple[str, list
 
 def _endpoints_cache(session: Session) -> dict[str, list[tuple[str, list[str]]]]:
     """This transaction's endpoints by tenant."""
-    transaction = session.get_transaction() or session.begin()  # begun, its connection still to come
-    cache: tuple[object, dict[str, list[tuple[str, list[str]]]]] | None = session.info.get(_ENDPOINTS)
-    if cache is None or cache[0] is not transaction:
-        cache = (transaction, {})
-        session.info[_ENDPOINTS] = cache
-    return cache[1]
+    return transaction_memo(session, _ENDPOINTS)
 
 
 def listening_read(session: Session, tenant_id: str) -> RedisRead | None:
@@ -263,12 +256,7 @@ def _listening(session: Session, tenant_id: str) -> bool:
 
 def _listening_cache(session: Session) -> dict[str, bool]:
     """This transaction's answers of whether a tenant's listener streams."""
-    transaction = session.get_transaction() or session.begin()  # begun, its connection still to come
-    cache: tuple[object, dict[str, bool]] | None = session.info.get(_LISTENING)
-    if cache is None or cache[0] is not transaction:
-        cache = (transaction, {})
-        session.info[_LISTENING] = cache
-    return cache[1]
+    return transaction_memo(session, _LISTENING)
 
 
 def _forget_endpoints(session: Session) -> None:
