@@ -146,7 +146,7 @@ def plain_rq(stack: Stack, count: int) -> Drain:
     cpu = 0.0
     while worker.poll() is None:
         rss.sample()
-        cpu = max(cpu, _worker_cpu(worker.pid))
+        cpu = max(cpu, worker_cpu(worker.pid))
         time.sleep(0.05)
     seconds = time.perf_counter() - started
     window = meter.stop()
@@ -196,7 +196,7 @@ def claimcheck(
     cpu = 0.0
     while _unfinished() > 0:
         rss.sample()
-        cpu = max(cpu, _worker_cpu(*(process.pid for process in processes)))
+        cpu = max(cpu, worker_cpu(*(process.pid for process in processes)))
         time.sleep(0.05)
     seconds = time.perf_counter() - started
     window = meter.stop()
@@ -229,17 +229,17 @@ def _unfinished() -> int:
         return int(session.execute(statement).scalar_one())
 
 
-def _worker_cpu(*pids: int) -> float:
+def worker_cpu(*pids: int) -> float:
     """CPU seconds used so far by worker processes: their own, their reaped children's (RQ's forked
     horses, Claimcheck's replaced ones) and their live descendants' (the running horses)."""
     total = 0.0
     for pid in pids:
-        total += _cpu_fields(pid, 4)
-        total += sum(_cpu_fields(child, 2) for child in descendants(pid))
+        total += cpu_fields(pid, 4)
+        total += sum(cpu_fields(child, 2) for child in descendants(pid))
     return total
 
 
-def _cpu_fields(pid: int, count: int) -> float:
+def cpu_fields(pid: int, count: int) -> float:
     """utime + stime (count 2), with cutime + cstime (count 4), in seconds; 0 for a process gone."""
     with contextlib.suppress(OSError, ValueError, IndexError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

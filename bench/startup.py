@@ -14,7 +14,7 @@ import statistics
 import time
 
 from bench.common import Stack, service_stack
-from bench.jobs import _cpu_fields, _worker_cpu
+from bench.jobs import cpu_fields, worker_cpu
 
 POLL_SECONDS = 0.01
 
@@ -41,7 +41,7 @@ def first_job(stack: Stack, number: int) -> tuple[float, float, float]:
     worker = stack.start_worker("http://127.0.0.1:9")
     cpu = own = 0.0
     while True:
-        cpu, own = max(cpu, _worker_cpu(worker.pid)), max(own, _cpu_fields(worker.pid, 2))
+        cpu, own = max(cpu, worker_cpu(worker.pid)), max(own, cpu_fields(worker.pid, 2))
         status = _job_status(job_id)
         if status != "QUEUED" and status != "RUNNING":
             break
@@ -49,7 +49,7 @@ def first_job(stack: Stack, number: int) -> tuple[float, float, float]:
             raise RuntimeError(f"the worker exited {worker.process.returncode}:\n{worker.log()}")
         time.sleep(POLL_SECONDS)
     seconds = time.perf_counter() - started
-    cpu, own = max(cpu, _worker_cpu(worker.pid)), max(own, _cpu_fields(worker.pid, 2))
+    cpu, own = max(cpu, worker_cpu(worker.pid)), max(own, cpu_fields(worker.pid, 2))
     worker.stop()
     stack.processes.remove(worker)
     if status != "SUCCEEDED":

@@ -7,6 +7,7 @@ next round trip, in order, and never outlive a rollback."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -127,6 +128,17 @@ def _held_table(session: Session) -> None:
     run_pipelined(session, [(create, {})])
 
 
+@pytest.fixture
+def holding(env: dict[str, str]) -> Iterator[Session]:
+    """A session whose transaction holds writes (defer_writes), beside the temporary table `held`."""
+    with Session(get_engine()) as session:
+        _held_table(session)
+        session.commit()
+        defer_writes(session)
+        yield session
+        session.rollback()
+
+
 def _sent(session: Session) -> list[int]:
     """What the table holds, read on the raw connection (past the hooks that send held writes)."""
     raw = session.connection().connection.driver_connection
@@ -134,22 +146,18 @@ def _sent(session: Session) -> list[int]:
     return [n for (n,) in raw.execute("SELECT n FROM held ORDER BY n").fetchall()]
 
 
-def test_held_writes_go_with_the_next_pipeline_in_order(env: dict[str, str]) -> None:
-    with Session(get_engine()) as session:
-        _held_table(session)
-        session.commit()
-        defer_writes(session)
-        write_with_next(session, (HELD, {"n": 1}))
-        write_with_next(session, ("INSERT INTO held SELECT max(n) + 1 FROM held", {}))  # after the first
-        assert _sent(session) == []  # held
-        [rows] = read_pipelined(session, [("SELECT array_agg(n ORDER BY n) AS ns FROM held", {})])
-        assert rows == [{"ns": [1, 2]}]
-        write_with_next(session, (HELD, {"n": 3}))
-        # a statement through the session sends them first
-        assert session.execute(text("SELECT count(*) FROM held")).scalar() == 3
-        write_with_next(session, (HELD, {"n": 4}))
-        session.commit()  # and the commit
-        assert _sent(session) == []  # ON COMMIT DELETE ROWS: they were in the transaction that committed
+def test_held_writes_go_with_the_next_pipeline_in_order(holding: Session) -> None:
+    write_with_next(holding, (HELD, {"n": 1}))
+    write_with_next(holding, ("INSERT INTO held SELECT max(n) + 1 FROM held", {}))  # after the first
+    assert _sent(holding) == []  # held
+    [rows] = read_pipelined(holding, [("SELECT array_agg(n ORDER BY n) AS ns FROM held", {})])
+    assert rows == [{"ns": [1, 2]}]
+    write_with_next(holding, (HELD, {"n": 3}))
+    # a statement through the session sends them first
+    assert holding.execute(text("SELECT count(*) FROM held")).scalar() == 3
+    write_with_next(holding, (HELD, {"n": 4}))
+    holding.commit()  # and the commit
+    assert _sent(holding) == []  # ON COMMIT DELETE ROWS: they were in the transaction that committed
 
 
 def test_held_writes_go_with_the_commit_and_the_session_goes_on(env: dict[str, str]) -> None:
@@ -174,29 +182,21 @@ def test_held_writes_go_with_the_commit_and_the_session_goes_on(env: dict[str, s
         run_pipelined(session, [("DROP TABLE held_kept", {})])
 
 
-def test_held_writes_go_with_a_rollback_and_not_into_the_next_transaction(env: dict[str, str]) -> None:
-    with Session(get_engine()) as session:
-        _held_table(session)
-        session.commit()
-        defer_writes(session)
-        write_with_next(session, (HELD, {"n": 1}))
-        session.rollback()
-        write_with_next(session, (HELD, {"n": 2}))  # a new transaction that does not defer: sent now
-        assert _sent(session) == [2]
-        session.rollback()
+def test_held_writes_go_with_a_rollback_and_not_into_the_next_transaction(holding: Session) -> None:
+    write_with_next(holding, (HELD, {"n": 1}))
+    holding.rollback()
+    write_with_next(holding, (HELD, {"n": 2}))  # a new transaction that does not defer: sent now
+    assert _sent(holding) == [2]
 
 
-def test_a_savepoint_is_refused_while_writes_are_held(env: dict[str, str]) -> None:
-    with Session(get_engine()) as session:
-        _held_table(session)
-        defer_writes(session)
-        write_with_next(session, (HELD, {"n": 1}))
-        with pytest.raises(RuntimeError, match="savepoint"):
-            session.begin_nested()
-        session.rollback()
-        defer_writes(session)
-        _held_table(session)
-        with session.begin_nested():  # nothing held: allowed, and a write in it is not held
-            write_with_next(session, (HELD, {"n": 5}))
-            assert _sent(session) == [5]
-        session.rollback()
+def test_a_savepoint_is_refused_while_writes_are_held(holding: Session) -> None:
+    session = holding
+    write_with_next(session, (HELD, {"n": 1}))
+    with pytest.raises(RuntimeError, match="savepoint"):
+        session.begin_nested()
+    session.rollback()
+    defer_writes(session)
+    _held_table(session)
+    with session.begin_nested():  # nothing held: allowed, and a write in it is not held
+        write_with_next(session, (HELD, {"n": 5}))
+        assert _sent(session) == [5]
