@@ -18,10 +18,13 @@ workers' own CPU per job (start-up included; less swayed by what else the machin
 rates), each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3,
 7 >= 0.95x its all-NORMAL run).
 Every drain starts with the queue full and the worker not yet running, and ends when the last job is
-done; the worker's start-up is counted, as it would be for RQ. `--rss-jobs N` adds a long run of N jobs
-through one worker, sampling its RSS as it goes.
+done; the worker's start-up is counted, as it would be for RQ. The whole list runs `--rounds` times
+(3 by default): a shared 2-core machine swings by 10-20 % from one drain to the next, so the table
+gives each row's median drain, and each ratio is the median of the rounds' ratios (each round's pair
+run minutes apart at most), with its range. `--rss-jobs N` adds a long run of N jobs through one
+worker, sampling its RSS as it goes.
 
-    python -m bench.jobs [--jobs 300] [--rss-jobs 0]
+    python -m bench.jobs [--jobs 300] [--rounds 3] [--rss-jobs 0]
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ import asyncio
 import contextlib
 import itertools
 import os
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -305,66 +308,124 @@ def long_run(stack: Stack, api_url: str, count: int) -> list[tuple[int, float]]:
     return samples
 
 
+RATIOS = (
+    # (label, row, baseline row, target)
+    (
+        "Claimcheck / plain RQ",
+        "Claimcheck, one worker",
+        "plain RQ, one forking worker",
+        ">= 1.0, stretch 2.0",
+    ),
+    (
+        "with an endpoint / without",
+        "Claimcheck, one worker, one endpoint for every event",
+        "Claimcheck, one worker",
+        ">= 0.8",
+    ),
+    (
+        "two workers / one",
+        "Claimcheck, two workers",
+        "Claimcheck, one worker",
+        ">= 1.6; 2 cores run all of it",
+    ),
+    (
+        "four workers / two",
+        "Claimcheck, four workers",
+        "Claimcheck, two workers",
+        "~1.0 on 2 cores: the ceiling",
+    ),
+    (
+        "mixed priorities / all NORMAL",
+        "Claimcheck, one worker, mixed priorities",
+        "Claimcheck, one worker, all NORMAL (again)",
+        ">= 0.95",
+    ),
+)
+
+
+def one_round(stack: Stack, api_url: str, count: int, numbers: Iterator[int]) -> dict[str, Drain]:
+    """Every drain once, in the order the docstring gives."""
+    rows: dict[str, Drain] = {}
+    rows["plain RQ, one forking worker"] = plain_rq(stack, count)
+    rows["Claimcheck, one worker"] = claimcheck(stack, api_url, count, next(numbers))
+    with receiver(stack) as url:
+        created = httpx.post(
+            f"{api_url}/graphql",
+            headers=stack.headers,
+            json={"query": CREATE_ENDPOINT, "variables": {"url": url}},
+        ).json()
+        assert created["data"]["createWebhookEndpoint"]["userErrors"] == [], created
+        rows["Claimcheck, one worker, one endpoint for every event"] = claimcheck(
+            stack, api_url, count, next(numbers)
+        )
+        endpoint = created["data"]["createWebhookEndpoint"]["endpoint"]["id"]
+        httpx.post(
+            f"{api_url}/graphql",
+            headers=stack.headers,
+            json={"query": f'mutation {{ deleteWebhookEndpoint(id: "{endpoint}") {{ id }} }}'},
+        )
+    rows["Claimcheck, two workers"] = claimcheck(stack, api_url, count, next(numbers), workers=2)
+    rows["Claimcheck, four workers"] = claimcheck(stack, api_url, count, next(numbers), workers=4)
+    rows["Claimcheck, one worker, all NORMAL (again)"] = claimcheck(stack, api_url, count, next(numbers))
+    rows["Claimcheck, one worker, mixed priorities"] = claimcheck(
+        stack, api_url, count, next(numbers), priorities=("HIGH", "NORMAL", "LOW")
+    )
+    return rows
+
+
+def _median_drain(drains: list[Drain]) -> Drain:
+    """The drain of median rate (the lower middle one for an even count)."""
+    ordered = sorted(drains, key=lambda drain: drain.rate)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _spread(values: list[float]) -> str:
+    """The median of some ratios, with their range when there are several."""
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:5.2f}"
+    return f"{middle:5.2f}  ({min(values):.2f}-{max(values):.2f} over {len(values)} rounds)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=300, help="jobs per drain")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every drain (medians)")
     parser.add_argument("--rss-jobs", type=int, default=0, help="jobs in the long RSS run (0: none)")
     args = parser.parse_args()
-    rows: dict[str, Any] = {}
+    rounds: list[dict[str, Drain]] = []
+    alone: list[float] = []
     with service_stack(log_level="WARNING") as stack:
-        alone = work_alone(args.jobs)
         api = stack.start_api(1)
         numbers = itertools.count(step=args.jobs)
-        rows["plain RQ, one forking worker"] = plain_rq(stack, args.jobs)
-        rows["Claimcheck, one worker"] = one = claimcheck(stack, api.url, args.jobs, next(numbers))
-        with receiver(stack) as url:
-            created = httpx.post(
-                f"{api.url}/graphql",
-                headers=stack.headers,
-                json={"query": CREATE_ENDPOINT, "variables": {"url": url}},
-            ).json()
-            assert created["data"]["createWebhookEndpoint"]["userErrors"] == [], created
-            rows["Claimcheck, one worker, one endpoint for every event"] = hooked = claimcheck(
-                stack, api.url, args.jobs, next(numbers)
-            )
-            endpoint = created["data"]["createWebhookEndpoint"]["endpoint"]["id"]
-            httpx.post(
-                f"{api.url}/graphql",
-                headers=stack.headers,
-                json={"query": f'mutation {{ deleteWebhookEndpoint(id: "{endpoint}") {{ id }} }}'},
-            )
-        two = claimcheck(stack, api.url, args.jobs, next(numbers), workers=2)
-        rows["Claimcheck, two workers"] = two
-        rows["Claimcheck, four workers"] = four = claimcheck(
-            stack, api.url, args.jobs, next(numbers), workers=4
-        )
-        normal = claimcheck(stack, api.url, args.jobs, next(numbers))
-        mixed = claimcheck(stack, api.url, args.jobs, next(numbers), priorities=("HIGH", "NORMAL", "LOW"))
-        rows["Claimcheck, one worker, all NORMAL (again)"] = normal
-        rows["Claimcheck, one worker, mixed priorities"] = mixed
+        for _ in range(args.rounds):
+            alone.append(work_alone(args.jobs))
+            rounds.append(one_round(stack, api.url, args.jobs, numbers))
         samples = long_run(stack, api.url, args.rss_jobs) if args.rss_jobs else []
-    plain = rows["plain RQ, one forking worker"]
+    rows = {name: _median_drain([drains[name] for drains in rounds]) for name in rounds[0]}
+    work = statistics.median(alone)
     header = (
         f"{'jobs/s':>8s} {'per job':>9s} {'CPU left':>9s} {'worker CPU/job':>15s} {'RSS start → end':>18s}"
     )
+    print(f"medians of {args.rounds} rounds of {args.jobs} jobs per drain")
     print(f"{'':54s} {header}")
-    print(f"{'the work alone, in one process':54s} {alone:8.1f} {1000 / alone:7.1f}ms")
+    print(f"{'the work alone, in one process':54s} {work:8.1f} {1000 / work:7.1f}ms")
     for name, drain in rows.items():
         rss = f"{drain.rss_start:6.1f} → {drain.rss_end:6.1f} MiB"
         rate = f"{drain.rate:8.1f} {1000 / drain.rate:7.1f}ms"
         print(f"{name:54s} {rate} {drain.cpu_left:8.2f}c {drain.worker_cpu_ms:13.1f}ms {rss:>18s}")
-    print(f"Claimcheck / plain RQ:        {one.rate / plain.rate:5.2f}  (target >= 1.0, stretch 2.0)")
-    print(f"with an endpoint / without:   {hooked.rate / one.rate:5.2f}  (target >= 0.8)")
-    print(f"two workers / one:            {two.rate / one.rate:5.2f}  (target >= 1.6; 2 cores run all of it)")
-    if two.rate_at_work and one.rate_at_work:
-        at_work = two.rate_at_work / one.rate_at_work
-        rates = f"{two.rate_at_work:.1f} vs {one.rate_at_work:.1f} jobs/s"
-        print(f"  once at work (start-up out): {at_work:5.2f}  ({rates})")
-    print(f"four workers / two:           {four.rate / two.rate:5.2f}  (~1.0 on 2 cores: the ceiling)")
-    print(f"mixed priorities / all NORMAL: {mixed.rate / normal.rate:5.2f}  (target >= 0.95)")
-    print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / alone:.1f} ms")
+    for label, row, baseline, target in RATIOS:
+        ratios = [drains[row].rate / drains[baseline].rate for drains in rounds]
+        print(f"{label + ':':31s} {_spread(ratios)}  (target {target})")
+        if row == "Claimcheck, two workers":
+            at_work = [
+                (drains[row].rate_at_work or 0) / (drains[baseline].rate_at_work or 1) for drains in rounds
+            ]
+            print(f"  once at work (start-up out):  {_spread(at_work)}")
+    one = rows["Claimcheck, one worker"]
+    print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / work:.1f} ms")
     for done, rss_mib in samples:
         print(f"long run: {done:6d} jobs done, worker RSS {rss_mib:6.1f} MiB")
 
