@@ -12,10 +12,12 @@ from typing import Any, LiteralString, cast
 
 import psycopg
 from psycopg.rows import RowFactory, dict_row, tuple_row
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, bindparam, event, inspect, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, StatementError
+from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, SessionTransaction
 from sqlalchemy.orm import Session as SASession
-from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
 
@@ -144,6 +146,16 @@ def defer_writes(session: Session) -> None:
     session.info[_DEFERRED] = (transaction, [])
 
 
+def flush(session: Session) -> None:
+    """The ORM's pending changes to Postgres now; in a transaction that holds writes (defer_writes),
+    the changed columns of rows it loaded join the held writes instead, to go with its next round
+    trip (_row_updates), and only the rest (new and deleted rows) is flushed now."""
+    held = _deferred(session)
+    if held is not None:
+        held += _row_updates(session)
+    session.flush()
+
+
 _DEFERRED = "deferred_writes"
 
 
@@ -176,13 +188,75 @@ _COMMIT: Statement = ("COMMIT", {})
 
 @event.listens_for(SASession, "before_commit")
 def _send_deferred_with_commit(session: SASession) -> None:
-    """Held writes go with the COMMIT, in one round trip after the ORM's flush: the commit SQLAlchemy
-    then asks of psycopg finds the transaction ended and sends nothing (psycopg commits only a
-    connection inside a transaction). A COMMIT that fails raises here, and the session rolls back."""
-    if session.in_nested_transaction() or not _deferred(session):
+    """Held writes go with the COMMIT, in one round trip after what is left of the ORM's flush: the
+    changed columns of rows the transaction loaded join the held writes first (_row_updates), so a
+    transition's own row goes in that round trip too. The commit SQLAlchemy then asks of psycopg finds
+    the transaction ended and sends nothing (psycopg commits only a connection inside a transaction).
+    A COMMIT that fails raises here, and the session rolls back."""
+    held = None if session.in_nested_transaction() else _deferred(session)
+    if held is None:
+        return
+    held += _row_updates(session)
+    if not held:
         return
     session.flush()
     _pipelined(cast(Session, session), [_COMMIT])
+
+
+def _row_updates(session: SASession) -> list[Statement]:
+    """An UPDATE by primary key of each loaded row's changed columns, those changes then marked
+    written (the ORM's flush would send each row in a round trip of its own, to check its row count;
+    a held write's row is locked by the transaction that changes it). A row whose change the ORM must
+    write itself (a key, a relationship, a version counter, several tables) is left to the flush."""
+    updates: list[Statement] = []
+    dialect = session.get_bind().dialect
+    for instance in session.dirty:
+        state = inspect(instance)
+        changes = _column_changes(state)
+        if not changes:
+            continue
+        mapper = state.mapper
+        sql, processors = _update_sql(mapper, tuple(changes), dialect)
+        parameters = {f"key_{i}": value for i, value in enumerate(state.identity or ())}
+        for (name, process), value in zip(processors, changes.values(), strict=True):
+            parameters[name] = value if process is None or value is None else process(value)
+        updates.append((sql, parameters))
+        for key, value in changes.items():
+            set_committed_value(instance, key, value)
+    return updates
+
+
+def _column_changes(state: InstanceState[Any]) -> dict[str, Any] | None:
+    """The row's changed column attributes and their new values; None when the ORM must write it."""
+    mapper = state.mapper
+    if state.identity is None or mapper.version_id_col is not None or len(mapper.tables) != 1:
+        return None
+    changes: dict[str, Any] = {}
+    for key in state.committed_state:
+        attribute = mapper.attrs.get(key)
+        if not isinstance(attribute, ColumnProperty) or len(attribute.columns) != 1:
+            return None
+        if attribute.columns[0].primary_key:
+            return None
+        if state.attrs[key].history.has_changes():
+            changes[key] = state.dict[key]
+    return changes
+
+
+@lru_cache(maxsize=256)
+def _update_sql(
+    mapper: Mapper[Any], keys: tuple[str, ...], dialect: Dialect
+) -> tuple[LiteralString, list[tuple[str, Callable[[Any], Any] | None]]]:
+    """UPDATE of these columns by primary key, as SQLAlchemy compiles it for this dialect, and each
+    value's parameter name with the conversion the column's type asks for (JSON...)."""
+    columns = [mapper.attrs[key].columns[0] for key in keys]
+    names = [f"set_{i}" for i in range(len(columns))]
+    keyed = [column == bindparam(f"key_{i}") for i, column in enumerate(mapper.primary_key)]
+    values = {column: bindparam(name, type_=column.type) for column, name in zip(columns, names, strict=True)}
+    compiled = update(mapper.class_).where(*keyed).values(values).compile(dialect=dialect)
+    processors = [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
+    sql: LiteralString = compiled.string  # SQLAlchemy's own, from the model's table: no outside text
+    return sql, list(zip(names, processors, strict=True))
 
 
 @event.listens_for(SASession, "after_transaction_create")
@@ -218,6 +292,12 @@ def read_pipelined(session: Session, statements: Sequence[Statement]) -> list[li
     Postgres runs the statements one after another in the transaction, each with a snapshot taken
     when it starts: a row one of them locks (or waits for) is read as committed by the ones after."""
     return cast(list[list[dict[str, Any]]], _pipelined(session, statements, dict_row))
+
+
+def read_and_commit(session: Session, statements: Sequence[Statement]) -> list[list[dict[str, Any]]]:
+    """read_pipelined for a transaction that is only these statements: its COMMIT goes in the same
+    round trip (then the session's commit finds the transaction ended and sends nothing)."""
+    return read_pipelined(session, [*statements, _COMMIT])[:-1]
 
 
 def _pipelined(

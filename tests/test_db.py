@@ -3,11 +3,13 @@ the pool keeps what a burst opened; run_pipelined: statements sent together, in 
 transaction, failing as SQLAlchemy fails; read_together: reads sent together, each handed its rows;
 enter_tenant: its settings reach Postgres before any statement of the transaction, in the same round
 trip as the first pipelined ones; write_with_next: writes a deferring transaction holds go with its
-next round trip, in order, and never outlive a rollback."""
+next round trip, in order, and never outlive a rollback; flush: there, a loaded row's changed columns
+become such writes too; read_and_commit: reads and the COMMIT in one round trip."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,15 +22,19 @@ from service.db import (
     after_commit,
     defer_writes,
     enter_tenant,
+    flush,
     get_engine,
     make_engine,
+    read_and_commit,
     read_pipelined,
     read_together,
     run_pipelined,
     session_scope,
     write_with_next,
 )
+from service.jobs.models import Job
 from service.settings import get_settings
+from tests.conftest import TenantHandle, commit_job_without_enqueue
 
 
 def test_callbacks_wait_for_the_outer_commit_and_skip_rolled_back_savepoints(env: dict[str, str]) -> None:
@@ -200,3 +206,107 @@ def test_a_savepoint_is_refused_while_writes_are_held(holding: Session) -> None:
     with session.begin_nested():  # nothing held: allowed, and a write in it is not held
         write_with_next(session, (HELD, {"n": 5}))
         assert _sent(session) == [5]
+
+
+@pytest.fixture
+def loaded_job(tenant: TenantHandle) -> Iterator[tuple[Session, Job]]:
+    """A session whose transaction holds writes, with a job it loaded; and every SQLAlchemy statement
+    after the load counted in session.info["statements"]."""
+    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "Held rows."})
+    with Session(get_engine()) as session:
+        defer_writes(session)
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.info["statements"] = 0
+
+        def count(*_: Any) -> None:
+            session.info["statements"] += 1
+
+        engine = get_engine()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            yield session, job
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+            session.rollback()
+
+
+def _stored(job_id: str) -> Job:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_a_loaded_rows_changes_go_with_the_commit_and_no_statement_of_their_own(
+    loaded_job: tuple[Session, Job],
+) -> None:
+    session, job = loaded_job
+    beat = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    job.message, job.progress, job.heartbeat_at = "held", 0.5, beat
+    job.trace_context = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    flush(session)
+    assert not session.dirty  # its changes are held writes now, not the ORM's
+    raw = session.connection().connection.driver_connection  # past the hooks that send held writes
+    assert raw is not None
+    assert raw.execute("SELECT message FROM jobs WHERE id = %s", (job.id,)).fetchone() != ("held",)
+    session.commit()
+    assert session.info["statements"] == 0  # with the COMMIT, in its pipeline
+    stored = _stored(job.id)
+    assert (stored.message, stored.progress, stored.heartbeat_at) == ("held", 0.5, beat)
+    assert stored.trace_context == job.trace_context  # jsonb, as the ORM would have written it
+
+
+def test_a_held_row_change_is_read_by_the_transactions_next_round_trip(
+    loaded_job: tuple[Session, Job],
+) -> None:
+    session, job = loaded_job
+    job.message = "seen"
+    flush(session)
+    [rows] = read_pipelined(session, [("SELECT message FROM jobs WHERE id = %(id)s", {"id": job.id})])
+    assert rows == [{"message": "seen"}]
+    job.message = "changed again"  # a later change: the commit holds it too
+    session.commit()
+    assert session.info["statements"] == 0
+    assert _stored(job.id).message == "changed again"
+
+
+def test_a_held_row_change_goes_with_a_rollback(loaded_job: tuple[Session, Job]) -> None:
+    session, job = loaded_job
+    before = job.message
+    job.message = "dropped"
+    flush(session)
+    session.rollback()
+    assert _stored(job.id).message == before
+    assert job.message == before  # the rollback expired it: read again from Postgres
+
+
+def test_flush_outside_a_holding_transaction_writes_at_once(tenant: TenantHandle) -> None:
+    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "Not held."})
+    with Session(get_engine()) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.message = "now"
+        flush(session)
+        raw = session.connection().connection.driver_connection
+        assert raw is not None
+        assert raw.execute("SELECT message FROM jobs WHERE id = %s", (job_id,)).fetchone() == ("now",)
+        session.rollback()
+
+
+def test_read_and_commit_ends_the_transaction_in_the_same_round_trip(env: dict[str, str]) -> None:
+    with session_scope() as session:
+        run_pipelined(session, [("CREATE TABLE IF NOT EXISTS committed_read (n int PRIMARY KEY)", {})])
+    try:
+        with Session(get_engine()) as session:
+            [rows] = read_and_commit(session, [("INSERT INTO committed_read VALUES (3) RETURNING n", {})])
+            assert rows == [{"n": 3}]
+            with session_scope() as other:  # committed before the session's own commit
+                assert other.execute(text("SELECT array_agg(n) FROM committed_read")).scalar() == [3]
+            session.commit()  # nothing left to send
+            with pytest.raises(IntegrityError):  # a failure raises as SQLAlchemy raises it
+                read_and_commit(session, [("INSERT INTO committed_read VALUES (3) RETURNING n", {})])
+            session.rollback()
+    finally:
+        with session_scope() as session:
+            run_pipelined(session, [("DROP TABLE committed_read", {})])

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from observability.metrics import record_job_created, record_job_finished, record_rate_limited
 from observability.tracing import inject, set_ids
-from service.db import PendingRead, after_commit, read_together
+from service.db import PendingRead, after_commit, flush, read_together
 from service.errors import (
     ForbiddenError,
     IdempotencyConflictError,
@@ -270,7 +270,7 @@ def transition(
         job.progress = 1.0
     session.add(job)
     record_event(session, job, event or STATUS_EVENTS[target], data)
-    session.flush()
+    flush(session)  # a run's transaction holds the row's change for its next round trip
     job_id = job.id
     after_commit(session, lambda: announce(job_id), once=("announce", job_id))
 

@@ -12,7 +12,7 @@ from typing import Any, LiteralString, NamedTuple
 from sqlalchemy import func, text, update
 from sqlmodel import Session, col, select
 
-from service.db import Statement, read_pipelined, write_with_next
+from service.db import Statement, read_and_commit, read_pipelined, write_with_next
 from service.ids import first_id_at
 from service.repository import TenantRepository
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -521,8 +521,8 @@ def claim_due(
     endpoints_in_flight: Mapping[str, int],
     tenants_in_flight: Mapping[str, int],
 ) -> list[dict[str, Any]]:
-    """Lease up to `limit` due deliveries, in one round trip with the transaction's BEGIN; each row
-    carries its event and endpoint.
+    """Lease up to `limit` due deliveries, in one round trip with the transaction's BEGIN and COMMIT
+    (the claim is one statement, a transaction of its own); each row carries its event and endpoint.
 
     Counting what the caller already has in flight, no endpoint gets more than `per_endpoint` and no
     tenant more than its share of `max_in_flight` (see _CLAIM); the least loaded tenants come first,
@@ -538,7 +538,7 @@ def claim_due(
         "tenant_ids": list(tenants_in_flight),
         "tenant_counts": list(tenants_in_flight.values()),
     }
-    return read_pipelined(session, [(_CLAIM, parameters)])[0]
+    return read_and_commit(session, [(_CLAIM, parameters)])[0]
 
 
 _DUE = text(
