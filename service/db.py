@@ -17,7 +17,6 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, StatementError
 from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, SessionTransaction
 from sqlalchemy.orm import Session as SASession
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
 
@@ -221,8 +220,8 @@ def _row_updates(session: SASession) -> list[Statement]:
         for (name, process), value in zip(processors, changes.values(), strict=True):
             parameters[name] = value if process is None or value is None else process(value)
         updates.append((sql, parameters))
-        for key, value in changes.items():
-            set_committed_value(instance, key, value)
+        # Written, as far as the ORM knows: what its flush does to a row it wrote (no public API).
+        state._commit_all(state.dict, session.identity_map)
     return updates
 
 
@@ -327,13 +326,20 @@ def _pipelined(
                 for cursor, (sql, parameters) in zip(cursors, statements, strict=True):
                     cursor.execute(sql, parameters)
                 pipeline.sync()
-                rows = [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+                rows = [cursor.fetchall() if _has_rows(cursor) else [] for cursor in cursors]
             finally:
                 for cursor in cursors:
                     cursor.close()
     except psycopg.Error as error:
         raise _as_sqlalchemy_error(connection, statements, error) from error
     return rows
+
+
+def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
+    """Whether the cursor's statement returned rows (a SELECT, a RETURNING; not a plain INSERT or a
+    COMMIT): its result's status, where `description` would build a column object per column."""
+    result = cursor.pgresult
+    return result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
 
 
 def _as_sqlalchemy_error(

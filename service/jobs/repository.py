@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from service.db import Statement, run_pipelined, write_with_next
 from service.ids import first_id_at
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
-from service.models import utcnow
+from service.models import construct, utcnow
 from service.repository import TenantRepository
 
 HISTORY_BATCH_ROWS = 500
@@ -219,8 +219,8 @@ def take_from_outbox_statement(job_id: str) -> Statement:
 
 def adopt(session: Session, row: Mapping[str, Any]) -> Job:
     """The Job of a row read (and locked) in plain SQL, as the session would have loaded it: its
-    changes are flushed as usual."""
-    job = Job(**row)
+    changes are flushed as usual (built as SQLAlchemy builds a loaded row: service.models.construct)."""
+    job = construct(Job, **row)
     make_transient_to_detached(job)
     session.add(job)
     return job

@@ -79,9 +79,11 @@ def test_a_job_reads_what_its_start_and_its_end_need_in_one_round_trip_each(
         assert job.attempt == 1
         assert job.progress == 1.0
         assert job.message == "done"
-        assert job.started_at is not None and job.finished_at is not None
+        assert job.started_at is not None
+        assert job.finished_at is not None
         assert job.started_at <= job.finished_at
-        assert job.artifact_key is not None and job.artifact_byte_size
+        assert job.artifact_key is not None
+        assert job.artifact_byte_size
         assert session.get(JobOutbox, job_id) is None
 
 
