@@ -2,10 +2,12 @@
 
 Runs the production app (uvicorn, `--workers N`) with a constant-answer mutation mounted at /bare
 (bench/bare_app.py), on a throwaway PostgreSQL and Redis. Both endpoints are driven in one run by the
-same closed-loop client (C concurrent requests, for D seconds each), then generateSpeech is driven
-open-loop at a fixed rate to report latency percentiles. The target is ratio >= 0.5.
+same closed-loop client (C concurrent requests, for D seconds each), in R alternated rounds of D/R
+seconds (the machine's speed moves from one minute to the next: each round's pair runs seconds
+apart), then generateSpeech is driven open-loop at a fixed rate to report latency percentiles. The
+ratio printed is the median of the rounds' ratios, with their range. The target is ratio >= 0.5.
 
-    python -m bench.enqueue [--workers 2] [--concurrency 16] [--seconds 10] [--rate 50]
+    python -m bench.enqueue [--workers 2] [--concurrency 16] [--seconds 10] [--rounds 3] [--rate 50]
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -66,6 +70,44 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
+@dataclass
+class _Pair:
+    """One round: the bare mutation, then generateSpeech, each for its share of the seconds."""
+
+    bare_rate: float
+    bare_latencies: list[float]
+    bare_cpu: float
+    """API CPU seconds per request."""
+    speech_rate: float
+    speech_latencies: list[float]
+    speech_cpu: float
+
+
+async def _pair(
+    client: httpx.AsyncClient, counter: itertools.count[int], api_cpu: CpuMeter, args: argparse.Namespace
+) -> _Pair:
+    seconds = args.seconds / args.rounds
+    api_cpu.start()
+    bare_rate, bare_latencies = await closed_loop(
+        client, "/bare", lambda: BARE_MUTATION, args.concurrency, seconds
+    )
+    bare_cpu = api_cpu.stop().groups["api"] / bare_rate
+    api_cpu.start()
+    speech_rate, speech_latencies = await closed_loop(
+        client, "/graphql", lambda: speech_body(counter), args.concurrency, seconds
+    )
+    speech_cpu = api_cpu.stop().groups["api"] / speech_rate
+    return _Pair(bare_rate, bare_latencies, bare_cpu, speech_rate, speech_latencies, speech_cpu)
+
+
+def _spread(values: list[float]) -> str:
+    """The median of some ratios, with their range when there are several."""
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.2f}"
+    return f"{middle:.2f} ({min(values):.2f}-{max(values):.2f} over {len(values)} rounds)"
+
+
 async def measure(stack: Stack, url: str, api_pid: int, args: argparse.Namespace) -> None:
     counter = itertools.count()
     api_cpu = CpuMeter({"api": [api_pid]})
@@ -73,24 +115,26 @@ async def measure(stack: Stack, url: str, api_pid: int, args: argparse.Namespace
     async with httpx.AsyncClient(base_url=url, headers=stack.headers, limits=limits, timeout=60) as client:
         await closed_loop(client, "/bare", lambda: BARE_MUTATION, args.concurrency, 1)  # warm up
         await closed_loop(client, "/graphql", lambda: speech_body(counter), args.concurrency, 1)
-        api_cpu.start()
-        bare_rate, bare_latencies = await closed_loop(
-            client, "/bare", lambda: BARE_MUTATION, args.concurrency, args.seconds
-        )
-        bare_cpu = api_cpu.stop().groups["api"] / bare_rate
-        api_cpu.start()
-        speech_rate, speech_latencies = await closed_loop(
-            client, "/graphql", lambda: speech_body(counter), args.concurrency, args.seconds
-        )
-        speech_cpu = api_cpu.stop().groups["api"] / speech_rate
+        rounds = [await _pair(client, counter, api_cpu, args) for _ in range(args.rounds)]
         fixed = await open_loop(client, "/graphql", lambda: speech_body(counter), args.rate, args.seconds)
 
-    print(f"bare mutation     {bare_rate:8.1f} req/s  p50 {ms(percentile(bare_latencies, 0.5))}")
-    print(f"generateSpeech    {speech_rate:8.1f} req/s  p50 {ms(percentile(speech_latencies, 0.5))}")
-    print(f"ratio             {speech_rate / bare_rate:8.2f}  (target >= 0.5)")
+    bare_rate = statistics.median(pair.bare_rate for pair in rounds)
+    speech_rate = statistics.median(pair.speech_rate for pair in rounds)
+    bare_latencies = [latency for pair in rounds for latency in pair.bare_latencies]
+    speech_latencies = [latency for pair in rounds for latency in pair.speech_latencies]
+    print(
+        f"bare mutation     {bare_rate:8.1f} req/s  p50 {ms(percentile(bare_latencies, 0.5))}  (median round)"
+    )
+    speech_p50 = ms(percentile(speech_latencies, 0.5))
+    print(f"generateSpeech    {speech_rate:8.1f} req/s  p50 {speech_p50}  (median round)")
+    rates = [pair.speech_rate / pair.bare_rate for pair in rounds]
+    print(f"ratio             {_spread(rates)}  (target >= 0.5)")
+    bare_cpu = statistics.median(pair.bare_cpu for pair in rounds)
+    speech_cpu = statistics.median(pair.speech_cpu for pair in rounds)
+    cpu_ratios = [pair.bare_cpu / pair.speech_cpu for pair in rounds]
     print(
         f"API CPU per request: bare {bare_cpu * 1000:.2f} ms, generateSpeech {speech_cpu * 1000:.2f} ms "
-        f"(ratio {bare_cpu / speech_cpu:.2f}; steadier than req/s on a busy machine)"
+        f"(ratio {_spread(cpu_ratios)}; steadier than req/s on a busy machine)"
     )
     print(
         f"at {args.rate:g} req/s for {args.seconds:g} s: generateSpeech p50 {ms(percentile(fixed, 0.5))}, "
@@ -104,7 +148,8 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="per endpoint, over all rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (median ratio)")
     parser.add_argument("--rate", type=float, default=50, help="fixed request rate for the latency run")
     args = parser.parse_args()
     with service_stack(log_level="WARNING") as stack:
