@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -294,6 +295,14 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(math.ceil(fraction * len(ordered)), 1)
     return ordered[rank - 1]
+
+
+def spread(values: Sequence[float]) -> str:
+    """The median of some ratios, with their range when there are several (a bench's rounds)."""
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.2f}"
+    return f"{middle:.2f} ({min(values):.2f}-{max(values):.2f} over {len(values)} rounds)"
 
 
 def ms(seconds: float) -> str:

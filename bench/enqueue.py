@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import SPEECH_MUTATION, CpuMeter, Stack, ms, percentile, service_stack
+from bench.common import SPEECH_MUTATION, CpuMeter, Stack, ms, percentile, service_stack, spread
 
 BARE_MUTATION = {"query": "mutation { ping }"}
 
@@ -100,14 +100,6 @@ async def _pair(
     return _Pair(bare_rate, bare_latencies, bare_cpu, speech_rate, speech_latencies, speech_cpu)
 
 
-def _spread(values: list[float]) -> str:
-    """The median of some ratios, with their range when there are several."""
-    middle = statistics.median(values)
-    if len(values) == 1:
-        return f"{middle:.2f}"
-    return f"{middle:.2f} ({min(values):.2f}-{max(values):.2f} over {len(values)} rounds)"
-
-
 async def measure(stack: Stack, url: str, api_pid: int, args: argparse.Namespace) -> None:
     counter = itertools.count()
     api_cpu = CpuMeter({"api": [api_pid]})
@@ -128,13 +120,13 @@ async def measure(stack: Stack, url: str, api_pid: int, args: argparse.Namespace
     speech_p50 = ms(percentile(speech_latencies, 0.5))
     print(f"generateSpeech    {speech_rate:8.1f} req/s  p50 {speech_p50}  (median round)")
     rates = [pair.speech_rate / pair.bare_rate for pair in rounds]
-    print(f"ratio             {_spread(rates)}  (target >= 0.5)")
+    print(f"ratio             {spread(rates)}  (target >= 0.5)")
     bare_cpu = statistics.median(pair.bare_cpu for pair in rounds)
     speech_cpu = statistics.median(pair.speech_cpu for pair in rounds)
     cpu_ratios = [pair.bare_cpu / pair.speech_cpu for pair in rounds]
     print(
         f"API CPU per request: bare {bare_cpu * 1000:.2f} ms, generateSpeech {speech_cpu * 1000:.2f} ms "
-        f"(ratio {_spread(cpu_ratios)}; steadier than req/s on a busy machine)"
+        f"(ratio {spread(cpu_ratios)}; steadier than req/s on a busy machine)"
     )
     print(
         f"at {args.rate:g} req/s for {args.seconds:g} s: generateSpeech p50 {ms(percentile(fixed, 0.5))}, "

@@ -51,6 +51,7 @@ from bench.common import (
     Stack,
     descendants,
     service_stack,
+    spread,
 )
 
 PLAIN_QUEUE = "bench-plain"
@@ -379,14 +380,6 @@ def _median_drain(drains: list[Drain]) -> Drain:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _spread(values: list[float]) -> str:
-    """The median of some ratios, with their range when there are several."""
-    middle = statistics.median(values)
-    if len(values) == 1:
-        return f"{middle:5.2f}"
-    return f"{middle:5.2f}  ({min(values):.2f}-{max(values):.2f} over {len(values)} rounds)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -418,12 +411,12 @@ def main() -> None:
         print(f"{name:54s} {rate} {drain.cpu_left:8.2f}c {drain.worker_cpu_ms:13.1f}ms {rss:>18s}")
     for label, row, baseline, target in RATIOS:
         ratios = [drains[row].rate / drains[baseline].rate for drains in rounds]
-        print(f"{label + ':':31s} {_spread(ratios)}  (target {target})")
+        print(f"{label + ':':31s} {spread(ratios)}  (target {target})")
         if row == "Claimcheck, two workers":
             at_work = [
                 (drains[row].rate_at_work or 0) / (drains[baseline].rate_at_work or 1) for drains in rounds
             ]
-            print(f"  once at work (start-up out):  {_spread(at_work)}")
+            print(f"  once at work (start-up out):  {spread(at_work)}")
     one = rows["Claimcheck, one worker"]
     print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / work:.1f} ms")
     for done, rss_mib in samples:

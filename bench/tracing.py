@@ -1,7 +1,9 @@
 """The cost of tracing: mutation throughput and worker jobs/s with spans exported over OTLP to a local
-collector-like sink, beside tracing off, in one run (target ratio >= 0.85 for both).
+collector-like sink, beside tracing off, in one run (target ratio >= 0.85 for both). Off and on run in
+turn `--rounds` times (3 by default; the machine's speed moves from one minute to the next): the
+ratios printed are the medians of the rounds' ratios, with their range.
 
-    python -m bench.tracing [--seconds 10] [--jobs 200] [--concurrency 16]
+    python -m bench.tracing [--seconds 10] [--jobs 200] [--concurrency 16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import statistics
 import time
 
 import httpx
 
-from bench.common import Stack, UvicornApi, new_tenant, service_stack
+from bench.common import Stack, UvicornApi, new_tenant, service_stack, spread
 from bench.enqueue import closed_loop, speech_body
 
 
@@ -85,17 +88,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="off and on in turn, this many times")
     args = parser.parse_args()
     with service_stack(log_level="WARNING") as stack:
         sink = UvicornApi("bench.otlp_sink:create", stack.env, stack.workdir / "sink.log")
         stack.processes.append(sink)
         sink.start()
-        off = measure(stack, args, "none", sink.url)
-        on = measure(stack, args, "otlp", sink.url)
+        pairs = [
+            (measure(stack, args, "none", sink.url), measure(stack, args, "otlp", sink.url))
+            for _ in range(args.rounds)
+        ]
         exported = httpx.get(f"{sink.url}/stats").json()
-    print(f"tracing off: {off[0]:7.1f} mutations/s, {off[1]:6.1f} jobs/s (one worker)")
-    print(f"tracing on:  {on[0]:7.1f} mutations/s, {on[1]:6.1f} jobs/s ({exported['requests']} OTLP exports)")
-    print(f"ratio:       {on[0] / off[0]:7.2f} mutations, {on[1] / off[1]:6.2f} jobs  (target >= 0.85)")
+    off_mutations = statistics.median(off[0] for off, _ in pairs)
+    off_jobs = statistics.median(off[1] for off, _ in pairs)
+    on_mutations = statistics.median(on[0] for _, on in pairs)
+    on_jobs = statistics.median(on[1] for _, on in pairs)
+    print(
+        f"tracing off: {off_mutations:7.1f} mutations/s, {off_jobs:6.1f} jobs/s (one worker; median rounds)"
+    )
+    exports = exported["requests"]
+    print(f"tracing on:  {on_mutations:7.1f} mutations/s, {on_jobs:6.1f} jobs/s ({exports} OTLP exports)")
+    mutations = spread([on[0] / off[0] for off, on in pairs])
+    jobs = spread([on[1] / off[1] for off, on in pairs])
+    print(f"ratio:       {mutations} mutations, {jobs} jobs  (target >= 0.85)")
 
 
 if __name__ == "__main__":

@@ -166,7 +166,8 @@ class Heartbeat:
 @contextmanager
 def run_transaction() -> Iterator[Session]:
     """A transaction of the run: its writes nobody reads back (the webhook events of its transitions,
-    the deliverers' wake-up) go to Postgres with its next round trip, at the latest its commit."""
+    the deliverers' wake-up) and the job row's changes go to Postgres with its next round trip, at the
+    latest its commit: a transition is its reads (with BEGIN) and its writes (with COMMIT)."""
     with session_scope() as session:
         defer_writes(session)
         yield session
