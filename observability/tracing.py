@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -451,6 +451,28 @@ def instrument_sqlalchemy(engine: Any) -> bool:
     EngineTracer(provider.get_tracer(_SQLALCHEMY_SCOPE), engine, _connections_usage())  # type: ignore[no-untyped-call]
     _instrumented_engines.add(engine)
     return True
+
+
+_PIPELINE_SCOPE = "claimcheck.db.pipeline"
+MAX_PIPELINE_STATEMENT_CHARS = 4000
+
+
+def pipeline_span(engine: Any, statements: Iterable[str]) -> contextlib.AbstractContextManager[object]:
+    """A client span for one round trip of pipelined statements (psycopg's pipeline mode, which goes
+    past SQLAlchemy's events and so past its instrumentation) on an engine whose statements get client
+    spans (instrument_sqlalchemy); only under an existing span, and nothing otherwise. The SQL is
+    recorded without its parameters."""
+    provider = child_only_provider() if engine in _instrumented_engines else None
+    if provider is None:
+        return contextlib.nullcontext()
+    sql = list(statements)
+    attributes: types.Attributes = {
+        "db.system": "postgresql",
+        "db.operation.batch.size": len(sql),
+        "db.statement": "; ".join(sql)[:MAX_PIPELINE_STATEMENT_CHARS],
+    }
+    tracer = provider.get_tracer(_PIPELINE_SCOPE)
+    return tracer.start_as_current_span("postgresql pipeline", kind=SpanKind.CLIENT, attributes=attributes)
 
 
 def instrument_redis() -> bool:

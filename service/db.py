@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session as SASession
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
 
+from observability.tracing import pipeline_span
 from service.outages import log_failure
 from service.settings import get_settings
 
@@ -310,8 +312,9 @@ def _pipelined(
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
     rows: list[list[Any]] = []
+    sent = (sql for sql, _ in itertools.chain([settings] if settings else [], writes, statements))
     try:
-        with raw.pipeline() as pipeline:
+        with pipeline_span(connection.engine, sent), raw.pipeline() as pipeline:
             if settings is not None or writes:
                 with raw.cursor() as cursor:
                     for sql, parameters in [settings, *writes] if settings is not None else writes:
