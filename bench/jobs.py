@@ -208,10 +208,10 @@ def claimcheck(
         process.stop()
         stack.processes.remove(process)
     cpu_left = window.cores - window.machine_busy
-    return Drain(count, seconds, cpu_left, rss.first, rss.last, cpu, _at_work(ids))
+    return Drain(count, seconds, cpu_left, rss.first, rss.last, cpu, at_work(ids))
 
 
-def _at_work(ids: list[str]) -> float:
+def at_work(ids: list[str]) -> float:
     """Seconds from the first of these jobs' start to the last one's end."""
     from sqlalchemy import text
 
@@ -413,10 +413,10 @@ def main() -> None:
         ratios = [drains[row].rate / drains[baseline].rate for drains in rounds]
         print(f"{label + ':':31s} {spread(ratios)}  (target {target})")
         if row == "Claimcheck, two workers":
-            at_work = [
+            at_work_ratios = [
                 (drains[row].rate_at_work or 0) / (drains[baseline].rate_at_work or 1) for drains in rounds
             ]
-            print(f"  once at work (start-up out):  {spread(at_work)}")
+            print(f"  once at work (start-up out):  {spread(at_work_ratios)}")
     one = rows["Claimcheck, one worker"]
     print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / work:.1f} ms")
     for done, rss_mib in samples:
