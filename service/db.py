@@ -230,7 +230,7 @@ def _row_updates(session: SASession) -> list[Statement]:
 def _column_changes(state: InstanceState[Any]) -> dict[str, Any] | None:
     """The row's changed column attributes and their new values; None when the ORM must write it."""
     mapper = state.mapper
-    if state.identity is None or mapper.version_id_col is not None or len(mapper.tables) != 1:
+    if state.identity is None or not _plain_table(mapper):
         return None
     changes: dict[str, Any] = {}
     for key in state.committed_state:
@@ -242,6 +242,17 @@ def _column_changes(state: InstanceState[Any]) -> dict[str, Any] | None:
         if state.attrs[key].history.has_changes():
             changes[key] = state.dict[key]
     return changes
+
+
+@lru_cache(maxsize=256)
+def _plain_table(mapper: Mapper[Any]) -> bool:
+    """Whether an UPDATE of the changed columns is all the ORM would send for a row of this mapper:
+    one table, no version counter, no column the ORM or Postgres fills on update (onupdate)."""
+    if mapper.version_id_col is not None or len(mapper.tables) != 1:
+        return False
+    return not any(
+        column.onupdate is not None or column.server_onupdate is not None for column in mapper.local_table.c
+    )
 
 
 @lru_cache(maxsize=256)

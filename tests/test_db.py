@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlmodel import Session, text
 
 from service.db import (
@@ -310,3 +311,27 @@ def test_read_and_commit_ends_the_transaction_in_the_same_round_trip(env: dict[s
     finally:
         with session_scope() as session:
             run_pipelined(session, [("DROP TABLE committed_read", {})])
+
+
+class _Base(DeclarativeBase):
+    """A registry of its own: the test's table stays out of the schema's metadata."""
+
+
+class _Touched(_Base):
+    __tablename__ = "held_touched"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int]
+    touched: Mapped[int] = mapped_column(onupdate=lambda: 7)
+
+
+def test_a_row_with_an_onupdate_column_is_left_to_the_orms_flush(holding: Session) -> None:
+    session = holding
+    create = "CREATE TEMPORARY TABLE held_touched (id int PRIMARY KEY, n int, touched int)"
+    run_pipelined(session, [(create, {}), ("INSERT INTO held_touched VALUES (1, 1, 0)", {})])
+    row = session.get(_Touched, 1)
+    assert row is not None
+    row.n = 2
+    flush(session)  # the ORM writes it, onupdate and all, at once: nothing held
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    assert raw.execute("SELECT n, touched FROM held_touched").fetchone() == (2, 7)
