@@ -16,7 +16,6 @@ import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,17 +83,10 @@ class _UvicornCommand(ServiceProcess):
     """Runs `python -m uvicorn APP --factory ARGS` instead of `python -m service.cli ARGS`."""
 
     app = ""
+    cwd = REPO_ROOT
 
-    def start(self) -> ServiceProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", self.app, "--factory", "--proxy-headers", *self.args],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", self.app, "--factory", "--proxy-headers", *self.args]
 
 
 class UvicornApi(ApiProcess, _UvicornCommand):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -162,16 +161,10 @@ class _ReceiverProcess(ServiceProcess):
         self.control_port = free_port()
         super().__init__(["--port", str(port), "--control-port", str(self.control_port)], env, log_path)
 
-    def start(self) -> ServiceProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.fast_receiver", *self.args],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
+    cwd = REPO_ROOT
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.fast_receiver", *self.args]
 
 
 class Receiver:

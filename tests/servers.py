@@ -46,13 +46,17 @@ class ServiceProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
+    cwd: Path | None = None
+    """Where the process runs (None: here)."""
+
+    def command(self) -> list[str]:
+        """The command line: `python -m service.cli ARGS`."""
+        return [sys.executable, "-m", "service.cli", *self.args]
+
     def start(self) -> ServiceProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *self.args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                self.command(), env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
             )
         return self
 
