@@ -124,27 +124,29 @@ def run_pipelined(session: Session, statements: Sequence[Statement]) -> None:
     _pipelined(session, statements)
 
 
-def write_with_next(session: Session, statement: Statement) -> None:
-    """A write nobody reads the result of, sent along with the transaction's next round trip to
+def write_with_next(session: Session, *statements: Statement) -> None:
+    """Writes nobody reads the result of, sent along with the transaction's next round trip to
     Postgres when it defers writes (defer_writes): the next run_pipelined, read_pipelined or
     read_together, else just before any other statement or the commit (after the ORM's flush), in
-    the order written. Otherwise it is sent now, after the ORM's flush (as a statement through the
-    session would be), in a round trip of its own."""
+    the order written. Otherwise they are sent now, after the ORM's flush (as a statement through the
+    session would be), in a round trip of their own."""
     deferred = _deferred(session)
     if deferred is None:
         session.flush()
-        run_pipelined(session, [statement])
+        run_pipelined(session, statements)
     else:
-        deferred.append(statement)
+        deferred.extend(statements)
 
 
 def defer_writes(session: Session) -> None:
     """Until the session's transaction ends, write_with_next holds writes for the next round trip:
-    for transactions that write several rows nobody reads back (a job's transition and its webhook
-    events). Such a transaction may not open a savepoint while writes are held (a rollback to it
-    would take them along)."""
+    for transactions that write several rows nobody reads back (a job's creation or transition and
+    its webhook events). A savepoint opened meanwhile begins after the writes held so far, and its
+    own writes are sent as they come. Asked again in the same transaction, it keeps what is held."""
     transaction = session.get_transaction() or session.begin()
-    session.info[_DEFERRED] = (transaction, [])
+    held: tuple[SessionTransaction, list[Statement]] | None = session.info.get(_DEFERRED)
+    if held is None or held[0] is not transaction:
+        session.info[_DEFERRED] = (transaction, [])
 
 
 def flush(session: Session) -> None:
@@ -272,10 +274,16 @@ def _update_sql(
 
 
 @event.listens_for(SASession, "after_transaction_create")
-def _refuse_savepoint_over_deferred(session: SASession, transaction: SessionTransaction) -> None:
+def _send_held_before_savepoint(session: SASession, transaction: SessionTransaction) -> None:
+    """A savepoint begins after the writes held before it, so rolling back to it keeps them: they are
+    sent now, on the transaction's connection (SQLAlchemy sends the SAVEPOINT with the savepoint's
+    first statement, after these). Inside it, writes are sent as they come."""
     held: tuple[SessionTransaction, list[Statement]] | None = session.info.get(_DEFERRED)
-    if transaction.nested and held is not None and held[1] and held[0] is session.get_transaction():
-        raise RuntimeError("a savepoint was opened while writes were deferred (service.db.defer_writes)")
+    if not transaction.nested or held is None or not held[1] or held[0] is not session.get_transaction():
+        return
+    writes = list(held[1])
+    held[1].clear()
+    _pipelined(cast(Session, session), writes, connection=held[0].connection(None))
 
 
 @event.listens_for(SASession, "after_transaction_end")
@@ -313,12 +321,17 @@ def read_and_commit(session: Session, statements: Sequence[Statement]) -> list[l
 
 
 def _pipelined(
-    session: Session, statements: Sequence[Statement], row_factory: RowFactory[Any] | None = None
+    session: Session,
+    statements: Sequence[Statement],
+    row_factory: RowFactory[Any] | None = None,
+    *,
+    connection: Connection | None = None,
 ) -> list[list[Any]]:
     """The statements in one round trip, after the tenant's settings if they are still to be sent;
-    with a row factory, each statement's rows (none for a statement that returns no rows)."""
+    with a row factory, each statement's rows (none for a statement that returns no rows). On the
+    session's connection, or the given one (its transaction's, before a savepoint begins)."""
     settings = session.info.pop(_TENANT_SETTINGS, None)  # taken before the transaction begins
-    connection = session.connection()
+    connection = session.connection() if connection is None else connection
     writes = _take_deferred(session)
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"

@@ -31,6 +31,7 @@ from service.db import (
     read_together,
     run_pipelined,
     session_scope,
+    tenant_session_scope,
     write_with_next,
 )
 from service.jobs.models import Job
@@ -167,6 +168,15 @@ def test_held_writes_go_with_the_next_pipeline_in_order(holding: Session) -> Non
     assert _sent(holding) == []  # ON COMMIT DELETE ROWS: they were in the transaction that committed
 
 
+def test_asking_again_to_hold_writes_keeps_those_held(holding: Session) -> None:
+    write_with_next(holding, (HELD, {"n": 1}), (HELD, {"n": 2}))
+    defer_writes(holding)  # a second writer in the same transaction
+    write_with_next(holding, (HELD, {"n": 3}))
+    assert _sent(holding) == []
+    [rows] = read_pipelined(holding, [("SELECT array_agg(n ORDER BY n) AS ns FROM held", {})])
+    assert rows == [{"ns": [1, 2, 3]}]
+
+
 def test_held_writes_go_with_the_commit_and_the_session_goes_on(env: dict[str, str]) -> None:
     committed: list[str] = []
     with session_scope() as session:
@@ -196,17 +206,34 @@ def test_held_writes_go_with_a_rollback_and_not_into_the_next_transaction(holdin
     assert _sent(holding) == [2]
 
 
-def test_a_savepoint_is_refused_while_writes_are_held(holding: Session) -> None:
+def test_a_savepoint_begins_after_the_writes_held_before_it(holding: Session) -> None:
     session = holding
     write_with_next(session, (HELD, {"n": 1}))
-    with pytest.raises(RuntimeError, match="savepoint"):
-        session.begin_nested()
-    session.rollback()
-    defer_writes(session)
-    _held_table(session)
-    with session.begin_nested():  # nothing held: allowed, and a write in it is not held
-        write_with_next(session, (HELD, {"n": 5}))
-        assert _sent(session) == [5]
+    savepoint = session.begin_nested()
+    assert _sent(session) == [1]  # sent before the SAVEPOINT
+    write_with_next(session, (HELD, {"n": 2}))  # inside it: sent as it comes
+    assert _sent(session) == [1, 2]
+    savepoint.rollback()
+    assert _sent(session) == [1]  # the rollback takes only what the savepoint wrote
+    write_with_next(session, (HELD, {"n": 3}))  # held again once it ended
+    assert _sent(session) == [1]
+    [rows] = read_pipelined(session, [("SELECT array_agg(n ORDER BY n) AS ns FROM held", {})])
+    assert rows == [{"ns": [1, 3]}]
+
+
+def test_a_tenant_savepoint_sends_the_tenants_settings_with_the_writes_held_before_it(
+    tenant: TenantHandle,
+) -> None:
+    with tenant_session_scope(tenant.id) as session:
+        defer_writes(session)
+        write_with_next(session, ("SELECT set_config('claimcheck.probe', 'held', true)", {}))
+        with session.begin_nested():
+            seen = session.execute(
+                text(
+                    "SELECT current_setting('app.tenant_id', true), current_setting('claimcheck.probe', true)"
+                )
+            ).one()
+    assert tuple(seen) == (tenant.id, "held")
 
 
 @pytest.fixture
