@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
-from service.db import Statement, run_pipelined, write_with_next
+from service.db import Statement, write_with_next
 from service.ids import first_id_at
 from service.jobs.models import Job, JobEvent, JobOutbox, JobStatus
 from service.models import construct, utcnow
@@ -150,8 +150,9 @@ _INSERT_OUTBOX: LiteralString = (
 def insert_queued(session: Session, job: Job, event_type: str, event_data: dict[str, Any] | None) -> None:
     """Write a new job with its first event in one statement, then its outbox row (the outbox's
     row-level security looks for the job, which the first statement's own snapshot cannot see), both
-    in one round trip. Plain SQL built once: this runs for every job created, and building the
-    statement per call cost more than running it."""
+    in one round trip: the transaction's next when it defers writes (service.db.write_with_next),
+    else now. Plain SQL built once: this runs for every job created, and building the statement per
+    call cost more than running it."""
     row = job.model_dump()
     for name in _JSON_COLUMNS:
         if row[name] is not None:
@@ -161,9 +162,10 @@ def insert_queued(session: Session, job: Job, event_type: str, event_data: dict[
         "event_at": utcnow(),
         "event_data": None if event_data is None else json.dumps(event_data),
     }
-    run_pipelined(
+    write_with_next(
         session,
-        [(_INSERT_QUEUED, {**row, **event}), (_INSERT_OUTBOX, {"job_id": job.id, "created_at": utcnow()})],
+        (_INSERT_QUEUED, {**row, **event}),
+        (_INSERT_OUTBOX, {"job_id": job.id, "created_at": utcnow()}),
     )
 
 

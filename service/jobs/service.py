@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from observability.metrics import record_job_created, record_job_finished, record_rate_limited
 from observability.tracing import inject, set_ids
-from service.db import PendingRead, after_commit, flush, read_together
+from service.db import PendingRead, after_commit, defer_writes, flush, read_together
 from service.errors import (
     ForbiddenError,
     IdempotencyConflictError,
@@ -107,7 +107,9 @@ def create_job(
     deadline: datetime | None = None,
 ) -> Job:
     """A new QUEUED job of the caller's tenant, its first event and its outbox row; enqueued once the
-    caller commits. A principal brings its tenant's limits; a tenant id has them read.
+    caller commits. A principal brings its tenant's limits; a tenant id has them read. Without an
+    idempotency key the new rows are held for the caller's COMMIT (service.db.defer_writes): the
+    checks' reads are one round trip to Postgres, the writes and the COMMIT another.
 
     With an idempotency key already used by this tenant: the same input returns the earlier job
     (nothing new is written or enqueued, and no rate-limit token is taken); a different input is an
@@ -162,6 +164,7 @@ def create_job(
         _publish_event(session, job, event_type, event_data)
 
     if idempotency_key is None:
+        defer_writes(session)  # nothing reads the new rows back: they go with the COMMIT
         write()
     else:
         try:

@@ -1,14 +1,20 @@
 """Creating a job reads what its first event needs (the tenant's endpoints, whether a listener
-streams) once, along with the quota's count and the rate check, and still delivers to every endpoint."""
+streams) once, along with the quota's count and the rate check, and still delivers to every endpoint.
+Its rows go with the COMMIT: two round trips to Postgres in all."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 from sqlmodel import col, select
 
+from observability import tracing
+from service import db
 from service.db import AFTER_COMMIT, get_engine, session_scope, tenant_session_scope
+from service.jobs.models import Job, JobOutbox
 from service.jobs.service import create_job
 from service.principal import Principal
 from service.tenants.service import limits_for
@@ -69,3 +75,51 @@ def test_a_new_jobs_event_is_recorded_while_a_listener_streams(tenant: TenantHan
     with tenant_session_scope(tenant.id) as session:
         events = session.exec(select(WebhookEvent.type).where(WebhookEvent.job_id == job.id)).all()
     assert events == ["job.queued"]
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
+    """The SQL of each pipelined round trip to Postgres, and (as one each) of the statements
+    SQLAlchemy sends one at a time, while the test runs."""
+    sent: list[list[str]] = []
+    pipeline_span = tracing.pipeline_span
+
+    def noting(engine: Any, statements: Iterable[str]) -> Any:
+        sent.append(list(statements))
+        return pipeline_span(engine, sent[-1])
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        sent.append([sql])
+
+    monkeypatch.setattr(db, "pipeline_span", noting)
+    event.listen(get_engine(), "before_cursor_execute", statement)
+    yield sent
+    event.remove(get_engine(), "before_cursor_execute", statement)
+
+
+def test_a_new_job_costs_two_round_trips_its_reads_then_its_rows_with_the_commit(
+    gql: GraphQLClient, tenant: TenantHandle, round_trips: list[list[str]]
+) -> None:
+    endpoint_id = gql(CREATE_ENDPOINT, {"u": "http://127.0.0.1:9/hook"})["createWebhookEndpoint"]["endpoint"][
+        "id"
+    ]
+    caller = _caller(tenant)
+    round_trips.clear()
+    with tenant_session_scope(tenant.id) as session:
+        job = create_job(session, caller, "test-slow", {"seconds": 1}, None)
+        session.info.pop(AFTER_COMMIT, None)  # no worker takes it
+    reads, writes = round_trips  # nothing else: no flush, no statement of its own, no lone COMMIT
+    assert any("webhook_endpoints" in sql for sql in reads)
+    assert not any(sql.startswith("INSERT") for sql in reads)
+    written = ["INSERT INTO jobs", "INSERT INTO job_outbox", "INSERT INTO webhook_events", "pg_notify"]
+    written.append("COMMIT")
+    assert [next((w for w in written if w in sql), sql) for sql in writes] == written
+    with tenant_session_scope(tenant.id) as session:
+        assert session.get(Job, job.id) is not None
+        assert session.get(JobOutbox, job.id) is not None
+        delivered = session.exec(
+            select(WebhookDelivery.endpoint_id)
+            .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
+            .where(WebhookEvent.job_id == job.id)
+        ).all()
+    assert delivered == [endpoint_id]
