@@ -40,6 +40,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -120,6 +121,11 @@ class Drain:
         return (self.jobs - 1) / self.at_work if self.at_work else None
 
     @property
+    def start_up(self) -> float:
+        """Seconds from the workers' launch to the first job's start."""
+        return self.seconds - (self.at_work or 0.0)
+
+    @property
     def worker_cpu_ms(self) -> float:
         """The workers' CPU per job: what the drain costs them, whatever else the machine runs."""
         return 1000 * self.worker_cpu / self.jobs
@@ -194,25 +200,26 @@ def claimcheck(
     ids = submit(api_url, stack, count, start, priorities)
     meter = CpuMeter({})
     meter.start()
-    started = time.perf_counter()
+    launched = datetime.now(UTC)
     processes = [stack.start_worker(api_url) for _ in range(workers)]
     rss = _Rss(*(process.pid for process in processes))
-    cpu = 0.0
-    while _unfinished() > 0:
+    while _unfinished() > 0:  # the drain's end is read from the jobs' rows: a slow poll costs no accuracy
         rss.sample()
-        cpu = max(cpu, worker_cpu(*(process.pid for process in processes)))
-        time.sleep(0.05)
-    seconds = time.perf_counter() - started
+        time.sleep(0.2)
+    rss.sample()
+    cpu = worker_cpu(*(process.pid for process in processes))
     window = meter.stop()
     for process in processes:
         process.stop()
         stack.processes.remove(process)
+    first_start, last_end = run_span(ids)
     cpu_left = window.cores - window.machine_busy
-    return Drain(count, seconds, cpu_left, rss.first, rss.last, cpu, at_work(ids))
+    seconds = (last_end - launched).total_seconds()
+    return Drain(count, seconds, cpu_left, rss.first, rss.last, cpu, (last_end - first_start).total_seconds())
 
 
-def at_work(ids: list[str]) -> float:
-    """Seconds from the first of these jobs' start to the last one's end."""
+def run_span(ids: list[str]) -> tuple[datetime, datetime]:
+    """When the first of these jobs started and the last one ended."""
     from sqlalchemy import text
 
     from service.db import session_scope
@@ -220,6 +227,12 @@ def at_work(ids: list[str]) -> float:
     with session_scope() as session:
         statement = text("SELECT min(started_at), max(finished_at) FROM jobs WHERE id = ANY(:ids)")
         first, last = session.execute(statement, {"ids": ids}).one()
+    return first, last
+
+
+def at_work(ids: list[str]) -> float:
+    """Seconds from the first of these jobs' start to the last one's end."""
+    first, last = run_span(ids)
     return float((last - first).total_seconds())
 
 
@@ -417,6 +430,11 @@ def main() -> None:
                 (drains[row].rate_at_work or 0) / (drains[baseline].rate_at_work or 1) for drains in rounds
             ]
             print(f"  once at work (start-up out):  {spread(at_work_ratios)}")
+            start_ups = [
+                f"{statistics.median(drains[name].start_up for drains in rounds):.2f} s"
+                for name in (baseline, row)
+            ]
+            print(f"  start-up, launch to first job start: one {start_ups[0]}, two {start_ups[1]}")
     one = rows["Claimcheck, one worker"]
     print(f"Claimcheck per job beyond the work: {1000 / one.rate - 1000 / work:.1f} ms")
     for done, rss_mib in samples:
