@@ -196,7 +196,7 @@ def _send_deferred_with_commit(session: SASession) -> None:
     transition's own row goes in that round trip too. The commit SQLAlchemy then asks of psycopg finds
     the transaction ended and sends nothing (psycopg commits only a connection inside a transaction).
     A COMMIT that fails raises here, and the session rolls back."""
-    held = None if session.in_nested_transaction() else _deferred(session)
+    held = _deferred(session)
     if held is None:
         return
     held += _row_updates(session)

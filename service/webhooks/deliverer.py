@@ -57,14 +57,10 @@ class Deliverer:
     async def run(self, stop: asyncio.Event) -> None:
         listener = asyncio.create_task(self._listen(stop))
         recorder = asyncio.create_task(self._record_loop())
-        loop = asyncio.get_running_loop()
         last_claim = -CLAIM_INTERVAL
         try:
             while not stop.is_set():
-                wait = last_claim + CLAIM_INTERVAL - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                last_claim = loop.time()
+                last_claim = await _not_before(last_claim + CLAIM_INTERVAL)
                 self.wake.clear()
                 try:
                     full = await self._claim_and_send()
@@ -132,14 +128,10 @@ class Deliverer:
         """Record outcomes as they come, at most every RECORD_INTERVAL (under load, in batches; after a
         quiet spell, at once). An idle deliverer does not wake for it (it did 20 times a second); a
         batch that could not be recorded is tried again."""
-        loop = asyncio.get_running_loop()
         last_record = -RECORD_INTERVAL
         while True:
             await self.to_record.wait()
-            wait = last_record + RECORD_INTERVAL - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            last_record = loop.time()
+            last_record = await _not_before(last_record + RECORD_INTERVAL)
             self.to_record.clear()
             await self._flush()
             if self.outcomes:
@@ -182,6 +174,15 @@ class Deliverer:
 
     def _record(self, outcomes: list[Outcome]) -> None:
         store(outcomes, self.settings)
+
+
+async def _not_before(moment: float) -> float:
+    """Sleep until the event loop's clock reaches moment (at once if it has); the time then."""
+    loop = asyncio.get_running_loop()
+    wait = moment - loop.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
+    return loop.time()
 
 
 def _quarter(slots: int) -> int:
