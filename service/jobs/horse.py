@@ -32,6 +32,7 @@ from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import now
+from rq.worker.base import WorkerStatus
 
 from observability.tracing import flush
 from service.jobs.runner import RunResult
@@ -108,6 +109,38 @@ class HorseWorker(SimpleWorker):
         super().check_for_suspension(burst)
         self._last_suspension_check = time.monotonic()
 
+    _preparing: Pipeline | None = None
+    """The first half of a job's bookkeeping (prepare_execution), sent with the second."""
+
+    def prepare_execution(self, job: RQJob) -> Execution:
+        """RQ records the job's execution and the worker's BUSY state in a round trip of their own,
+        then the heartbeats and the job's STARTED in another (prepare_job_execution): here the first
+        half is queued and goes with the second, so a job's start costs Redis one round trip."""
+        pipeline = self.connection.pipeline()
+        execution = Execution.create(
+            job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
+        )
+        self.executions[execution.id] = execution
+        self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+        self._preparing = pipeline
+        return execution
+
+    def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's own bookkeeping before the job runs, sent with what prepare_execution queued."""
+        pipeline, self._preparing = self._preparing, None
+        if pipeline is None:
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
+        with pipeline:
+            heartbeat_ttl = self.get_heartbeat_ttl(job)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+            job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            pipeline.persist(job.key)
+            if remove_from_intermediate_queue:
+                pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipeline.execute()
+
     def handle_execution_ended(self, job: RQJob, queue: Queue, heartbeat_ttl: int) -> None:  # noqa: ARG002
         """RQ refreshes the job's heartbeat here for its callbacks; Claimcheck's jobs have none, and
         their record is deleted right after (result_ttl=0), in the same round trip as the outcome."""
@@ -119,9 +152,9 @@ class HorseWorker(SimpleWorker):
         """RQ's success bookkeeping in one round trip, where RQ takes eight: Claimcheck's jobs have
         no RQ dependents, repeats, groups, rate limits or kept results (their outcome lives in
         Postgres), so RQ's WATCH, its dependents read and the reads that find the job's registries
-        and executions are skipped: the job's record and this execution are deleted. (An execution
-        of an earlier run, whose horse died, is forgotten by the supervisor or RQ's registry
-        cleanup.) Any other job takes RQ's own path."""
+        and executions are skipped: the job's record and this execution are deleted, and the worker
+        goes IDLE in the same round trip. (An execution of an earlier run, whose horse died, is
+        forgotten by the supervisor or RQ's registry cleanup.) Any other job takes RQ's own path."""
         if (
             job.repeats_left
             or job.has_rate_limit
@@ -143,6 +176,7 @@ class HorseWorker(SimpleWorker):
                 job.execution_registry.key,
             )
             job._status = RQStatus.FINISHED  # as RQ's own success path sets it
+            self.set_state(WorkerStatus.IDLE, pipeline)  # RQ writes it after the job, alone
             pipeline.execute()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:

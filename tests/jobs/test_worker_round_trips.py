@@ -163,8 +163,10 @@ def test_the_work_horse_runs_a_job_in_a_few_redis_round_trips_and_leaves_no_rq_r
     with session_scope() as session:
         statuses = {session.get(Job, job_id).status for job_id in job_ids}  # type: ignore[union-attr]
     assert statuses == {JobStatus.SUCCEEDED}
-    # RQ's own bookkeeping took 23 per job (worker state, suspension, job heartbeat, registry reads).
-    assert sent / count <= 16, f"{sent / count:.1f} Redis round trips per job"
+    # RQ's own bookkeeping took 23 per job (worker state, suspension, job heartbeat, registry reads);
+    # here: the take, the job's record, one before it runs and one after (with the worker's IDLE),
+    # and the job's own (its listener checks and announcements). 13.6 before the start's two were one.
+    assert sent / count <= 12.5, f"{sent / count:.1f} Redis round trips per job"
     leftovers = [key.decode() for key in Redis.from_url(env["REDIS_URL"]).keys("rq:*")]  # type: ignore[union-attr]
     for job_id in job_ids:
         assert not [key for key in leftovers if job_id in key], leftovers
