@@ -18,13 +18,16 @@ workers' own CPU per job (start-up included; less swayed by what else the machin
 rates), each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2, 4 >= 0.8x 3, 5 >= 1.6x 3,
 7 >= 0.95x its all-NORMAL run).
 Every drain starts with the queue full and the worker not yet running, and ends when the last job is
-done; the worker's start-up is counted, as it would be for RQ. The whole list runs `--rounds` times
+done; the worker's start-up is counted, as it would be for RQ. Drains are 1,000 jobs long by default:
+each worker's start-up (some 0.6 s of a core, mostly imports) is paid once per drain and per worker,
+so in a drain of 300 it was a fifth of four workers' CPU and an eighth of one worker's time, and the
+scaling rows measured start-ups more than the workers at work. The whole list runs `--rounds` times
 (3 by default): a shared 2-core machine swings by 10-20 % from one drain to the next, so the table
 gives each row's median drain, and each ratio is the median of the rounds' ratios (each round's pair
 run minutes apart at most), with its range. `--rss-jobs N` adds a long run of N jobs through one
 worker, sampling its RSS as it goes.
 
-    python -m bench.jobs [--jobs 300] [--rounds 3] [--rss-jobs 0]
+    python -m bench.jobs [--jobs 1000] [--rounds 3] [--rss-jobs 0]
 """
 
 from __future__ import annotations
@@ -397,7 +400,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=300, help="jobs per drain")
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs per drain")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every drain (medians)")
     parser.add_argument("--rss-jobs", type=int, default=0, help="jobs in the long RSS run (0: none)")
     args = parser.parse_args()
