@@ -20,7 +20,7 @@ rates), each worker's RSS at start and end, and the ratios (targets: 3 >= 1.0x 2
 Every drain starts with the queue full and the worker not yet running, and ends when the last job is
 done; the worker's start-up is counted, as it would be for RQ. Drains are 1,000 jobs long by default:
 each worker's start-up (some 0.6 s of a core, mostly imports) is paid once per drain and per worker,
-so in a drain of 300 it was a fifth of four workers' CPU and an eighth of one worker's time, and the
+so in a drain of 300 it was nearly a third of four workers' CPU and an eighth of one worker's time, and the
 scaling rows measured start-ups more than the workers at work. The whole list runs `--rounds` times
 (3 by default): a shared 2-core machine swings by 10-20 % from one drain to the next, so the table
 gives each row's median drain, and each ratio is the median of the rounds' ratios (each round's pair

@@ -126,7 +126,8 @@ class HorseWorker(SimpleWorker):
         return execution
 
     def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
-        """RQ's own bookkeeping before the job runs, sent with what prepare_execution queued."""
+        """RQ's own bookkeeping before the job runs, sent with what prepare_execution queued: the body
+        repeats RQ 3.0's prepare_job_execution, on that pipeline instead of a new one."""
         pipeline, self._preparing = self._preparing, None
         if pipeline is None:
             super().prepare_job_execution(job, remove_from_intermediate_queue)
