@@ -340,7 +340,8 @@ class Injector:
             sentinels.fail_over()
             sentinels.rejoin()  # the old primary comes back as a replica: ready for the next failover
         except RuntimeError as error:  # the Sentinels did not settle in time: the next failover is off
-            print(f"  (redis failover: {error})")
+            named = sentinels.master_port()
+            print(f"  (redis failover: {error}; the Sentinels name {named}, expected {sentinels.primary.port})")
             self.infrastructure.failovers_off = True
         return True
 
