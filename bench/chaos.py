@@ -340,8 +340,8 @@ class Injector:
             sentinels.fail_over()
             sentinels.rejoin()  # the old primary comes back as a replica: ready for the next failover
         except RuntimeError as error:  # the Sentinels did not settle in time: the next failover is off
-            named = sentinels.master_port()
-            print(f"  (redis failover: {error}; the Sentinels name {named}, expected {sentinels.primary.port})")
+            named, expected = sentinels.master_port(), sentinels.primary.port
+            print(f"  (redis failover: {error}; the Sentinels name {named} as master, expected {expected})")
             self.infrastructure.failovers_off = True
         return True
 
