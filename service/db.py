@@ -22,6 +22,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
 
 from observability.tracing import pipeline_span
+from service import pg_pipeline
 from service.outages import log_failure
 from service.settings import get_settings
 
@@ -338,7 +339,7 @@ def _pipelined(
     rows: list[list[Any]] = []
     sent = (sql for sql, _ in itertools.chain([settings] if settings else [], writes, statements))
     try:
-        with pipeline_span(connection.engine, sent), raw.pipeline() as pipeline:
+        with pipeline_span(connection.engine, sent), pg_pipeline.pipeline(raw) as pipeline:
             if settings is not None or writes:
                 with raw.cursor() as cursor:
                     for sql, parameters in [settings, *writes] if settings is not None else writes:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.pq import Trace
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -338,6 +341,26 @@ def test_read_and_commit_ends_the_transaction_in_the_same_round_trip(env: dict[s
     finally:
         with session_scope() as session:
             run_pipelined(session, [("DROP TABLE committed_read", {})])
+
+
+def test_a_pipeline_ends_in_a_sync_with_no_flush_after_it(env: dict[str, str], tmp_path: Path) -> None:
+    """Behind PgBouncer (1.18) in transaction mode, a Flush sent after the Sync that ended the
+    transaction takes a server connection that is never released (service.pg_pipeline)."""
+    trace_path = tmp_path / "libpq.trace"
+    with Session(get_engine()) as session, trace_path.open("w") as trace:
+        raw = session.connection().connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        raw.pgconn.trace(trace.fileno())
+        raw.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            run_pipelined(session, [("SELECT 1", {})])  # no rows kept: the exit's Sync answers
+            read_together(session, [(("SELECT 2", {}), lambda rows: None)])  # a Sync, then the exit's
+            read_and_commit(session, [("SELECT 3", {})])  # the COMMIT's Sync ends the transaction
+        finally:
+            raw.pgconn.untrace()
+    sent = [line.split("\t")[2] for line in trace_path.read_text().splitlines() if line.startswith("F\t")]
+    assert sent.count("Sync") >= 3, sent
+    assert "Flush" not in sent, sent
 
 
 class _Base(DeclarativeBase):
