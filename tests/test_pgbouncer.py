@@ -22,6 +22,7 @@ from tests.receiver import Receiver
 from tests.servers import ApiProcess, ServiceProcess, clear_caches
 from tests.webhooks.support import create_endpoint
 
+FIND_JOB = "query($id: ID!) { job(id: $id) { id } }"
 WHO_AM_I = text("SELECT current_user, coalesce(current_setting('app.tenant_id', true), '')")
 
 
@@ -92,30 +93,32 @@ def test_jobs_webhooks_and_tenant_isolation_hold_through_pgbouncer(
 ) -> None:
     tenants = [make_tenant("pooled-a"), make_tenant("pooled-b")]
     clients = [GraphQLClient(pooled_api.url, tenant.api_key) for tenant in tenants]
-    create_endpoint(clients[0], receiver.url + "/pooled", eventTypes=["job.succeeded"])
+    try:
+        create_endpoint(clients[0], receiver.url + "/pooled", eventTypes=["job.succeeded"])
 
-    def submit(index: int) -> tuple[int, str]:
-        payload = clients[index % 2](SPEECH_MUTATION, {"input": {"text": f"Pooled job {index}."}})
-        assert payload["generateSpeech"]["userErrors"] == []
-        return index % 2, str(payload["generateSpeech"]["job"]["id"])
+        def submit(index: int) -> tuple[int, str]:
+            payload = clients[index % 2](SPEECH_MUTATION, {"input": {"text": f"Pooled job {index}."}})
+            assert payload["generateSpeech"]["userErrors"] == []
+            return index % 2, str(payload["generateSpeech"]["job"]["id"])
 
-    with ThreadPoolExecutor(max_workers=6) as pool:  # requests at once share one server connection
-        submitted = list(pool.map(submit, range(12)))
-    for owner, job_id in submitted:
-        job = clients[owner].wait_for_job(job_id)
-        assert (job["status"], job["attempt"]) == ("SUCCEEDED", 1), job
-        assert clients[1 - owner]("query($id: ID!) { job(id: $id) { id } }", {"id": job_id})["job"] is None
-    listed = clients[1]("{ jobs(first: 50) { edges { node { id } } } }")["jobs"]["edges"]
-    assert sorted(edge["node"]["id"] for edge in listed) == sorted(
-        job for owner, job in submitted if owner == 1
-    )
+        with ThreadPoolExecutor(max_workers=6) as pool:  # requests at once share one server connection
+            submitted = list(pool.map(submit, range(12)))
+        for owner, job_id in submitted:
+            job = clients[owner].wait_for_job(job_id)
+            assert (job["status"], job["attempt"]) == ("SUCCEEDED", 1), job
+            assert clients[1 - owner](FIND_JOB, {"id": job_id})["job"] is None
+        listed = clients[1]("{ jobs(first: 50) { edges { node { id } } } }")["jobs"]["edges"]
+        assert sorted(edge["node"]["id"] for edge in listed) == sorted(
+            job for owner, job in submitted if owner == 1
+        )
 
-    # Deliverers poll every 30 s here: these arrive in time only because the NOTIFY reached them.
-    mine = {job_id for owner, job_id in submitted if owner == 0}
-    requests = receiver.wait_for("/pooled", lambda got: len(got) >= len(mine), timeout=20)
-    assert len(requests) == len(mine)
-    for client in clients:
-        client.http.close()
+        # Deliverers poll every 30 s here: these arrive in time only because the NOTIFY reached them.
+        mine = {job_id for owner, job_id in submitted if owner == 0}
+        requests = receiver.wait_for("/pooled", lambda got: len(got) >= len(mine), timeout=20)
+        assert len(requests) == len(mine)
+    finally:  # a failure leaves no open sockets for a later test to trip over
+        for client in clients:
+            client.http.close()
 
 
 def test_a_run_through_a_pgbouncer_restart_succeeds_on_its_first_attempt_and_starts_once(
