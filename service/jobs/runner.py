@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -131,36 +132,86 @@ class RunContext:
 
 
 class Heartbeat:
-    """While a handler runs: refreshes the job's heartbeat_at every JOB_HEARTBEAT_SECONDS and writes
-    progress the handler reported too soon after the previous write, once it is due."""
+    """While a handler runs: refreshes the job's heartbeat_at every JOB_HEARTBEAT_SECONDS, ends the run
+    once its deadline passes, and writes progress the handler reported too soon after the previous
+    write, once it is due. One thread per process does it for each job in turn (a work horse runs many):
+    starting and joining a thread per job cost a short job two waits on the scheduler."""
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
-        self.interval = get_settings().job_heartbeat_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {context.job_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        _beater().attach(self.context)
         return self
 
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join()
+        _beater().detach()
 
-    def _beat(self) -> None:
-        last_beat = time.monotonic()
-        while not self._stop.wait(PROGRESS_MIN_INTERVAL):
-            try:
-                self.context.check_deadline()
-                if self.context.due:
-                    self.context.flush()
-                if time.monotonic() - last_beat >= self.interval:
-                    last_beat = time.monotonic()
-                    with session_scope() as session:
-                        repository.touch(session, self.context.job_id, utcnow())
-            except Exception:
-                log_failure(log, "heartbeat of job %s failed", self.context.job_id)
+
+class _Beater(threading.Thread):
+    """The process's heartbeat thread: every PROGRESS_MIN_INTERVAL it beats for the attached run, if any."""
+
+    def __init__(self) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.interval = get_settings().job_heartbeat_seconds
+        self._beating = threading.Lock()  # held while a beat runs: detach waits for it
+        self._context: RunContext | None = None
+        self._last_beat = 0.0
+
+    def attach(self, context: RunContext) -> None:
+        self._last_beat = time.monotonic()  # the start just wrote heartbeat_at
+        self._context = context
+
+    def detach(self) -> None:
+        """Beat no more for the attached run; returns once a beat in progress has ended. The run is
+        let go first, so a timeout's signal arriving while this waits cannot leave it attached."""
+        self._context = None
+        with self._beating:
+            pass
+
+    def run(self) -> None:
+        while True:
+            time.sleep(PROGRESS_MIN_INTERVAL)
+            with self._beating:
+                context = self._context
+                if context is not None:
+                    self._beat(context)
+
+    def _beat(self, context: RunContext) -> None:
+        try:
+            context.check_deadline()
+            if context.due:
+                context.flush()
+            if time.monotonic() - self._last_beat >= self.interval:
+                self._last_beat = time.monotonic()
+                with session_scope() as session:
+                    repository.touch(session, context.job_id, utcnow())
+        except Exception:
+            log_failure(log, "heartbeat of job %s failed", context.job_id)
+
+
+_current_beater: _Beater | None = None
+_beater_lock = threading.Lock()
+
+
+def _beater() -> _Beater:
+    """This process's heartbeat thread, started on first use."""
+    global _current_beater
+    with _beater_lock:
+        if _current_beater is None or not _current_beater.is_alive():
+            _current_beater = _Beater()
+            _current_beater.start()
+        return _current_beater
+
+
+def _forget_beater() -> None:
+    """In a forked child (a work horse): no thread came along, and the lock may have been held."""
+    global _current_beater, _beater_lock
+    _current_beater = None
+    _beater_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_beater)
 
 
 @contextmanager
