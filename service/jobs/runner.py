@@ -134,8 +134,9 @@ class RunContext:
 class Heartbeat:
     """While a handler runs: refreshes the job's heartbeat_at every JOB_HEARTBEAT_SECONDS, ends the run
     once its deadline passes, and writes progress the handler reported too soon after the previous
-    write, once it is due. One thread per process does it for each job in turn (a work horse runs many):
-    starting and joining a thread per job cost a short job two waits on the scheduler."""
+    write, once it is due. One thread per process beats for every run it holds (a work horse runs one
+    job after another): starting and joining a thread per job cost a short job two waits on the
+    scheduler."""
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
@@ -145,27 +146,33 @@ class Heartbeat:
         return self
 
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        _beater().detach()
+        _beater().detach(self.context)
+
+
+@dataclass
+class _Beaten:
+    """A run the heartbeat thread holds, and when it last wrote the run's heartbeat_at."""
+
+    context: RunContext
+    last_beat: float
 
 
 class _Beater(threading.Thread):
-    """The process's heartbeat thread: every PROGRESS_MIN_INTERVAL it beats for the attached run, if any."""
+    """The process's heartbeat thread: every PROGRESS_MIN_INTERVAL it beats for each attached run."""
 
     def __init__(self) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.interval = get_settings().job_heartbeat_seconds
-        self._beating = threading.Lock()  # held while a beat runs: detach waits for it
-        self._context: RunContext | None = None
-        self._last_beat = 0.0
+        self._beating = threading.Lock()  # held while beats run: detach waits for them
+        self._runs: dict[RunContext, _Beaten] = {}
 
     def attach(self, context: RunContext) -> None:
-        self._last_beat = time.monotonic()  # the start just wrote heartbeat_at
-        self._context = context
+        self._runs[context] = _Beaten(context, time.monotonic())  # the start just wrote heartbeat_at
 
-    def detach(self) -> None:
-        """Beat no more for the attached run; returns once a beat in progress has ended. The run is
-        let go first, so a timeout's signal arriving while this waits cannot leave it attached."""
-        self._context = None
+    def detach(self, context: RunContext) -> None:
+        """Beat no more for this run; returns once beats in progress have ended. The run is let go
+        first, so a timeout's signal arriving while this waits cannot leave it attached."""
+        self._runs.pop(context, None)
         with self._beating:
             pass
 
@@ -173,17 +180,17 @@ class _Beater(threading.Thread):
         while True:
             time.sleep(PROGRESS_MIN_INTERVAL)
             with self._beating:
-                context = self._context
-                if context is not None:
-                    self._beat(context)
+                for run in list(self._runs.values()):
+                    self._beat(run)
 
-    def _beat(self, context: RunContext) -> None:
+    def _beat(self, run: _Beaten) -> None:
+        context = run.context
         try:
             context.check_deadline()
             if context.due:
                 context.flush()
-            if time.monotonic() - self._last_beat >= self.interval:
-                self._last_beat = time.monotonic()
+            if time.monotonic() - run.last_beat >= self.interval:
+                run.last_beat = time.monotonic()
                 with session_scope() as session:
                     repository.touch(session, context.job_id, utcnow())
         except Exception:
