@@ -1,11 +1,12 @@
 """psycopg's pipeline mode, ending in a Sync alone, so that PgBouncer in transaction mode can follow it.
 
 psycopg ends a pipeline with a Sync, then, whenever the Sync's answer has not arrived yet (usually), a
-Flush to fetch it. The Sync already makes the server send everything, so the Flush adds nothing. Behind PgBouncer (1.18, Debian's) it does harm:
-when the Sync's ReadyForQuery ends the transaction (a pipeline that commits), PgBouncer gives the
-server connection back to its pool; a Flush it reads after that takes a server connection again for
-the client, the server answers a Flush with nothing, and PgBouncer waits for a ReadyForQuery that
-never comes. That server connection is never released: with a pool of one, every client waits.
+Flush to fetch it. The Sync already makes the server send everything, so the Flush adds nothing.
+Behind PgBouncer (1.18, Debian's) it does harm: when the Sync's ReadyForQuery ends the transaction (a
+pipeline that commits), PgBouncer gives the server connection back to its pool; a Flush it reads
+after that takes a server connection again for the client, the server answers a Flush with nothing,
+and PgBouncer waits for a ReadyForQuery that never comes. That server connection is never released:
+with a pool of one, every client waits.
 """
 
 from __future__ import annotations
