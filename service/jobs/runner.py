@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import ParamSpec
 
 from rq.timeouts import JobTimeoutException
@@ -131,22 +130,19 @@ class RunContext:
         return self._pending is not None and time.monotonic() - self._last_write >= PROGRESS_MIN_INTERVAL
 
 
-class Heartbeat:
+@contextmanager
+def heartbeat(context: RunContext) -> Iterator[None]:
     """While a handler runs: refreshes the job's heartbeat_at every JOB_HEARTBEAT_SECONDS, ends the run
     once its deadline passes, and writes progress the handler reported too soon after the previous
     write, once it is due. One thread per process beats for every run it holds (a work horse runs one
     job after another): starting and joining a thread per job cost a short job two waits on the
     scheduler."""
-
-    def __init__(self, context: RunContext) -> None:
-        self.context = context
-
-    def __enter__(self) -> Heartbeat:
-        _beater().attach(self.context)
-        return self
-
-    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        _beater().detach(self.context)
+    beater = _beater()
+    beater.attach(context)
+    try:
+        yield
+    finally:
+        beater.detach(context)
 
 
 @dataclass
@@ -334,7 +330,7 @@ def _run(job_id: str) -> RunResult | None:
     stored: StoredObject | None = None
     output: ArtifactOutput | None = None
     try:
-        with Heartbeat(context):
+        with heartbeat(context):
             output = _produce(kind, job, context)
             stored = _store(job, output) if output is not None else None
     except JobCanceled:
