@@ -46,8 +46,8 @@ def get_redis() -> Redis:
     """The process-wide Redis client (forked children get fresh connections from its pool)."""
     settings = get_settings()
     if settings.redis_sentinels:
-        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options())  # type: ignore[no-untyped-call]
-        client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options())
+        client: Redis = sentinel.master_for(
             settings.redis_sentinel_master,
             health_check_interval=30,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -63,7 +63,7 @@ def new_async_redis(socket_timeout: float | None = None) -> redis.asyncio.Redis:
     socket_timeout, a command that gets no answer for that long fails."""
     settings = get_settings()
     if settings.redis_sentinels:
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(
             settings.sentinel_addresses, sentinel_kwargs=_sentinel_options()
         )
         async_client: redis.asyncio.Redis = sentinel.master_for(

@@ -21,7 +21,7 @@ async def _close(feed: JobFeed) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await feed._reader
     if feed._pubsub is not None:
-        await feed._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await feed._pubsub.aclose()
         await feed._pubsub.connection_pool.disconnect()
 
 
