@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 from opentelemetry.trace import SpanKind
 from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
+from rq.scripts import UNIQUE_ENQUEUE_SCRIPT, _build_hset_args
 from sqlmodel import Session
 
 from observability.metrics import OUTBOX_SAMPLE, OutboxReading, record_outbox_reenqueued
@@ -39,32 +41,50 @@ def enqueue_job(
     *,
     link_only: bool = False,
     priority: str = "NORMAL",
-    pipeline: Pipeline | None = None,
+    along: Callable[[Pipeline], object] | None = None,
 ) -> bool:
     """Put the job on its priority's RQ queue under its own id; False when RQ already holds it.
 
-    An `enqueue` span continues the trace in carrier (the request's, stored with the job), or links
-    to it (a sweep's re-enqueue); RQ job meta carries the context on to the worker. With a pipeline,
-    RQ's unique enqueue still runs at once (one script), and its bookkeeping (the queue's entry in
-    the set of queues) waits in the pipeline for the caller to execute.
+    One round trip to Redis: RQ's unique enqueue, and along's commands (the caller's own, sent
+    whatever RQ answers), go in one pipeline. An `enqueue` span continues the trace in carrier (the
+    request's, stored with the job), or links to it (a sweep's re-enqueue); RQ job meta carries the
+    context on to the worker.
     """
     with continue_trace("job.enqueue", carrier, kind=SpanKind.PRODUCER, link_only=link_only, job_id=job_id):
-        try:
-            get_queue(queue_for(priority)).enqueue_call(
-                RUN_JOB,
-                args=(job_id,),
-                job_id=job_id,
-                unique=True,
-                timeout=get_kind(kind_name).timeout_seconds,  # RQ's SIGALRM in the horse
-                result_ttl=0,
-                failure_ttl=24 * 3600,
-                description=f"{kind_name} {job_id}",
-                meta={TRACE_META: inject()},
-                pipeline=pipeline,
-            )
-        except DuplicateJobError:
-            return False
-        return True
+        queue = get_queue(queue_for(priority))
+        job = queue.create_job(
+            RUN_JOB,
+            args=(job_id,),
+            job_id=job_id,
+            timeout=get_kind(kind_name).timeout_seconds,  # RQ's SIGALRM in the horse
+            result_ttl=0,
+            failure_ttl=24 * 3600,
+            description=f"{kind_name} {job_id}",
+            meta={TRACE_META: inject()},
+        )
+        with queue.connection.pipeline(transaction=False) as pipeline:
+            _unique_enqueue(queue, job, pipeline)
+            if along is not None:
+                along(pipeline)
+            answers = pipeline.execute()
+        return bool(answers[_ENQUEUED])
+
+
+_ENQUEUED = 1
+"""Where the unique enqueue's answer is among the pipeline's (1: saved and pushed; 0: RQ holds the id)."""
+
+
+def _unique_enqueue(queue: Queue, job: RQJob, pipeline: Pipeline) -> None:
+    """RQ's `queue.enqueue_job(job, unique=True)` for a job without dependencies, queued on pipeline
+    instead of sent at once: the queue's entry in RQ's set of queues, then RQ's own script, which saves
+    and pushes the job unless RQ holds one by its id. (RQ runs that script on its own connection before
+    the caller's pipeline: a round trip more.) By EVAL: a script run by SHA in a pipeline costs a round
+    trip to check it is loaded."""
+    queue._prepare_for_queue(job)  # origin, enqueued_at, status: what RQ sets before saving
+    pipeline.sadd(queue.redis_queues_keys, queue.key)
+    ttl = job.ttl if job.ttl is not None else -1
+    fields = _build_hset_args(job)  # type: ignore[no-untyped-call]
+    pipeline.eval(UNIQUE_ENQUEUE_SCRIPT, 2, job.key, queue.key, job.id, "R", ttl, *fields)
 
 
 def enqueue_afresh(job_id: str, kind_name: str, carrier: Carrier, *, priority: str) -> bool:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -39,7 +37,6 @@ from service.jobs.updates import announce, announce_new
 from service.models import construct, utcnow
 from service.plans import Limits
 from service.principal import Principal
-from service.redis import get_redis
 from service.settings import get_settings
 from service.storage.base import StoredObject
 from service.storage.factory import get_storage
@@ -52,8 +49,6 @@ MIN_PROGRESS_FOR_ESTIMATE = 0.05
 MIN_SECONDS_FOR_ESTIMATE = 1.0
 MAX_PAGE = 100
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-
-log = logging.getLogger(__name__)
 
 
 def validate_input(kind_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -182,15 +177,14 @@ def create_job(
 
 
 def _hand_over(job: Job, priority: JobPriority) -> None:
-    """Enqueue a new job and announce it to the tenant's watchers, in two round trips to Redis: RQ's
-    unique enqueue, then its bookkeeping with the announcement (after commit)."""
-    with get_redis().pipeline() as pipeline:
-        enqueue_job(job.id, job.kind, job.trace_context, priority=priority, pipeline=pipeline)
-        announce_new(pipeline, job.tenant_id, job.id)
-        try:
-            pipeline.execute()
-        except RedisError as error:  # enqueued already: only the announcement (and RQ's set of queues)
-            log.warning("could not announce new job %s: %s", job.id, error)
+    """Enqueue a new job and announce it to the tenant's watchers (after commit): one round trip to Redis."""
+    enqueue_job(
+        job.id,
+        job.kind,
+        job.trace_context,
+        priority=priority,
+        along=lambda pipeline: announce_new(pipeline, job.tenant_id, job.id),
+    )
 
 
 def check_priority(priority: JobPriority, limits: Limits) -> None:
