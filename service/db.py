@@ -340,19 +340,19 @@ def _pipelined(
     sent = (sql for sql, _ in itertools.chain([settings] if settings else [], writes, statements))
     try:
         with pipeline_span(connection.engine, sent), pg_pipeline.pipeline(raw) as pipeline:
-            if settings is not None or writes:
-                with raw.cursor() as cursor:
-                    for sql, parameters in [settings, *writes] if settings is not None else writes:
-                        cursor.execute(sql, parameters)
-            if row_factory is None:
-                with raw.cursor() as cursor:
+            with pipeline.batched(), raw.cursor() as cursor:
+                for sql, parameters in [settings, *writes] if settings is not None else writes:
+                    cursor.execute(sql, parameters)
+                if row_factory is None:
                     for sql, parameters in statements:
                         cursor.execute(sql, parameters)
+            if row_factory is None:
                 return rows
             cursors = [raw.cursor(row_factory=row_factory) for _ in statements]
             try:
-                for cursor, (sql, parameters) in zip(cursors, statements, strict=True):
-                    cursor.execute(sql, parameters)
+                with pipeline.batched():
+                    for cursor, (sql, parameters) in zip(cursors, statements, strict=True):
+                        cursor.execute(sql, parameters)
                 pipeline.sync()
                 rows = [cursor.fetchall() if _has_rows(cursor) else [] for cursor in cursors]
             finally:
