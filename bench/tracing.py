@@ -3,7 +3,7 @@ OTLP to a local collector-like sink, beside tracing off, in one run (target rati
 Off and on run in turn `--rounds` times (3 by default; the machine's speed moves from one minute to
 the next): the ratios printed are the medians of the rounds' ratios, with their range.
 
-    python -m bench.tracing [--seconds 10] [--jobs 200] [--concurrency 16] [--rounds 3]
+    python -m bench.tracing [--seconds 10] [--jobs 1000] [--concurrency 16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=1000, help="per drain (200 take 2 s: too short a window)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="off and on in turn, this many times")
     args = parser.parse_args()
