@@ -3,10 +3,13 @@ own uniqueness (a job RQ holds is not enqueued twice, nor its record overwritten
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis.connection
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
@@ -15,6 +18,22 @@ from service.jobs.kinds import get_kind
 from service.jobs.priority import JobPriority, queue_for
 from service.redis import get_queue, get_redis
 from tests.conftest import TenantHandle, commit_job_without_enqueue
+
+
+@pytest.fixture
+def handed_over() -> Iterator[list[str]]:
+    """Jobs committed for the test's hand-overs; taken out of RQ afterwards, so that no later test's
+    worker finds them on its queues."""
+    job_ids: list[str] = []
+    yield job_ids
+    for job_id in job_ids:
+        with contextlib.suppress(NoSuchJobError):
+            RQJob.fetch(job_id, connection=get_redis()).delete()
+
+
+def _speech(tenant: TenantHandle, job_ids: list[str], text: str) -> str:
+    job_ids.append(commit_job_without_enqueue(tenant.id, "speech", {"text": text}))
+    return job_ids[-1]
 
 
 def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -31,11 +50,9 @@ def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_an_enqueue_and_what_goes_along_take_one_round_trip(
-    tenant: TenantHandle, monkeypatch: pytest.MonkeyPatch
+    tenant: TenantHandle, handed_over: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    warm, job_id = (
-        commit_job_without_enqueue(tenant.id, "speech", {"text": f"Hand over {n}."}) for n in range(2)
-    )
+    warm, job_id = (_speech(tenant, handed_over, f"Hand over {n}.") for n in range(2))
     assert enqueue_job(warm, "speech")  # RQ asks the server's version once per connection
     sent = _count_sends(monkeypatch)
 
@@ -57,9 +74,9 @@ def test_an_enqueue_and_what_goes_along_take_one_round_trip(
 
 
 def test_a_job_rq_holds_is_neither_pushed_again_nor_overwritten_and_the_rest_still_goes(
-    tenant: TenantHandle, monkeypatch: pytest.MonkeyPatch
+    tenant: TenantHandle, handed_over: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_id = commit_job_without_enqueue(tenant.id, "speech", {"text": "Held already."})
+    job_id = _speech(tenant, handed_over, "Held already.")
     assert enqueue_job(job_id, "speech")
     get_redis().hset(RQJob.key_for(job_id), "status", RQStatus.STARTED.value)  # a worker took it
     sent = _count_sends(monkeypatch)
