@@ -63,28 +63,26 @@ def enqueue_job(
             meta={TRACE_META: inject()},
         )
         with queue.connection.pipeline(transaction=False) as pipeline:
-            _unique_enqueue(queue, job, pipeline)
+            enqueued = _unique_enqueue(queue, job, pipeline)
             if along is not None:
                 along(pipeline)
             answers = pipeline.execute()
-        return bool(answers[_ENQUEUED])
+        return bool(answers[enqueued])
 
 
-_ENQUEUED = 1
-"""Where the unique enqueue's answer is among the pipeline's (1: saved and pushed; 0: RQ holds the id)."""
-
-
-def _unique_enqueue(queue: Queue, job: RQJob, pipeline: Pipeline) -> None:
+def _unique_enqueue(queue: Queue, job: RQJob, pipeline: Pipeline) -> int:
     """RQ's `queue.enqueue_job(job, unique=True)` for a job without dependencies, queued on pipeline
     instead of sent at once: the queue's entry in RQ's set of queues, then RQ's own script, which saves
     and pushes the job unless RQ holds one by its id. (RQ runs that script on its own connection before
     the caller's pipeline: a round trip more.) By EVAL: a script run by SHA in a pipeline costs a round
-    trip to check it is loaded."""
+    trip to check it is loaded. Returns where the script's answer will be among the pipeline's (1:
+    saved and pushed; 0: RQ holds the id)."""
     queue._prepare_for_queue(job)  # origin, enqueued_at, status: what RQ sets before saving
     pipeline.sadd(queue.redis_queues_keys, queue.key)
     ttl = job.ttl if job.ttl is not None else -1
     fields = _build_hset_args(job)  # type: ignore[no-untyped-call]
     pipeline.eval(UNIQUE_ENQUEUE_SCRIPT, 2, job.key, queue.key, job.id, "R", ttl, *fields)
+    return len(pipeline) - 1
 
 
 def enqueue_afresh(job_id: str, kind_name: str, carrier: Carrier, *, priority: str) -> bool:
