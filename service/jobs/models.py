@@ -40,7 +40,12 @@ class Job(SQLModel, table=True):
         CheckConstraint("priority IN ('HIGH','NORMAL','LOW')", name="priority_valid"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
         Index("ix_jobs_status_finished_at", "status", "finished_at"),  # retention
-        Index("ix_jobs_tenant_id_status", "tenant_id", "status"),  # quotas: queued and running counts
+        Index("ix_jobs_tenant_id_status", "tenant_id", "status"),  # the tenant's jobs counted by status
+        Index(  # max_running: the jobs holding a worker, counted at each start (migration 0015)
+            "ix_jobs_tenant_id_running",
+            "tenant_id",
+            postgresql_where=text("status IN ('RUNNING','CANCELING')"),
+        ),
         Index(
             "uq_jobs_tenant_id_idempotency_key",
             "tenant_id",

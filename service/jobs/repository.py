@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, LiteralString
 
-from sqlalchemy import delete, func, or_, text, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
@@ -21,7 +21,6 @@ from service.repository import TenantRepository
 HISTORY_BATCH_ROWS = 500
 
 
-_COUNT_IN = text("SELECT count(*) FROM jobs WHERE tenant_id = :tenant_id AND status = ANY(:statuses)")
 _QUEUED_COUNT: LiteralString = (
     "SELECT coalesce(sum(queued), 0) FROM job_queue_counts WHERE tenant_id = %(tenant_id)s"
 )
@@ -65,12 +64,6 @@ class JobRepository(TenantRepository[Job]):
             select(Job.status, func.count()).where(Job.tenant_id == self.tenant_id).group_by(Job.status)
         )
         return {status: count for status, count in self.session.exec(statement)}
-
-    def count_in(self, statuses: Sequence[JobStatus]) -> int:
-        """How many of the tenant's jobs are in these statuses (index on tenant_id, status; plain SQL:
-        this runs for every job created and started)."""
-        values = {"tenant_id": self.tenant_id, "statuses": [status.value for status in statuses]}
-        return int(self.session.execute(_COUNT_IN, values).scalar_one())
 
     def queued_count_statement(self) -> Statement:
         """How many of the tenant's jobs are QUEUED, as plain SQL to run along other reads
@@ -192,7 +185,7 @@ _COLUMNS = ", ".join(c.name for c in Job.__table__.columns)  # type: ignore[attr
 _LOCK_JOB: LiteralString = f"SELECT {_COLUMNS} FROM jobs WHERE id = %(job_id)s FOR UPDATE"  # noqa: S608 - names from the model
 TENANT_OF_JOB: LiteralString = "(SELECT tenant_id FROM jobs WHERE id = %(job_id)s)"
 """SQL for the tenant of the job %(job_id)s: the other domains' statements read beside lock_statement."""
-_RUNNING_COUNT: LiteralString = (  # the index on (tenant_id, status)
+_RUNNING_COUNT: LiteralString = (  # ix_jobs_tenant_id_running: its predicate names these statuses
     "SELECT count(*) AS running FROM jobs WHERE tenant_id = (SELECT tenant_id FROM jobs WHERE id = %(job_id)s)"  # noqa: E501
     " AND status IN ('RUNNING', 'CANCELING')"
 )
@@ -304,11 +297,6 @@ def mark_outbox_checked(session: Session, job_ids: Sequence[str], at: datetime) 
 def trace_context(session: Session, job_id: str) -> Mapping[str, str] | None:
     """The job's stored W3C carrier."""
     return session.exec(select(Job.trace_context).where(Job.id == job_id)).first()
-
-
-def running_count(session: Session, tenant_id: str) -> int:
-    """The tenant's jobs holding a worker: RUNNING or CANCELING."""
-    return JobRepository(session, tenant_id).count_in([JobStatus.RUNNING, JobStatus.CANCELING])
 
 
 def set_outbox_due(session: Session, job_id: str, due: datetime) -> None:
