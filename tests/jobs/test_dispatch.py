@@ -13,22 +13,30 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
+from service.jobs import dispatch
 from service.jobs.dispatch import RUN_JOB, TRACE_META, enqueue_job
 from service.jobs.kinds import get_kind
-from service.jobs.priority import JobPriority, queue_for
+from service.jobs.priority import JobPriority
 from service.redis import get_queue, get_redis
 from tests.conftest import TenantHandle, commit_job_without_enqueue
 
 
+def _test_queue(priority: str) -> str:
+    return f"dispatch-test-{priority.lower()}"
+
+
 @pytest.fixture
-def handed_over() -> Iterator[list[str]]:
-    """Jobs committed for the test's hand-overs; taken out of RQ afterwards, so that no later test's
-    worker finds them on its queues."""
+def handed_over(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Jobs committed for the test's hand-overs, put on queues of their own that no worker of the
+    session's takes from (one may be running), and taken out of RQ afterwards."""
+    monkeypatch.setattr(dispatch, "queue_for", _test_queue)
     job_ids: list[str] = []
     yield job_ids
     for job_id in job_ids:
         with contextlib.suppress(NoSuchJobError):
             RQJob.fetch(job_id, connection=get_redis()).delete()
+    for priority in JobPriority:
+        get_queue(_test_queue(priority)).delete(delete_jobs=False)
 
 
 def _speech(tenant: TenantHandle, job_ids: list[str], text: str) -> str:
@@ -62,7 +70,7 @@ def test_an_enqueue_and_what_goes_along_take_one_round_trip(
 
     assert (queued, sent[0]) == (True, 1)
     assert get_redis().get(f"along:{job_id}") == b"1"
-    queue = get_queue(queue_for(JobPriority.HIGH))
+    queue = get_queue(_test_queue(JobPriority.HIGH))
     assert job_id in queue.get_job_ids()
     assert queue.key.encode() in get_redis().smembers(queue.redis_queues_keys)
     rq_job = RQJob.fetch(job_id, connection=get_redis())
@@ -85,5 +93,5 @@ def test_a_job_rq_holds_is_neither_pushed_again_nor_overwritten_and_the_rest_sti
 
     assert (queued, sent[0]) == (False, 1)
     assert get_redis().get(f"along:{job_id}") == b"2"
-    assert get_queue(queue_for(JobPriority.NORMAL)).get_job_ids().count(job_id) == 1
+    assert get_queue(_test_queue(JobPriority.NORMAL)).get_job_ids().count(job_id) == 1
     assert RQJob.fetch(job_id, connection=get_redis()).get_status(refresh=True) == RQStatus.STARTED
