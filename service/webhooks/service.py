@@ -24,7 +24,7 @@ from service.errors import (
     ValidationError,
 )
 from service.ids import has_prefix, new_id
-from service.models import utcnow
+from service.models import construct, utcnow
 from service.principal import Principal
 from service.redis import RedisRead
 from service.settings import get_settings
@@ -172,7 +172,8 @@ def publish(
     ]
     if not targets and (endpoint_ids is not None or not _listening(session, tenant_id)):
         return None
-    event = WebhookEvent(
+    event = construct(  # written in plain SQL: a row object made without SQLModel's per-field setting
+        WebhookEvent,
         tenant_id=tenant_id,
         type=event_type,
         data=data() if callable(data) else data,
