@@ -13,6 +13,7 @@ from service.jobs import repository
 from service.jobs.models import Job
 from service.jobs.service import create_job
 from tests.conftest import TenantHandle
+from tests.query_plans import nodes_on
 
 FINISHED = 400
 COLUMNS = [column.name for column in Job.__table__.columns]  # type: ignore[attr-defined]
@@ -42,14 +43,6 @@ def _running_count(job_id: str, explain: bool = False) -> Any:
         return read_pipelined(session, [(sql, parameters)])[0][0]
 
 
-def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every scan of the jobs table in the plan (the count's, and the job's own tenant lookup)."""
-    found = [plan] if plan.get("Relation Name") == "jobs" else []
-    for child in plan.get("Plans", []):
-        found += _scans(child)
-    return found
-
-
 def test_the_start_counts_only_the_jobs_holding_a_worker(tenant: TenantHandle) -> None:
     with session_scope() as session:
         seed = create_job(session, tenant.id, "test-slow", {"seconds": 1}, None).id
@@ -62,7 +55,7 @@ def test_the_start_counts_only_the_jobs_holding_a_worker(tenant: TenantHandle) -
     assert _running_count(seed)["running"] == 3
 
     plan = _running_count(seed, explain=True)["QUERY PLAN"][0]["Plan"]
-    count_scan = next(scan for scan in _scans(plan) if scan.get("Index Name") != "pk_jobs")
+    count_scan = next(scan for scan in nodes_on(plan, "jobs") if scan.get("Index Name") != "pk_jobs")
     assert count_scan["Index Name"] == "ix_jobs_tenant_id_running"
     assert count_scan["Actual Rows"] == 3
     assert count_scan.get("Rows Removed by Filter", 0) == 0  # the finished jobs are never read

@@ -3,8 +3,6 @@ sent since the last vacuum, whose entries stay in the indexes of pending deliver
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import text
 
 from service.db import read_pipelined, session_scope
@@ -12,17 +10,11 @@ from service.webhooks import repository
 from service.webhooks.models import SigningScheme
 from service.webhooks.service import check_endpoint_url, create_endpoint, publish
 from tests.conftest import TenantHandle
+from tests.query_plans import nodes_on
 from tests.webhooks.support import principal_of
 
 SENT = 600
 PENDING = 3
-
-
-def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan] if plan.get("Relation Name") == "webhook_deliveries" else []
-    for child in plan.get("Plans", []):
-        found += _scans(child)
-    return found
 
 
 def test_the_claim_reads_no_index_entry_of_deliveries_already_sent(tenant: TenantHandle) -> None:
@@ -62,7 +54,7 @@ def test_the_claim_reads_no_index_entry_of_deliveries_already_sent(tenant: Tenan
         [[row]] = read_pipelined(session, [(explained, parameters)])
         session.rollback()
 
-    scans = _scans(row["QUERY PLAN"][0]["Plan"])
+    scans = nodes_on(row["QUERY PLAN"][0]["Plan"], "webhook_deliveries")
     leased = next(scan for scan in scans if scan["Node Type"] == "ModifyTable")
     assert leased["Actual Rows"] == PENDING
     walked = [scan for scan in scans if scan.get("Index Name") == "ix_webhook_deliveries_due"]
