@@ -56,9 +56,11 @@ def test_one_thread_beats_for_each_run_in_turn_and_lets_go_of_an_ended_one(tenan
     time.sleep(1.1)  # over two heartbeat periods with no run
 
     # heartbeat_at is written by the start, by the first progress (reported at once, so the heartbeat
-    # writes it once due, 0.25 s later), by a beat 0.5 s in, and by the last progress
-    assert len(first_beats) >= 4, sorted(first_beats)
-    assert len(second_beats) >= 4, sorted(second_beats)
+    # writes it once due, 0.25 s later), by beats 0.5 s and 1 s in, and by the last progress (which the
+    # watcher may not see). Without the heartbeat thread only the start's value would be seen; a beat
+    # can come late on a loaded machine (one run of the suite saw three values), so three are asked.
+    assert len(first_beats) >= 3, sorted(first_beats)
+    assert len(second_beats) >= 3, sorted(second_beats)
     assert _heartbeat_at(first) == ended_at  # nothing beat for it after its run, through the second run
     assert len(first_beaters) == 1
     assert first_beaters == second_beaters  # the same thread, kept for the next run
