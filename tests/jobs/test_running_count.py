@@ -8,11 +8,10 @@ from typing import Any
 
 from sqlalchemy import text
 
-from service.db import AFTER_COMMIT, read_pipelined, session_scope
+from service.db import read_pipelined, session_scope
 from service.jobs import repository
 from service.jobs.models import Job
-from service.jobs.service import create_job
-from tests.conftest import TenantHandle
+from tests.conftest import TenantHandle, commit_job_without_enqueue
 from tests.query_plans import nodes_on
 
 FINISHED = 400
@@ -44,9 +43,7 @@ def _running_count(job_id: str, explain: bool = False) -> Any:
 
 
 def test_the_start_counts_only_the_jobs_holding_a_worker(tenant: TenantHandle) -> None:
-    with session_scope() as session:
-        seed = create_job(session, tenant.id, "test-slow", {"seconds": 1}, None).id
-        session.info.pop(AFTER_COMMIT, None)  # no worker takes it
+    seed = commit_job_without_enqueue(tenant.id, "test-slow", {"seconds": 1})  # no worker takes it
     _jobs_like(seed, "SUCCEEDED", FINISHED)
     _jobs_like(seed, "FAILED", 10)
     _jobs_like(seed, "RUNNING", 2)
