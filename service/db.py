@@ -23,6 +23,7 @@ from sqlmodel import Session, create_engine
 
 from observability.tracing import pipeline_span
 from service import pg_pipeline
+from service.loop_io import LoopFriendlyPool, LoopWaitingConnection
 from service.outages import log_failure
 from service.settings import get_settings
 
@@ -67,6 +68,7 @@ def make_engine(url: str, *, prepared_statements: bool = True, pool_size: int = 
         pool_size=pool_size,
         max_overflow=0,
         pool_use_lifo=True,
+        poolclass=LoopFriendlyPool,
         connect_args=connect_args,
     )
 
@@ -82,6 +84,10 @@ def make_engine(url: str, *, prepared_statements: bool = True, pool_size: int = 
     def note_idle(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         record.info[IDLE_SINCE] = time.monotonic()
 
+    def connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> LoopWaitingConnection:
+        return LoopWaitingConnection.connect(*cargs, **cparams)
+
+    event.listen(engine, "do_connect", connect)
     event.listen(engine, "checkout", ping_if_idle)
     event.listen(engine, "checkin", note_idle)
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))

@@ -6,9 +6,11 @@ REDIS_SENTINEL_MASTER: a client finds the new master by itself after a failover.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio
 import redis.asyncio.sentinel
@@ -18,6 +20,7 @@ from redis.connection import parse_url
 from redis.sentinel import Sentinel
 from rq import Queue
 
+from service.loop_io import on_loop, wait_for
 from service.settings import Settings, get_settings
 
 RedisRead = tuple[Callable[[Pipeline], object], Callable[[Any], None]]
@@ -25,6 +28,8 @@ RedisRead = tuple[Callable[[Pipeline], object], Callable[[Any], None]]
 
 JOBS_QUEUE = "jobs"
 CONNECT_TIMEOUT_SECONDS = 5
+COMMAND_TIMEOUT_SECONDS = 5
+"""How long a command may wait for its answer (redis-py's default for a client, kept explicit)."""
 SENTINEL_TIMEOUT_SECONDS = 2
 """How long a Sentinel may take to answer which server is master before the next one is asked."""
 
@@ -43,19 +48,26 @@ def _sentinel_options() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def get_redis() -> Redis:
-    """The process-wide Redis client (forked children get fresh connections from its pool)."""
+    """The process-wide Redis client (forked children get fresh connections from its pool); from
+    service.loop_io's greenlet its commands go through the loop (LoopFriendlyRedis)."""
     settings = get_settings()
     if settings.redis_sentinels:
         sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options())
         client: Redis = sentinel.master_for(
             settings.redis_sentinel_master,
+            redis_class=LoopFriendlyRedis,
             health_check_interval=30,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             **_master_options(settings),
         )
         return client
     url = settings.required_url("redis_url")
-    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    return LoopFriendlyRedis.from_url(
+        url,
+        health_check_interval=30,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=COMMAND_TIMEOUT_SECONDS,
+    )
 
 
 def new_async_redis(socket_timeout: float | None = None) -> redis.asyncio.Redis:
@@ -83,3 +95,49 @@ def new_async_redis(socket_timeout: float | None = None) -> redis.asyncio.Redis:
 def get_queue(name: str = JOBS_QUEUE) -> Queue:
     """An RQ queue on the process-wide connection."""
     return Queue(name, connection=get_redis())
+
+
+class LoopFriendlyRedis(Redis):
+    """A Redis client whose commands, from service.loop_io's greenlet, go through the running loop's
+    asyncio client (the same commands, answers and errors), so that the loop serves others while Redis
+    answers; anywhere else it uses its own connections, as any client does."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if on_loop():
+            return wait_for(loop_redis().execute_command(*args, **options))  # type: ignore[no-untyped-call]
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        return LoopFriendlyPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+class LoopFriendlyPipeline(Pipeline):
+    """LoopFriendlyRedis's pipeline: from service.loop_io's greenlet, its commands are sent by a pipeline
+    of the loop's asyncio client."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not on_loop():
+            return super().execute(raise_on_error)
+        if self.watching or self.scripts:
+            raise RuntimeError("WATCH and registered scripts are not sent from the event loop")
+        commands, transaction = list(self.command_stack), cast(bool, self.transaction)  # set in __init__
+        self.reset()
+        pipeline = loop_redis().pipeline(transaction=transaction)
+        for arguments, options in commands:
+            pipeline.pipeline_execute_command(*arguments, **options)  # type: ignore[no-untyped-call]
+        return wait_for(pipeline.execute(raise_on_error))
+
+
+_LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_redis() -> redis.asyncio.Redis:
+    """The running event loop's asyncio client on the same Redis as get_redis, with the same timeout for
+    an answer (made on first use)."""
+    loop = asyncio.get_running_loop()
+    client = _LOOP_CLIENTS.get(loop)
+    if client is None:
+        client = _LOOP_CLIENTS[loop] = new_async_redis(socket_timeout=COMMAND_TIMEOUT_SECONDS)
+    return client

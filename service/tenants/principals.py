@@ -11,22 +11,19 @@ Unknown or malformed keys are never remembered.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-import redis.asyncio
 
 from service.outages import is_outage
 from service.principal import Principal
-from service.redis import get_redis, new_async_redis
+from service.redis import get_redis, loop_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -152,17 +149,9 @@ def _still_valid(remembered: _Remembered) -> bool:
     return revoked is None and version == remembered.limits_version
 
 
-_LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 async def _still_valid_async(remembered: _Remembered) -> bool:
     """_still_valid() over the running loop's Redis client."""
-    loop = asyncio.get_running_loop()
-    client = _LOOP_CLIENTS.get(loop)
-    if client is None:
-        client = _LOOP_CLIENTS[loop] = new_async_redis()
+    client = loop_redis()
     principal = remembered.principal
     try:
         if not _NOTED.due(principal.key_id):
