@@ -23,6 +23,7 @@ from service.principal import Principal
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
+F = TypeVar("F", bound=Callable[..., Any])
 
 Batch = Callable[[Session, str, list[K]], Sequence[V]]
 """(session, tenant id, keys) -> one value per key, in the keys' order: what a dataloader loads."""
@@ -160,6 +161,23 @@ class UserError:
 class DeletePayload:
     id: strawberry.ID | None
     user_errors: list[UserError]
+
+
+_ON_EVENT_LOOP = "__claimcheck_on_event_loop__"
+
+
+def on_event_loop(resolver: F) -> F:
+    """Run this sync resolver on the event loop, in a greenlet (service.loop_io), not in a worker thread:
+    some 90 fewer context switches per request. Only for a resolver whose every wait is Postgres through
+    the request's session or Redis through service.redis.get_redis(): any other blocking call (a file, a
+    socket, a thread's lock) would stop every request of the process while it waits."""
+    setattr(resolver, _ON_EVENT_LOOP, True)
+    return resolver
+
+
+def runs_on_event_loop(resolver: object) -> bool:
+    """Whether the resolver was marked on_event_loop."""
+    return getattr(resolver, _ON_EVENT_LOOP, False) is True
 
 
 def run_mutation(info: GraphQLInfo, action: Callable[[], T], on_error: Callable[[list[UserError]], T]) -> T:

@@ -6,8 +6,8 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import anyio.to_thread
 import strawberry
@@ -23,15 +23,17 @@ from strawberry.extensions import (
 )
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.fields.resolver import StrawberryResolver
 from strawberry.types.graphql import OperationType
 
 from service import outages
 from service.errors import RateLimitedError
-from service.graphql_base import graphql_error
+from service.graphql_base import graphql_error, runs_on_event_loop
 from service.graphql_cost import CostLimit
 from service.graphql_documents import CachedDocuments, DocumentCache
 from service.jobs.graphql import JobMutation, JobQuery, JobSubscription
 from service.kinds.graphql import KindMutation
+from service.loop_io import run_on_loop
 from service.settings import get_settings
 from service.tenants.graphql import TenantMutation
 from service.tenants.service import check_query_rate
@@ -75,7 +77,10 @@ class UnitOfWork(SchemaExtension):
     raised an error; whatever it opens after that (a subscription's stream) ends with the operation.
 
     Database work blocks, so it runs in worker threads: every resolver that takes `info` (the way to
-    the session) and the commit. The event loop stays free for other requests.
+    the session) and the commit. The event loop stays free for other requests. A resolver marked
+    `on_event_loop` (the mutations that start jobs, the API's hot path) runs on the loop instead, in a
+    greenlet whose waits for Postgres and Redis are the loop's (service.loop_io): no thread to hand
+    Python's lock to and back at each of its round trips.
     """
 
     async def on_operation(self) -> AsyncIterator[None]:
@@ -106,9 +111,12 @@ class UnitOfWork(SchemaExtension):
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        if not _uses_context(info):
+        resolver = _context_resolver(info)
+        if resolver is None:
             return _next(root, info, *args, **kwargs)
-        return _in_thread(info.context.db_lock, functools.partial(_next, root, info, *args, **kwargs))
+        run = run_on_loop if runs_on_event_loop(resolver.wrapped_func) else anyio.to_thread.run_sync
+        call = functools.partial(_next, root, info, *args, **kwargs)
+        return _one_at_a_time(info.context.db_lock, run, call)
 
 
 class QueryRateLimit(SchemaExtension):
@@ -154,22 +162,27 @@ class OutageErrors(SchemaExtension):
             response.headers["Retry-After"] = str(outages.RETRY_AFTER_SECONDS)
 
 
-def _uses_context(info: GraphQLResolveInfo[Any]) -> bool:
-    """Whether this field's resolver takes `info`, i.e. may use the request's session."""
+def _context_resolver(info: GraphQLResolveInfo[Any]) -> StrawberryResolver[Any] | None:
+    """This field's resolver when it is sync and takes `info`, i.e. may block on the request's session."""
     field = info.parent_type.fields.get(info.field_name)  # None: __typename and other meta fields
     if field is None:
-        return False
+        return None
     definition = field.extensions.get(STRAWBERRY_DEFINITION)
     resolver = getattr(definition, "base_resolver", None)
     # async resolvers do their own blocking work off the loop
-    return resolver is not None and resolver.info_parameter is not None and not resolver.is_async
+    if resolver is None or resolver.info_parameter is None or resolver.is_async:
+        return None
+    return cast(StrawberryResolver[Any], resolver)
 
 
-async def _in_thread(lock: asyncio.Lock, resolver: Callable[[], Any]) -> Any:
-    # One at a time per request: sibling fields (`{ viewer {..} jobs {..} }`) run concurrently, and
-    # they share the request's session, which allows no concurrent use.
+async def _one_at_a_time(
+    lock: asyncio.Lock, run: Callable[[Callable[[], Any]], Awaitable[Any]], resolver: Callable[[], Any]
+) -> Any:
+    """The resolver run by run (in a worker thread, or on the loop: service.loop_io), after the request's
+    other such resolvers: sibling fields (`{ viewer {..} jobs {..} }`) run concurrently, and they share
+    the request's session, which allows no concurrent use."""
     async with lock:
-        result = await anyio.to_thread.run_sync(resolver)
+        result = await run(resolver)
     return await result if inspect.isawaitable(result) else result
 
 

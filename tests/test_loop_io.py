@@ -14,10 +14,19 @@ import pytest
 from redis.exceptions import ResponseError
 from sqlalchemy import Engine, text
 from sqlmodel import Session
+from starlette.responses import Response
 
 from service.db import make_engine
+from service.graphql_base import Connection, Context
+from service.jobs import dispatch
+from service.jobs import service as jobs_service
+from service.jobs.models import Job, JobStatus
 from service.loop_io import run_on_loop
-from service.redis import get_redis
+from service.plans import DEFAULT_PLANS, Limits
+from service.principal import Principal
+from service.redis import get_queue, get_redis
+from service.schema import schema
+from tests.conftest import SPEECH_MUTATION, TenantHandle
 
 T = TypeVar("T")
 TICK = 0.01
@@ -150,3 +159,43 @@ def test_work_on_the_loop_is_not_cancelled_halfway(engine: Engine) -> None:
 
     asyncio.run(cancelled_early())
     assert finished == [True]
+
+
+def test_generate_speech_creates_its_job_on_the_event_loop(
+    env: dict[str, str], tenant: TenantHandle, db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mutation's resolver (Postgres, the rate limit and the hand-over to RQ) runs in the loop's
+    thread; the job is committed, and RQ holds it on its queue (one of the test's own, which no worker
+    of the session takes from)."""
+    created_in: list[int] = []
+    create_job = jobs_service.create_job
+
+    def recording(*args: Any, **kwargs: Any) -> Job:
+        created_in.append(threading.get_ident())
+        return create_job(*args, **kwargs)
+
+    monkeypatch.setattr(jobs_service, "create_job", recording)
+    monkeypatch.setattr(dispatch, "queue_for", lambda priority: f"loop-io-test-{priority}")
+    principal = Principal(
+        tenant_id=tenant.id,
+        key_id=tenant.key_id,
+        scopes=frozenset({"jobs:write", "jobs:read"}),
+        limits=Limits(**DEFAULT_PLANS["free"]),
+    )
+    context = Context(connection=Connection(principal=principal))
+    context.response = Response()
+    variables = {"input": {"text": "Said on the loop."}}
+    result = asyncio.run(schema.execute(SPEECH_MUTATION, variable_values=variables, context_value=context))
+    assert result.errors is None
+    assert result.data is not None
+    assert result.data["generateSpeech"]["userErrors"] == []
+    job_id = result.data["generateSpeech"]["job"]["id"]
+    assert created_in == [threading.get_ident()]
+    job = db.get(Job, job_id)
+    assert job is not None
+    assert job.status == JobStatus.QUEUED
+    queue = get_queue("loop-io-test-NORMAL")
+    try:
+        assert queue.get_job_ids() == [job_id]
+    finally:
+        queue.delete(delete_jobs=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import strawberry
 
-from service.graphql_base import GraphQLInfo, require, run_mutation
+from service.graphql_base import GraphQLInfo, on_event_loop, require, run_mutation
 from service.jobs import service
 from service.jobs.graphql import Job, JobPayload, JobPriority, JobPriorityValue
 from service.kinds.export import ExportFormat as ExportFormatValue
@@ -71,6 +71,7 @@ def start_job(
 @strawberry.type
 class KindMutation:
     @strawberry.mutation(description="Start turning text into speech; answers at once with the QUEUED job.")
+    @on_event_loop  # create_job waits only on the session and Redis
     def generate_speech(self, info: GraphQLInfo, input: GenerateSpeechInput) -> JobPayload:
         raw: dict[str, Any] = {"text": input.text}
         if input.voice is not None:
@@ -82,6 +83,7 @@ class KindMutation:
         )
 
     @strawberry.mutation(description="Export the caller's job history and webhook delivery log as a file.")
+    @on_event_loop  # create_job waits only on the session and Redis
     def start_export(self, info: GraphQLInfo, input: StartExportInput) -> JobPayload:
         raw: dict[str, Any] = {}
         if input.format is not None:
