@@ -2,13 +2,13 @@
 
 An API resolver runs in a worker thread because its Postgres and Redis calls block. Each of those
 calls lets go of Python's lock and must take it back from the busy event loop: for generateSpeech some
-90 context switches per request, a third of its CPU. `run_on_loop` runs the same sync code in a
-greenlet on the loop's thread instead (SQLAlchemy's asyncio bridge: `greenlet_spawn`, `await_only`).
-While it waits, the loop serves others: a connection made by `LoopWaitingConnection` waits for its
-socket through the loop (psycopg's own `wait_async`), a `LoopFriendlyPool` never makes the loop wait
-for a free connection, and the process's Redis client (`service.redis.LoopFriendlyRedis`) sends its
-commands through the loop's asyncio client. Out of such a greenlet all three behave as they always
-did, so the code stays one.
+90 context switches per request (a fifth of its CPU on one API process, bench/README.md).
+`run_on_loop` runs the same sync code in a greenlet on the loop's thread instead (SQLAlchemy's asyncio
+bridge: `greenlet_spawn`, `await_only`). While it waits, the loop serves others: a connection made by
+`LoopWaitingConnection` waits for its socket through the loop (psycopg's own `wait_async`), a
+`LoopFriendlyPool` never makes the loop wait for a free connection, and the process's Redis client
+(`service.redis.LoopFriendlyRedis`) sends its commands through the loop's asyncio client. Out of such
+a greenlet all three behave as they always did, so the code stays one.
 
 Only code whose every wait goes through those two may run this way: any other blocking call (a file,
 a socket, a lock held by a thread) would stop the whole loop.
