@@ -242,6 +242,20 @@ def process_tree_cpu(pids: Sequence[int]) -> float:
     return total
 
 
+def context_switches(pids: Sequence[int]) -> int:
+    """Voluntary and involuntary context switches so far of every thread of pids and their live
+    descendants: a thread that waits for Python's lock, or hands it over, switches."""
+    total = 0
+    for pid in {tree_pid for root in pids for tree_pid in (root, *descendants(root))}:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    for line in (task / "status").read_text().splitlines():
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+    return total
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, summed over all cores."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

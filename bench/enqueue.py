@@ -6,6 +6,8 @@ same closed-loop client (C concurrent requests, for D seconds each), in R altern
 seconds (the machine's speed moves from one minute to the next: each round's pair runs seconds
 apart), then generateSpeech is driven open-loop at a fixed rate to report latency percentiles. The
 ratio printed is the median of the rounds' ratios, with their range. The target is ratio >= 0.5.
+With it, the API's CPU and context switches per request (its process tree, read from /proc): steadier
+than the rates on a busy machine, and the context switches show a resolver's thread waiting.
 
     python -m bench.enqueue [--workers 2] [--concurrency 16] [--seconds 10] [--rounds 3] [--rate 50]
 """
@@ -23,7 +25,16 @@ from typing import Any
 
 import httpx
 
-from bench.common import SPEECH_MUTATION, CpuMeter, Stack, ms, percentile, service_stack, spread
+from bench.common import (
+    SPEECH_MUTATION,
+    CpuMeter,
+    Stack,
+    context_switches,
+    ms,
+    percentile,
+    service_stack,
+    spread,
+)
 
 BARE_MUTATION = {"query": "mutation { ping }"}
 
@@ -78,26 +89,43 @@ class _Pair:
     bare_latencies: list[float]
     bare_cpu: float
     """API CPU seconds per request."""
+    bare_switches: float
+    """The API's context switches per request."""
     speech_rate: float
     speech_latencies: list[float]
     speech_cpu: float
+    speech_switches: float
 
 
 async def _pair(
     client: httpx.AsyncClient, counter: itertools.count[int], api_cpu: CpuMeter, args: argparse.Namespace
 ) -> _Pair:
     seconds = args.seconds / args.rounds
+    api = api_cpu.groups["api"]
     api_cpu.start()
+    switches = context_switches(api)
     bare_rate, bare_latencies = await closed_loop(
         client, "/bare", lambda: BARE_MUTATION, args.concurrency, seconds
     )
     bare_cpu = api_cpu.stop().groups["api"] / bare_rate
+    bare_switches = (context_switches(api) - switches) / len(bare_latencies)
     api_cpu.start()
+    switches = context_switches(api)
     speech_rate, speech_latencies = await closed_loop(
         client, "/graphql", lambda: speech_body(counter), args.concurrency, seconds
     )
     speech_cpu = api_cpu.stop().groups["api"] / speech_rate
-    return _Pair(bare_rate, bare_latencies, bare_cpu, speech_rate, speech_latencies, speech_cpu)
+    speech_switches = (context_switches(api) - switches) / len(speech_latencies)
+    return _Pair(
+        bare_rate,
+        bare_latencies,
+        bare_cpu,
+        bare_switches,
+        speech_rate,
+        speech_latencies,
+        speech_cpu,
+        speech_switches,
+    )
 
 
 async def measure(stack: Stack, url: str, api_pid: int, args: argparse.Namespace) -> None:
@@ -127,6 +155,12 @@ async def measure(stack: Stack, url: str, api_pid: int, args: argparse.Namespace
     print(
         f"API CPU per request: bare {bare_cpu * 1000:.2f} ms, generateSpeech {speech_cpu * 1000:.2f} ms "
         f"(ratio {spread(cpu_ratios)}; steadier than req/s on a busy machine)"
+    )
+    bare_switches = statistics.median(pair.bare_switches for pair in rounds)
+    speech_switches = statistics.median(pair.speech_switches for pair in rounds)
+    print(
+        f"API context switches per request: bare {bare_switches:.1f}, generateSpeech {speech_switches:.1f} "
+        "(a resolver's thread switches at each round trip it waits for)"
     )
     print(
         f"at {args.rate:g} req/s for {args.seconds:g} s: generateSpeech p50 {ms(percentile(fixed, 0.5))}, "
