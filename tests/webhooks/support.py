@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from sqlmodel import Session
 
 from service.db import session_scope
 from service.principal import Principal
 from service.tenants.models import ALL_SCOPES
 from service.tenants.service import limits_for
+from service.webhooks import service
+from service.webhooks.models import SigningScheme, WebhookEndpoint
 from tests.conftest import GraphQLClient, TenantHandle
 
 CREATE = """
@@ -54,6 +58,21 @@ def principal_of(tenant: TenantHandle) -> Principal:
     with session_scope() as session:
         limits = limits_for(session, tenant.id)
     return Principal(tenant_id=tenant.id, key_id=tenant.key_id, scopes=frozenset(ALL_SCOPES), limits=limits)
+
+
+def endpoint_of(
+    session: Session, tenant: TenantHandle, url: str, event_types: Sequence[str] = ()
+) -> WebhookEndpoint:
+    """An endpoint of the tenant's made by the service in the caller's session (V1 signing, no
+    description), for tests that call the service in-process."""
+    return service.create_endpoint(
+        session,
+        principal_of(tenant),
+        url=service.check_endpoint_url(url),
+        event_types=list(event_types),
+        description=None,
+        signing=SigningScheme.V1,
+    ).endpoint
 
 
 def create_endpoint(gql: GraphQLClient, url: str, **fields: Any) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from sqlmodel import Session
 
 from observability.metrics import OVERDUE_SECONDS
 from service.webhooks.delivery import backlog
-from service.webhooks.models import SigningScheme, WebhookDelivery
-from service.webhooks.service import check_endpoint_url, create_endpoint, publish
+from service.webhooks.models import WebhookDelivery
+from service.webhooks.service import publish
 from tests.conftest import TenantHandle
-from tests.webhooks.support import principal_of
+from tests.webhooks.support import endpoint_of
 
 # now() is the transaction's start in Postgres: times are set relative to it.
 NOW = text("SELECT now()")
@@ -37,14 +37,7 @@ def test_due_deliveries_count_until_a_deliverer_leases_them_and_overdue_ones_pas
     db: Session, tenant: TenantHandle
 ) -> None:
     db.execute(text("DELETE FROM webhook_deliveries WHERE status = 'PENDING'"))
-    endpoint = create_endpoint(
-        db,
-        principal_of(tenant),
-        url=check_endpoint_url("http://127.0.0.1:9/"),
-        event_types=[],
-        description=None,
-        signing=SigningScheme.V1,
-    ).endpoint
+    endpoint = endpoint_of(db, tenant, "http://127.0.0.1:9/")
     assert (backlog(db).due, backlog(db).overdue) == (0, 0)
 
     _delivery(db, tenant, endpoint.id, due_seconds_ago=5)

@@ -7,11 +7,10 @@ from sqlalchemy import text
 
 from service.db import read_pipelined, session_scope
 from service.webhooks import repository
-from service.webhooks.models import SigningScheme
-from service.webhooks.service import check_endpoint_url, create_endpoint, publish
+from service.webhooks.service import publish
 from tests.conftest import TenantHandle
 from tests.query_plans import nodes_on
-from tests.webhooks.support import principal_of
+from tests.webhooks.support import endpoint_of
 
 SENT = 600
 PENDING = 3
@@ -19,14 +18,7 @@ PENDING = 3
 
 def test_the_claim_reads_no_index_entry_of_deliveries_already_sent(tenant: TenantHandle) -> None:
     with session_scope() as session:  # never committed: no deliverer of the session sees these
-        endpoint = create_endpoint(
-            session,
-            principal_of(tenant),
-            url=check_endpoint_url("http://127.0.0.1:9/hook"),
-            event_types=[],
-            description=None,
-            signing=SigningScheme.V1,
-        ).endpoint.id
+        endpoint = endpoint_of(session, tenant, "http://127.0.0.1:9/hook").id
         for index in range(SENT + PENDING):
             publish(session, tenant.id, "webhook.test", {"n": index}, endpoint_ids=[endpoint])
         session.flush()

@@ -13,12 +13,11 @@ import pytest
 from service.db import session_scope
 from service.settings import get_settings
 from service.webhooks.deliverer import Deliverer
-from service.webhooks.models import SigningScheme
-from service.webhooks.service import check_endpoint_url, create_endpoint, publish
+from service.webhooks.service import publish
 from tests.conftest import TenantHandle
 from tests.receiver import Answer, Receiver
 from tests.servers import ServiceProcess
-from tests.webhooks.support import principal_of
+from tests.webhooks.support import endpoint_of
 
 ANSWER = 0.4  # seconds each request to the busy endpoint takes
 
@@ -34,14 +33,7 @@ def only_deliverer(worker: ServiceProcess) -> Iterator[None]:
 
 def _endpoint(tenant: TenantHandle, url: str) -> str:
     with session_scope() as session:
-        return create_endpoint(
-            session,
-            principal_of(tenant),
-            url=check_endpoint_url(url),
-            event_types=[],
-            description=None,
-            signing=SigningScheme.V1,
-        ).endpoint.id
+        return endpoint_of(session, tenant, url).id
 
 
 def test_a_backlog_at_one_endpoint_is_sent_within_its_cap_and_another_endpoint_is_not_kept_waiting(

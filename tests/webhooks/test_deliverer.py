@@ -12,11 +12,10 @@ from sqlalchemy import text
 from service.db import session_scope
 from service.settings import get_settings
 from service.webhooks.deliverer import Deliverer
-from service.webhooks.models import SigningScheme
-from service.webhooks.service import check_endpoint_url, create_endpoint, publish
+from service.webhooks.service import publish
 from tests.conftest import TenantHandle
 from tests.receiver import Receiver
-from tests.webhooks.support import principal_of
+from tests.webhooks.support import endpoint_of
 
 
 def test_concurrent_deliverers_send_each_delivery_exactly_once(
@@ -25,14 +24,7 @@ def test_concurrent_deliverers_send_each_delivery_exactly_once(
     count = 300
     path = f"/{uuid.uuid4().hex}"
     with session_scope() as session:
-        endpoint = create_endpoint(
-            session,
-            principal_of(tenant),
-            url=check_endpoint_url(receiver.url + path),
-            event_types=[],
-            description=None,
-            signing=SigningScheme.V1,
-        ).endpoint
+        endpoint = endpoint_of(session, tenant, receiver.url + path)
         for index in range(count):
             publish(session, tenant.id, "webhook.test", {"n": index}, endpoint_ids=[endpoint.id])
 

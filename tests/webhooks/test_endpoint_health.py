@@ -10,22 +10,15 @@ from service.db import session_scope
 from service.models import utcnow
 from service.settings import get_settings
 from service.webhooks.delivery import Claimed, Outcome, record
-from service.webhooks.models import SigningScheme, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from service.webhooks.service import check_endpoint_url, create_endpoint, publish
+from service.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from service.webhooks.service import publish
 from tests.conftest import TenantHandle
-from tests.webhooks.support import principal_of
+from tests.webhooks.support import endpoint_of
 
 
 def _endpoint(tenant: TenantHandle, path: str, event_types: list[str]) -> str:
     with session_scope() as session:
-        endpoint = create_endpoint(
-            session,
-            principal_of(tenant),
-            url=check_endpoint_url(f"http://127.0.0.1:9/{path}"),
-            event_types=event_types,
-            description=None,
-            signing=SigningScheme.V1,
-        ).endpoint
+        endpoint = endpoint_of(session, tenant, f"http://127.0.0.1:9/{path}", event_types)
         return endpoint.id
 
 
