@@ -67,6 +67,9 @@ class LoopFriendlyPool(QueuePool):
     taken at once; when there is none, the wait for one (or the opening of a new one) is a thread's.
     (Blocking the loop there would wait for connections that only the loop's own work gives back.)"""
 
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
+    """Its log lines stay a QueuePool's: under SQLAlchemy's logger, which is quiet below WARNING."""
+
     def _do_get(self) -> ConnectionPoolEntry:
         if not on_loop():
             return super()._do_get()

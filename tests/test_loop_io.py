@@ -4,6 +4,7 @@ the loop serves other work while it waits, and it never makes the loop wait for 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -159,6 +160,16 @@ def test_work_on_the_loop_is_not_cancelled_halfway(engine: Engine) -> None:
 
     asyncio.run(cancelled_early())
     assert finished == [True]
+
+
+def test_the_pools_routine_lines_stay_below_the_logs_info_level(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pool logs as SQLAlchemy's QueuePool does, under the `sqlalchemy` logger (WARNING by default):
+    a process logging at INFO does not get a "Pool recreating" line each time a work horse starts."""
+    with caplog.at_level(logging.INFO):
+        engine.pool.recreate().dispose()
+    assert [record.getMessage() for record in caplog.records] == []
 
 
 def test_generate_speech_creates_its_job_on_the_event_loop(
