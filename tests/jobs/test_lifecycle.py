@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,13 +285,21 @@ def test_sigterm_lets_a_worker_finish_its_job_before_it_exits(
     workdir: Path,
 ) -> None:
     worker.stop()
-    leaving = _own_worker(env, api, workdir, "leaving-worker.log")
+    # PYTHONFAULTHANDLER: should the worker not leave, SIGABRT prints every thread's stack to its log.
+    leaving = _own_worker({**env, "PYTHONFAULTHANDLER": "1"}, api, workdir, "leaving-worker.log")
     try:
         job_id = start_slow(tenant, seconds=2, steps=10)
         wait_for_status(gql, job_id, {"RUNNING"})
         assert leaving.process is not None
         leaving.process.send_signal(signal.SIGTERM)
-        assert leaving.process.wait(timeout=30) == 0
+        try:
+            exit_code = leaving.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            for pid in [*_descendants(leaving.pid), leaving.pid]:
+                os.kill(pid, signal.SIGABRT)
+            leaving.process.wait(timeout=10)
+            pytest.fail("the worker was still there 30 s after SIGTERM:\n" + leaving.log()[-8000:])
+        assert exit_code == 0, leaving.log()[-2000:]
     finally:
         worker.start()
     job = gql(JOB_QUERY, {"id": job_id})["job"]
