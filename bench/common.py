@@ -61,19 +61,23 @@ class Stack:
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}", "content-type": "application/json"}
 
-    def start_api(self, workers: int, app: str | None = None) -> ApiProcess:
-        """The API as in production (`service.cli api --workers N`), or uvicorn on another app factory."""
-        log_path = self.workdir / "api.log"
-        process = ApiProcess(self.env, log_path) if app is None else UvicornApi(app, self.env, log_path)
+    def start_api(
+        self, workers: int, app: str | None = None, *, env: Mapping[str, str] | None = None, name: str = "api"
+    ) -> ApiProcess:
+        """The API as in production (`service.cli api --workers N`), or uvicorn on another app factory;
+        env: settings over the stack's; name: its log's (several APIs may run side by side)."""
+        log_path = self.workdir / f"{name}.log"
+        env = {**self.env, **(env or {})}
+        process = ApiProcess(env, log_path) if app is None else UvicornApi(app, env, log_path)
         process.args += ["--workers", str(workers)]
         process.env["PUBLIC_BASE_URL"] = process.url
         self.processes.append(process)
         process.start(timeout=60)
         return process
 
-    def start_worker(self, public_base_url: str) -> ServiceProcess:
-        """One RQ worker on the jobs queue (`service.cli worker`)."""
-        env = {**self.env, "PUBLIC_BASE_URL": public_base_url}
+    def start_worker(self, public_base_url: str, *, env: Mapping[str, str] | None = None) -> ServiceProcess:
+        """One RQ worker on the jobs queue (`service.cli worker`); env: settings over the stack's."""
+        env = {**self.env, **(env or {}), "PUBLIC_BASE_URL": public_base_url}
         process = ServiceProcess(["worker"], env, self.workdir / "worker.log")
         self.processes.append(process)
         return process.start()
