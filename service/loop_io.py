@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import psycopg
@@ -51,7 +51,12 @@ class LoopWaitingConnection(psycopg.Connection[Any]):
     def wait(self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> RV:
         if not on_loop():
             return super().wait(gen, interval, timeout)
-        return wait_for(waiting.wait_async(gen, self.pgconn.socket, interval=interval, timeout=timeout))
+        try:  # Most of psycopg's steps in a pipeline (queueing a statement, entering) never wait.
+            first = next(gen)
+        except StopIteration as done:
+            return cast(RV, done.value)
+        resumed = _resumed(first, gen)
+        return wait_for(waiting.wait_async(resumed, self.pgconn.socket, interval=interval, timeout=timeout))
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> LoopWaitingConnection:
@@ -60,6 +65,17 @@ class LoopWaitingConnection(psycopg.Connection[Any]):
         if not on_loop():
             return super().connect(conninfo, **kwargs)
         return wait_for(asyncio.to_thread(cls.connect, conninfo, **kwargs))
+
+
+def _resumed(first: Any, gen: PQGen[RV]) -> PQGen[RV]:
+    """gen, whose first step was taken already and asked to wait for `first`."""
+    ready = yield first
+    while True:
+        try:
+            state = gen.send(ready)
+        except StopIteration as done:
+            return cast(RV, done.value)
+        ready = yield state
 
 
 class LoopFriendlyPool(QueuePool):

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio
 import redis.asyncio.sentinel
 from redis import Redis
 from redis.client import Pipeline
 from redis.connection import parse_url
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
 from rq import Queue
 
 from service.loop_io import on_loop, wait_for
 from service.settings import Settings, get_settings
+
+T = TypeVar("T")
 
 RedisRead = tuple[Callable[[Pipeline], object], Callable[[Any], None]]
 """A read to send along other commands: what queues it on a pipeline, and what takes its answer."""
@@ -104,7 +107,8 @@ class LoopFriendlyRedis(Redis):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         if on_loop():
-            return wait_for(loop_redis().execute_command(*args, **options))  # type: ignore[no-untyped-call]
+            command = loop_redis().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            return wait_for(answered(command))
         return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
@@ -125,7 +129,7 @@ class LoopFriendlyPipeline(Pipeline):
         pipeline = loop_redis().pipeline(transaction=transaction)
         for arguments, options in commands:
             pipeline.pipeline_execute_command(*arguments, **options)  # type: ignore[no-untyped-call]
-        return wait_for(pipeline.execute(raise_on_error))
+        return wait_for(answered(pipeline.execute(raise_on_error)))
 
 
 _LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
@@ -134,10 +138,21 @@ _LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asynci
 
 
 def loop_redis() -> redis.asyncio.Redis:
-    """The running event loop's asyncio client on the same Redis as get_redis, with the same timeout for
-    an answer (made on first use)."""
+    """The running event loop's asyncio client on the same Redis as get_redis (made on first use). Its
+    commands carry no timeout of their own: await them with answered()."""
     loop = asyncio.get_running_loop()
     client = _LOOP_CLIENTS.get(loop)
     if client is None:
-        client = _LOOP_CLIENTS[loop] = new_async_redis(socket_timeout=COMMAND_TIMEOUT_SECONDS)
+        client = _LOOP_CLIENTS[loop] = new_async_redis()
     return client
+
+
+async def answered(command: Awaitable[T]) -> T:
+    """A loop_redis command's (or pipeline's) answer; redis-py's TimeoutError when Redis gives none
+    within COMMAND_TIMEOUT_SECONDS, as get_redis's commands fail. One timer on the loop: a client's own
+    socket_timeout wraps each send in a task of its own (asyncio.wait_for), several per request."""
+    try:
+        async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
+            return await command
+    except TimeoutError as error:  # the client dropped the connection it was cancelled on
+        raise RedisTimeoutError(f"Redis gave no answer in {COMMAND_TIMEOUT_SECONDS} s") from error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,10 +14,12 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 from starlette.responses import Response
 
+from service import redis as service_redis
 from service.db import make_engine
 from service.graphql_base import Connection, Context
 from service.jobs import dispatch
@@ -28,6 +31,7 @@ from service.principal import Principal
 from service.redis import get_queue, get_redis
 from service.schema import schema
 from tests.conftest import SPEECH_MUTATION, TenantHandle
+from tests.servers import clear_caches
 
 T = TypeVar("T")
 TICK = 0.01
@@ -111,6 +115,52 @@ def test_redis_errors_on_the_loop_are_redis_py_errors(env: dict[str, str]) -> No
 
     with pytest.raises(ResponseError):
         asyncio.run(run_on_loop(fail))
+
+
+@pytest.fixture
+def silent_redis(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's Redis is a server that takes connections and never answers (a hung Redis), and
+    commands time out after 0.5 s."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.listen(64)
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+        monkeypatch.setattr(service_redis, "COMMAND_TIMEOUT_SECONDS", 0.5)
+        clear_caches()
+        try:
+            yield
+        finally:
+            monkeypatch.undo()
+            clear_caches()
+
+
+def failure_within(seconds: float, action: Callable[[], Any]) -> type[BaseException] | None:
+    """The class of the error action() raised on a loop of its own; fails if it ran past `seconds`."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(run_on_loop(action))
+        except BaseException as error:
+            failures.append(error)
+
+    attempt = threading.Thread(target=run, daemon=True)
+    attempt.start()
+    attempt.join(timeout=seconds)
+    assert not attempt.is_alive(), f"{action.__name__} still waits after {seconds} s"
+    return type(failures[0]) if failures else None
+
+
+def test_a_silent_redis_fails_commands_on_the_loop_with_redis_pys_timeout(silent_redis: None) -> None:
+    def get() -> Any:
+        return get_redis().get("anything")
+
+    def pipelined() -> list[Any]:
+        with get_redis().pipeline(transaction=False) as pipeline:
+            pipeline.get("anything")
+            return pipeline.execute()
+
+    for command in (get, pipelined):
+        assert failure_within(3, command) is RedisTimeoutError, f"{command.__name__} on a silent Redis"
 
 
 def test_waiting_for_a_pooled_connection_never_stops_the_loop(engine: Engine) -> None:
