@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import redis.asyncio
+import redis.asyncio.client
 import redis.asyncio.sentinel
 from redis import Redis
 from redis.client import Pipeline
@@ -73,9 +74,11 @@ def get_redis() -> Redis:
     )
 
 
-def new_async_redis(socket_timeout: float | None = None) -> redis.asyncio.Redis:
-    """A new asyncio client on the same Redis as get_redis (for the caller's event loop); with
-    socket_timeout, a command that gets no answer for that long fails."""
+def new_async_redis(
+    socket_timeout: float | None = None, redis_class: type[redis.asyncio.Redis] = redis.asyncio.Redis
+) -> redis.asyncio.Redis:
+    """A new asyncio client (of redis_class) on the same Redis as get_redis, for the caller's event loop;
+    with socket_timeout, a command that gets no answer for that long fails."""
     settings = get_settings()
     if settings.redis_sentinels:
         sentinel = redis.asyncio.sentinel.Sentinel(
@@ -83,12 +86,13 @@ def new_async_redis(socket_timeout: float | None = None) -> redis.asyncio.Redis:
         )
         async_client: redis.asyncio.Redis = sentinel.master_for(
             settings.redis_sentinel_master,
+            redis_class=redis_class,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             socket_timeout=socket_timeout,
             **_master_options(settings),
         )
         return async_client
-    return redis.asyncio.Redis.from_url(
+    return redis_class.from_url(
         settings.required_url("redis_url"),
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_timeout=socket_timeout,
@@ -107,8 +111,7 @@ class LoopFriendlyRedis(Redis):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         if on_loop():
-            command = loop_redis().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-            return wait_for(answered(command))
+            return wait_for(loop_redis().execute_command(*args, **options))  # type: ignore[no-untyped-call]
         return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
@@ -129,7 +132,7 @@ class LoopFriendlyPipeline(Pipeline):
         pipeline = loop_redis().pipeline(transaction=transaction)
         for arguments, options in commands:
             pipeline.pipeline_execute_command(*arguments, **options)  # type: ignore[no-untyped-call]
-        return wait_for(answered(pipeline.execute(raise_on_error)))
+        return wait_for(pipeline.execute(raise_on_error))
 
 
 _LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
@@ -138,21 +141,38 @@ _LOOP_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asynci
 
 
 def loop_redis() -> redis.asyncio.Redis:
-    """The running event loop's asyncio client on the same Redis as get_redis (made on first use). Its
-    commands carry no timeout of their own: await them with answered()."""
+    """The running event loop's asyncio client on the same Redis as get_redis, with the same time for an
+    answer (a BoundedRedis, made on first use)."""
     loop = asyncio.get_running_loop()
     client = _LOOP_CLIENTS.get(loop)
     if client is None:
-        client = _LOOP_CLIENTS[loop] = new_async_redis()
+        client = _LOOP_CLIENTS[loop] = new_async_redis(redis_class=BoundedRedis)
     return client
 
 
-async def answered(command: Awaitable[T]) -> T:
-    """A loop_redis command's (or pipeline's) answer; redis-py's TimeoutError when Redis gives none
-    within COMMAND_TIMEOUT_SECONDS, as get_redis's commands fail. One timer on the loop: a client's own
-    socket_timeout wraps each send in a task of its own (asyncio.wait_for), several per request."""
+async def _answered(command: Awaitable[T]) -> T:
+    """command's answer; redis-py's TimeoutError when Redis gives none within COMMAND_TIMEOUT_SECONDS."""
     try:
         async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
             return await command
     except TimeoutError as error:  # the client dropped the connection it was cancelled on
         raise RedisTimeoutError(f"Redis gave no answer in {COMMAND_TIMEOUT_SECONDS} s") from error
+
+
+class BoundedRedis(redis.asyncio.Redis):
+    """An asyncio client whose every command and pipeline fails with redis-py's TimeoutError when Redis
+    gives no answer within COMMAND_TIMEOUT_SECONDS, as get_redis's commands do: one timer on the loop
+    per command (a client's socket_timeout runs each send in an asyncio task of its own)."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        return await _answered(super().execute_command(*args, **options))  # type: ignore[no-untyped-call]
+
+    def pipeline(
+        self, transaction: bool = True, shard_hint: str | None = None
+    ) -> redis.asyncio.client.Pipeline:
+        return _BoundedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+class _BoundedPipeline(redis.asyncio.client.Pipeline):
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        return await _answered(super().execute(raise_on_error))

@@ -25,10 +25,10 @@ from service.graphql_base import Connection, Context
 from service.jobs import dispatch
 from service.jobs import service as jobs_service
 from service.jobs.models import Job, JobStatus
-from service.loop_io import run_on_loop
+from service.loop_io import run_on_loop, wait_for
 from service.plans import DEFAULT_PLANS, Limits
 from service.principal import Principal
-from service.redis import get_queue, get_redis
+from service.redis import get_queue, get_redis, loop_redis
 from service.schema import schema
 from tests.conftest import SPEECH_MUTATION, TenantHandle
 from tests.servers import clear_caches
@@ -159,7 +159,10 @@ def test_a_silent_redis_fails_commands_on_the_loop_with_redis_pys_timeout(silent
             pipeline.get("anything")
             return pipeline.execute()
 
-    for command in (get, pipelined):
+    def loop_client() -> Any:  # the API key check's way: the loop's asyncio client itself
+        return wait_for(loop_redis().mget("anything", "else"))
+
+    for command in (get, pipelined, loop_client):
         assert failure_within(3, command) is RedisTimeoutError, f"{command.__name__} on a silent Redis"
 
 

@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from service.outages import is_outage
 from service.principal import Principal
-from service.redis import answered, get_redis, loop_redis
+from service.redis import get_redis, loop_redis
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -155,12 +155,12 @@ async def _still_valid_async(remembered: _Remembered) -> bool:
     principal = remembered.principal
     try:
         if not _NOTED.due(principal.key_id):
-            revoked, version = await answered(client.mget(revoked_marker(principal.key_id), LIMITS_VERSION))
+            revoked, version = await client.mget(revoked_marker(principal.key_id), LIMITS_VERSION)
         else:
             async with client.pipeline(transaction=False) as pipe:
                 pipe.mget(revoked_marker(principal.key_id), LIMITS_VERSION)
                 _note_use(pipe, principal.key_id)
-                (revoked, version), _ = await answered(pipe.execute())
+                (revoked, version), _ = await pipe.execute()
     except Exception as error:
         _warn(f"could not check API key {principal.key_id} in Redis", error)
         return False
