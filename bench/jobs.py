@@ -7,7 +7,7 @@ All in one run, on one-sentence speech jobs:
    with the handler's module preloaded as RQ's docs advise;
 3. Claimcheck: jobs created through the API (generateSpeech), drained by one `claimcheck worker`;
 4. the same with one webhook endpoint subscribed to every event (a fast receiver on loopback),
-   between two runs without one (3, and the all-NORMAL run of 7, just after it): its ratio is to the
+   between two runs without one (3, and the all-NORMAL run of 5, just after it): its ratio is to the
    mean of the two, so that the machine drifting over the three drains does not count as the
    endpoint's cost (the ratio to 3 alone is printed too);
 5. one worker again, on jobs of mixed priorities (HIGH, NORMAL, LOW in turn), beside the same run of
