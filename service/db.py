@@ -334,20 +334,20 @@ def _pipelined(
     *,
     connection: Connection | None = None,
 ) -> list[list[Any]]:
-    """The statements in one round trip, after the tenant's settings if they are still to be sent;
+    """The statements in one round trip, after the transaction's settings if they are still to be sent;
     with a row factory, each statement's rows (none for a statement that returns no rows). On the
     session's connection, or the given one (its transaction's, before a savepoint begins)."""
-    settings = session.info.pop(_TENANT_SETTINGS, None)  # taken before the transaction begins
+    settings: list[Statement] = session.info.pop(_WAITING_SETTINGS, [])  # taken before the transaction begins
     connection = session.connection() if connection is None else connection
     writes = _take_deferred(session)
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "Postgres through psycopg 3"
     rows: list[list[Any]] = []
-    sent = (sql for sql, _ in itertools.chain([settings] if settings else [], writes, statements))
+    sent = (sql for sql, _ in itertools.chain(settings, writes, statements))
     try:
         with pipeline_span(connection.engine, sent), pg_pipeline.pipeline(raw) as pipeline:
             with pipeline.batched(), raw.cursor() as cursor:
-                for sql, parameters in [settings, *writes] if settings is not None else writes:
+                for sql, parameters in [*settings, *writes]:
                     cursor.execute(sql, parameters)
                 if row_factory is None:
                     for sql, parameters in statements:
@@ -408,30 +408,42 @@ _ENTER_TENANT: LiteralString = (
 )
 
 
-_TENANT_SETTINGS = "tenant_settings"
+_WAITING_SETTINGS = "waiting_settings"
+_NO_WAIT_FOR_DISK: Statement = ("SELECT set_config('synchronous_commit', 'off', true)", {})
+
+
+def set_for_transaction(session: Session, settings: Statement) -> None:
+    """Run transaction-local settings (``set_config(..., true)``) for the rest of the session's
+    transaction. In a session whose transaction has not begun, they wait for its first statements:
+    run_pipelined and read_together send them first in their own round trip, with BEGIN; any other
+    first statement has them run just before it, as the transaction begins (_run_waiting_settings).
+    Nothing runs in that transaction without them."""
+    if session.in_transaction():
+        run_pipelined(session, [settings])
+    else:
+        session.info.setdefault(_WAITING_SETTINGS, []).append(settings)
 
 
 def enter_tenant(session: Session, tenant_id: str) -> None:
     """For the rest of the session's transaction, act as the tenant: row-level security shows only
-    its rows, whatever a query forgets to filter. Both settings end with the transaction.
+    its rows, whatever a query forgets to filter. Both settings end with the transaction."""
+    set_for_transaction(session, (_ENTER_TENANT, {"tenant_id": tenant_id, "role": TENANT_ROLE}))
 
-    In a session whose transaction has not begun (every tenant request's), the settings wait for its
-    first statements: run_pipelined and read_together send them first in their own round trip, with
-    BEGIN; any other first statement has them run just before it, as the transaction begins
-    (_enter_waiting_tenant). Nothing runs in that transaction without them."""
-    settings: Statement = (_ENTER_TENANT, {"tenant_id": tenant_id, "role": TENANT_ROLE})
-    if session.in_transaction():
-        run_pipelined(session, [settings])
-    else:
-        session.info[_TENANT_SETTINGS] = settings
+
+def commit_without_disk_wait(session: Session) -> None:
+    """The session's transaction commits without waiting for its WAL to reach the disk
+    (synchronous_commit off, for it alone): for writes a Postgres crash may undo at no loss, as
+    those whose undoing only means redoing them. Postgres stays consistent, and a later commit that
+    does wait flushes it too. A transaction-local setting, so it works through PgBouncer's
+    transaction pooling, where a connection's startup options do not."""
+    set_for_transaction(session, _NO_WAIT_FOR_DISK)
 
 
 @event.listens_for(SASession, "after_begin")
-def _enter_waiting_tenant(session: SASession, _transaction: SessionTransaction, connection: Any) -> None:
-    """The settings enter_tenant left for the transaction, run on its connection before its first
-    statement (unless run_pipelined or read_together took them to send along)."""
-    settings = session.info.pop(_TENANT_SETTINGS, None)
-    if settings is not None:
+def _run_waiting_settings(session: SASession, _transaction: SessionTransaction, connection: Any) -> None:
+    """The settings set_for_transaction left for the transaction, run on its connection before its
+    first statement (unless run_pipelined or read_together took them to send along)."""
+    for settings in session.info.pop(_WAITING_SETTINGS, []):
         connection.exec_driver_sql(*settings)
 
 

@@ -5,6 +5,13 @@ WEBHOOK_POLL_SECONDS for retries coming due (or a NOTIFY missed while Postgres w
 bounded by WEBHOOK_MAX_IN_FLIGHT overall, WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT per endpoint and a fair
 share per tenant (delivery.claim_due), so neither one slow receiver nor one tenant's backlog holds
 up the others. Outcomes are written back in small batches.
+
+The deliverer's own transactions (claims and recordings) commit without waiting for the disk
+(service.db.commit_without_disk_wait): a lease or an outcome that a Postgres crash undoes only means
+that delivery is sent again, which at-least-once delivery allows (receivers dedupe by webhook-id), and
+an event a recording writes (endpoint.disabled) is undone with the change that caused it, to be made
+again when the failure recurs. Events and deliveries are created by the transactions that made them
+happen, which still wait for the disk: none is lost. The jobs' commits do not queue behind these.
 """
 
 from __future__ import annotations
@@ -17,10 +24,9 @@ from collections import Counter
 
 import psycopg
 from sqlalchemy.engine import make_url
-from sqlmodel import Session
 
 from observability.forks import fork_safe_loop
-from service.db import Statement, defer_writes, session_scope, write_with_next
+from service.db import commit_without_disk_wait, session_scope
 from service.outages import describe, is_outage, log_failure
 from service.settings import Settings, get_settings
 from service.webhooks.delivery import Claimed, Outcome, claim_due, record
@@ -38,7 +44,6 @@ served by one claim, not one each. A wake-up after a quiet spell claims at once;
 finishing every few ms) this halves the claims (per job with one endpoint: 2.5 at 10 ms, 1.2 at 20 ms)
 for 5 ms more on the median transition-to-receiver latency (bench.deliveries: 10-11 against 15-17 ms)."""
 LEASE_MARGIN_SECONDS = 30.0
-_NO_WAIT_FOR_DISK: Statement = ("SET LOCAL synchronous_commit TO off", {})
 
 
 class Deliverer:
@@ -172,7 +177,7 @@ class Deliverer:
         # Endpoints may set a timeout of their own, up to MAX_TIMEOUT_SECONDS: the lease outlasts any.
         lease = max(self.settings.webhook_timeout_seconds, MAX_TIMEOUT_SECONDS) + LEASE_MARGIN_SECONDS
         with session_scope() as session:
-            bookkeeping(session)
+            commit_without_disk_wait(session)
             return claim_due(session, limit, self.settings, lease, endpoints, tenants)
 
     def _record(self, outcomes: list[Outcome]) -> None:
@@ -202,25 +207,13 @@ def _release_slot(in_flight: Counter[str], key: str) -> int:
     return left
 
 
-def bookkeeping(session: Session) -> None:
-    """The deliverer's own transactions (its claims and recordings) commit without waiting for their
-    WAL to reach the disk (synchronous_commit off, sent with their first statement): a lease or an
-    outcome that a Postgres crash undoes only means that delivery is sent again, which at-least-once
-    delivery allows (receivers dedupe by webhook-id); Postgres stays consistent, and an event a recording
-    writes (endpoint.disabled) is undone with the change that caused it, to be made again when the
-    failure recurs. Events and deliveries are created by the transactions that made them happen, which
-    still wait for the disk: none is lost. The jobs' commits no longer queue behind these flushes."""
-    defer_writes(session)
-    write_with_next(session, _NO_WAIT_FOR_DISK)
-
-
 def store(outcomes: list[Outcome], settings: Settings) -> None:
     """Record outcomes in one transaction. If the database refuses the batch for anything but an
     outage, record them one by one, each in a savepoint, and drop (logging it) only what it refuses:
     one bad row never holds up the others. An outage raises: the caller keeps them and retries."""
     try:
         with session_scope() as session:
-            bookkeeping(session)
+            commit_without_disk_wait(session)
             vanished = record(session, outcomes, settings)
     except Exception as error:
         if is_outage(error):
@@ -242,7 +235,7 @@ def store(outcomes: list[Outcome], settings: Settings) -> None:
 def _store_each(outcomes: list[Outcome], settings: Settings) -> list[Outcome]:
     vanished: list[Outcome] = []
     with session_scope() as session:
-        bookkeeping(session)
+        commit_without_disk_wait(session)
         for outcome in outcomes:
             try:
                 with session.begin_nested():
