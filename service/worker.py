@@ -86,8 +86,11 @@ def run_worker(
     try:
         supervisor.run()
     finally:
-        if deliverer is not None:
-            deliverer.stop()
+        if deliverer is not None and not deliverer.stop():
+            log.warning(
+                "the webhook deliverer did not stop in time; what it had claimed and not recorded "
+                "is sent again once the leases lapse"
+            )
 
 
 def _read_webhook_backlog() -> DeliveryBacklog:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import Counter
 
 import psycopg
@@ -44,6 +45,9 @@ served by one claim, not one each. A wake-up after a quiet spell claims at once;
 finishing every few ms) this halves the claims (per job with one endpoint: 2.5 at 10 ms, 1.2 at 20 ms)
 for 5 ms more on the median transition-to-receiver latency (bench.deliveries: 10-11 against 15-17 ms)."""
 LEASE_MARGIN_SECONDS = 30.0
+STOP_MARGIN_SECONDS = 10.0
+"""What a deliverer thread's stop waits beyond WEBHOOK_TIMEOUT_SECONDS (how long the attempts in flight
+may take): the last outcomes' recording, or a claim under way."""
 
 
 class Deliverer:
@@ -60,6 +64,8 @@ class Deliverer:
         self.outcomes: list[Outcome] = []
         self.to_record = asyncio.Event()
         """Set while outcomes wait to be recorded: the recorder sleeps on it, not on a timer."""
+        self.stopping = False
+        """Set once the run ends: the recorder returns after the batch it is recording, if any."""
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = asyncio.create_task(self._listen(stop))
@@ -82,7 +88,10 @@ class Deliverer:
         finally:
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout_seconds + 1)
-            recorder.cancel()
+            # The recorder ends by itself: cancelled mid-batch, it would drop the batch it had taken (an
+            # executor's work not yet begun is cancelled with it), and those would be sent again.
+            self.stopping = True
+            self.to_record.set()
             listener.cancel()
             await asyncio.gather(recorder, listener, return_exceptions=True)
             await self._flush()
@@ -136,8 +145,10 @@ class Deliverer:
         quiet spell, at once). An idle deliverer does not wake for it (it did 20 times a second); a
         batch that could not be recorded is tried again."""
         last_record = -RECORD_INTERVAL
-        while True:
+        while not self.stopping:  # checked again after a batch: the batch's start cleared the wake-up
             await self.to_record.wait()
+            if self.stopping:
+                return
             last_record = await _not_before(last_record + RECORD_INTERVAL)
             self.to_record.clear()
             await self._flush()
@@ -283,9 +294,15 @@ class DelivererThread(threading.Thread):
         self._started.set()
         await run_until(self._stop_event)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask the loop to stop, let in-flight attempts finish, and wait for it."""
-        self._started.wait()
-        if self._loop is not None and self._stop_event is not None:
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the loop to stop, let in-flight attempts finish, and wait for it at most timeout seconds
+        (by default WEBHOOK_TIMEOUT_SECONDS + STOP_MARGIN_SECONDS). True once it has stopped; False if it
+        still runs (a Postgres that does not answer, say): the process may exit all the same, for what
+        it had claimed and not recorded is sent again once the leases lapse (at-least-once)."""
+        if timeout is None:
+            timeout = get_settings().webhook_timeout_seconds + STOP_MARGIN_SECONDS
+        deadline = time.monotonic() + timeout
+        if self._started.wait(timeout) and self._loop is not None and self._stop_event is not None:
             self._loop.call_soon_threadsafe(self._stop_event.set)
-        self.join(timeout)
+        self.join(max(deadline - time.monotonic(), 0))
+        return not self.is_alive()

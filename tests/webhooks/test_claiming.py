@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from service.db import session_scope
 from service.settings import get_settings
@@ -16,19 +13,9 @@ from service.webhooks.deliverer import Deliverer
 from service.webhooks.service import publish
 from tests.conftest import TenantHandle
 from tests.receiver import Answer, Receiver
-from tests.servers import ServiceProcess
 from tests.webhooks.support import endpoint_of
 
 ANSWER = 0.4  # seconds each request to the busy endpoint takes
-
-
-@pytest.fixture
-def only_deliverer(worker: ServiceProcess) -> Iterator[None]:
-    """The cap is per deliverer (README), so the session's worker, whose deliverer would take its own
-    share of the backlog, is stopped while the test's deliverer runs alone."""
-    worker.stop()
-    yield
-    worker.start()
 
 
 def _endpoint(tenant: TenantHandle, url: str) -> str:
@@ -39,6 +26,7 @@ def _endpoint(tenant: TenantHandle, url: str) -> str:
 def test_a_backlog_at_one_endpoint_is_sent_within_its_cap_and_another_endpoint_is_not_kept_waiting(
     tenant: TenantHandle, receiver: Receiver, only_deliverer: None
 ) -> None:
+    """The cap is per deliverer (README): the session's worker would take its own share of the backlog."""
     cap = get_settings().webhook_max_in_flight_per_endpoint
     backlog = 3 * cap
     busy_path, other_path = f"/{uuid.uuid4().hex}/busy", f"/{uuid.uuid4().hex}/other"
