@@ -347,7 +347,7 @@ def _pipelined(
     try:
         with pipeline_span(connection.engine, sent), pg_pipeline.pipeline(raw) as pipeline:
             with pipeline.batched(), raw.cursor() as cursor:
-                for sql, parameters in [*settings, *writes]:
+                for sql, parameters in itertools.chain(settings, writes):
                     cursor.execute(sql, parameters)
                 if row_factory is None:
                     for sql, parameters in statements:
